@@ -1,0 +1,66 @@
+"""`perceiver-music`: one command-line entry point with a subcommand per job.
+
+Each subcommand lives in ``perceiver_ar_music/commands/<name>.py`` and defines ``HELP`` (one
+line), ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import their heavy
+dependencies inside ``run`` so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from perceiver_ar_music.errors import UserError
+
+# Subcommand name -> module under perceiver_ar_music.commands, in the order --help lists them.
+COMMANDS: dict[str, str] = {
+    "download-maestro": "download_maestro",
+    "prepare": "prepare",
+    "tokenize": "tokenize",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every available subcommand."""
+    from perceiver_ar_music import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="perceiver-music",
+        description="Long-context symbolic piano music with Perceiver AR: prepare, train, generate.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"perceiver_ar_music.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("perceiver_ar_music.commands"):
+                continue  # command not built yet in this checkout
+            raise
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the subcommand, turn user errors into one line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"perceiver-music {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"perceiver-music {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""Dataset preparation: a folder of MIDI performances -> uint16 token files plus a manifest.
+
+The pipeline finds ``.mid``/``.midi`` files, assigns each a split (from MAESTRO metadata when
+present, else from a hash of its relative path), tokenizes new or changed files in worker
+processes, reuses the tokens of unchanged files (same content hash, same tokenizer) from the
+previous preparation, and writes the result as a new *generation*:
+
+1. token files ``tokens-g<N>-<split>.u16`` (new names, each written atomically),
+2. ``tokenizer.json`` (only when its content changes),
+3. ``manifest.json``, replaced last by one atomic rename: this is the commit point,
+4. the previous generation's token files and stray temporaries are removed.
+
+A run killed at any moment therefore leaves either the old or the new manifest, each pointing
+only at complete token files. A different tokenizer than the previous one re-tokenizes everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from perceiver_ar_music.atomic import atomic_path, write_json_atomic
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.prepared import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SPLIT_ORDER,
+    TOKEN_DTYPE,
+    TOKENIZER_NAME,
+    PreparedData,
+    ordered_splits,
+    short_hash,
+    token_file_name,
+)
+
+MIDI_SUFFIXES = (".mid", ".midi")
+DEFAULT_SPLIT_RATIOS = (0.9, 0.05, 0.05)
+_METADATA_NAME = re.compile(r"maestro-v(\d+(?:\.\d+)*)\.(csv|json)", re.IGNORECASE)
+_LOCK_NAME = ".prepare.lock"
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_OWN_FILE = re.compile(r"tokens-g\d{6}-[A-Za-z0-9_-]+\.u16|\.(manifest\.json|tokenizer\.json|tokens-g.*)\..*\.tmp")
+
+
+# ----------------------------------------------------------------------------- finding and splitting
+
+
+def find_midi_files(data_dir: Path) -> list[str]:
+    """Relative POSIX paths of every ``.mid``/``.midi`` file under `data_dir` (any case), sorted."""
+    found = []
+    for folder, _dirs, names in os.walk(data_dir):
+        for name in names:
+            if name.lower().endswith(MIDI_SUFFIXES):
+                found.append((Path(folder) / name).relative_to(data_dir).as_posix())
+    return sorted(found)
+
+
+def parse_split_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.9,0.05,0.05"`` -> normalized (train, validation, test) fractions."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(not v >= 0 for v in values) or not 0 < sum(values) < float("inf"):
+        raise UserError(f"--split-ratios wants three non-negative numbers like 0.9,0.05,0.05, got '{text}'")
+    total = sum(values)
+    return (values[0] / total, values[1] / total, values[2] / total)
+
+
+def hashed_split(rel_path: str, ratios: Sequence[float]) -> str:
+    """Deterministic split of a file from a hash of its relative path (stable as files come and go)."""
+    digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for name, ratio in zip(SPLIT_ORDER, ratios):
+        cumulative += ratio
+        if position < cumulative:
+            return name
+    return next(name for name, ratio in zip(reversed(SPLIT_ORDER), reversed(ratios)) if ratio > 0)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Splits named by MAESTRO metadata files: relative path (from the data folder) -> split."""
+
+    sources: tuple[str, ...]  # the metadata files used, relative to the data folder
+    split_of: dict[str, str]
+
+
+def _metadata_records(path: Path) -> list[dict[str, Any]]:
+    """Rows of a MAESTRO metadata file: CSV, list-of-records JSON (v1/v2) or columnar JSON (v3)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as handle:
+                return list(csv.DictReader(handle))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read metadata {path}: {exc}") from None
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+        return data
+    if isinstance(data, dict) and all(isinstance(column, dict) for column in data.values()):
+        keys = next(iter(data.values())).keys() if data else []
+        return [{name: column.get(key) for name, column in data.items()} for key in keys]
+    raise UserError(f"metadata {path} is neither a list of records nor a column table")
+
+
+def load_metadata(data_dir: Path) -> Metadata | None:
+    """Find ``maestro-v*.csv``/``.json`` files under `data_dir` (the newest per folder, CSV first)."""
+    best: dict[Path, tuple[tuple[int, ...], bool, Path]] = {}
+    for folder, _dirs, names in os.walk(data_dir):
+        for name in names:
+            match = _METADATA_NAME.fullmatch(name)
+            if match:
+                rank = (tuple(int(p) for p in match.group(1).split(".")), match.group(2).lower() == "csv")
+                if Path(folder) not in best or rank > best[Path(folder)][:2]:
+                    best[Path(folder)] = (*rank, Path(folder) / name)
+    if not best:
+        return None
+    split_of: dict[str, str] = {}
+    sources = []
+    for folder, (_version, _csv, path) in sorted(best.items()):
+        rel_folder = PurePosixPath(folder.relative_to(data_dir).as_posix())
+        sources.append((rel_folder / path.name).as_posix())
+        for row in _metadata_records(path):
+            if "split" not in row or "midi_filename" not in row:
+                raise UserError(f"metadata {path} lacks the 'split' and 'midi_filename' columns")
+            rel = (rel_folder / PurePosixPath(str(row["midi_filename"]))).as_posix()
+            split_of.setdefault(rel, str(row["split"]).strip())
+    return Metadata(tuple(sources), split_of)
+
+
+# ----------------------------------------------------------------------------- tokenizing in workers
+
+_worker_tokenizer: Any = None
+
+
+def _init_worker(tokenizer_spec: str | None, expected_hash: str) -> None:
+    global _worker_tokenizer
+    from perceiver_ar_music.tokenizer import load_tokenizer
+
+    _worker_tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else load_tokenizer()
+    if _worker_tokenizer.hash != expected_hash:
+        raise RuntimeError("worker loaded a different tokenizer than the main process")
+
+
+def _encode(path: str) -> tuple[np.ndarray, int, float, int] | str:
+    """Tokenize one file in a worker: (ids, notes, seconds, overlaps dropped) or a skip reason."""
+    from perceiver_ar_music.tokenizer import MidiReadError
+
+    try:
+        piece = _worker_tokenizer.encode_file(path)
+    except MidiReadError as exc:
+        return str(exc) or "unreadable MIDI"
+    except Exception as exc:  # a tokenizer failure on one odd file must not stop the run
+        return f"tokenizer failed: {exc.__class__.__name__}: {exc}"
+    if piece.num_notes == 0 or len(piece.ids) == 0:
+        return "no notes"
+    ids = np.ascontiguousarray(piece.ids, dtype=TOKEN_DTYPE)
+    return ids, int(piece.num_notes), float(piece.seconds), int(piece.overlaps_dropped)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class Piece:
+    """One prepared file: where it came from, its split and its ids."""
+
+    path: str
+    split: str
+    split_source: str  # "metadata" or "hash"
+    sha256: str
+    ids: np.ndarray
+    num_notes: int
+    seconds: float
+    overlaps_dropped: int
+
+
+@dataclass
+class PrepareResult:
+    """What a preparation run did."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    tokenized: int = 0
+    reused: int = 0
+    notices: list[str] = field(default_factory=list)
+
+
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _exclusive_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``.prepare.lock`` so two preparations never write one folder at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(out_dir / _LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another 'perceiver-music prepare' is writing {out_dir}") from None
+        yield
+
+
+def _previous(out_dir: Path, tokenizer_hash: str, notices: list[str]) -> PreparedData | None:
+    """The folder's current preparation if it is usable for reuse, else None (with a notice)."""
+    if not (out_dir / MANIFEST_NAME).exists():
+        return None
+    try:
+        previous = PreparedData.open(out_dir)
+    except UserError as exc:
+        _warn(f"ignoring the previous preparation: {exc}")
+        return None
+    if previous.tokenizer_hash != tokenizer_hash:
+        notices.append(
+            f"the folder was prepared with tokenizer {short_hash(previous.tokenizer_hash)}, now "
+            f"{short_hash(tokenizer_hash)}: re-tokenized every file"
+        )
+    return previous
+
+
+def _reusable(previous: PreparedData | None, tokenizer_hash: str) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Content hash -> (manifest entry, ids) of the previous preparation made with this tokenizer."""
+    if previous is None or previous.tokenizer_hash != tokenizer_hash:
+        return {}
+    return {
+        entry["sha256"]: (entry, ids)
+        for split in previous.splits
+        for entry, ids in zip(previous.files(split), previous.pieces(split))
+    }
+
+
+def prepare(
+    data_dir: "str | Path",
+    out_dir: "str | Path",
+    *,
+    workers: int | None = None,
+    split_ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+    tokenizer_spec: str | None = None,
+    progress: bool = True,
+) -> PrepareResult:
+    """Prepare (or incrementally update) `out_dir` from the MIDI files under `data_dir`."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist")
+    paths = find_midi_files(data_dir)
+    if not paths:
+        raise UserError(f"no .mid or .midi files under {data_dir}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists():
+        ours = {TOKENIZER_NAME, _LOCK_NAME}
+        if any(not _OWN_FILE.fullmatch(p.name) and p.name not in ours for p in out_dir.iterdir()):
+            raise UserError(f"--out {out_dir} is neither empty nor a prepared folder: choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(out_dir):
+        return _prepare_locked(data_dir, out_dir, paths, workers, split_ratios, tokenizer_spec, progress)
+
+
+def _prepare_locked(
+    data_dir: Path,
+    out_dir: Path,
+    paths: list[str],
+    workers: int | None,
+    split_ratios: Sequence[float],
+    tokenizer_spec: str | None,
+    progress: bool,
+) -> PrepareResult:
+    from perceiver_ar_music.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else load_tokenizer()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load tokenizer {tokenizer_spec!r}: {exc}") from None
+    if len(tokenizer.vocab) > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise UserError(f"the tokenizer has {len(tokenizer.vocab)} ids, more than uint16 holds")
+    result = PrepareResult(out_dir=out_dir, manifest={})
+    skipped: list[dict[str, str]] = []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append({"path": path, "reason": reason})
+        _warn(f"skipped {path}: {reason}")
+
+    # Splits: metadata first, a path hash for everything it does not name.
+    metadata = load_metadata(data_dir)
+    on_disk = set(paths)
+    splits: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        named = metadata.split_of.get(path) if metadata else None
+        if named is None:
+            splits[path] = (hashed_split(path, split_ratios), "hash")
+        elif _SPLIT_NAME.fullmatch(named):
+            splits[path] = (named, "metadata")
+        else:
+            skip(path, f"metadata names an invalid split {named!r}")
+    if metadata:
+        described = ", ".join(metadata.sources)
+        for path in sorted(set(metadata.split_of) - on_disk):
+            skip(path, f"listed in {described} but missing on disk")
+        unlisted = sum(1 for source in splits.values() if source[1] == "hash")
+        if unlisted:
+            result.notices.append(f"{unlisted} files not in {described}: split by a hash of their path")
+
+    # Content hashes decide what can be reused from the previous preparation.
+    previous = _previous(out_dir, tokenizer.hash, result.notices)
+    reusable = _reusable(previous, tokenizer.hash)
+    pieces: dict[str, Piece] = {}
+    to_encode: dict[str, str] = {}  # path -> sha256
+    for path in splits:
+        try:
+            digest = hashlib.sha256((data_dir / path).read_bytes()).hexdigest()
+        except OSError as exc:
+            skip(path, f"cannot read: {exc.strerror or exc}")
+            continue
+        split, source = splits[path]
+        if digest in reusable:
+            entry, ids = reusable[digest]
+            pieces[path] = Piece(path, split, source, digest, ids, entry["num_notes"], entry["seconds"],
+                                 entry.get("overlaps_dropped", 0))
+            result.reused += 1
+        else:
+            to_encode[path] = digest
+
+    for path, outcome in _encode_all(data_dir, to_encode, tokenizer_spec, tokenizer.hash, workers, progress):
+        if isinstance(outcome, str):
+            skip(path, outcome)
+            continue
+        split, source = splits[path]
+        ids, notes, seconds, overlaps = outcome
+        pieces[path] = Piece(path, split, source, to_encode[path], ids, notes, seconds, overlaps)
+        result.tokenized += 1
+
+    if not pieces:
+        raise UserError(f"none of the {len(paths)} MIDI files under {data_dir} could be prepared")
+    generation = previous.manifest["generation"] + 1 if previous else 1
+    result.manifest = _commit(out_dir, generation, tokenizer, pieces, skipped, metadata, split_ratios)
+    return result
+
+
+def _encode_all(
+    data_dir: Path,
+    to_encode: dict[str, str],
+    tokenizer_spec: str | None,
+    tokenizer_hash: str,
+    workers: int | None,
+    progress: bool,
+) -> Iterator[tuple[str, tuple[np.ndarray, int, float, int] | str]]:
+    """Tokenize files (largest first, for even load) in worker processes; yield (path, outcome)."""
+    from tqdm import tqdm
+
+    order = sorted(to_encode, key=lambda p: -(data_dir / p).stat().st_size)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(order)))
+    bar = tqdm(total=len(order), desc="tokenizing", unit="file", disable=not progress or not order)
+    try:
+        if workers == 1:
+            _init_worker(tokenizer_spec, tokenizer_hash)
+            for path in order:
+                yield path, _encode(str(data_dir / path))
+                bar.update()
+            return
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer_spec, tokenizer_hash)) as pool:
+            futures = {pool.submit(_encode, str(data_dir / path)): path for path in order}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+                    bar.update()
+            except BrokenProcessPool:
+                raise UserError("a tokenizer worker process died; re-run with --workers 1 to find the file") from None
+    finally:
+        bar.close()
+
+
+def _commit(
+    out_dir: Path,
+    generation: int,
+    tokenizer: Any,
+    pieces: dict[str, Piece],
+    skipped: list[dict[str, str]],
+    metadata: Metadata | None,
+    split_ratios: Sequence[float],
+) -> dict[str, Any]:
+    """Write the new generation's token files, the tokenizer, then the manifest; drop stale files."""
+    by_split: dict[str, list[Piece]] = {}
+    for path in sorted(pieces):
+        by_split.setdefault(pieces[path].split, []).append(pieces[path])
+    files: list[dict[str, Any]] = []
+    split_totals: dict[str, dict[str, Any]] = {}
+    for split in ordered_splits(list(by_split)):
+        name = token_file_name(generation, split)
+        _write_tokens(out_dir / name, [piece.ids for piece in by_split[split]])
+        offset = 0
+        for piece in by_split[split]:
+            files.append({
+                "path": piece.path,
+                "split": split,
+                "split_source": piece.split_source,
+                "offset": offset,
+                "num_tokens": len(piece.ids),
+                "num_notes": piece.num_notes,
+                "seconds": round(piece.seconds, 3),
+                "overlaps_dropped": piece.overlaps_dropped,
+                "sha256": piece.sha256,
+            })
+            offset += len(piece.ids)
+        split_totals[split] = {"tokens_file": name, **_totals(by_split[split])}
+    tokenizer_sha256 = _write_tokenizer(out_dir / TOKENIZER_NAME, tokenizer)
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "generation": generation,
+        "tokenizer": {"hash": tokenizer.hash, "file": TOKENIZER_NAME, "file_sha256": tokenizer_sha256,
+                      "config": tokenizer.config_dict()},
+        "vocab": {"tokens": list(tokenizer.vocab.tokens), "seconds_per_beat": tokenizer.vocab.seconds_per_beat},
+        "split_method": {
+            "metadata": list(metadata.sources) if metadata else [],
+            "hash_ratios": dict(zip(SPLIT_ORDER, split_ratios)),
+        },
+        "totals": {**_totals(list(pieces.values())), "num_skipped": len(skipped)},
+        "splits": split_totals,
+        "files": files,
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+    }
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    _remove_stale(out_dir, {info["tokens_file"] for info in split_totals.values()})
+    return manifest
+
+
+def _totals(pieces: list[Piece]) -> dict[str, Any]:
+    seconds = sum(piece.seconds for piece in pieces)
+    return {
+        "num_files": len(pieces),
+        "num_tokens": sum(len(piece.ids) for piece in pieces),
+        "num_notes": sum(piece.num_notes for piece in pieces),
+        "seconds": round(seconds, 3),
+        "hours": round(seconds / 3600, 3),
+    }
+
+
+def _write_tokens(path: Path, arrays: list[np.ndarray]) -> None:
+    """Write arrays back to back as little-endian uint16, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        for ids in arrays:
+            np.asarray(ids, dtype=TOKEN_DTYPE).tofile(handle)
+
+
+def _write_tokenizer(path: Path, tokenizer: Any) -> str:
+    """Save the tokenizer JSON, replacing the old file only if it differs; return its sha256."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tokenizer.save(staged)
+        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            with open(staged, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return digest
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Delete token files of older generations and temporaries left by killed runs."""
+    for entry in out_dir.iterdir():
+        if _OWN_FILE.fullmatch(entry.name) and entry.name not in keep:
+            entry.unlink(missing_ok=True)
+
+
+def format_summary(result: PrepareResult) -> str:
+    """A small table of files, notes, tokens and hours per split, plus what was skipped or reused."""
+    manifest = result.manifest
+    rows = [(split, info) for split, info in manifest["splits"].items()] + [("total", manifest["totals"])]
+    lines = [f"{'split':<12}{'files':>8}{'notes':>14}{'tokens':>14}{'hours':>10}"]
+    for name, info in rows:
+        lines.append(f"{name:<12}{info['num_files']:>8,}{info['num_notes']:>14,}{info['num_tokens']:>14,}"
+                     f"{info['hours']:>10.2f}")
+    lines.append(f"skipped {len(manifest['skipped'])} files (reasons in the warnings above and in the manifest)"
+                 if manifest["skipped"] else "skipped 0 files")
+    lines.append(f"tokenized {result.tokenized} files, reused {result.reused} unchanged files")
+    lines.extend(f"note: {notice}" for notice in result.notices)
+    lines.append(f"wrote {result.out_dir} (generation {manifest['generation']}, tokenizer "
+                 f"{short_hash(manifest['tokenizer']['hash'])})")
+    return "\n".join(lines)

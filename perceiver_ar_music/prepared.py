@@ -142,7 +142,7 @@ def _corrupt(root: Path, detail: str) -> UserError:
 def _check_manifest(root: Path, manifest: Any) -> EventVocab:
     """Validate the manifest's structure against the token files on disk; return its vocabulary."""
     try:
-        if manifest.get("format") != FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise _corrupt(root, "not a prepared-data manifest")
         if manifest.get("version") != FORMAT_VERSION:
             raise _corrupt(root, f"format version {manifest.get('version')!r}, expected {FORMAT_VERSION}")

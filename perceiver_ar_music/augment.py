@@ -1,0 +1,103 @@
+"""Token-level data augmentation: transposition and time stretch of performance-event ids.
+
+Both work directly on id sequences (any crop of a piece, with or without BOS/EOS), keep the order
+of all non-time-shift tokens, and are deterministic given a ``numpy.random.Generator``.
+
+- Transposition by ``k`` semitones moves every NoteOn/NoteOff id by ``k``. The random ``k`` is
+  drawn uniformly from the shifts in ``-max_transpose..max_transpose`` that keep every note of the
+  sequence inside the vocabulary's pitch range, so no note is ever dropped or wrapped (a window
+  already near the top of the keyboard is only transposed down, and so on; 0 is always allowed).
+- Time stretch by a factor ``f`` multiplies the absolute time of every token (measured from the
+  start of the sequence), rounds it to the grid, and re-differences: each time is off by at most
+  half a step (5 ms) with no drift. Gaps are re-split into maximal shifts (100, 100, ..., rest),
+  so the sequence length changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perceiver_ar_music.events import as_id_array, encode_timed_events, tables
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random augmentation of each training window."""
+
+    max_transpose: int = 3  # semitones, both ways
+    min_stretch: float = 0.95
+    max_stretch: float = 1.05
+
+    def __post_init__(self) -> None:
+        if self.max_transpose < 0:
+            raise ValueError(f"max_transpose must be >= 0, got {self.max_transpose}")
+        if not 0 < self.min_stretch <= self.max_stretch:
+            raise ValueError(f"need 0 < min_stretch <= max_stretch, got {self.min_stretch}, {self.max_stretch}")
+
+    def sample_stretch(self, rng: np.random.Generator) -> float:
+        """A stretch factor drawn uniformly from [min_stretch, max_stretch]."""
+        return float(rng.uniform(self.min_stretch, self.max_stretch))
+
+    def sample_transpose(self, ids: np.ndarray, vocab: EventVocab, rng: np.random.Generator) -> int:
+        """A transposition drawn uniformly from the allowed shifts for `ids` (see the module doc)."""
+        low, high = transpose_bounds(ids, vocab, self.max_transpose)
+        return int(rng.integers(low, high + 1))
+
+
+def _note_mask(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:
+    kind = tables(vocab).kinds_of(ids)
+    return (kind == NOTE_ON) | (kind == NOTE_OFF)
+
+
+def transpose_bounds(ids: np.ndarray, vocab: EventVocab, max_semitones: int) -> tuple[int, int]:
+    """The range (low, high) of shifts within +-max_semitones that keep every note in range."""
+    table = tables(vocab)
+    ids = as_id_array(ids)
+    pitches = table.pitch[ids[_note_mask(ids, vocab)]]
+    if len(pitches) == 0:
+        return -max_semitones, max_semitones
+    low = max(-max_semitones, table.min_pitch - int(pitches.min()))
+    high = min(max_semitones, table.max_pitch - int(pitches.max()))
+    return low, high
+
+
+def transpose(ids: np.ndarray, semitones: int, vocab: EventVocab) -> np.ndarray:
+    """`ids` with every note moved by `semitones`; raises ValueError if a note leaves the range."""
+    table = tables(vocab)
+    array = np.asarray(ids)
+    ids64 = as_id_array(array)
+    is_note = _note_mask(ids64, vocab)
+    moved = table.pitch[ids64[is_note]] + semitones
+    if len(moved) and (moved.min() < table.min_pitch or moved.max() > table.max_pitch):
+        raise ValueError(f"transposing by {semitones} moves notes outside {table.min_pitch}..{table.max_pitch}")
+    out = ids64.copy()
+    is_on = table.kind[ids64[is_note]] == NOTE_ON
+    out[is_note] = np.where(is_on, table.note_on[moved], table.note_off[moved])
+    return out.astype(_result_dtype(array), copy=False)
+
+
+def time_stretch(ids: np.ndarray, factor: float, vocab: EventVocab) -> np.ndarray:
+    """`ids` played `factor` times slower (factor > 1) or faster, on the same 10 ms grid."""
+    if not factor > 0:
+        raise ValueError(f"stretch factor must be > 0, got {factor}")
+    array = np.asarray(ids)
+    if factor == 1.0:
+        return array.astype(_result_dtype(array), copy=True).reshape(-1)
+    table = tables(vocab)
+    ids64 = as_id_array(array)
+    is_shift = table.kinds_of(ids64) == TIME_SHIFT
+    steps = np.where(is_shift, table.shift_steps[np.where(is_shift, ids64, 0)], 0)
+    clock = np.cumsum(steps)
+    end = int(clock[-1]) if len(clock) else 0
+    events = ~is_shift
+    stretched = np.floor(clock[events] * factor + 0.5).astype(np.int64)
+    stretched_end = int(np.floor(end * factor + 0.5))
+    out = encode_timed_events(ids64[events], stretched, stretched_end, vocab)
+    return out.astype(_result_dtype(array), copy=False)
+
+
+def _result_dtype(array: np.ndarray) -> np.dtype:
+    return array.dtype if np.issubdtype(array.dtype, np.integer) else np.dtype(np.int64)

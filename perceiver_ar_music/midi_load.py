@@ -1,0 +1,120 @@
+"""Read any MIDI file into one piano stream of notes in wall-clock seconds.
+
+symusic parses the file (C++) and converts ticks to seconds through the tempo map. Then, per
+track, the sustain pedal (CC64 >= 64 = down) is folded into note durations: a note released
+while the pedal is down sounds until the pedal comes up. Drum tracks are dropped and all other
+tracks are merged. Everything after parsing is vectorized numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+SUSTAIN_CC = 64
+PEDAL_DOWN_THRESHOLD = 64
+
+
+class MidiReadError(Exception):
+    """A MIDI file that cannot be used: unreadable, empty, no notes, drums only. Picklable."""
+
+
+@dataclass(frozen=True)
+class PerformanceNotes:
+    """Notes of one piano stream, in seconds, pedal already folded into the ends."""
+
+    start: np.ndarray  # float64 seconds
+    end: np.ndarray  # float64 seconds, > start
+    pitch: np.ndarray  # int64 0..127
+    velocity: np.ndarray  # int64 1..127
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def read_score(path: str | os.PathLike[str]):
+    """Parse a MIDI file into a ``symusic`` Score timed in seconds, or raise MidiReadError."""
+    from symusic import Score
+
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(4)
+    except IsADirectoryError:
+        raise MidiReadError("not a file (a directory)") from None
+    except FileNotFoundError:
+        raise MidiReadError("file not found") from None
+    except OSError as exc:
+        raise MidiReadError(f"cannot open file ({exc.strerror})") from None
+    if not header:
+        raise MidiReadError("empty file (0 bytes)")
+    if header != b"MThd":
+        raise MidiReadError("not a MIDI file (no MThd header)")
+    try:
+        return Score(str(path), ttype="second")
+    except Exception as exc:  # symusic raises RuntimeError with a parser message
+        detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
+        raise MidiReadError(f"corrupt or truncated MIDI ({detail})") from None
+
+
+def pedal_intervals(times: np.ndarray, values: np.ndarray, piece_end: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sustain-down intervals [down, up) from time-sorted CC64 events; a pedal never released
+    lasts until ``piece_end`` (the last note end of the piece)."""
+    down = (values >= PEDAL_DOWN_THRESHOLD).astype(np.int8)
+    change = np.diff(down, prepend=np.int8(0))
+    downs = times[change == 1]
+    ups = times[change == -1]
+    if len(ups) < len(downs):
+        ups = np.append(ups, max(piece_end, downs[-1]))
+    return downs, ups
+
+
+def fold_sustain(end: np.ndarray, downs: np.ndarray, ups: np.ndarray) -> np.ndarray:
+    """Extend every note end that falls inside a pedal-down interval [down, up) to its up."""
+    if len(downs) == 0:
+        return end
+    which = np.searchsorted(downs, end, side="right") - 1
+    safe = np.maximum(which, 0)
+    held = (which >= 0) & (end < ups[safe])
+    return np.where(held, np.maximum(end, ups[safe]), end)
+
+
+def _last_note_end(track) -> float:
+    notes = track.notes.numpy()
+    return float((notes["time"].astype(np.float64) + notes["duration"]).max())
+
+
+def _track_notes(track, piece_end: float) -> tuple[np.ndarray, ...]:
+    notes = track.notes.numpy()
+    start = notes["time"].astype(np.float64)
+    end = start + notes["duration"].astype(np.float64)
+    if len(track.controls):
+        controls = track.controls.numpy()
+        is_sustain = controls["number"] == SUSTAIN_CC
+        if is_sustain.any():
+            order = np.argsort(controls["time"][is_sustain], kind="stable")
+            times = controls["time"][is_sustain][order].astype(np.float64)
+            values = controls["value"][is_sustain][order]
+            end = fold_sustain(end, *pedal_intervals(times, values, piece_end))
+    return start, end, notes["pitch"].astype(np.int64), notes["velocity"].astype(np.int64)
+
+
+def performance_notes(score) -> PerformanceNotes:
+    """All non-drum notes of a symusic Score (any time unit) merged into one pedal-folded stream."""
+    from symusic.core import ScoreSecond
+
+    if not isinstance(score, ScoreSecond):
+        score = score.to("second")
+    tracks = [track for track in score.tracks if len(track.notes)]
+    if not tracks:
+        raise MidiReadError("no notes")
+    melodic = [track for track in tracks if not track.is_drum]
+    if not melodic:
+        raise MidiReadError("only drum tracks")
+    piece_end = max(_last_note_end(track) for track in melodic)
+    parts = [_track_notes(track, piece_end) for track in melodic]
+    start, end, pitch, velocity = (np.concatenate(column) for column in zip(*parts))
+    if not (np.isfinite(start).all() and np.isfinite(end).all()):
+        raise MidiReadError("invalid timing (non-finite note times)")
+    return PerformanceNotes(start=start, end=end, pitch=pitch, velocity=velocity)

@@ -1,0 +1,348 @@
+"""MIDI performances <-> performance-event ids (NoteOn / NoteOff / Velocity / TimeShift).
+
+miditok owns the format: a preset is miditok's own JSON (``tokenization/<name>.json``, a MIDILike
+config) and miditok builds the vocabulary from it. Wall-clock time is kept by re-timing every
+performance onto a constant-tempo grid (120 qpm, ``steps_per_beat`` steps per beat: 10 ms for
+the ``performance`` preset), so a TimeShift is a fixed number of milliseconds.
+
+The encoder here is a vectorized numpy re-implementation that produces the same ids as miditok's
+MIDILike on the same normalized score (``reference_score`` + ``miditok`` give the slow
+reference; the tests compare them). The decoder is our own and accepts any id sequence.
+
+Normalization before encoding (all in ``quantize_notes``):
+- onsets and offsets are rounded to the grid;
+- same-pitch notes never overlap: a note ends at the next onset of its pitch (the re-strike
+  convention), and of several same-pitch notes starting on the same grid step only the
+  longest is kept (the others are counted in ``overlaps_dropped``);
+- every note lasts at least one grid step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from perceiver_ar_music.atomic import atomic_path, write_bytes_atomic
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.midi_load import MidiReadError, PerformanceNotes, performance_notes, read_score
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "EncodedPiece",
+    "GridNotes",
+    "MidiReadError",
+    "PerformanceTokenizer",
+    "available_presets",
+    "load_tokenizer",
+]
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "tokenization"
+DEFAULT_PRESET = "performance"
+SECONDS_PER_BEAT = 0.5  # the constant 120 qpm grid that carries wall-clock time
+DEFAULT_VELOCITY = 64  # for a NoteOn with no Velocity after it and none before
+VERSION_KEYS = ("miditok_version", "symusic_version", "hf_tokenizers_version")
+# miditok options that this event stream does not carry; a preset must leave them off.
+UNSUPPORTED_OPTIONS = (
+    "use_programs",
+    "use_tempos",
+    "use_time_signatures",
+    "use_key_signatures",
+    "use_sustain_pedals",
+    "use_pitch_bends",
+    "use_control_changes",
+    "use_chords",
+    "use_rests",
+    "use_pitch_intervals",
+    "use_pitchdrum_tokens",
+    "remove_duplicated_notes",
+)
+
+
+@dataclass(frozen=True)
+class EncodedPiece:
+    """One encoded performance: ids without BOS/EOS, and what the encoding kept or dropped."""
+
+    ids: np.ndarray  # uint16
+    num_notes: int
+    seconds: float
+    overlaps_dropped: int
+
+
+@dataclass(frozen=True)
+class GridNotes:
+    """Normalized notes on the time grid, in encoding order (onset, then pitch)."""
+
+    start: np.ndarray  # int64 grid steps
+    end: np.ndarray  # int64 grid steps, > start, <= next onset of the same pitch
+    pitch: np.ndarray  # int64
+    velocity: np.ndarray  # int64, raw MIDI velocity (binned by the encoder)
+    overlaps_dropped: int
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped under ``tokenization/``."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.json"))
+
+
+def _preset_path(preset: str | os.PathLike[str]) -> Path:
+    path = Path(preset)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise UserError(f"tokenizer config not found: {path}")
+        return path
+    candidate = PRESET_DIR / f"{preset}.json"
+    if not candidate.is_file():
+        names = ", ".join(available_presets()) or "none"
+        raise UserError(f"unknown tokenizer preset '{preset}' (available: {names})")
+    return candidate
+
+
+def load_tokenizer(preset: str | os.PathLike[str] = DEFAULT_PRESET) -> "PerformanceTokenizer":
+    """Load a preset by name (``tokenization/<name>.json``) or from a miditok JSON file path."""
+    path = _preset_path(preset)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read tokenizer config {path}: {exc}") from None
+    if not isinstance(saved, dict) or saved.get("tokenization") != "MIDILike":
+        raise UserError(f"{path}: only miditok MIDILike configs are supported")
+    if "_model" in saved:
+        raise UserError(f"{path}: trained (BPE/Unigram) tokenizers are not supported")
+    from miditok import MIDILike
+
+    try:
+        tokenizer = MIDILike(params=path)
+    except Exception as exc:  # miditok raises assorted errors on malformed configs
+        raise UserError(f"{path}: invalid miditok config ({exc})") from None
+    return PerformanceTokenizer(tokenizer)
+
+
+def _check_supported(config) -> None:
+    enabled = [name for name in UNSUPPORTED_OPTIONS if getattr(config, name, False)]
+    if enabled:
+        raise UserError(f"tokenizer config enables unsupported options: {', '.join(enabled)}")
+    if not config.use_velocities:
+        raise UserError("tokenizer config must use velocities")
+    if len(config.beat_res) != 1 or next(iter(config.beat_res))[0] != 0:
+        raise UserError("tokenizer config needs one beat_res range starting at beat 0")
+    missing = {"PAD", "BOS", "EOS"} - {token.split("_")[0] for token in config.special_tokens}
+    if missing:
+        raise UserError(f"tokenizer config lacks special tokens: {', '.join(sorted(missing))}")
+
+
+def _lookup(size: int, mapping: dict[int, int]) -> np.ndarray:
+    table = np.full(size, -1, dtype=np.int64)
+    for key, value in mapping.items():
+        table[key] = value
+    return table
+
+
+def nearest_velocity_ids(vocab: EventVocab) -> np.ndarray:
+    """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the higher bin,
+    as miditok's ``np_get_closest``)."""
+    bins = sorted((vocab.velocity[i], i) for i in range(len(vocab)) if vocab.kind[i] == VELOCITY)
+    values = np.array([value for value, _ in bins])
+    ids = np.array([idx for _, idx in bins])
+    distance = np.abs(np.arange(128)[:, None] - values[None, :])
+    # argmin takes the first minimum; scanning bins from high to low makes ties go up.
+    return ids[::-1][np.argmin(distance[:, ::-1], axis=1)]
+
+
+def quantize_notes(notes: PerformanceNotes, seconds_per_step: float, pitch_ok: np.ndarray) -> GridNotes:
+    """Round notes onto the grid and resolve same-pitch overlaps (see the module docstring)."""
+    inside = pitch_ok[notes.pitch]
+    start = np.rint(notes.start[inside] / seconds_per_step).astype(np.int64)
+    end = np.rint(notes.end[inside] / seconds_per_step).astype(np.int64)
+    pitch, velocity = notes.pitch[inside], notes.velocity[inside]
+
+    by_pitch = np.lexsort((end, start, pitch))
+    start, end, pitch, velocity = start[by_pitch], end[by_pitch], pitch[by_pitch], velocity[by_pitch]
+    same_pitch_next = pitch[1:] == pitch[:-1]
+    superseded = np.append(same_pitch_next & (start[1:] == start[:-1]), False)
+    keep = ~superseded
+    start, end, pitch, velocity = start[keep], end[keep], pitch[keep], velocity[keep]
+
+    end = np.maximum(end, start + 1)
+    same_pitch_next = np.append(pitch[1:] == pitch[:-1], False)
+    next_start = np.append(start[1:], 0)
+    end = np.where(same_pitch_next, np.minimum(end, next_start), end)
+
+    by_onset = np.lexsort((pitch, start))
+    return GridNotes(
+        start=start[by_onset],
+        end=end[by_onset],
+        pitch=pitch[by_onset],
+        velocity=velocity[by_onset],
+        overlaps_dropped=int(superseded.sum()),
+    )
+
+
+class PerformanceTokenizer:
+    """A miditok MIDILike performance vocabulary with a fast encoder and a total decoder."""
+
+    def __init__(self, miditok_tokenizer) -> None:
+        _check_supported(miditok_tokenizer.config)
+        self.miditok = miditok_tokenizer
+        self.vocab = EventVocab.from_token_map(miditok_tokenizer.vocab, seconds_per_beat=SECONDS_PER_BEAT)
+        size = len(self.vocab)
+        self._note_on = _lookup(128, dict(self.vocab.note_on_id))
+        self._note_off = _lookup(128, dict(self.vocab.note_off_id))
+        self._shift = _lookup(self.vocab.max_shift_steps + 1, dict(self.vocab.shift_id))
+        self._velocity = nearest_velocity_ids(self.vocab)
+        self._pitch_ok = self._note_on >= 0
+        self._kind = list(self.vocab.kind)
+        self._size = size
+        self.hash = hashlib.sha256(_canonical_json(self._format_dict()).encode()).hexdigest()
+
+    # ----- the format as data -----
+    def config_dict(self) -> dict:
+        """The tokenizer as miditok saves it (``tokenizer.save`` JSON content)."""
+        return json.loads(json.dumps(self.miditok.to_dict()))
+
+    def _format_dict(self) -> dict:
+        """``config_dict`` without library versions: what the hash identifies."""
+        return {key: value for key, value in self.config_dict().items() if key not in VERSION_KEYS}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write miditok's JSON for this tokenizer atomically; ``load_tokenizer(path)`` reads it."""
+        with atomic_path(path) as tmp:
+            self.miditok.save(tmp)
+
+    # ----- encoding -----
+    def encode_file(self, path: str | os.PathLike[str]) -> EncodedPiece:
+        """Encode a MIDI file; raises MidiReadError (short reason) for unusable files."""
+        return self.encode_score(read_score(path))
+
+    def encode_score(self, score) -> EncodedPiece:
+        """Encode a symusic Score (any time unit) already in memory."""
+        return self.encode_notes(performance_notes(score))
+
+    def encode_notes(self, notes: PerformanceNotes) -> EncodedPiece:
+        """Encode a pedal-folded piano stream in seconds."""
+        grid = self.quantize(notes)
+        if len(grid) == 0:
+            raise MidiReadError("no notes in the tokenizer's pitch range")
+        ids = self.encode_grid(grid)
+        seconds = float(grid.end.max()) * self.vocab.seconds_per_step
+        return EncodedPiece(
+            ids=ids.astype(np.uint16),
+            num_notes=len(grid),
+            seconds=seconds,
+            overlaps_dropped=grid.overlaps_dropped,
+        )
+
+    def quantize(self, notes: PerformanceNotes) -> GridNotes:
+        """Normalize notes onto this tokenizer's time grid."""
+        return quantize_notes(notes, self.vocab.seconds_per_step, self._pitch_ok)
+
+    def encode_grid(self, grid: GridNotes) -> np.ndarray:
+        """Ids of normalized grid notes (int64), identical to miditok MIDILike's encoding."""
+        n = len(grid)
+        times = np.empty(3 * n, dtype=np.int64)
+        events = np.empty(3 * n, dtype=np.int64)
+        times[0::3], times[1::3], times[2::3] = grid.start, grid.start, grid.end
+        events[0::3] = self._note_on[grid.pitch]
+        events[1::3] = self._velocity[np.clip(grid.velocity, 0, 127)]
+        events[2::3] = self._note_off[grid.pitch]
+        # miditok sorts the per-note (NoteOn, Velocity, NoteOff) events stably by time.
+        order = np.argsort(times, kind="stable")
+        times, events = times[order], events[order]
+        delta = np.diff(times, prepend=0)
+        longest = self.vocab.max_shift_steps
+        full, remainder = np.divmod(delta, longest)
+        block_end = np.cumsum(full + (remainder > 0) + 1)
+        ids = np.full(int(block_end[-1]) if n else 0, self._shift[longest], dtype=np.int64)
+        ids[block_end - 1] = events
+        partial = remainder > 0
+        ids[block_end[partial] - 2] = self._shift[remainder[partial]]
+        return ids
+
+    def reference_score(self, grid: GridNotes):
+        """The normalized notes as a symusic Score on the grid (tpq = steps per beat), which
+        miditok's own ``encode`` turns into the same ids as ``encode_grid`` (test reference)."""
+        from symusic import Note, Score, Track
+
+        score = Score(self.vocab.steps_per_beat)
+        track = Track(name="Piano", program=0, is_drum=False)
+        track.notes = Note.from_numpy(
+            time=grid.start.astype(np.int32),
+            duration=(grid.end - grid.start).astype(np.int32),
+            pitch=grid.pitch.astype(np.int8),
+            velocity=grid.velocity.astype(np.int8),
+        )
+        score.tracks.append(track)
+        return score
+
+    # ----- decoding -----
+    def decode_notes(self, ids: Iterable[int] | np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Notes ``(start_step, end_step, pitch, velocity)`` of ANY id sequence, sorted.
+
+        A NoteOn takes the Velocity token right after it (else the last velocity seen, else 64);
+        a NoteOff ends the oldest sounding note of its pitch (FIFO, as miditok) and is ignored
+        when none sounds; notes still sounding at the end are released there; every note lasts
+        at least one step. Specials (PAD/BOS/EOS) and out-of-range ids are ignored.
+        """
+        seq = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        size, kind = self._size, self._kind
+        pitch_of, velocity_of, steps_of = self.vocab.pitch, self.vocab.velocity, self.vocab.shift_steps
+        sounding: dict[int, list[tuple[int, int]]] = {}
+        notes: list[tuple[int, int, int, int]] = []
+        now, last_velocity = 0, DEFAULT_VELOCITY
+        for position, token in enumerate(seq):
+            if not 0 <= token < size:
+                continue
+            token_kind = kind[token]
+            if token_kind == TIME_SHIFT:
+                now += steps_of[token]
+            elif token_kind == VELOCITY:
+                last_velocity = velocity_of[token]
+            elif token_kind == NOTE_ON:
+                following = seq[position + 1] if position + 1 < len(seq) else -1
+                if 0 <= following < size and kind[following] == VELOCITY:
+                    last_velocity = velocity_of[following]
+                sounding.setdefault(pitch_of[token], []).append((now, last_velocity))
+            elif token_kind == NOTE_OFF:
+                queue = sounding.get(pitch_of[token])
+                if queue:
+                    start, velocity = queue.pop(0)
+                    notes.append((start, max(now, start + 1), pitch_of[token], velocity))
+        for pitch, queue in sounding.items():
+            notes.extend((start, max(now, start + 1), pitch, velocity) for start, velocity in queue)
+        notes.sort()
+        return notes
+
+    def decode(self, ids: Iterable[int] | np.ndarray):
+        """A symusic Score (tpq = steps per beat, 120 qpm, one piano track) of ANY id sequence."""
+        from symusic import Note, Score, Tempo, TimeSignature, Track
+
+        notes = np.array(self.decode_notes(ids), dtype=np.int64).reshape(-1, 4)
+        score = Score(self.vocab.steps_per_beat)
+        score.tempos.append(Tempo(0, qpm=60.0 / SECONDS_PER_BEAT))
+        score.time_signatures.append(TimeSignature(0, 4, 4))
+        track = Track(name="Piano", program=0, is_drum=False)
+        track.notes = Note.from_numpy(
+            time=notes[:, 0].astype(np.int32),
+            duration=(notes[:, 1] - notes[:, 0]).astype(np.int32),
+            pitch=notes[:, 2].astype(np.int8),
+            velocity=notes[:, 3].astype(np.int8),
+        )
+        score.tracks.append(track)
+        return score
+
+    def decode_to_midi(self, ids: Iterable[int] | np.ndarray, path: str | os.PathLike[str]) -> None:
+        """Decode ANY id sequence and write it as a MIDI file, atomically."""
+        write_bytes_atomic(path, self.decode(ids).dumps_midi())
+
+
+def _canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,143 @@
+"""Sampling: logit filters (temperature, top-k, top-p, min-p, repetition penalty) and `generate`.
+
+`generate` continues a batch of equal-length prompts with the cached decoder (or the reference
+path), any number of tokens past the model's context, reproducibly for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
+from perceiver_ar_music.model import PerceiverAR
+
+# Called after every step with (step index, new tokens (b,)); returning True stops generation.
+StepCallback = Callable[[int, torch.Tensor], "bool | None"]
+# Returns a (b, V) bool mask of tokens allowed next, given the sequences so far (b, L).
+AllowedTokens = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SamplingConfig:
+    """How the next token is drawn from the logits. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # 0.0: off; keep tokens with p >= min_p * p_max
+    repetition_penalty: float = 1.0  # 1.0: off; > 1 discourages recently emitted tokens
+    repetition_window: int = 64  # how many recent tokens the penalty looks at
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError("min_p must be in [0, 1)")
+        if self.repetition_penalty < 1.0:
+            raise ValueError("repetition_penalty must be >= 1")
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, recent: torch.Tensor, penalty: float, penalized: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Divide positive (multiply negative) logits of tokens present in `recent` (b, W) by `penalty`.
+
+    `penalized` (V,) bool restricts the penalty to some token kinds (e.g. note-ons only: time
+    shifts and note-offs repeat by nature in performance events).
+    """
+    present = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, recent, True)
+    if penalized is not None:
+        present &= penalized
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(present, scaled, logits)
+
+
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p filtering (removed tokens get -inf)."""
+    logits = logits.float() / max(cfg.temperature, 1e-8)
+    neg_inf = torch.finfo(logits.dtype).min
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, neg_inf)
+    if cfg.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < cfg.min_p * probs.max(-1, keepdim=True).values, neg_inf)
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= cfg.top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, neg_inf)
+    return logits
+
+
+def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one token per row of logits (b, V) -> (b,)."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, cfg).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: PerceiverAR,
+    prompt: torch.Tensor,
+    num_tokens: int,
+    sampling: SamplingConfig | None = None,
+    *,
+    use_cache: bool = True,
+    reset_latents: int | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    allowed_tokens: AllowedTokens | None = None,
+    penalized_tokens: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Continue `prompt` (b, P) by up to `num_tokens` tokens; returns (b, P + generated).
+
+    use_cache=False runs the slow reference path (a full forward per token). With `eos_id`,
+    a sequence that emitted EOS keeps emitting EOS, and generation stops once all have.
+    `allowed_tokens` masks impossible tokens; `callback` sees every step and may stop early.
+    """
+    sampling = sampling or SamplingConfig()
+    if prompt.dim() != 2 or prompt.shape[1] < 1:
+        raise ValueError("prompt must have shape (batch, length >= 1)")
+    was_training = model.training
+    model.eval()
+    try:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=prompt.device).manual_seed(seed)
+        decoder = CachedDecoder(model, reset_latents) if use_cache else ReferenceDecoder(model)
+        length = prompt.shape[1]
+        tokens = torch.cat((prompt, prompt.new_zeros((prompt.shape[0], num_tokens))), dim=1)
+        logits = decoder.prefill(prompt)
+        finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+        for step in range(num_tokens):
+            if sampling.repetition_penalty > 1.0:
+                recent = tokens[:, max(0, length - sampling.repetition_window) : length]
+                logits = apply_repetition_penalty(logits, recent, sampling.repetition_penalty, penalized_tokens)
+            if allowed_tokens is not None:
+                logits = logits.masked_fill(~allowed_tokens(tokens[:, :length]), torch.finfo(logits.dtype).min)
+            new = next_token(logits, sampling, generator)
+            if eos_id is not None:
+                new = torch.where(finished, torch.full_like(new, eos_id), new)
+                finished |= new == eos_id
+            tokens[:, length] = new
+            length += 1
+            stop = bool(callback(step, new)) if callback is not None else False
+            if stop or (eos_id is not None and bool(finished.all())) or step == num_tokens - 1:
+                break
+            logits = decoder.step(new)
+        return tokens[:, :length]
+    finally:
+        model.train(was_training)

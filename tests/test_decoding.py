@@ -1,0 +1,130 @@
+"""The cached decoder against slow references: windows, resets, sliding context, batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
+from perceiver_ar_music.model import PerceiverAR
+from perceiver_ar_music.sampling import SamplingConfig, generate
+
+M, N = 24, 8  # context and latents of the test model
+
+
+def model_in(dtype: torch.dtype = torch.float64) -> PerceiverAR:
+    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=M, num_latents=N)
+    torch.nn.init.normal_(model.to_logits.weight, std=0.5)
+    return model.to(dtype).eval()
+
+
+def run_cached(model, seq, prompt_len, reset_latents=None):
+    """Teacher-force `seq` through the cached decoder; yields (length, logits, decoder) per step."""
+    dec = CachedDecoder(model, reset_latents)
+    yield prompt_len, dec.prefill(seq[:, :prompt_len]), dec
+    for t in range(prompt_len, seq.shape[1]):
+        yield t + 1, dec.step(seq[:, t]), dec
+
+
+def slow_sliding_reference(model, seq, length, latent_windows):
+    """Logits after `length` tokens, computing each latent's cross-attention in its own window.
+
+    latent_windows maps each cached latent's position j to the window start it was computed with.
+    This is the definition of the cached decoder's semantics, written the slow, obvious way.
+    """
+    states = []
+    for j, start in sorted(latent_windows.items()):
+        x, _ = model.cross_attend(seq[:, start : j + 1], num_latents=1)
+        states.append(x)
+    x = torch.cat(states, dim=1)
+    return model.latent_stack(x, torch.tensor(sorted(latent_windows)))[:, -1]
+
+
+def test_identical_to_reference_at_every_step_while_the_sequence_fits_the_latents():
+    model = model_in()
+    seq = torch.randint(0, 50, (2, N))
+    ref = ReferenceDecoder(model)
+    for length, logits, _ in run_cached(model, seq, prompt_len=1):
+        expected = ref.prefill(seq[:, :length])
+        torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_after_each_reset_identical_to_a_forward_with_that_many_latents():
+    model = model_in()
+    seq = torch.randint(0, 50, (2, M))  # no sliding yet
+    resets = 0
+    for length, logits, dec in run_cached(model, seq, prompt_len=3, reset_latents=5):
+        expected = model(seq[:, :length], num_latents=dec.num_cached)[:, -1]
+        torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+        resets = dec.num_resets
+    assert resets >= 4  # resets really happened (8 -> 5 latents every 3 steps)
+
+
+def test_sliding_past_the_context_matches_the_slow_reference_and_resets_are_exact():
+    model = model_in()
+    seq = torch.randint(0, 50, (1, 3 * M + 5))
+    windows: dict[int, int] = {}
+    last_resets = 0
+    reset_checks = 0
+    for length, logits, dec in run_cached(model, seq, prompt_len=2, reset_latents=3):
+        newest = length - 1
+        if dec.num_resets != last_resets or length == 2:  # rebuilt: all latents share one window
+            start = max(0, length - M)
+            windows = {j: start for j in range(length - dec.num_cached, length)}
+            expected = model(seq[:, start:length], num_latents=dec.num_cached)[:, -1]
+            torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+            reset_checks += length > M
+        else:  # one new latent with its own window
+            windows[newest] = max(0, length - M)
+        last_resets = dec.num_resets
+        assert len(windows) == dec.num_cached
+        torch.testing.assert_close(
+            logits, slow_sliding_reference(model, seq, length, windows), rtol=1e-10, atol=1e-10
+        )
+    assert reset_checks >= 5
+
+
+def test_full_width_resets_are_the_exact_model_even_past_the_context():
+    """With reset_latents = N every step past the first window is a rebuild: the exact model."""
+    model = model_in()
+    seq = torch.randint(0, 50, (2, 2 * M + 3))
+    ref = ReferenceDecoder(model)
+    ref.prefill(seq[:, :4])
+    for length, logits, _ in run_cached(model, seq, prompt_len=4, reset_latents=N):
+        expected = model(seq[:, max(0, length - M) : length])[:, -1]
+        torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("prompt_len", [1, N - 1, N, N + 3, M, M + 7])
+def test_prompts_of_any_length_prefill_to_the_reference(prompt_len):
+    model = model_in()
+    seq = torch.randint(0, 50, (1, prompt_len))
+    logits = CachedDecoder(model).prefill(seq)
+    num = prompt_len if prompt_len <= N else N // 2
+    expected = model(seq[:, -M:], num_latents=num)[:, -1]
+    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_rows_decode_like_single_sequences():
+    model = model_in()
+    seq = torch.randint(0, 50, (3, M + 10))
+    batched = [logits for _, logits, _ in run_cached(model, seq, prompt_len=2)]
+    for row in range(3):
+        single = [logits for _, logits, _ in run_cached(model, seq[row : row + 1], prompt_len=2)]
+        for a, b in zip(batched, single):
+            torch.testing.assert_close(a[row : row + 1], b, rtol=1e-10, atol=1e-10)
+
+
+def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
+    model = model_in(torch.float32)
+    prompt = torch.randint(0, 50, (2, 2))
+    greedy = SamplingConfig(temperature=0)
+    cached = generate(model, prompt, N - 2, greedy, use_cache=True)
+    reference = generate(model, prompt, N - 2, greedy, use_cache=False)
+    assert cached.shape == (2, N)
+    assert torch.equal(cached, reference)
+
+
+def test_decoder_refuses_a_model_in_training_mode():
+    with pytest.raises(ValueError, match="eval"):
+        CachedDecoder(model_in().train())

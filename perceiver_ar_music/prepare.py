@@ -51,7 +51,9 @@ DEFAULT_SPLIT_RATIOS = (0.9, 0.05, 0.05)
 _METADATA_NAME = re.compile(r"maestro-v(\d+(?:\.\d+)*)\.(csv|json)", re.IGNORECASE)
 _LOCK_NAME = ".prepare.lock"
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_OWN_FILE = re.compile(r"tokens-g\d{6}-[A-Za-z0-9_-]+\.u16|\.(manifest\.json|tokenizer\.json|tokens-g.*)\..*\.tmp")
+_TOKEN_FILE = r"tokens-g\d{6}-[A-Za-z0-9_-]+\.u16"
+# Files the pipeline owns in an output folder: token files and temporaries of interrupted writes.
+_OWN_FILE = re.compile(rf"{_TOKEN_FILE}|\.+(manifest\.json|tokenizer\.json|{_TOKEN_FILE})\..*\.tmp")
 
 
 # ----------------------------------------------------------------------------- finding and splitting

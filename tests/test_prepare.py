@@ -1,0 +1,517 @@
+"""`perceiver-music prepare`: splits, bad input, incremental re-runs, crash safety, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import signal
+import shutil
+import tempfile
+from pathlib import Path
+
+import mido
+import pytest
+
+from perceiver_ar_music import prepare as prepare_module
+from perceiver_ar_music.cli import main as cli_main
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.prepare import (
+    find_midi_files,
+    hashed_split,
+    load_metadata,
+    parse_split_ratios,
+    prepare,
+)
+from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.tokenizer import PerformanceTokenizer, load_tokenizer
+
+# ----------------------------------------------------------------------------- building test data
+
+
+def write_performance(path: Path, seed: int, notes: int = 30, pedal: bool = False, drums: bool = False) -> None:
+    """A small random piano performance (optionally with sustain pedal, or on the drum channel)."""
+    rng = random.Random(seed)
+    channel = 9 if drums else 0
+    track = mido.MidiTrack()
+    events = []
+    for _ in range(notes):
+        start = rng.randint(0, notes * 120)
+        pitch = rng.randint(36, 96)
+        events.append((start, mido.Message("note_on", channel=channel, note=pitch, velocity=rng.randint(20, 120))))
+        events.append((start + rng.randint(30, 600), mido.Message("note_off", channel=channel, note=pitch)))
+    if pedal:
+        for down in range(0, notes * 120, 960):
+            events.append((down, mido.Message("control_change", channel=channel, control=64, value=127)))
+            events.append((down + 700, mido.Message("control_change", channel=channel, control=64, value=0)))
+    now = 0
+    for when, message in sorted(events, key=lambda e: e[0]):
+        track.append(message.copy(time=when - now))
+        now = when
+    midi = mido.MidiFile(ticks_per_beat=480)
+    midi.tracks.append(track)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.save(path)
+
+
+def write_no_notes(path: Path) -> None:
+    midi = mido.MidiFile(ticks_per_beat=480)
+    midi.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000)]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.save(path)
+
+
+def write_metadata_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["canonical_composer", "canonical_title", "split", "year", "midi_filename",
+                         "audio_filename", "duration"])
+        for midi_filename, split in rows:
+            writer.writerow(["Someone", "Something", split, 2004, midi_filename, "x.wav", 1.0])
+
+
+GOOD = {  # path -> split in the metadata
+    "2004/a.midi": "train",
+    "2004/b.MIDI": "validation",
+    "2006/deep/er/c.mid": "test",
+    "2006/d.midi": "train",
+    "2006/e.midi": "train",
+}
+BAD = {  # path -> a word the skip reason must contain
+    "2004/random.midi": "MThd",
+    "2004/truncated.midi": "truncated",
+    "2004/empty.midi": "empty",
+    "2006/drums.midi": "drum",
+    "2006/nonotes.midi": "no notes",
+    "2008/missing.midi": "missing on disk",
+}
+
+
+def maestro_tree(root: Path) -> Path:
+    """A MAESTRO-like tree: metadata CSV, nested years, upper-case extension, bad and missing files."""
+    for index, path in enumerate(GOOD):
+        write_performance(root / path, seed=index, pedal=index % 2 == 0)
+    write_performance(root / "extra" / "unlisted.mid", seed=99)
+    (root / "2004/random.midi").write_bytes(random.Random(1).randbytes(300))
+    full = root / "2004/a.midi"
+    (root / "2004/truncated.midi").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    (root / "2004/empty.midi").write_bytes(b"")
+    write_performance(root / "2006/drums.midi", seed=7, drums=True)
+    write_no_notes(root / "2006/nonotes.midi")
+    (root / "README.txt").write_text("not MIDI")
+    write_metadata_csv(root / "maestro-v3.0.0.csv", [*GOOD.items(), *((p, "train") for p in BAD)])
+    return root
+
+
+def plain_tree(root: Path, count: int = 12) -> Path:
+    for index in range(count):
+        write_performance(root / f"set{index % 3}" / f"piece{index}.mid", seed=100 + index)
+    return root
+
+
+def run_cli(*args: str) -> int:
+    return cli_main(["prepare", *args, "--workers", "1", "--no-progress"])
+
+
+def contents(out: Path) -> dict[str, tuple[str, list[int]]]:
+    """path -> (split, ids) of a prepared folder, read back through the reader."""
+    data = PreparedData.open(out)
+    return {
+        entry["path"]: (split, ids.tolist())
+        for split in data.splits
+        for entry, ids in zip(data.files(split), data.pieces(split))
+    }
+
+
+def expected_contents(data_dir: Path, splits: dict[str, str], tokenizer=None) -> dict[str, tuple[str, list[int]]]:
+    """The slow reference: encode each file directly with the tokenizer."""
+    tokenizer = tokenizer or load_tokenizer()
+    return {path: (split, tokenizer.encode_file(data_dir / path).ids.tolist()) for path, split in splits.items()}
+
+
+def own_files(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()} - {".prepare.lock"}
+
+
+# ----------------------------------------------------------------------------- metadata and splits
+
+
+def test_maestro_tree_follows_metadata_and_skips_bad_files(tmp_path: Path, capsys) -> None:
+    data_dir = maestro_tree(tmp_path / "maestro")
+    out = tmp_path / "prepared"
+    assert run_cli("--data", str(data_dir), "--out", str(out)) == 0
+    captured = capsys.readouterr()
+
+    data = PreparedData.open(out)
+    manifest = data.manifest
+    unlisted_split = hashed_split("extra/unlisted.mid", (0.9, 0.05, 0.05))
+    assert contents(out) == expected_contents(data_dir, {**GOOD, "extra/unlisted.mid": unlisted_split})
+    sources = {entry["path"]: entry["split_source"] for entry in manifest["files"]}
+    assert sources == {**{path: "metadata" for path in GOOD}, "extra/unlisted.mid": "hash"}
+    for entry in manifest["files"]:
+        assert entry["sha256"] == hashlib.sha256((data_dir / entry["path"]).read_bytes()).hexdigest()
+        assert entry["num_notes"] > 0 and entry["seconds"] > 0
+
+    reasons = {item["path"]: item["reason"] for item in manifest["skipped"]}
+    assert set(reasons) == set(BAD)
+    for path, word in BAD.items():
+        assert word in reasons[path], (path, reasons[path])
+        assert f"warning: skipped {path}: {reasons[path]}" in captured.err
+    assert "Traceback" not in captured.err
+
+    totals = manifest["totals"]
+    assert totals["num_files"] == len(GOOD) + 1 and totals["num_skipped"] == len(BAD)
+    assert totals["num_tokens"] == sum(e["num_tokens"] for e in manifest["files"])
+    assert totals["num_notes"] == sum(info["num_notes"] for info in manifest["splits"].values())
+    assert manifest["split_method"]["metadata"] == ["maestro-v3.0.0.csv"]
+    assert load_tokenizer(data.tokenizer_path).hash == data.tokenizer_hash == load_tokenizer().hash
+    assert manifest["tokenizer"]["config"]["tokenization"] == "MIDILike"
+    assert own_files(out) == {"manifest.json", "tokenizer.json", *(i["tokens_file"] for i in manifest["splits"].values())}
+
+    for line in ("train ", "validation ", "test ", "total ", "skipped 6 files", "1 files not in maestro-v3.0.0.csv"):
+        assert line in captured.out
+
+
+def test_parallel_workers_give_the_same_result(tmp_path: Path) -> None:
+    data_dir = maestro_tree(tmp_path / "maestro")
+    one = prepare(data_dir, tmp_path / "one", workers=1, progress=False).manifest
+    two = prepare(data_dir, tmp_path / "two", workers=2, progress=False).manifest
+    assert one == two
+    assert contents(tmp_path / "one") == contents(tmp_path / "two")
+
+
+def test_metadata_formats(tmp_path: Path) -> None:
+    names = ["2004/x.midi", "2006/y.midi", "2006/z.midi"]
+    splits = ["train", "validation", "test"]
+    v3 = tmp_path / "v3" / "maestro-v3.0.0"
+    v3.mkdir(parents=True)
+    (v3 / "maestro-v3.0.0.json").write_text(json.dumps({
+        "split": {str(i): s for i, s in enumerate(splits)},
+        "midi_filename": {str(i): n for i, n in enumerate(names)},
+    }))
+    metadata = load_metadata(tmp_path / "v3")
+    assert metadata.sources == ("maestro-v3.0.0/maestro-v3.0.0.json",)
+    assert metadata.split_of == {f"maestro-v3.0.0/{n}": s for n, s in zip(names, splits)}
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "maestro-v2.0.0.json").write_text(json.dumps([{"split": s, "midi_filename": n} for n, s in zip(names, splits)]))
+    assert load_metadata(v2).split_of == dict(zip(names, splits))
+
+    # CSV beats the JSON of the same version; a newer version beats an older one.
+    write_metadata_csv(v2 / "maestro-v2.0.0.csv", [(n, "test") for n in names])
+    assert load_metadata(v2).sources == ("maestro-v2.0.0.csv",)
+    write_metadata_csv(v2 / "maestro-v1.0.0.csv", [(n, "train") for n in names])
+    assert set(load_metadata(v2).split_of.values()) == {"test"}
+    assert load_metadata(tmp_path / "v2" / "nothing-here") is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "cannot read metadata"),
+        ('{"split": [1, 2]}', "neither a list of records nor a column table"),
+        ('[{"split": "train"}]', "lacks the 'split' and 'midi_filename' columns"),
+    ],
+)
+def test_bad_metadata_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "maestro-v2.0.0.json").write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_metadata(tmp_path)
+
+
+def test_invalid_split_name_in_metadata_skips_the_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_performance(data_dir / "a.mid", seed=1)
+    write_performance(data_dir / "b.mid", seed=2)
+    write_metadata_csv(data_dir / "maestro-v3.0.0.csv", [("a.mid", "train"), ("b.mid", "../evil")])
+    manifest = prepare(data_dir, tmp_path / "out", workers=1, progress=False).manifest
+    assert [e["path"] for e in manifest["files"]] == ["a.mid"]
+    assert "invalid split" in manifest["skipped"][0]["reason"]
+
+
+def test_hashed_split_is_deterministic_and_follows_ratios() -> None:
+    paths = [f"folder{i % 7}/piece_{i}.mid" for i in range(20000)]
+    ratios = parse_split_ratios("0.8,0.15,0.05")
+    first = [hashed_split(p, ratios) for p in paths]
+    assert first == [hashed_split(p, ratios) for p in paths]
+    for name, ratio in zip(("train", "validation", "test"), ratios):
+        assert abs(first.count(name) / len(paths) - ratio) < 0.01
+    assert {hashed_split(p, parse_split_ratios("3,1,0")) for p in paths} == {"train", "validation"}
+    assert {hashed_split(p, parse_split_ratios("0,0,1")) for p in paths} == {"test"}
+
+
+@pytest.mark.parametrize("text", ["0.9,0.1", "a,b,c", "0,0,0", "-1,1,1", "nan,1,1", "inf,1,1"])
+def test_bad_split_ratios(text: str) -> None:
+    with pytest.raises(UserError, match="--split-ratios"):
+        parse_split_ratios(text)
+
+
+def test_tree_without_metadata_uses_the_path_hash(tmp_path: Path) -> None:
+    data_dir = plain_tree(tmp_path / "plain")
+    (data_dir / "set0" / "UPPER.MID").write_bytes((data_dir / "set0" / "piece0.mid").read_bytes())
+    assert find_midi_files(data_dir)[:2] == ["set0/UPPER.MID", "set0/piece0.mid"]
+    assert run_cli("--data", str(data_dir), "--out", str(tmp_path / "a"), "--split-ratios", "2,1,1") == 0
+    assert run_cli("--data", str(data_dir), "--out", str(tmp_path / "b"), "--split-ratios", "2,1,1") == 0
+    expected = {p: hashed_split(p, (0.5, 0.25, 0.25)) for p in find_midi_files(data_dir)}
+    assert len(set(expected.values())) == 3
+    assert contents(tmp_path / "a") == contents(tmp_path / "b") == expected_contents(data_dir, expected)
+    assert all(e["split_source"] == "hash" for e in PreparedData.open(tmp_path / "a").manifest["files"])
+
+
+# ----------------------------------------------------------------------------- incremental re-runs
+
+
+@pytest.fixture
+def count_encodes(monkeypatch) -> list[str]:
+    """Record every file the tokenizer encodes (in-process runs, workers=1)."""
+    calls: list[str] = []
+    original = PerformanceTokenizer.encode_file
+
+    def counting(self, path):
+        calls.append(Path(path).name)
+        return original(self, path)
+
+    monkeypatch.setattr(PerformanceTokenizer, "encode_file", counting)
+    return calls
+
+
+def test_rerun_reuses_unchanged_files_and_picks_up_changes(tmp_path: Path, count_encodes: list[str]) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=6)
+    out = tmp_path / "out"
+    first = prepare(data_dir, out, workers=1, progress=False)
+    assert (first.tokenized, first.reused, len(count_encodes)) == (6, 0, 6)
+
+    count_encodes.clear()
+    again = prepare(data_dir, out, workers=1, progress=False)
+    assert (again.tokenized, again.reused, count_encodes) == (0, 6, [])
+    assert again.manifest["generation"] == 2
+    assert contents(out) == {p: s for p, s in contents(out).items()}  # readable after the swap
+
+    # Change one file, add one, remove one, rename one (same content: reused).
+    write_performance(data_dir / "set1/piece1.mid", seed=555)
+    write_performance(data_dir / "new/added.mid", seed=556)
+    (data_dir / "set2/piece2.mid").unlink()
+    (data_dir / "set0/piece3.mid").rename(data_dir / "set0/renamed.mid")
+    count_encodes.clear()
+    third = prepare(data_dir, out, workers=1, progress=False)
+    assert sorted(count_encodes) == ["added.mid", "piece1.mid"]
+    assert (third.tokenized, third.reused) == (2, 4)
+    paths = find_midi_files(data_dir)
+    assert "set2/piece2.mid" not in paths and "set0/renamed.mid" in paths
+    assert contents(out) == expected_contents(data_dir, {p: hashed_split(p, (0.9, 0.05, 0.05)) for p in paths})
+    manifest = PreparedData.open(out).manifest
+    assert own_files(out) == {"manifest.json", "tokenizer.json", *(i["tokens_file"] for i in manifest["splits"].values())}
+    assert all("g000003" in i["tokens_file"] for i in manifest["splits"].values())
+
+
+def test_changed_split_ratios_move_files_without_re_tokenizing(tmp_path: Path, count_encodes: list[str]) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=6)
+    prepare(data_dir, tmp_path / "out", workers=1, progress=False, split_ratios=(1.0, 0.0, 0.0))
+    count_encodes.clear()
+    prepare(data_dir, tmp_path / "out", workers=1, progress=False, split_ratios=(0.0, 0.0, 1.0))
+    assert count_encodes == []
+    assert PreparedData.open(tmp_path / "out").splits == ["test"]
+    assert contents(tmp_path / "out") == expected_contents(data_dir, {p: "test" for p in find_midi_files(data_dir)})
+
+
+def other_tokenizer(tmp_path: Path) -> Path:
+    """A different (16 velocity bins) miditok config saved next to the tests' data."""
+    path = tmp_path / "velocity16.json"
+    load_tokenizer().save(path)
+    saved = json.loads(path.read_text())
+    saved["config"]["num_velocities"] = 16
+    path.write_text(json.dumps(saved))
+    return path
+
+
+def test_a_different_tokenizer_re_tokenizes_everything(tmp_path: Path, capsys) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=4)
+    out = tmp_path / "out"
+    assert run_cli("--data", str(data_dir), "--out", str(out)) == 0
+    old_hash = PreparedData.open(out).tokenizer_hash
+    capsys.readouterr()
+    new_config = other_tokenizer(tmp_path)
+    assert run_cli("--data", str(data_dir), "--out", str(out), "--tokenizer", str(new_config)) == 0
+    printed = capsys.readouterr().out
+    assert "tokenized 4 files, reused 0" in printed and "re-tokenized every file" in printed
+    data = PreparedData.open(out)
+    new = load_tokenizer(new_config)
+    assert data.tokenizer_hash == new.hash != old_hash
+    assert load_tokenizer(data.tokenizer_path).hash == new.hash
+    assert len(data.vocab) == len(new.vocab) == 391 - 16
+    expected = {p: hashed_split(p, (0.9, 0.05, 0.05)) for p in find_midi_files(data_dir)}
+    assert contents(out) == expected_contents(data_dir, expected, tokenizer=new)
+    with pytest.raises(UserError, match="prepared with tokenizer"):
+        PreparedData.open(out, expected_tokenizer_hash=old_hash)
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+
+def _crash_after(monkeypatch, name: str, calls: int = 1) -> None:
+    """Make `prepare_module.<name>` do its job `calls` times, then die as a killed process would."""
+    original = getattr(prepare_module, name)
+    seen = []
+
+    def wrapper(*args, **kwargs):
+        if len(seen) == calls:
+            raise RuntimeError(f"injected crash before {name} call {calls + 1}")
+        seen.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, name, wrapper)
+
+
+RATIOS = (0.5, 0.25, 0.25)
+
+
+@pytest.mark.parametrize(
+    "step, calls, committed",
+    [
+        ("_write_tokens", 0, False),  # before any new token file
+        ("_write_tokens", 1, False),  # between two split files
+        ("_write_tokenizer", 0, False),  # all token files written, tokenizer not
+        ("write_json_atomic", 0, False),  # everything but the manifest
+        ("_remove_stale", 0, True),  # manifest replaced, old generation not yet removed
+    ],
+)
+def test_a_crash_at_any_step_leaves_valid_data(tmp_path: Path, monkeypatch, step: str, calls: int, committed: bool) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=12)
+    out = tmp_path / "out"
+    prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)
+    before = contents(out)
+    assert len({split for split, _ in before.values()}) == 3
+    write_performance(data_dir / "set1/piece1.mid", seed=777)
+    write_performance(data_dir / "new/added.mid", seed=778)
+    (data_dir / "set2/piece2.mid").unlink()
+    after = expected_contents(data_dir, {p: hashed_split(p, RATIOS) for p in find_midi_files(data_dir)})
+    assert before != after
+
+    with monkeypatch.context() as patch:
+        _crash_after(patch, step, calls)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)
+    assert contents(out) == (after if committed else before)
+
+    result = prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)
+    assert result.tokenized == (0 if committed else 2)
+    assert contents(out) == after
+    manifest = PreparedData.open(out).manifest
+    assert own_files(out) == {"manifest.json", "tokenizer.json", *(i["tokens_file"] for i in manifest["splits"].values())}
+
+
+FILESYSTEM_STEPS = ((tempfile, "mkstemp"), (os, "fsync"), (os, "replace"), (os, "unlink"))
+
+
+def _run_killed_at(step: int, data_dir: Path, out: Path) -> bool:
+    """Run `prepare` in a forked child that SIGKILLs itself at its `step`-th filesystem operation
+    (temp file creation, fsync, rename, delete); True if it was killed before finishing."""
+    pid = os.fork()
+    if pid == 0:  # the child: no cleanup code runs after the kill, as with a real power cut
+        count = 0
+
+        def counted(original):
+            def wrapper(*args, **kwargs):
+                nonlocal count
+                count += 1
+                if count == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(*args, **kwargs)
+            return wrapper
+
+        code = 1
+        try:
+            for module, name in FILESYSTEM_STEPS:
+                setattr(module, name, counted(getattr(module, name)))
+            prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, "prepare failed in the child"
+    return os.WIFSIGNALED(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_kill_at_every_filesystem_step_leaves_valid_data(tmp_path: Path) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=12)
+    pristine = tmp_path / "pristine"
+    prepare(data_dir, pristine, workers=1, progress=False, split_ratios=RATIOS)
+    before = contents(pristine)
+    write_performance(data_dir / "set1/piece1.mid", seed=777)
+    write_performance(data_dir / "new/added.mid", seed=778)
+    (data_dir / "set2/piece2.mid").unlink()
+    after = expected_contents(data_dir, {p: hashed_split(p, RATIOS) for p in find_midi_files(data_dir)})
+
+    states = []
+    for step in range(1, 200):
+        out = tmp_path / f"out{step}"
+        shutil.copytree(pristine, out)
+        killed = _run_killed_at(step, data_dir, out)
+        state = contents(out)
+        assert state in (before, after), f"killed at filesystem step {step}"
+        states.append(state == after)
+        prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)  # recovers fully
+        assert contents(out) == after
+        manifest = PreparedData.open(out).manifest
+        assert own_files(out) == {"manifest.json", "tokenizer.json",
+                                  *(i["tokens_file"] for i in manifest["splits"].values())}
+        shutil.rmtree(out)
+        if not killed:
+            break
+    assert not killed, "prepare did more filesystem steps than expected"
+    assert len(states) > 15 and states[0] is False and states[-1] is True
+    assert states == sorted(states)  # old data up to the manifest rename, new data after it
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+
+def test_exit_codes_and_one_line_errors(tmp_path: Path, capsys) -> None:
+    def error_of(*args: str) -> str:
+        capsys.readouterr()
+        assert run_cli(*args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("perceiver-music prepare: error: ")
+        assert all(line.startswith("warning: skipped ") for line in lines[:-1])
+        return lines[-1]
+
+    out = str(tmp_path / "out")
+    assert "does not exist" in error_of("--data", str(tmp_path / "nowhere"), "--out", out)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no MIDI here")
+    assert "no .mid or .midi files" in error_of("--data", str(tmp_path / "empty"), "--out", out)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.mid").write_bytes(b"garbage")
+    (bad / "y.midi").write_bytes(b"")
+    assert "none of the 2 MIDI files" in error_of("--data", str(bad), "--out", out)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    good = plain_tree(tmp_path / "good", count=2)
+    assert "neither empty nor a prepared folder" in error_of("--data", str(good), "--out", str(good))
+    assert "--split-ratios" in error_of("--data", str(good), "--out", out, "--split-ratios", "1,2")
+    assert "unknown tokenizer preset" in error_of("--data", str(good), "--out", out, "--tokenizer", "nope")
+    capsys.readouterr()
+    assert cli_main(["prepare", "--data", str(good), "--out", out, "--workers", "0"]) == 2
+
+    # A good run, then a run on only bad files: exit 2 and the prepared data is untouched.
+    assert run_cli("--data", str(good), "--out", out) == 0
+    before = contents(Path(out))
+    assert "none of the 2 MIDI files" in error_of("--data", str(bad), "--out", out)
+    assert contents(Path(out)) == before
+
+
+def test_corrupt_previous_manifest_is_rebuilt(tmp_path: Path, capsys) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=3)
+    out = tmp_path / "out"
+    prepare(data_dir, out, workers=1, progress=False)
+    (out / "manifest.json").write_text("{ truncated")
+    result = prepare(data_dir, out, workers=1, progress=False)
+    assert "ignoring the previous preparation" in capsys.readouterr().err
+    assert result.tokenized == 3 and result.manifest["generation"] == 1
+    assert len(contents(out)) == 3

@@ -41,6 +41,7 @@ __all__ = [
     "PerformanceTokenizer",
     "available_presets",
     "load_tokenizer",
+    "roundtrip_fidelity",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "tokenization"
@@ -342,6 +343,33 @@ class PerformanceTokenizer:
     def decode_to_midi(self, ids: Iterable[int] | np.ndarray, path: str | os.PathLike[str]) -> None:
         """Decode ANY id sequence and write it as a MIDI file, atomically."""
         write_bytes_atomic(path, self.decode(ids).dumps_midi())
+
+
+def roundtrip_fidelity(
+    original: PerformanceNotes, decoded: list[tuple[int, int, int, int]], seconds_per_step: float
+) -> dict:
+    """How faithfully decoded grid notes reproduce the original notes: for every original note,
+    the decoded note of the same pitch with the nearest onset gives its onset and velocity error;
+    ``notes_lost`` counts original notes without a decoded counterpart."""
+    table = np.array(decoded, dtype=np.int64).reshape(-1, 4)
+    onset_error = velocity_error = 0.0
+    for pitch in np.unique(original.pitch):
+        mine = table[table[:, 2] == pitch]
+        if not len(mine):
+            continue
+        mine = mine[np.argsort(mine[:, 0], kind="stable")]
+        onsets = mine[:, 0] * seconds_per_step
+        wanted = original.start[original.pitch == pitch]
+        right = np.minimum(np.searchsorted(onsets, wanted), len(onsets) - 1)
+        left = np.maximum(right - 1, 0)
+        nearest = np.where(np.abs(onsets[left] - wanted) <= np.abs(onsets[right] - wanted), left, right)
+        onset_error = max(onset_error, float(np.abs(onsets[nearest] - wanted).max()))
+        velocity_error = max(velocity_error, float(np.abs(mine[nearest, 3] - original.velocity[original.pitch == pitch]).max()))
+    return {
+        "max_onset_error_ms": round(onset_error * 1000.0, 3),
+        "max_velocity_error": int(velocity_error),
+        "notes_lost": int(len(original) - len(table)),
+    }
 
 
 def _canonical_json(obj) -> str:

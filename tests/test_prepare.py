@@ -6,13 +6,11 @@ import csv
 import hashlib
 import json
 import os
-import random
 import signal
 import shutil
 import tempfile
 from pathlib import Path
 
-import mido
 import pytest
 
 from perceiver_ar_music import prepare as prepare_module
@@ -27,40 +25,15 @@ from perceiver_ar_music.prepare import (
 )
 from perceiver_ar_music.prepared import PreparedData
 from perceiver_ar_music.tokenizer import PerformanceTokenizer, load_tokenizer
+from tests import midi_factory
 
 # ----------------------------------------------------------------------------- building test data
 
 
-def write_performance(path: Path, seed: int, notes: int = 30, pedal: bool = False, drums: bool = False) -> None:
-    """A small random piano performance (optionally with sustain pedal, or on the drum channel)."""
-    rng = random.Random(seed)
-    channel = 9 if drums else 0
-    track = mido.MidiTrack()
-    events = []
-    for _ in range(notes):
-        start = rng.randint(0, notes * 120)
-        pitch = rng.randint(36, 96)
-        events.append((start, mido.Message("note_on", channel=channel, note=pitch, velocity=rng.randint(20, 120))))
-        events.append((start + rng.randint(30, 600), mido.Message("note_off", channel=channel, note=pitch)))
-    if pedal:
-        for down in range(0, notes * 120, 960):
-            events.append((down, mido.Message("control_change", channel=channel, control=64, value=127)))
-            events.append((down + 700, mido.Message("control_change", channel=channel, control=64, value=0)))
-    now = 0
-    for when, message in sorted(events, key=lambda e: e[0]):
-        track.append(message.copy(time=when - now))
-        now = when
-    midi = mido.MidiFile(ticks_per_beat=480)
-    midi.tracks.append(track)
+def write_performance(path: Path, seed: int, num_notes: int = 40, **options) -> None:
+    """A small synthetic piano performance (the tokenizer's test factory), parent folders made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    midi.save(path)
-
-
-def write_no_notes(path: Path) -> None:
-    midi = mido.MidiFile(ticks_per_beat=480)
-    midi.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000)]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    midi.save(path)
+    midi_factory.write_performance(path, seed=seed, num_notes=num_notes, **options)
 
 
 def write_metadata_csv(path: Path, rows: list[tuple[str, str]]) -> None:
@@ -77,29 +50,28 @@ GOOD = {  # path -> split in the metadata
     "2004/b.MIDI": "validation",
     "2006/deep/er/c.mid": "test",
     "2006/d.midi": "train",
-    "2006/e.midi": "train",
+    "2006/with_drums.midi": "train",
 }
-BAD = {  # path -> a word the skip reason must contain
-    "2004/random.midi": "MThd",
-    "2004/truncated.midi": "truncated",
-    "2004/empty.midi": "empty",
-    "2006/drums.midi": "drum",
-    "2006/nonotes.midi": "no notes",
-    "2008/missing.midi": "missing on disk",
+BAD = {  # path -> (how it is broken, a word its skip reason must contain)
+    "2004/random.midi": ("random_bytes", "MThd"),
+    "2004/text.midi": ("text", "MThd"),
+    "2004/truncated.midi": ("truncated", "truncated"),
+    "2004/empty.midi": ("empty", "empty"),
+    "2006/drums.midi": ("drums_only", "drum"),
+    "2006/nonotes.midi": ("no_notes", "no notes"),
+    "2008/missing.midi": (None, "missing on disk"),
 }
 
 
 def maestro_tree(root: Path) -> Path:
     """A MAESTRO-like tree: metadata CSV, nested years, upper-case extension, bad and missing files."""
     for index, path in enumerate(GOOD):
-        write_performance(root / path, seed=index, pedal=index % 2 == 0)
+        write_performance(root / path, seed=index, drum_track=path.endswith("drums.midi"), piano_tracks=1 + index % 2)
     write_performance(root / "extra" / "unlisted.mid", seed=99)
-    (root / "2004/random.midi").write_bytes(random.Random(1).randbytes(300))
-    full = root / "2004/a.midi"
-    (root / "2004/truncated.midi").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
-    (root / "2004/empty.midi").write_bytes(b"")
-    write_performance(root / "2006/drums.midi", seed=7, drums=True)
-    write_no_notes(root / "2006/nonotes.midi")
+    for path, (kind, _word) in BAD.items():
+        if kind:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            midi_factory.BAD_FILES[kind](root / path)
     (root / "README.txt").write_text("not MIDI")
     write_metadata_csv(root / "maestro-v3.0.0.csv", [*GOOD.items(), *((p, "train") for p in BAD)])
     return root
@@ -156,7 +128,7 @@ def test_maestro_tree_follows_metadata_and_skips_bad_files(tmp_path: Path, capsy
 
     reasons = {item["path"]: item["reason"] for item in manifest["skipped"]}
     assert set(reasons) == set(BAD)
-    for path, word in BAD.items():
+    for path, (_kind, word) in BAD.items():
         assert word in reasons[path], (path, reasons[path])
         assert f"warning: skipped {path}: {reasons[path]}" in captured.err
     assert "Traceback" not in captured.err
@@ -170,7 +142,7 @@ def test_maestro_tree_follows_metadata_and_skips_bad_files(tmp_path: Path, capsy
     assert manifest["tokenizer"]["config"]["tokenization"] == "MIDILike"
     assert own_files(out) == {"manifest.json", "tokenizer.json", *(i["tokens_file"] for i in manifest["splits"].values())}
 
-    for line in ("train ", "validation ", "test ", "total ", "skipped 6 files", "1 files not in maestro-v3.0.0.csv"):
+    for line in ("train ", "validation ", "test ", "total ", f"skipped {len(BAD)} files", "1 files not in maestro-v3.0.0.csv"):
         assert line in captured.out
 
 
@@ -283,12 +255,13 @@ def test_rerun_reuses_unchanged_files_and_picks_up_changes(tmp_path: Path, count
     out = tmp_path / "out"
     first = prepare(data_dir, out, workers=1, progress=False)
     assert (first.tokenized, first.reused, len(count_encodes)) == (6, 0, 6)
+    first_contents = contents(out)
 
     count_encodes.clear()
     again = prepare(data_dir, out, workers=1, progress=False)
     assert (again.tokenized, again.reused, count_encodes) == (0, 6, [])
     assert again.manifest["generation"] == 2
-    assert contents(out) == {p: s for p, s in contents(out).items()}  # readable after the swap
+    assert contents(out) == first_contents
 
     # Change one file, add one, remove one, rename one (same content: reused).
     write_performance(data_dir / "set1/piece1.mid", seed=555)

@@ -1,0 +1,257 @@
+"""Training/evaluation windows: framing, padding, sampling, determinism, workers, ranks, tiling."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from miditok import MIDILike, TokenizerConfig
+from numpy.lib.stride_tricks import sliding_window_view
+from torch.utils.data import DataLoader
+
+from perceiver_ar_music.augment import AugmentConfig, transpose
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.events import END, START, notes_to_ids
+from perceiver_ar_music.vocab import TIME_SHIFT, EventVocab
+from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler, framed_slice
+
+VOCAB = EventVocab.from_token_map(
+    MIDILike(
+        TokenizerConfig(
+            pitch_range=(0, 127),
+            beat_res={(0, 2): 50},
+            num_velocities=32,
+            special_tokens=["PAD", "BOS", "EOS"],
+            use_time_signatures=False,
+            use_tempos=False,
+            use_programs=False,
+            use_sustain_pedals=False,
+            use_chords=False,
+            use_rests=False,
+            use_pitchdrum_tokens=False,
+        )
+    ).vocab
+)
+PAD, BOS, EOS = VOCAB.pad_id, VOCAB.bos_id, VOCAB.eos_id
+
+
+def performance(seed: int, notes: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    table = np.column_stack(
+        [rng.integers(21, 109, notes), np.sort(rng.uniform(0, notes / 8, notes)), np.zeros(notes), rng.integers(1, 128, notes)]
+    )
+    table[:, END] = table[:, START] + rng.uniform(0.01, 2.5, notes)
+    return notes_to_ids(table, VOCAB)
+
+
+PIECES = [performance(seed, notes) for seed, notes in enumerate([400, 3, 150, 0, 900])]
+FRAMED = [np.concatenate(([BOS], piece, [EOS])).astype(np.int64) for piece in PIECES]
+
+
+def framed_offsets(window: np.ndarray, framed: np.ndarray) -> np.ndarray:
+    """Where `window` occurs contiguously in `framed`."""
+    if len(window) > len(framed):
+        return np.zeros(0, dtype=np.int64)
+    views = sliding_window_view(framed, len(window))
+    return np.flatnonzero(np.all(views == window, axis=1))
+
+
+def unpadded(tokens: np.ndarray) -> np.ndarray:
+    """`tokens` without its PAD prefix; asserts PAD appears nowhere else."""
+    content = tokens[np.argmax(tokens != PAD) :] if np.any(tokens != PAD) else tokens[:0]
+    assert np.all(content != PAD)
+    return content
+
+
+def test_framed_slice_matches_concatenation():
+    for length in range(6):
+        piece = np.arange(10, 10 + length, dtype=np.uint16)
+        framed = np.concatenate(([BOS], piece, [EOS]))
+        for start in range(length + 2):
+            for stop in range(start + 1, length + 3):
+                got = framed_slice(piece, start, stop, BOS, EOS)
+                assert got.dtype == np.int64
+                assert got.tolist() == framed[start:stop].tolist()
+
+
+def test_plain_windows_are_crops_of_one_framed_piece_or_a_left_padded_whole_piece():
+    seq_len = 64
+    dataset = TrainWindows(PIECES, VOCAB, seq_len, augment=None, seed=5)
+    for index in range(300):
+        item = dataset[index]
+        tokens = item["tokens"].numpy()
+        assert item["tokens"].dtype == torch.long and tokens.shape == (seq_len + 1,)
+        assert item["target_mask"].dtype == torch.bool
+        assert item["target_mask"].numpy().tolist() == (tokens[1:] != PAD).tolist()
+        content = unpadded(tokens)
+        if len(content) < len(tokens):  # padded: exactly one whole short piece
+            assert any(content.tolist() == framed.tolist() for framed in FRAMED)
+        else:
+            assert any(len(framed_offsets(content, framed)) for framed in FRAMED)
+
+
+def test_pieces_are_chosen_in_proportion_to_their_length_and_crops_reach_both_ends():
+    pieces = [np.full(n, 3 + i, dtype=np.uint16) for i, n in enumerate([98, 298, 598])]
+    dataset = TrainWindows(pieces, VOCAB, 16, seed=0)
+    samples = 3000
+    counts = np.zeros(3)
+    first_piece_starts = set()
+    for index in range(samples):
+        tokens = dataset.window(index)
+        piece = int(tokens[np.isin(tokens, [3, 4, 5])][0]) - 3
+        counts[piece] += 1
+        if piece == 0:
+            first_piece_starts.add((tokens[0] == BOS, tokens[-1] == EOS))
+    np.testing.assert_allclose(counts / samples, [0.1, 0.3, 0.6], atol=0.04)
+    assert {(True, False), (False, True)} <= first_piece_starts
+
+
+def test_windows_are_deterministic_per_seed_and_sample_number():
+    a = TrainWindows(PIECES, VOCAB, 48, AugmentConfig(), seed=11)
+    b = TrainWindows(PIECES, VOCAB, 48, AugmentConfig(), seed=11)
+    c = TrainWindows(PIECES, VOCAB, 48, AugmentConfig(), seed=12)
+    order = [5, 0, 17, 3]
+    assert [a.window(i).tolist() for i in order] == [b.window(i).tolist() for i in sorted(order, key=order.index)]
+    assert [a.window(i).tolist() for i in range(20)] == [b.window(i).tolist() for i in range(20)]
+    assert [a.window(i).tolist() for i in range(20)] != [c.window(i).tolist() for i in range(20)]
+    assert len({tuple(a.window(i)) for i in range(20)}) > 15  # sample numbers give different windows
+
+
+def _batches(dataset, sampler, workers: int) -> list[torch.Tensor]:
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers)
+    return [batch["tokens"] for batch in loader]
+
+
+def test_dataloader_workers_ranks_and_resuming():
+    dataset = TrainWindows(PIECES, VOCAB, 32, AugmentConfig(), seed=3)
+    single = _batches(dataset, WindowSampler(num_samples=24), workers=0)
+    parallel = _batches(dataset, WindowSampler(num_samples=24), workers=2)
+    assert len(single) == 6 and all(torch.equal(x, y) for x, y in zip(single, parallel))
+
+    resumed = _batches(dataset, WindowSampler(start=12, num_samples=12), workers=0)
+    assert all(torch.equal(x, y) for x, y in zip(resumed, single[3:]))
+
+    rank0 = _batches(dataset, WindowSampler(num_samples=12, rank=0, world_size=2), workers=0)
+    rank1 = _batches(dataset, WindowSampler(num_samples=12, rank=1, world_size=2), workers=0)
+    assert not any(torch.equal(x, y) for x, y in zip(rank0, rank1))
+
+
+def test_window_sampler_numbers():
+    assert list(WindowSampler(start=2, num_samples=4, rank=1, world_size=3)) == [7, 10, 13, 16]
+    assert len(WindowSampler(num_samples=5)) == 5
+    endless = iter(WindowSampler())
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(TypeError):
+        len(WindowSampler())
+    for bad in ({"start": -1}, {"rank": 2, "world_size": 2}, {"world_size": 0}, {"num_samples": -1}):
+        with pytest.raises(ValueError):
+            WindowSampler(**bad)
+
+
+def test_identity_augmentation_gives_the_plain_windows():
+    plain = TrainWindows(PIECES, VOCAB, 40, None, seed=9)
+    identity = TrainWindows(PIECES, VOCAB, 40, AugmentConfig(max_transpose=0, min_stretch=1.0, max_stretch=1.0), seed=9)
+    for index in range(100):
+        assert identity.window(index).tolist() == plain.window(index).tolist()
+
+
+def _events(tokens: np.ndarray) -> np.ndarray:
+    return tokens[np.array([VOCAB.kind[t] for t in tokens]) != TIME_SHIFT]
+
+
+@pytest.mark.parametrize("seq_len", [8, 100, 1500])
+def test_stretched_windows_keep_full_length_and_the_events_of_one_crop(seq_len):
+    config = AugmentConfig(max_transpose=0, min_stretch=0.7, max_stretch=1.4)
+    dataset = TrainWindows(PIECES, VOCAB, seq_len, config, seed=2)
+    framed_events = [_events(framed) for framed in FRAMED]
+    for index in range(60):
+        tokens = dataset.window(index)
+        assert tokens.shape == (seq_len + 1,)
+        content = unpadded(tokens)
+        events = _events(content)
+        if len(content) < len(tokens):
+            assert content[0] == BOS  # padding only before the start of a piece
+        # Cutting may split a run of shifts or drop events at the edge, never reorder or invent.
+        assert any(len(framed_offsets(events, fe)) for fe in framed_events)
+
+
+def test_transposed_windows_are_crops_moved_within_range():
+    dataset = TrainWindows(PIECES, VOCAB, 64, AugmentConfig(max_transpose=3, min_stretch=1.0, max_stretch=1.0), seed=4)
+    moved_by = set()
+    for index in range(80):
+        content = unpadded(dataset.window(index))
+        matches = []
+        for k in range(-3, 4):
+            try:
+                original = transpose(content, -k, VOCAB)
+            except ValueError:
+                continue
+            if any(len(framed_offsets(original, framed)) for framed in FRAMED):
+                matches.append(k)
+        assert matches
+        moved_by.update(matches)
+    assert len(moved_by) >= 5
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=5),
+    st.integers(1, 12),
+    st.data(),
+)
+def test_eval_tiling_scores_every_target_once_with_full_context(lengths, seq_len, data):
+    score_len = data.draw(st.integers(1, seq_len))
+    pieces = [np.arange(3 + 50 * i, 3 + 50 * i + n, dtype=np.uint16) for i, n in enumerate(lengths)]
+    framed = [np.concatenate(([BOS], p, [EOS])) for p in pieces]
+    dataset = EvalWindows(pieces, VOCAB, seq_len, score_len)
+    scored = [[] for _ in pieces]
+    total = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        tokens, mask, piece = item["tokens"].numpy(), item["target_mask"].numpy(), int(item["piece_index"])
+        assert tokens.shape == (seq_len + 1,) and mask.shape == (seq_len,)
+        content = unpadded(tokens)
+        begin = int(np.flatnonzero(framed[piece] == content[0])[0])
+        assert content.tolist() == framed[piece][begin : begin + len(content)].tolist()
+        padding = len(tokens) - len(content)
+        assert padding == 0 or begin == 0  # padded only when the piece has no earlier tokens
+        targets = np.flatnonzero(mask)
+        assert np.all(targets >= seq_len - score_len)  # only the last score_len positions score
+        scored[piece].extend((begin + targets + 1 - padding).tolist())
+        total += int(mask.sum())
+    assert total == sum(n + 1 for n in lengths)
+    for positions, n in zip(scored, lengths):
+        assert sorted(positions) == list(range(1, n + 2))
+
+
+def test_eval_windows_collate_and_reject_bad_settings():
+    dataset = EvalWindows(PIECES, VOCAB, 128, 32)
+    batch = next(iter(DataLoader(dataset, batch_size=8)))
+    assert batch["tokens"].shape == (8, 129) and batch["piece_index"].shape == (8,)
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+    with pytest.raises(UserError, match="score length"):
+        EvalWindows(PIECES, VOCAB, 16, 17)
+    with pytest.raises(UserError, match="score length"):
+        EvalWindows(PIECES, VOCAB, 16, 0)
+    with pytest.raises(UserError, match="no pieces"):
+        EvalWindows([], VOCAB, 16, 8)
+    with pytest.raises(UserError, match="sequence length"):
+        TrainWindows(PIECES, VOCAB, 0)
+    with pytest.raises(UserError, match="no pieces"):
+        TrainWindows([], VOCAB, 16)
+    with pytest.raises(IndexError):
+        TrainWindows(PIECES, VOCAB, 16).window(-1)
+
+
+def test_augmented_4k_windows_are_fast():
+    pieces = [performance(seed, 4000) for seed in range(3)]
+    dataset = TrainWindows(pieces, VOCAB, 4096, AugmentConfig(), seed=0)
+    started = time.perf_counter()
+    for index in range(50):
+        dataset[index]
+    assert (time.perf_counter() - started) / 50 < 0.02  # measured ~0.3 ms; generous for CI

@@ -40,22 +40,29 @@ def read_score(path: str | os.PathLike[str]):
 
     try:
         with open(path, "rb") as handle:
-            header = handle.read(4)
+            head = handle.read(256)
     except IsADirectoryError:
         raise MidiReadError("not a file (a directory)") from None
     except FileNotFoundError:
         raise MidiReadError("file not found") from None
     except OSError as exc:
         raise MidiReadError(f"cannot open file ({exc.strerror})") from None
-    if not header:
+    if not head:
         raise MidiReadError("empty file (0 bytes)")
-    if header != b"MThd":
+    if not head.startswith(b"MThd"):
+        if _looks_like_text(head):
+            raise MidiReadError("not a MIDI file (text)")
         raise MidiReadError("not a MIDI file (no MThd header)")
     try:
         return Score(str(path), ttype="second")
     except Exception as exc:  # symusic raises RuntimeError with a parser message
         detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
         raise MidiReadError(f"corrupt or truncated MIDI ({detail})") from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Plain ASCII text (printable characters and whitespace only)."""
+    return all(32 <= byte < 127 or byte in b"\t\n\r" for byte in head)
 
 
 def pedal_intervals(times: np.ndarray, values: np.ndarray, piece_end: float) -> tuple[np.ndarray, np.ndarray]:

@@ -255,3 +255,22 @@ def test_augmented_4k_windows_are_fast():
     for index in range(50):
         dataset[index]
     assert (time.perf_counter() - started) / 50 < 0.02  # measured ~0.3 ms; generous for CI
+
+
+def test_strong_shrinking_still_fills_windows_from_one_piece():
+    """At factor 0.5 a crop loses many time shifts: the crop grows until it fills the window, and
+    a piece that no longer fills one after stretching is taken whole (BOS .. EOS), left-padded."""
+    config = AugmentConfig(max_transpose=0, min_stretch=0.5, max_stretch=0.5)
+    long_piece = PIECES[4]
+    dataset = TrainWindows([long_piece], VOCAB, 400, config, seed=1)
+    for index in range(40):
+        assert np.all(dataset.window(index) != PAD)
+
+    framed_len = 200
+    short_piece = long_piece[: framed_len - 2]
+    dataset = TrainWindows([short_piece], VOCAB, framed_len - 4, config, seed=1)
+    whole = _events(FRAMED[4][: framed_len - 1]).tolist() + [EOS]
+    for index in range(10):
+        content = unpadded(dataset.window(index))
+        assert content[0] == BOS and content[-1] == EOS
+        assert _events(content).tolist() == whole

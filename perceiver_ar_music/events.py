@@ -218,10 +218,12 @@ def notes_to_ids(notes: np.ndarray, vocab: EventVocab) -> np.ndarray:
     """Encode (N, 4) notes (pitch, start_s, end_s, velocity) as MIDILike ids (uint16, no BOS/EOS).
 
     Times are rounded to the grid; every note lasts at least one step (miditok's rule for
-    collapsed notes). Notes sounding on the same step keep the caller's order; of several notes
-    with the same pitch and onset step only the first is kept; a note still sounding when its
-    pitch is struck again is cut there. Events at one instant: NoteOffs, then NoteOn + Velocity
-    pairs, each in note order; the sequence ends at the last NoteOff.
+    collapsed notes). Notes are ordered by onset step, then pitch (the tokenizer's order, so the
+    result does not depend on the order of `notes`); of several notes with the same pitch and
+    onset step only the first given is kept; a note still sounding when its pitch is struck
+    again is cut there. Events at one instant: NoteOffs, then NoteOn + Velocity pairs, each in
+    note order (miditok's stable sort of per-note events by time); the sequence ends at the last
+    NoteOff.
     """
     table = tables(vocab)
     notes = _validated_notes(notes, table)
@@ -229,10 +231,9 @@ def notes_to_ids(notes: np.ndarray, vocab: EventVocab) -> np.ndarray:
     starts = np.floor(notes[:, START] / step + 0.5).astype(np.int64)
     ends = np.floor(notes[:, END] / step + 0.5).astype(np.int64)
     pitches = notes[:, PITCH].astype(np.int64)
-    order = np.argsort(starts, kind="stable")
+    order = np.lexsort((pitches, starts))  # stable: same onset and pitch keep the given order
     starts, ends, pitches, velocities = starts[order], ends[order], pitches[order], notes[order, VELOCITY_COLUMN]
 
-    # Sorted by pitch then onset; lexsort is stable, so equal keys keep note order.
     by_pitch = np.lexsort((starts, pitches))
     pitch_sorted, start_sorted = pitches[by_pitch], starts[by_pitch]
     duplicate = np.zeros(len(by_pitch), dtype=bool)

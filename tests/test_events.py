@@ -130,7 +130,7 @@ def test_nearest_velocity_bin_is_miditok_rule():
 
 
 def _random_clean_notes(rng: np.random.Generator, count: int) -> np.ndarray:
-    """Notes on the grid (in steps), sorted like symusic (time, duration, pitch), no same-pitch overlap."""
+    """Notes on the grid (in steps), in the tokenizer's order (onset, pitch), no same-pitch overlap."""
     pitches = rng.integers(20, 100, count)
     starts = np.cumsum(rng.choice([0, 0, 1, 3, 20, 80, 150, 320], count))
     durations = rng.integers(1, 400, count)
@@ -139,9 +139,9 @@ def _random_clean_notes(rng: np.random.Generator, count: int) -> np.ndarray:
     for pitch, start, duration, velocity in zip(pitches, starts, durations, velocities):
         if start >= busy_until.get(pitch, 0):
             busy_until[pitch] = start + duration
-            notes.append((start, duration, pitch, velocity))
+            notes.append((start, pitch, duration, velocity))
     notes.sort()
-    return np.array([[p, s, s + d, v] for s, d, p, v in notes], dtype=np.int64).reshape(-1, 4)
+    return np.array([[p, s, s + d, v] for s, p, d, v in notes], dtype=np.int64).reshape(-1, 4)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -174,6 +174,14 @@ def test_round_trip_of_clean_notes(seed, count):
     assert decoded[:, [PITCH, START, END]].tolist() == steps[:, [PITCH, START, END]].tolist()
     assert np.all(np.abs(decoded[:, VELOCITY_COLUMN] - steps[:, VELOCITY_COLUMN]) <= 2)  # bins 4 apart
     assert notes_to_ids(ids_to_notes(ids, VOCAB), VOCAB).tolist() == ids.tolist()
+
+
+def test_encoding_does_not_depend_on_the_order_of_the_notes():
+    steps = _random_clean_notes(np.random.default_rng(5), 200)
+    seconds = steps.astype(np.float64)
+    seconds[:, [START, END]] *= 0.01
+    shuffled = seconds[np.random.default_rng(6).permutation(len(seconds))]
+    assert notes_to_ids(shuffled, VOCAB).tolist() == notes_to_ids(seconds, VOCAB).tolist()
 
 
 def test_long_gaps_are_split_into_maximal_shifts():

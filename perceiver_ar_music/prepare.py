@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -149,12 +150,19 @@ _worker_tokenizer: Any = None
 
 
 def _init_worker(tokenizer_spec: str | None, expected_hash: str) -> None:
+    """Load the tokenizer once per process (and check it is the main process's one)."""
     global _worker_tokenizer
     from perceiver_ar_music.tokenizer import load_tokenizer
 
     _worker_tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else load_tokenizer()
     if _worker_tokenizer.hash != expected_hash:
         raise RuntimeError("worker loaded a different tokenizer than the main process")
+
+
+def _init_pool_worker(tokenizer_spec: str | None, expected_hash: str) -> None:
+    """A pool worker leaves Ctrl-C to the main process, which stops the pool and exits cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(tokenizer_spec, expected_hash)
 
 
 def _encode(path: str) -> tuple[np.ndarray, int, float, int] | str:
@@ -289,10 +297,7 @@ def _prepare_locked(
 ) -> PrepareResult:
     from perceiver_ar_music.tokenizer import load_tokenizer
 
-    try:
-        tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else load_tokenizer()
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load tokenizer {tokenizer_spec!r}: {exc}") from None
+    tokenizer = load_tokenizer(tokenizer_spec) if tokenizer_spec else load_tokenizer()  # UserError if bad
     if len(tokenizer.vocab) > np.iinfo(TOKEN_DTYPE).max + 1:
         raise UserError(f"the tokenizer has {len(tokenizer.vocab)} ids, more than uint16 holds")
     result = PrepareResult(out_dir=out_dir, manifest={})
@@ -327,9 +332,12 @@ def _prepare_locked(
     reusable = _reusable(previous, tokenizer.hash)
     pieces: dict[str, Piece] = {}
     to_encode: dict[str, str] = {}  # path -> sha256
+    sizes: dict[str, int] = {}
     for path in splits:
         try:
-            digest = hashlib.sha256((data_dir / path).read_bytes()).hexdigest()
+            content = (data_dir / path).read_bytes()
+            digest = hashlib.sha256(content).hexdigest()
+            sizes[path] = len(content)
         except OSError as exc:
             skip(path, f"cannot read: {exc.strerror or exc}")
             continue
@@ -342,7 +350,8 @@ def _prepare_locked(
         else:
             to_encode[path] = digest
 
-    for path, outcome in _encode_all(data_dir, to_encode, tokenizer_spec, tokenizer.hash, workers, progress):
+    largest_first = sorted(to_encode, key=lambda p: -sizes[p])  # keeps all workers busy to the end
+    for path, outcome in _encode_all(data_dir, largest_first, tokenizer_spec, tokenizer.hash, workers, progress):
         if isinstance(outcome, str):
             skip(path, outcome)
             continue
@@ -354,22 +363,21 @@ def _prepare_locked(
     if not pieces:
         raise UserError(f"none of the {len(paths)} MIDI files under {data_dir} could be prepared")
     generation = previous.manifest["generation"] + 1 if previous else 1
-    result.manifest = _commit(out_dir, generation, tokenizer, pieces, skipped, metadata, split_ratios)
+    result.manifest = _commit(out_dir, data_dir, generation, tokenizer, pieces, skipped, metadata, split_ratios)
     return result
 
 
 def _encode_all(
     data_dir: Path,
-    to_encode: dict[str, str],
+    order: list[str],
     tokenizer_spec: str | None,
     tokenizer_hash: str,
     workers: int | None,
     progress: bool,
 ) -> Iterator[tuple[str, tuple[np.ndarray, int, float, int] | str]]:
-    """Tokenize files (largest first, for even load) in worker processes; yield (path, outcome)."""
+    """Tokenize files in worker processes (in this one for a single worker); yield (path, outcome)."""
     from tqdm import tqdm
 
-    order = sorted(to_encode, key=lambda p: -(data_dir / p).stat().st_size)
     workers = max(1, min(workers or os.cpu_count() or 1, len(order)))
     bar = tqdm(total=len(order), desc="tokenizing", unit="file", disable=not progress or not order)
     try:
@@ -379,20 +387,23 @@ def _encode_all(
                 yield path, _encode(str(data_dir / path))
                 bar.update()
             return
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer_spec, tokenizer_hash)) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=_init_pool_worker, initargs=(tokenizer_spec, tokenizer_hash))
+        try:
             futures = {pool.submit(_encode, str(data_dir / path)): path for path in order}
-            try:
-                for future in as_completed(futures):
-                    yield futures[future], future.result()
-                    bar.update()
-            except BrokenProcessPool:
-                raise UserError("a tokenizer worker process died; re-run with --workers 1 to find the file") from None
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+                bar.update()
+        except BrokenProcessPool:
+            raise UserError("a tokenizer worker process died; re-run with --workers 1 to find the file") from None
+        finally:
+            pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, skip the files not started
     finally:
         bar.close()
 
 
 def _commit(
     out_dir: Path,
+    data_dir: Path,
     generation: int,
     tokenizer: Any,
     pieces: dict[str, Piece],
@@ -429,6 +440,7 @@ def _commit(
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "generation": generation,
+        "source": str(data_dir.resolve()),
         "tokenizer": {"hash": tokenizer.hash, "file": TOKENIZER_NAME, "file_sha256": tokenizer_sha256,
                       "config": tokenizer.config_dict()},
         "vocab": {"tokens": list(tokenizer.vocab.tokens), "seconds_per_beat": tokenizer.vocab.seconds_per_beat},

@@ -146,6 +146,8 @@ def _check_manifest(root: Path, manifest: Any) -> EventVocab:
             raise _corrupt(root, "not a prepared-data manifest")
         if manifest.get("version") != FORMAT_VERSION:
             raise _corrupt(root, f"format version {manifest.get('version')!r}, expected {FORMAT_VERSION}")
+        if not isinstance(manifest["generation"], int):
+            raise _corrupt(root, "generation is not a number")
         tokenizer = manifest["tokenizer"]
         if not isinstance(tokenizer["hash"], str) or not isinstance(tokenizer["file_sha256"], str):
             raise _corrupt(root, "tokenizer hash missing")

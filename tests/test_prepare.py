@@ -53,8 +53,8 @@ GOOD = {  # path -> split in the metadata
     "2006/with_drums.midi": "train",
 }
 BAD = {  # path -> (how it is broken, a word its skip reason must contain)
-    "2004/random.midi": ("random_bytes", "MThd"),
-    "2004/text.midi": ("text", "MThd"),
+    "2004/random.midi": ("random_bytes", "not a MIDI file"),
+    "2004/text.midi": ("text", "not a MIDI file"),
     "2004/truncated.midi": ("truncated", "truncated"),
     "2004/empty.midi": ("empty", "empty"),
     "2006/drums.midi": ("drums_only", "drum"),

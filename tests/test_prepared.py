@@ -121,6 +121,7 @@ def _edit_manifest(folder: Path, edit) -> None:
         (lambda f: _edit_manifest(f, lambda m: m.update(format="something else")), "not a prepared-data manifest"),
         (lambda f: _edit_manifest(f, lambda m: m.update(version=99)), "format version 99"),
         (lambda f: _edit_manifest(f, lambda m: m.pop("files")), "KeyError"),
+        (lambda f: _edit_manifest(f, lambda m: m.update(generation="7")), "generation is not a number"),
         (lambda f: _edit_manifest(f, lambda m: m.pop("vocab")), "KeyError"),
         (lambda f: _edit_manifest(f, lambda m: m["files"][1].pop("sha256")), "lacks sha256"),
         (lambda f: _edit_manifest(f, lambda m: m["files"][2].update(offset=1)), "bad offsets"),

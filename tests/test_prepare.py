@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import shutil
 import tempfile
 from pathlib import Path
@@ -488,3 +489,17 @@ def test_corrupt_previous_manifest_is_rebuilt(tmp_path: Path, capsys) -> None:
     assert "ignoring the previous preparation" in capsys.readouterr().err
     assert result.tokenized == 3 and result.manifest["generation"] == 1
     assert len(contents(out)) == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locks")
+def test_a_second_concurrent_prepare_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    data_dir = plain_tree(tmp_path / "plain", count=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".prepare.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a running prepare holds it
+        with pytest.raises(UserError, match="another 'perceiver-music prepare' is writing"):
+            prepare(data_dir, out, workers=1, progress=False)
+    assert len(prepare(data_dir, out, workers=1, progress=False).manifest["files"]) == 2

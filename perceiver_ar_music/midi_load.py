@@ -26,7 +26,7 @@ class PerformanceNotes:
     """Notes of one piano stream, in seconds, pedal already folded into the ends."""
 
     start: np.ndarray  # float64 seconds
-    end: np.ndarray  # float64 seconds, > start
+    end: np.ndarray  # float64 seconds, >= start
     pitch: np.ndarray  # int64 0..127
     velocity: np.ndarray  # int64 1..127
 
@@ -84,7 +84,7 @@ def fold_sustain(end: np.ndarray, downs: np.ndarray, ups: np.ndarray) -> np.ndar
     which = np.searchsorted(downs, end, side="right") - 1
     safe = np.maximum(which, 0)
     held = (which >= 0) & (end < ups[safe])
-    return np.where(held, np.maximum(end, ups[safe]), end)
+    return np.where(held, ups[safe], end)
 
 
 def _last_note_end(track) -> float:
@@ -124,4 +124,5 @@ def performance_notes(score) -> PerformanceNotes:
     start, end, pitch, velocity = (np.concatenate(column) for column in zip(*parts))
     if not (np.isfinite(start).all() and np.isfinite(end).all()):
         raise MidiReadError("invalid timing (non-finite note times)")
-    return PerformanceNotes(start=start, end=end, pitch=pitch, velocity=velocity)
+    valid = (pitch >= 0) & (pitch <= 127)  # a corrupt data byte can read as a negative int8
+    return PerformanceNotes(start=start[valid], end=end[valid], pitch=pitch[valid], velocity=velocity[valid])

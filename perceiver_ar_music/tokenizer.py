@@ -10,7 +10,8 @@ MIDILike on the same normalized score (``reference_score`` + ``miditok`` give th
 reference; the tests compare them). The decoder is our own and accepts any id sequence.
 
 Normalization before encoding (all in ``quantize_notes``):
-- onsets and offsets are rounded to the grid;
+- onsets and offsets are rounded to the grid; time starts at 0 s of the file, so leading
+  silence is kept as time shifts, and a gap longer than the longest shift is several shifts;
 - same-pitch notes never overlap: a note ends at the next onset of its pitch (the re-strike
   convention), and of several same-pitch notes starting on the same grid step only the
   longest is kept (the others are counted in ``overlaps_dropped``);

@@ -18,6 +18,7 @@ Only torch and einops are needed to import this module.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -206,13 +207,25 @@ class LatentBlock(nn.Module):
 def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) -> Any:
     """The bottom-right-aligned causal mask: query i sees keys 0..num_keys - num_queries + i.
 
-    Eager mode uses torch's CausalBias, which keeps the fused flash kernel on CUDA. Under
-    torch.compile, building a CausalBias breaks the graph, so an explicit boolean mask is used.
+    On CUDA in eager mode this is torch's CausalBias, which keeps the fused flash kernel. Under
+    torch.compile (building a CausalBias breaks the graph) and on CPU (where CausalBias would
+    materialise the mask on every call) it is an explicit boolean mask, cached on CPU.
     """
     if torch.compiler.is_compiling():
-        keep = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
-        return keep.tril(num_keys - num_queries)
+        return _explicit_lower_right(num_queries, num_keys, device)
+    if device.type == "cpu":
+        return _cached_cpu_lower_right(num_queries, num_keys)
     return causal_lower_right(num_queries, num_keys)
+
+
+def _explicit_lower_right(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
+    keep = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
+    return keep.tril(num_keys - num_queries)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_cpu_lower_right(num_queries: int, num_keys: int) -> torch.Tensor:
+    return _explicit_lower_right(num_queries, num_keys, torch.device("cpu"))
 
 
 def causal_keep_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_real: torch.Tensor | None) -> torch.Tensor:

@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "download-maestro": "download_maestro",
     "prepare": "prepare",
     "tokenize": "tokenize",
+    "train": "train",
+    "evaluate": "evaluate",
+    "render": "render",
 }
 
 

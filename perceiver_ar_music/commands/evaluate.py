@@ -1,0 +1,58 @@
+"""`perceiver-music evaluate`: negative log-likelihood of a split under a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "score a split (default test) under a checkpoint: NLL in nats and bits per token, per note and per second"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="a checkpoint folder, or a run folder (its best/, else its latest ckpt-<step>/)")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="a prepared folder, or a MIDI folder (prepared on the fly into DIR/.perceiver-prepared "
+                             "with the checkpoint's tokenizer)")
+    parser.add_argument("--prepared-cache", metavar="DIR", help="where to prepare a MIDI --data folder instead")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--exact", action="store_true",
+                        help="score every target with its own full-context window (one forward per token: slow); "
+                             "default: the strided approximation")
+    parser.add_argument("--max-pieces", type=int, metavar="N", help="score only the split's first N pieces")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward (default: 8)")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.checkpoint import load_model
+    from perceiver_ar_music.distributed import DistInfo, pick_device
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.evaluate import evaluate_pieces, format_evaluation
+    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.train import ensure_prepared
+
+    if args.max_pieces is not None and args.max_pieces < 1:
+        raise UserError(f"--max-pieces must be >= 1, got {args.max_pieces}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = pick_device(args.device, DistInfo())
+    loaded = load_model(args.checkpoint, device=device)
+    prepared = ensure_prepared(args.data, args.prepared_cache, tokenizer=str(loaded.tokenizer_path))
+    data = PreparedData.open(prepared, expected_tokenizer_hash=loaded.tokenizer_hash)
+    pieces, entries = data.pieces(args.split), data.files(args.split)
+    if args.max_pieces is not None:
+        pieces, entries = pieces[: args.max_pieces], entries[: args.max_pieces]
+    result = evaluate_pieces(loaded.model, pieces, entries, data.vocab, split=args.split,
+                             method="exact" if args.exact else "strided", batch_size=args.batch_size, device=device)
+    step = loaded.meta.get("step")
+    print(f"checkpoint {loaded.path}" + (f" (step {step})" if step is not None else "") + f" on {device}"
+          + (", bf16 autocast" if device.type == "cuda" else ""))
+    print(format_evaluation(result))
+    if args.json:
+        write_json_atomic(args.json, {"checkpoint": str(loaded.path), "step": step, "data": str(data.root),
+                                      **result.to_dict()})
+        print(f"wrote {args.json}")
+    return 0

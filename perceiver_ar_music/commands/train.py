@@ -1,0 +1,227 @@
+"""`perceiver-music train`: train a Perceiver AR from a preset, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "train a Perceiver AR on a MIDI or prepared folder (presets maestro, small, tiny), or --resume a run"
+
+# Flag destination -> PerceiverARConfig / TrainConfig field.
+MODEL_FLAGS = {
+    "max_seq_len": "max_seq_len", "num_latents": "num_latents", "dim": "dim", "depth": "depth",
+    "heads": "heads", "dim_head": "dim_head", "cross_attn_dropout": "cross_attn_dropout", "dropout": "dropout",
+}
+TRAIN_FLAGS = {
+    "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
+    "warmup": "warmup_steps", "max_steps": "max_steps", "weight_decay": "weight_decay", "clip": "grad_clip",
+    "z_loss": "z_loss", "augment": "augment", "max_transpose": "max_transpose", "stretch": "stretch",
+    "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
+    "keep_last": "keep_last", "log_every": "log_every", "seed": "seed",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from perceiver_ar_music.presets import PRESETS
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--data", metavar="DIR",
+                     help="a prepared folder (has manifest.json) or a folder of MIDI files, prepared on the fly "
+                          "into DIR/.perceiver-prepared (reused and updated incrementally)")
+    run.add_argument("--prepared-cache", metavar="DIR", help="where to prepare a MIDI --data folder instead")
+    run.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                     help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()) + " (default: small)")
+    run.add_argument("--out", default="checkpoints", metavar="DIR", help="parent of run folders (default: checkpoints)")
+    run.add_argument("--name", help="run name (default: PRESET-YYYYmmdd-HHMMSS); the run folder is OUT/NAME")
+    run.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                     help="continue a run from its latest checkpoint: RUN_DIR, else OUT/NAME, else the newest run in OUT")
+    run.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="DataLoader worker processes (default: 4 with a GPU, 0 on CPU)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    model = parser.add_argument_group("model (default: the preset's)")
+    model.add_argument("--max-seq-len", type=int, metavar="N", help="context length in tokens")
+    model.add_argument("--num-latents", type=int, metavar="N", help="latents = positions scored per window")
+    model.add_argument("--dim", type=int, metavar="N", help="width")
+    model.add_argument("--depth", type=int, metavar="N", help="self-attention layers over the latents")
+    model.add_argument("--heads", type=int, metavar="N", help="attention heads")
+    model.add_argument("--dim-head", type=int, metavar="N", help="channels per head")
+    model.add_argument("--cross-attn-dropout", type=float, metavar="P", help="prefix dropout fraction")
+    model.add_argument("--dropout", type=float, metavar="P", help="dropout")
+
+    opt = parser.add_argument_group("optimization and schedule (default: the preset's)")
+    opt.add_argument("--batch-size", type=int, metavar="N", help="windows per micro-batch per process")
+    opt.add_argument("--grad-accum", type=int, metavar="N", help="micro-batches per optimizer step")
+    opt.add_argument("--lr", type=float, help="peak learning rate")
+    opt.add_argument("--min-lr-ratio", type=float, metavar="R", help="final lr as a fraction of --lr")
+    opt.add_argument("--warmup", type=int, metavar="STEPS", help="linear warmup steps")
+    opt.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in total")
+    opt.add_argument("--weight-decay", type=float, metavar="W")
+    opt.add_argument("--clip", type=float, metavar="NORM", help="gradient norm clip (0: off)")
+    opt.add_argument("--z-loss", type=float, metavar="C", help="z-loss coefficient")
+    opt.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                     help="no random transposition / time stretch of training windows")
+    opt.add_argument("--max-transpose", type=int, metavar="SEMITONES", help="augmentation transposition range")
+    opt.add_argument("--stretch", type=float, metavar="F", help="augmentation time stretch in [1-F, 1+F]")
+    opt.add_argument("--seed", type=int)
+
+    obs = parser.add_argument_group("evaluation and checkpoints (default: the preset's)")
+    obs.add_argument("--eval-every", type=int, metavar="STEPS", help="steps between validations")
+    obs.add_argument("--eval-windows", type=int, metavar="N", help="validation windows per validation (0: all)")
+    obs.add_argument("--save-every", type=int, metavar="STEPS", help="steps between checkpoints")
+    obs.add_argument("--keep-last", type=int, metavar="K", help="step checkpoints kept (besides best/)")
+    obs.add_argument("--log-every", type=int, metavar="STEPS", help="steps between metrics.jsonl rows")
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None}
+
+
+def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve a new run on rank 0: prepare the data, create the run folder and its config."""
+    from dataclasses import replace
+
+    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.presets import resolve
+    from perceiver_ar_music.train import RUN_CONFIG_NAME, ensure_prepared
+
+    if not args.data:
+        raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
+    name = args.name or f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"--name '{name}' must be a plain folder name")
+    run_dir = Path(args.out) / name
+    if (run_dir / RUN_CONFIG_NAME).exists():
+        raise UserError(f"run folder {run_dir} already exists: add --resume to continue it, or choose another --name")
+    model_overrides = _overrides(args, MODEL_FLAGS)
+    try:
+        model_config, train_config = resolve(args.preset, model_overrides, _overrides(args, TRAIN_FLAGS))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid configuration: {exc}") from None
+    prepared = ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress)
+    data = PreparedData.open(prepared)
+    model_config = replace(model_config, num_tokens=len(data.vocab))
+    run_config = {
+        "run_name": name,
+        "preset": args.preset,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "data": {"source": str(Path(args.data).resolve()), "prepared": str(prepared.resolve()),
+                 "tokenizer_hash": data.tokenizer_hash},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / RUN_CONFIG_NAME, run_config)
+    return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": None}
+
+
+def _find_run_dir(args: argparse.Namespace) -> Path:
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.train import RUN_CONFIG_NAME
+
+    if args.resume:
+        return Path(args.resume)
+    if args.name:
+        return Path(args.out) / args.name
+    out = Path(args.out)
+    runs = [p for p in out.iterdir() if (p / RUN_CONFIG_NAME).is_file()] if out.is_dir() else []
+    if not runs:
+        raise UserError(f"no run to resume in {out}: pass --resume RUN_DIR or --name NAME")
+    return max(runs, key=lambda p: (p / RUN_CONFIG_NAME).stat().st_mtime)
+
+
+def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve a resumed run on rank 0: its saved config with the allowed overrides."""
+    from perceiver_ar_music import checkpoint as ckpt
+    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.model import PerceiverARConfig
+    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.presets import TrainConfig, override
+    from perceiver_ar_music.train import RUN_CONFIG_NAME, ensure_prepared
+
+    run_dir = _find_run_dir(args)
+    run_config = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
+    if run_config is None:
+        raise UserError(f"{run_dir} is not a run folder (no {RUN_CONFIG_NAME})")
+    checkpoint = ckpt.latest_resumable(run_dir)
+    if checkpoint is None:
+        raise UserError(f"{run_dir} has no resumable checkpoint yet: start it again without --resume "
+                        f"(and another --name, or delete the folder)")
+    try:
+        saved_model = PerceiverARConfig.from_dict(run_config["model"])
+        saved_train = TrainConfig.from_dict(run_config["train"])
+        tokenizer_hash = run_config["data"]["tokenizer_hash"]
+        prepared = run_config["data"]["prepared"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{run_dir / RUN_CONFIG_NAME} is corrupt ({exc})") from None
+    changed = [f"--{dest.replace('_', '-')}" for dest, field in MODEL_FLAGS.items()
+               if getattr(args, dest) is not None and getattr(args, dest) != getattr(saved_model, field)]
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot change when resuming (the model's shape is fixed)")
+    try:
+        _, train_config = override(saved_model, saved_train, {}, _overrides(args, TRAIN_FLAGS))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid configuration: {exc}") from None
+    if args.data:
+        prepared = str(ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress).resolve())
+    data = PreparedData.open(prepared, expected_tokenizer_hash=tokenizer_hash)
+    if train_config != saved_train:
+        changes = {k: v for k, v in train_config.to_dict().items() if saved_train.to_dict()[k] != v}
+        print(f"resuming with changed settings: {changes}", flush=True)
+    run_config = {**run_config, "train": train_config.to_dict(),
+                  "data": {**run_config["data"], "prepared": str(data.root)}}
+    write_json_atomic(run_dir / RUN_CONFIG_NAME, run_config)
+    return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": str(checkpoint)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+
+    from perceiver_ar_music import distributed
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.model import PerceiverARConfig
+    from perceiver_ar_music.presets import TrainConfig
+    from perceiver_ar_music.train import TrainRun, train
+
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    info = distributed.from_environment()
+    device = distributed.pick_device(args.device, info)
+    distributed.init_process_group(info, device)
+    try:
+        plan = distributed.run_on_main(info, lambda: _resume_plan(args) if args.resume is not None else _fresh_plan(args))
+        run_config = plan["run_config"]
+        workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+        spec = TrainRun(
+            run_dir=Path(plan["run_dir"]),
+            run_name=run_config["run_name"],
+            model_config=PerceiverARConfig.from_dict(run_config["model"]),
+            train_config=TrainConfig.from_dict(run_config["train"]),
+            data_dir=Path(run_config["data"]["prepared"]),
+            run_config=run_config,
+            device=str(device),
+            compile=args.compile,
+            workers=workers,
+            resume_from=Path(plan["resume_from"]) if plan["resume_from"] else None,
+            progress=not args.no_progress,
+        )
+        result = train(spec, info)
+    finally:
+        distributed.destroy_process_group()
+    if not info.is_main:
+        return 0 if result.stopped_by_signal is None else 128 + result.stopped_by_signal
+    best = "none" if result.best_val_nats is None else f"{result.best_val_nats:.4f} nats/token"
+    if result.stopped_by_signal is not None:
+        name = signal.Signals(result.stopped_by_signal).name
+        print(f"stopped by {name} at step {result.step}: saved {result.last_checkpoint}; continue with "
+              f"'perceiver-music train --resume {spec.run_dir}'", flush=True)
+        return 128 + result.stopped_by_signal
+    print(f"finished {result.step} steps: last checkpoint {result.last_checkpoint}, best validation {best}", flush=True)
+    return 0

@@ -1,0 +1,535 @@
+"""The training loop: AdamW with warmup + cosine decay, gradient accumulation and clipping, bf16
+autocast on CUDA, optional torch.compile and DistributedDataParallel, validation, checkpoints.
+
+Never lose work:
+- a checkpoint (``ckpt-<step>/``, with optimizer and RNG states) every ``save_every`` steps, at the
+  end, and when SIGINT/SIGTERM asks the run to stop (after the current step); ``best/`` follows
+  the validation loss. All writes are atomic (see ``checkpoint``).
+- resuming restores weights, optimizer, step, sample position and RNG states, so on CPU a resumed
+  run computes the same losses as an uninterrupted one;
+- a NaN/inf loss stops the run before anything is saved (the last good checkpoint stays).
+
+With DDP (``torchrun``) every rank reads its own windows (``WindowSampler(rank, world_size)``)
+and only rank 0 writes files and shows progress.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from perceiver_ar_music import checkpoint as ckpt
+from perceiver_ar_music import distributed
+from perceiver_ar_music.atomic import write_text_atomic
+from perceiver_ar_music.augment import AugmentConfig
+from perceiver_ar_music.distributed import DistInfo
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.evaluate import autocast, score_windows
+from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
+from perceiver_ar_music.prepared import MANIFEST_NAME, PreparedData
+from perceiver_ar_music.presets import TrainConfig
+from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler
+
+RUN_CONFIG_NAME = "run_config.json"
+METRICS_NAME = "metrics.jsonl"
+PREPARED_CACHE_NAME = ".perceiver-prepared"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def ensure_prepared(data: str | Path, cache: str | Path | None = None, tokenizer: str | None = None,
+                    progress: bool = True) -> Path:
+    """A prepared folder for `data`: itself if it has a manifest, else a preparation of the MIDI
+    folder into `cache` (default ``DATA/.perceiver-prepared``), made or updated incrementally."""
+    data = Path(data)
+    if (data / MANIFEST_NAME).is_file():
+        return data
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a folder")
+    from perceiver_ar_music.prepare import format_summary, prepare
+
+    out = Path(cache) if cache is not None else data / PREPARED_CACHE_NAME
+    print(f"preparing {data} into {out} (reused on later runs)", flush=True)
+    result = prepare(data, out, tokenizer_spec=tokenizer, progress=progress)
+    print(format_summary(result), flush=True)
+    return out
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,
+                 start: int, workers: int, device: torch.device) -> DataLoader:
+    """Endless augmented training windows for this rank, from sample position `start` on."""
+    augment = (AugmentConfig(tc.max_transpose, 1.0 - tc.stretch, 1.0 + tc.stretch) if tc.augment else None)
+    dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=augment, seed=tc.seed)
+    return DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        sampler=WindowSampler(start=start, rank=info.rank, world_size=info.world_size),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_stop_signals if workers else None,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(tc.seed),  # keeps the global RNG untouched
+    )
+
+
+@dataclass
+class ValidationSet:
+    """The validation windows scored at each evaluation (a fixed, evenly spread subset)."""
+
+    windows: EvalWindows
+    indices: np.ndarray
+
+    @classmethod
+    def build(cls, data: PreparedData, cfg: PerceiverARConfig, max_windows: int) -> "ValidationSet | None":
+        if "validation" not in data.manifest["splits"]:
+            return None
+        windows = EvalWindows(data.pieces("validation"), data.vocab, cfg.max_seq_len, cfg.num_latents)
+        indices = np.arange(len(windows))
+        if 0 < max_windows < len(windows):
+            indices = np.unique(np.linspace(0, len(windows) - 1, max_windows).round().astype(np.int64))
+        return cls(windows, indices)
+
+    def describe(self) -> str:
+        return f"{len(self.indices)} of {len(self.windows)} validation windows"
+
+
+# ----------------------------------------------------------------------------- optimization
+
+
+def make_optimizer(model: PerceiverAR, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (linear and embedding weights), none on norms."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to the minimum."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    min_lr = tc.lr * tc.min_lr_ratio
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - min_lr)
+
+
+def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], pad_id: int, z_loss: float,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss to optimise, NLL nats/token, scored targets) of one micro-batch of windows."""
+    tokens, target_mask = batch["tokens"], batch["target_mask"]
+    inputs = tokens[:, :-1]
+    padding_mask = (inputs != pad_id) if bool((inputs == pad_id).any()) else None
+    tokens = tokens.to(device, non_blocking=True)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    with autocast(device):
+        logits = model(inputs, None if padding_mask is None else padding_mask.to(device, non_blocking=True))
+    n = logits.shape[1]  # the latents: the last n targets are scored
+    loss, nats = lm_loss(logits, targets[:, -n:], target_mask[:, -n:].to(device, non_blocking=True), z_loss)
+    return loss, nats, int(target_mask[:, -n:].sum())
+
+
+@dataclass
+class StepStats:
+    nats: torch.Tensor  # mean NLL over the micro-batches (on the device, not synchronised)
+    targets: int  # scored targets of this process
+    grad_norm: torch.Tensor | None
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable[dict[str, torch.Tensor]],
+                   tc: TrainConfig, lr: float, pad_id: int, device: torch.device) -> StepStats:
+    """One optimizer step over `tc.grad_accum` micro-batches (DDP syncs gradients on the last)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    nats_sum = torch.zeros((), device=device)
+    targets = 0
+    for index, batch in enumerate(micro_batches):
+        last = index == tc.grad_accum - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss, nats, count = forward_loss(model, batch, pad_id, tc.z_loss, device)
+            (loss / tc.grad_accum).backward()
+        nats_sum += nats
+        targets += count
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(nats_sum / tc.grad_accum, targets, grad_norm)
+
+
+def configure_backends(device: torch.device) -> None:
+    """TF32 matmuls on CUDA (bf16 autocast does the rest); CPU stays full fp32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+class StopRequest:
+    """Asks the loop to save and exit after the current step (set by SIGINT/SIGTERM or a caller)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """While inside, the first SIGINT/SIGTERM sets `stop`; a second one acts as usual (aborts)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set(signum)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _encode_rng(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode_rng(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def rng_state(device: torch.device) -> dict[str, str | None]:
+    """This process's torch RNG states (CPU and its GPU), as base64 text."""
+    cuda = _encode_rng(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
+    return {"cpu": _encode_rng(torch.get_rng_state()), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, str | None], device: torch.device) -> None:
+    torch.set_rng_state(_decode_rng(state["cpu"]))
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state(_decode_rng(state["cuda"]), device)
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved as part of ``trainer_state.json``."""
+
+    step: int = 0  # optimizer steps done
+    samples_per_rank: int = 0  # training windows each rank has consumed
+    tokens_seen: int = 0  # scored target tokens, all ranks
+    best_val_nats: float | None = None
+    elapsed_seconds: float = 0.0
+
+
+@dataclass
+class TrainRun:
+    """Everything one training run needs (the command line resolves it)."""
+
+    run_dir: Path
+    run_name: str
+    model_config: PerceiverARConfig
+    train_config: TrainConfig
+    data_dir: Path  # a prepared folder
+    run_config: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints as is
+    device: str = "auto"
+    compile: bool = False
+    workers: int = 0
+    resume_from: Path | None = None  # a resumable checkpoint folder
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    model: PerceiverAR  # the trained module (unwrapped), on its device
+    step: int
+    stopped_by_signal: int | None
+    last_checkpoint: Path | None
+    best_val_nats: float | None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """One process's share of a training run. `run()` is the loop; the rest are its steps."""
+
+    def __init__(self, run: TrainRun, info: DistInfo, stop: StopRequest) -> None:
+        self.run_spec, self.info, self.stop = run, info, stop
+        self.cfg, self.tc = run.model_config, run.train_config
+        self.device = distributed.pick_device(run.device, info)
+        distributed.init_process_group(info, self.device)
+        configure_backends(self.device)
+        self.data = PreparedData.open(run.data_dir)
+        if self.cfg.num_tokens != len(self.data.vocab):
+            raise UserError(f"the model has {self.cfg.num_tokens} token ids but the data's vocabulary has "
+                            f"{len(self.data.vocab)}")
+        if "train" not in self.data.manifest["splits"]:
+            raise UserError(f"{run.data_dir} has no training pieces")
+        self.tokenizer_path = self.data.tokenizer_path
+        self.pad_id = self.data.vocab.pad_id
+
+        torch.manual_seed(self.tc.seed)
+        self.model = PerceiverAR(self.cfg)
+        self.progress = Progress()
+        if run.resume_from is not None:
+            ckpt.load_weights(self.model, run.resume_from)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.tc, self.device)
+        if run.resume_from is not None:
+            self._restore(run.resume_from)
+        else:
+            torch.manual_seed(self.tc.seed + 1 + info.rank)  # dropout streams differ per rank
+        self.last_checkpoint: Path | None = run.resume_from
+        self.saved_step = self.progress.step if run.resume_from is not None else -1
+
+        self.step_model: torch.nn.Module = torch.compile(self.model) if run.compile else self.model
+        self.eval_model = self.step_model
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
+        self.validation = ValidationSet.build(self.data, self.cfg, self.tc.eval_windows)
+
+    # -- resume
+
+    def _restore(self, checkpoint: Path) -> None:
+        ckpt.load_optimizer_state(self.optimizer, checkpoint)
+        state = ckpt.read_json(checkpoint / ckpt.TRAINER_STATE_NAME)
+        try:
+            self.progress = Progress(**state["progress"])
+            saved_world = int(state["world_size"])
+            rng_states = state["rng"]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{checkpoint / ckpt.TRAINER_STATE_NAME} is corrupt") from None
+        if saved_world != self.info.world_size:  # keep the global sample position, re-split
+            consumed = self.progress.samples_per_rank * saved_world
+            self.progress.samples_per_rank = -(-consumed // self.info.world_size)
+        if self.info.rank < len(rng_states) and saved_world == self.info.world_size:
+            set_rng_state(rng_states[self.info.rank], self.device)
+        else:
+            torch.manual_seed(self.tc.seed + 1 + self.info.rank + self.progress.step)
+
+    # -- logging
+
+    def _metrics_path(self) -> Path:
+        return self.run_spec.run_dir / METRICS_NAME
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(self._metrics_path(), "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric rows past the resumed step (written after the last checkpoint)."""
+        path = self._metrics_path()
+        if not self.info.is_main or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= self.progress.step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by a kill
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+    # -- evaluation and saving
+
+    def validate(self) -> float | None:
+        """Validation NLL in nats/token over the validation subset (all ranks share the work)."""
+        if self.validation is None:
+            return None
+        self.eval_model.eval()
+        mine = self.validation.indices[self.info.rank :: self.info.world_size]
+        nats, count = score_windows(self.eval_model, self.validation.windows, mine, self.tc.batch_size,
+                                    self.device, self.pad_id)
+        self.eval_model.train()
+        totals = distributed.all_reduce_sum(torch.tensor([nats, float(count)], dtype=torch.float64, device=self.device))
+        nats, count = totals.tolist()
+        return nats / count if count else None
+
+    def _meta(self, val_nats: float | None) -> dict[str, Any]:
+        return {
+            "run_name": self.run_spec.run_name,
+            "step": self.progress.step,
+            "val_nats": val_nats,
+            "val_bits": None if val_nats is None else val_nats / math.log(2),
+            "tokens_seen": self.progress.tokens_seen,
+        }
+
+    def save(self, val_nats: float | None) -> None:
+        """A resumable ``ckpt-<step>`` (rank 0 writes; every rank hands over its RNG state)."""
+        rng = distributed.gather_objects(rng_state(self.device))
+        self.saved_step = self.progress.step
+        if not self.info.is_main:
+            return
+        trainer_state = {
+            "progress": vars(self.progress),
+            "world_size": self.info.world_size,
+            "rng": rng,
+            "run_config": self.run_spec.run_config,
+        }
+        path = self.run_spec.run_dir / f"ckpt-{self.progress.step}"
+        ckpt.save_checkpoint(path, self.model, self.tokenizer_path, tokenizer_hash=self.data.tokenizer_hash,
+                             meta=self._meta(val_nats), trainer_state=trainer_state, optimizer=self.optimizer)
+        self.last_checkpoint = path
+        ckpt.prune_checkpoints(self.run_spec.run_dir, self.tc.keep_last)
+
+    def save_best(self, val_nats: float) -> None:
+        if self.info.is_main:
+            ckpt.save_checkpoint(self.run_spec.run_dir / ckpt.BEST_NAME, self.model, self.tokenizer_path,
+                                 tokenizer_hash=self.data.tokenizer_hash, meta=self._meta(val_nats))
+
+    # -- the loop
+
+    def run(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
+        tc, info = self.tc, self.info
+        if info.is_main:
+            self.run_spec.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.recover_run_dir(self.run_spec.run_dir)
+            if self.run_spec.resume_from is not None:
+                self._truncate_metrics()
+        self._announce()
+        batches = iter(train_loader(self.data, self.cfg, tc, info, self.progress.samples_per_rank,
+                                    self.run_spec.workers, self.device))
+        bar = self._progress_bar()
+        self.step_model.train()
+        val_nats: float | None = None
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            with stop_on_signals(self.stop):
+                while self.progress.step < tc.max_steps:
+                    started = time.perf_counter()
+                    lr = lr_at(self.progress.step, tc)
+                    micro = (next(batches) for _ in range(tc.grad_accum))
+                    stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device)
+                    summary = torch.stack([stats.nats.double(), torch.tensor(float(stats.targets), dtype=torch.float64, device=self.device)])
+                    nats_sum, targets = distributed.all_reduce_sum(summary).tolist()
+                    loss = nats_sum / info.world_size
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at step {self.progress.step + 1}: stopped without saving; "
+                            f"{self._last_good()} (try a lower --lr or a longer --warmup)")
+                    self.progress.step += 1
+                    self.progress.samples_per_rank += tc.batch_size * tc.grad_accum
+                    self.progress.tokens_seen += int(targets)
+                    self.progress.elapsed_seconds += time.perf_counter() - started
+                    window_tokens += int(targets)
+                    step = self.progress.step
+                    if step % tc.log_every == 0 or step == tc.max_steps:
+                        now = time.perf_counter()
+                        rate = window_tokens / max(now - window_start, 1e-9)
+                        window_start, window_tokens = now, 0
+                        grad_norm = None if stats.grad_norm is None else float(stats.grad_norm)
+                        self._log({"step": step, "loss": loss, "bits": loss / math.log(2), "lr": lr,
+                                   "grad_norm": grad_norm, "tokens": self.progress.tokens_seen,
+                                   "target_tokens_per_s": rate, "elapsed_s": self.progress.elapsed_seconds})
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+                    bar.update(1)
+                    if step % tc.eval_every == 0 or step == tc.max_steps:
+                        val_nats = self._evaluate_and_keep_best(bar)
+                    if step % tc.save_every == 0 or step == tc.max_steps:
+                        self.save(val_nats)
+                    if on_step is not None:
+                        on_step(step)
+                    if distributed.any_process(self.stop.requested, self.device):
+                        if self.saved_step != step:
+                            self.save(val_nats)
+                        break
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(
+                f"CUDA out of memory (batch size {tc.batch_size}, context {self.cfg.max_seq_len}): use a smaller "
+                f"--batch-size (and a larger --grad-accum to keep the effective batch) or --max-seq-len") from None
+        finally:
+            bar.close()
+        return TrainResult(self.model, self.progress.step, self.stop.signum, self.last_checkpoint,
+                           self.progress.best_val_nats)
+
+    def _evaluate_and_keep_best(self, bar: Any) -> float | None:
+        val_nats = self.validate()
+        if val_nats is None:
+            return None
+        self._log({"step": self.progress.step, "val_nats": val_nats, "val_bits": val_nats / math.log(2)})
+        best = self.progress.best_val_nats
+        if best is None or val_nats < best:
+            self.progress.best_val_nats = val_nats
+            self.save_best(val_nats)
+        if self.info.is_main:
+            bar.write(f"step {self.progress.step}: validation {val_nats:.4f} nats/token "
+                      f"({val_nats / math.log(2):.4f} bits/token)" + (" (best)" if val_nats == self.progress.best_val_nats else ""))
+        return val_nats
+
+    def _announce(self) -> None:
+        if not self.info.is_main:
+            return
+        tc, cfg, info = self.tc, self.cfg, self.info
+        effective = tc.batch_size * tc.grad_accum * info.world_size
+        start = f"resuming at step {self.progress.step} from {self.run_spec.resume_from}" if self.run_spec.resume_from else "new run"
+        print(f"{self.run_spec.run_name}: {start}; {self.model.num_params() / 1e6:.1f}M parameters on {self.device}"
+              f"{f' x {info.world_size} processes' if info.enabled else ''}, "
+              f"{'bf16 autocast' if self.device.type == 'cuda' else 'fp32'}{', compiled' if self.run_spec.compile else ''}; "
+              f"{effective} windows of {cfg.max_seq_len} tokens per step ({cfg.num_latents} scored each); "
+              f"run folder {self.run_spec.run_dir}", flush=True)
+        if self.validation is None:
+            print("warning: the data has no validation split: no validation loss and no best/ checkpoint", flush=True)
+        else:
+            print(f"validation: {self.validation.describe()} every {tc.eval_every} steps", flush=True)
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was saved yet"
+        return f"the last good checkpoint is {self.last_checkpoint}"
+
+    def _progress_bar(self) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=self.tc.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
+                    disable=not (self.info.is_main and self.run_spec.progress), desc=self.run_spec.run_name)
+
+
+def train(run: TrainRun, info: DistInfo | None = None, stop: StopRequest | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train (or resume) one run in this process. `on_step(step)` is called after every step."""
+    trainer = Trainer(run, info or DistInfo(), stop or StopRequest())
+    return trainer.run(on_step)

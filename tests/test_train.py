@@ -1,0 +1,416 @@
+"""Training: schedule, presets, exact resume, NaN stop, signals, kill -9, the train command, learning.
+
+Models here are micro-sized (width 32, context 64) so each step takes milliseconds; torch runs on
+one thread (a busy 2-core machine makes multi-threaded tiny ops very slow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_ar_music import checkpoint as ckpt
+from perceiver_ar_music.cli import main
+from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.presets import PRESETS, TrainConfig, resolve
+from perceiver_ar_music.train import (
+    StopRequest,
+    TrainingDiverged,
+    TrainRun,
+    lr_at,
+    make_optimizer,
+    train,
+)
+from tests import midi_factory
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = dict(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64, num_latents=32)
+MICRO_FLAGS = ["--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16", "--max-seq-len", "64",
+               "--num-latents", "32", "--batch-size", "2", "--eval-windows", "4"]
+
+
+def write_corpus(folder: Path, files: int, notes: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        midi_factory.write_performance(folder / f"piece{i:02d}.mid", seed=i, num_notes=notes)
+    return folder
+
+
+def prepared_corpus(root: Path, files: int = 10, notes: int = 120) -> Path:
+    """Synthetic performances prepared into train/validation/test (each split non-empty)."""
+    from perceiver_ar_music.prepare import prepare
+
+    midi = write_corpus(root / "midi", files, notes)
+    prepare(midi, root / "prepared", workers=1, split_ratios=(0.6, 0.2, 0.2), progress=False)
+    data = PreparedData.open(root / "prepared")
+    assert set(data.splits) == {"train", "validation", "test"}
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return prepared_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_run(run_dir: Path, data: Path, max_steps: int = 6, resume_from: Path | None = None, model=None, **train_fields) -> TrainRun:
+    model_fields = {**MICRO, "cross_attn_dropout": 0.25, "dropout": 0.1, **(model or {})}
+    fields = dict(batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=2, max_steps=max_steps, eval_every=3,
+                  eval_windows=4, save_every=100, log_every=1, seed=3)
+    fields.update(train_fields)
+    return TrainRun(run_dir=run_dir, run_name=run_dir.name, model_config=PerceiverARConfig(**model_fields),
+                    train_config=TrainConfig(**fields), data_dir=data, progress=False, resume_from=resume_from)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+# ----------------------------------------------------------------------------- schedule and presets
+
+
+def test_warmup_then_cosine_to_the_minimum() -> None:
+    tc = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(1e-4)
+    assert lr_at(4, tc) == pytest.approx(5e-4)
+    assert lr_at(9, tc) == pytest.approx(1e-3)
+    assert lr_at(10, tc) == pytest.approx(1e-3)
+    assert lr_at(60, tc) == pytest.approx(0.55e-3)  # half way down the cosine
+    assert lr_at(110, tc) == pytest.approx(1e-4)
+    assert lr_at(500, tc) == pytest.approx(1e-4)
+    lrs = [lr_at(s, tc) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lr_at(0, TrainConfig(warmup_steps=0, lr=2e-3, max_steps=5)) == pytest.approx(2e-3)
+
+
+def test_presets() -> None:
+    small, _ = resolve("small", {}, {})
+    assert PerceiverAR(small).num_params() == pytest.approx(28.5e6, rel=0.01)
+    maestro, _ = resolve("maestro", {}, {})
+    assert (maestro.max_seq_len, maestro.num_latents, maestro.depth, maestro.dim, maestro.heads, maestro.dim_head) == (
+        4096, 2048, 12, 1024, 16, 64)
+    tiny, tiny_train = resolve("tiny", {"dim": 64}, {"lr": 5e-4, "seed": None})
+    assert tiny.dim == 64 and tiny.max_seq_len == 256 and tiny_train.lr == 5e-4 and tiny_train.seed == 0
+    for preset in PRESETS.values():
+        assert preset.train.z_loss == 1e-4 and preset.train.grad_clip == 1.0
+    with pytest.raises(ValueError, match="num_latents"):
+        resolve("tiny", {"num_latents": 1000}, {})
+    with pytest.raises(ValueError, match="learning rate"):
+        resolve("tiny", {}, {"lr": 0.0})
+
+
+def test_weight_decay_only_on_matrices() -> None:
+    model = PerceiverAR(PerceiverARConfig(**MICRO))
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_a_run_logs_validates_and_keeps_the_best(tmp_path: Path, corpus: Path) -> None:
+    result = train(make_run(tmp_path / "run", corpus, max_steps=6, save_every=4, keep_last=1))
+    run = tmp_path / "run"
+    rows = metrics(run)
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) and r["tokens"] > 0 and r["lr"] > 0 for r in steps)
+    assert steps[-1]["tokens"] == result.model.config.num_latents * 2 * 2 * 6  # no padding: every latent scored
+    vals = [r for r in rows if "val_nats" in r]
+    assert [r["step"] for r in vals] == [3, 6]
+    assert vals[0]["val_bits"] == pytest.approx(vals[0]["val_nats"] / math.log(2))
+    assert sorted(p.name for p in run.iterdir()) == ["best", "ckpt-6", "metrics.jsonl"]  # ckpt-4 pruned
+    best = ckpt.load_model(run)
+    assert best.path == run / "best"
+    assert best.meta["val_nats"] == pytest.approx(min(r["val_nats"] for r in vals))
+    assert best.meta["step"] == min(vals, key=lambda r: r["val_nats"])["step"]
+    final = ckpt.load_model(run / "ckpt-6")
+    assert same_weights(final.model, result.model)
+    assert final.meta["tokens_seen"] == steps[-1]["tokens"]
+    assert result.best_val_nats == pytest.approx(best.meta["val_nats"])
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, corpus: Path) -> None:
+    straight = train(make_run(tmp_path / "a", corpus, max_steps=6))
+    stop = StopRequest()
+    first = train(make_run(tmp_path / "b", corpus, max_steps=6), stop=stop,
+                  on_step=lambda step: stop.set() if step == 4 else None)
+    assert first.step == 4 and first.stopped_by_signal == signal.SIGINT
+    assert first.last_checkpoint == tmp_path / "b" / "ckpt-4"
+    resume_from = ckpt.latest_resumable(tmp_path / "b")
+    assert resume_from == tmp_path / "b" / "ckpt-4"
+    resumed = train(make_run(tmp_path / "b", corpus, max_steps=6, resume_from=resume_from))
+    assert resumed.step == 6
+    straight_rows, resumed_rows = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["step"] for r in resumed_rows] == [r["step"] for r in straight_rows]
+    for a, b in zip(straight_rows, resumed_rows):
+        assert a.get("loss") == b.get("loss") and a.get("val_nats") == b.get("val_nats"), (a, b)
+        assert a.get("grad_norm") == b.get("grad_norm") and a.get("tokens") == b.get("tokens")
+    assert same_weights(straight.model, resumed.model)
+
+
+def test_resuming_with_another_world_size_keeps_the_sample_position(tmp_path: Path, corpus: Path) -> None:
+    first = train(make_run(tmp_path / "r", corpus, max_steps=2, grad_accum=1, save_every=2))
+    state = ckpt.read_json(first.last_checkpoint / ckpt.TRAINER_STATE_NAME)
+    assert state["progress"]["samples_per_rank"] == 4 and state["world_size"] == 1
+    assert len(state["rng"]) == 1 and state["rng"][0]["cpu"]
+    assert state["progress"]["step"] == 2
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path, monkeypatch) -> None:
+    import perceiver_ar_music.train as train_module
+
+    real = train_module.lm_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, targets, mask, z_loss):
+        calls["n"] += 1
+        loss, nats = real(logits, targets, mask, z_loss)
+        if calls["n"] > 2 * 4:  # from step 5 on (2 micro-batches per step)
+            return loss * float("nan"), nats * float("nan")
+        return loss, nats
+
+    monkeypatch.setattr(train_module, "lm_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as info:
+        train(make_run(run, corpus, max_steps=10, save_every=2, eval_every=100))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "nan at step 5" in message and f"last good checkpoint is {run / 'ckpt-4'}" in message
+    assert info.value.exit_code == 1
+    assert ckpt.latest_resumable(run) == run / "ckpt-4"
+    assert not (run / "ckpt-5").exists() and not (run / "ckpt-6").exists()
+    loaded = ckpt.load_model(run)
+    assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+
+
+def test_workers_give_the_same_batches(tmp_path: Path, corpus: Path) -> None:
+    train(make_run(tmp_path / "w0", corpus, max_steps=2))
+    train(dataclasses.replace(make_run(tmp_path / "w2", corpus, max_steps=2), workers=2))
+    assert [r.get("loss") for r in metrics(tmp_path / "w0")] == [r.get("loss") for r in metrics(tmp_path / "w2")]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_cli(*args: str) -> int:
+    return main(["train", *args, "--no-progress"])
+
+
+def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> None:
+    midi = write_corpus(tmp_path / "midi", files=6, notes=60)
+    out = tmp_path / "runs"
+    common = ["--data", str(midi), "--preset", "tiny", *MICRO_FLAGS, "--out", str(out)]
+    assert run_cli(*common, "--max-steps", "2", "--eval-every", "2", "--name", "first") == 0
+    text = capsys.readouterr().out
+    assert "tokenized 6 files" in text and "finished 2 steps" in text
+    prepared = midi / ".perceiver-prepared"
+    assert (prepared / "manifest.json").is_file()
+    run = out / "first"
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["preset"] == "tiny" and config["model"]["dim"] == 32 and config["model"]["num_tokens"] == 391
+    assert config["train"]["max_steps"] == 2 and config["train"]["lr"] == PRESETS["tiny"].train.lr
+    assert config["data"]["prepared"] == str(prepared.resolve())
+    assert ckpt.load_model(run).meta["step"] == 2
+
+    # The same data again: the preparation is reused; the run name must be new.
+    assert run_cli(*common, "--max-steps", "1", "--name", "first") == 2
+    assert "already exists: add --resume" in capsys.readouterr().err
+    assert run_cli(*common, "--max-steps", "1", "--name", "second") == 0
+    assert "tokenized 0 files, reused 6" in capsys.readouterr().out
+
+    # Resume the newest run (second) by default, the named one with --name; extend max steps.
+    assert main(["train", "--resume", "--out", str(out), "--max-steps", "3", "--no-progress"]) == 0
+    assert "second: resuming at step 1" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--max-steps", "4", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "resuming with changed settings: {'max_steps': 4}" in text and "finished 4 steps" in text
+    assert json.loads((run / "run_config.json").read_text())["train"]["max_steps"] == 4
+    assert ckpt.latest_resumable(run) == run / "ckpt-4"
+
+    assert main(["train", "--resume", str(run), "--dim", "64", "--no-progress"]) == 2
+    assert "--dim cannot change when resuming" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "tiny"], "--data is required"),
+        (["--data", "{tmp}/nothing"], "is not a folder"),
+        (["--data", "{corpus}", "--lr", "-1"], "invalid configuration: learning rate must be > 0"),
+        (["--data", "{corpus}", "--num-latents", "999", "--max-seq-len", "64"], "invalid configuration: num_latents"),
+        (["--resume", "--out", "{tmp}/none"], "no run to resume"),
+        (["--resume", "{tmp}"], "is not a run folder"),
+        (["--data", "{corpus}", "--device", "cuda:banana"], "unknown device"),
+    ],
+)
+def test_train_command_errors(tmp_path: Path, corpus: Path, capsys, args: list[str], message: str) -> None:
+    args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
+    assert run_cli(*args, "--out", str(tmp_path / "runs")) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, corpus: Path, capsys) -> None:
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "run_config.json").write_text("{}")
+    assert run_cli("--resume", str(tmp_path / "runs" / "x")) == 2
+    assert "has no resumable checkpoint yet" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- signals and kills
+
+
+def start_training(out: Path, corpus: Path, *extra: str, driver: list[str] | None = None) -> subprocess.Popen:
+    args = ["train", "--data", str(corpus), "--preset", "tiny", *MICRO_FLAGS, "--out", str(out), "--name", "r",
+            "--log-every", "1", "--no-progress", *extra]
+    command = driver or [sys.executable, "-m", "perceiver_ar_music"]
+    return subprocess.Popen(command + args, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=out.parent)
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def metric_rows(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_and_exits_cleanly(tmp_path: Path, corpus: Path, sig: int) -> None:
+    out = tmp_path / "runs"
+    proc = start_training(out, corpus, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "100000")
+    try:
+        wait_for(lambda: metric_rows(out / "r" / "metrics.jsonl") >= 3 or proc.poll() is not None)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr
+    step = int(re.search(rf"stopped by {signal.Signals(sig).name} at step (\d+): saved", stdout).group(1))
+    assert step >= 3
+    assert ckpt.latest_resumable(out / "r") == out / "r" / f"ckpt-{step}"
+    assert ckpt.load_model(out / "r").meta["step"] == step
+    assert f"--resume {out / 'r'}" in stdout
+
+
+KILL_DRIVER = """
+import pathlib, sys, time
+import safetensors.torch
+real = safetensors.torch.save_file
+def slow_save(tensors, filename, *args, **kwargs):
+    real(tensors, filename, *args, **kwargs)
+    if ".ckpt-4." in str(filename):
+        pathlib.Path(sys.argv[1]).write_text("inside")
+        time.sleep(120)
+safetensors.torch.save_file = slow_save
+from perceiver_ar_music.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_kill_9_while_saving_leaves_the_last_checkpoint_usable(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "runs"
+    out.mkdir()
+    marker = tmp_path / "marker"
+    proc = start_training(out, corpus, "--max-steps", "100", "--save-every", "2", "--eval-every", "100",
+                          driver=[sys.executable, "-c", KILL_DRIVER, str(marker)])
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    run = out / "r"
+    assert marker.exists(), proc.stderr.read()
+    assert any(p.name.startswith(".ckpt-4.") for p in run.iterdir())  # the half-written checkpoint
+    assert ckpt.latest_resumable(run) == run / "ckpt-2"
+    assert ckpt.load_model(run).meta["step"] == 2
+    result = subprocess.run([sys.executable, "-m", "perceiver_ar_music", "train", "--resume", str(run),
+                             "--max-steps", "5", "--no-progress"], env=subprocess_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "resuming at step 2" in result.stdout
+    assert not any(p.name.startswith(".") for p in run.iterdir())
+    assert ckpt.latest_resumable(run) == run / "ckpt-5"
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_always_leaves_a_loadable_run(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "runs"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    for attempt in range(4):
+        resume = ["--resume", str(out / "r")] if attempt else []
+        proc = start_training(out, corpus, "--max-steps", "100000", "--save-every", "1", "--eval-every", "3",
+                              "--keep-last", "2", *resume)
+        try:
+            before = ckpt.latest_resumable(out / "r")
+            wait_for(lambda: ckpt.latest_resumable(out / "r") not in (None, before) or proc.poll() is not None)
+            time.sleep(float(rng.uniform(0.0, 0.5)))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+        loaded = ckpt.load_model(out / "r")
+        assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+        latest = ckpt.latest_resumable(out / "r")
+        assert latest is not None
+        ckpt.load_optimizer_state(
+            make_optimizer(ckpt.load_model(latest).model, TrainConfig(), torch.device("cpu")), latest)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_tiny_preset_learns_well_below_the_unigram_entropy(tmp_path: Path, capsys) -> None:
+    data = prepared_corpus(tmp_path, files=16, notes=300)
+    assert run_cli("--data", str(data), "--preset", "tiny", "--max-steps", "300", "--eval-every", "100",
+                   "--eval-windows", "0", "--out", str(tmp_path / "runs"), "--name", "learn") == 0
+    rows = [r for r in metrics(tmp_path / "runs" / "learn") if "val_nats" in r]
+    validation = PreparedData.open(data)
+    targets = np.concatenate([np.append(np.asarray(p, dtype=np.int64), validation.vocab.eos_id)
+                              for p in validation.pieces("validation")])
+    freq = np.bincount(targets) / len(targets)
+    unigram = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())  # the best any unigram model does
+    assert rows[0]["val_nats"] > rows[-1]["val_nats"]
+    assert rows[-1]["val_nats"] < 0.8 * unigram, (rows, unigram)

@@ -1,0 +1,181 @@
+"""The ``index.html`` of a folder of generated samples: listen, look, download, compare.
+
+One self-contained page (HTML and inline CSS, no scripts, no external resources): the run's
+details, then per sample an audio player (or a note saying why there is no audio), its piano
+roll, links to its files and its statistics. All text is HTML-escaped and every file is linked
+by a relative, URL-quoted path, so the folder can be moved, zipped or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import quote
+
+from perceiver_ar_music.atomic import write_text_atomic
+from perceiver_ar_music.music_stats import MusicStats
+from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
+
+INDEX_NAME = "index.html"
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class SampleEntry:
+    """One sample on the page; file paths are relative to the page's folder (or absolute)."""
+
+    title: str
+    midi: PathLike
+    audio: PathLike | None = None
+    audio_note: str = "no audio was rendered"  # shown instead of the player when audio is None
+    piano_roll: PathLike | None = None
+    stats: MusicStats | Mapping[str, object] | None = None
+    description: str = ""
+
+
+def write_index(
+    out_dir: PathLike,
+    samples: Sequence[SampleEntry],
+    title: str,
+    details: Mapping[str, object] | None = None,
+) -> Path:
+    """Write ``out_dir/index.html`` atomically and return its path."""
+    out_dir = Path(out_dir)
+    page = render_index(out_dir, samples, title, details or {})
+    path = out_dir / INDEX_NAME
+    write_text_atomic(path, page)
+    return path
+
+
+def render_index(out_dir: Path, samples: Sequence[SampleEntry], title: str, details: Mapping[str, object]) -> str:
+    """The page's HTML text (see ``write_index``)."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_text(title)}</title>",
+        f"<style>{_css()}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{_text(title)}</h1>",
+    ]
+    if details:
+        rows = "".join(f"<tr><th>{_text(key)}</th><td>{_text(_format(value))}</td></tr>" for key, value in details.items())
+        parts.append(f'<table class="details">{rows}</table>')
+    if any(sample.piano_roll is not None for sample in samples):
+        parts.append(
+            '<p class="legend"><span class="swatch primer"></span>primer '
+            '<span class="swatch continuation"></span>continuation '
+            "&mdash; the white line marks the end of the primer; brighter notes are louder.</p>"
+        )
+    parts.append("</header>")
+    parts.append("<main>")
+    for number, sample in enumerate(samples, start=1):
+        parts.append(_sample_section(out_dir, number, sample))
+    if not samples:
+        parts.append('<p class="empty">No samples.</p>')
+    parts += ["</main>", "</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _sample_section(out_dir: Path, number: int, sample: SampleEntry) -> str:
+    lines = [f'<section class="sample" id="sample-{number}">', f"<h2>{_text(sample.title)}</h2>"]
+    if sample.description:
+        lines.append(f'<p class="description">{_text(sample.description)}</p>')
+    if sample.audio is not None:
+        src = _href(out_dir, sample.audio)
+        lines.append(
+            f'<audio controls preload="metadata" src="{src}">'
+            f'Your browser cannot play this audio: <a href="{src}">download it</a>.</audio>'
+        )
+    else:
+        lines.append(f'<p class="no-audio">{_text(sample.audio_note)}</p>')
+    if sample.piano_roll is not None:
+        lines.append(
+            f'<div class="roll"><img src="{_href(out_dir, sample.piano_roll)}" '
+            f'alt="{_text("Piano roll of " + sample.title)}"></div>'
+        )
+    links = [f'<a href="{_href(out_dir, sample.midi)}" download>MIDI</a>']
+    if sample.audio is not None:
+        links.append(f'<a href="{_href(out_dir, sample.audio)}" download>{_text(Path(sample.audio).suffix[1:].upper())}</a>')
+    if sample.piano_roll is not None:
+        links.append(f'<a href="{_href(out_dir, sample.piano_roll)}">PNG</a>')
+    lines.append(f'<p class="links">{" · ".join(links)}</p>')
+    if sample.stats is not None:
+        rows = sample.stats.rows() if isinstance(sample.stats, MusicStats) else [
+            (key, _format(value)) for key, value in sample.stats.items()
+        ]
+        pairs = "".join(f"<div><dt>{_text(key)}</dt><dd>{_text(value)}</dd></div>" for key, value in rows)
+        lines.append(f'<dl class="stats">{pairs}</dl>')
+    lines.append("</section>")
+    return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _format(value: object) -> str:
+    """Floats to 4 significant digits, still looking like floats (1.0, not 1)."""
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".en") else text + ".0"
+    return str(value)
+
+
+def _href(out_dir: Path, path: PathLike) -> str:
+    """A relative, URL-quoted, HTML-escaped link from the page to `path`."""
+    path = Path(path)
+    if path.is_absolute():
+        path = Path(os.path.relpath(path.resolve(), out_dir.resolve()))
+    return _text(quote(path.as_posix(), safe="/"))
+
+
+def _rgb(colour) -> str:
+    return "rgb({}, {}, {})".format(*(int(c) for c in colour))
+
+
+def _css() -> str:
+    return f"""
+:root {{ color-scheme: light dark; --fg: #1d1f24; --muted: #5c6270; --bg: #f6f7f9; --card: #fff;
+  --line: #dde0e6; --accent: #2a6fdb; }}
+@media (prefers-color-scheme: dark) {{ :root {{ --fg: #e6e8ec; --muted: #9aa1ad; --bg: #14161a;
+  --card: #1c1f25; --line: #2c3038; --accent: #78a9ff; }} }}
+* {{ box-sizing: border-box; }}
+body {{ margin: 0 auto; max-width: 1100px; padding: 24px 20px 48px; background: var(--bg);
+  color: var(--fg); font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
+h1 {{ font-size: 1.6em; margin: 0 0 12px; }}
+h2 {{ font-size: 1.15em; margin: 0 0 8px; }}
+a {{ color: var(--accent); }}
+table {{ border-collapse: collapse; margin: 8px 0; font-size: 0.92em; }}
+th, td {{ text-align: left; padding: 2px 14px 2px 0; vertical-align: top; }}
+th {{ color: var(--muted); font-weight: 500; white-space: nowrap; }}
+td {{ font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }}
+.legend {{ color: var(--muted); font-size: 0.92em; }}
+.swatch {{ display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin: 0 4px 0 0;
+  vertical-align: -1px; }}
+.swatch.primer {{ background: {_rgb(PRIMER)}; }}
+.swatch.continuation {{ background: {_rgb(CONTINUATION)}; margin-left: 10px; }}
+.sample {{ background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+  padding: 16px 18px; margin: 18px 0; }}
+.description {{ color: var(--muted); margin: 0 0 8px; }}
+audio {{ width: 100%; max-width: 640px; display: block; margin: 6px 0; }}
+.no-audio {{ color: var(--muted); font-style: italic; border-left: 3px solid var(--line);
+  padding-left: 10px; }}
+.roll {{ overflow-x: auto; margin: 10px 0; border-radius: 6px; background: #111318; }}
+.roll img {{ display: block; max-width: none; }}
+.links {{ margin: 6px 0; }}
+.stats {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 2px 18px;
+  margin: 8px 0 0; font-size: 0.92em; }}
+.stats div {{ display: flex; justify-content: space-between; gap: 10px;
+  border-bottom: 1px solid var(--line); padding: 2px 0; }}
+.stats dt {{ color: var(--muted); }}
+.stats dd {{ margin: 0; font-variant-numeric: tabular-nums; text-align: right; }}
+"""

@@ -1,10 +1,11 @@
 """Render a MIDI file to 16-bit WAV or FLAC audio with FluidSynth and a General MIDI soundfont.
 
-The file is read with symusic (in seconds) and played into pyfluidsynth event by event: notes
-with their velocities, every control change (so the sustain pedal is FluidSynth's own) and pitch
-bends, each track on its own channel with its program (drum tracks on the percussion bank).
+The file is played into pyfluidsynth message by message as a MIDI player would (mido merges the
+tracks and times them through the tempo map): notes with their velocities on their own channels,
+program changes, pitch bends and every control change, so the sustain pedal is FluidSynth's own
+even when it sits in a track without notes; channel 10 plays drums.
 FluidSynth writes float samples, so the result is peak-normalized (to ``PEAK_DBFS``) in the one
-rounding to 16 bits. A tail of silence after the last event lets the final notes ring out.
+rounding to 16 bits. A tail after the last event lets the final notes ring out.
 
 Without FluidSynth's shared library (or the pyfluidsynth binding) ``render_midi`` raises
 ``AudioUnavailable``: a one-line ``UserError`` that says how to install it.
@@ -27,10 +28,9 @@ from perceiver_ar_music.midi_load import MidiReadError, read_score
 DEFAULT_SAMPLE_RATE = 44_100
 DEFAULT_TAIL_SECONDS = 1.5
 PEAK_DBFS = -1.0
-MIN_NOTE_SECONDS = 0.005  # a zero-length note still sounds (and its note-off follows its note-on)
+SILENCE = 1e-5  # a float peak below this is FluidSynth's noise floor, not music
+MAX_SECONDS = 4 * 3600  # 4 hours of float stereo at 44.1 kHz is 5 GB in memory
 POLYPHONY = 512  # voices; a pedalled piano passage can exceed FluidSynth's default 256
-DRUM_CHANNEL = 9
-DRUM_BANK = 128
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 
 # Standard places of a General MIDI soundfont, best piano first; the first that exists wins.
@@ -44,8 +44,7 @@ SYSTEM_SOUNDFONTS = (
     "/opt/homebrew/share/soundfonts/default.sf2",
 )
 
-# Event kinds, in the order they apply at one instant: releases, then controls, then new notes.
-NOTE_OFF, CONTROL, PITCH_BEND, NOTE_ON = range(4)
+PLAYED = {"note_on", "note_off", "control_change", "program_change", "pitchwheel"}
 
 
 class AudioUnavailable(UserError):
@@ -126,106 +125,65 @@ def output_format(path: str | os.PathLike[str]) -> str:
     return AUDIO_FORMATS[suffix]
 
 
-def score_events(score) -> tuple[np.ndarray, list[tuple[int, int, bool]]]:
-    """All events of a symusic ScoreSecond as a time-ordered (E, 5) float array of rows
-    ``time, kind, channel, a, b`` and the ``(channel, program, is_drum)`` of every used channel.
+def read_events(path: str | os.PathLike[str]) -> list[tuple[float, object]]:
+    """The channel messages of a MIDI file that FluidSynth plays, as (seconds, mido message) in
+    playback order; a UserError (one line) for files that cannot be read or have no notes."""
+    import mido
 
-    Melodic tracks get channels 0, 1, ... skipping the drum channel 9 (wrapping after 255);
-    drum tracks share channel 9.
-    """
-    columns: list[np.ndarray] = []
-    programs: dict[int, tuple[int, int, bool]] = {}
-    melodic_channels = [c for c in range(256) if c != DRUM_CHANNEL]
-    next_melodic = 0
-    for track in score.tracks:
-        if not (len(track.notes) or len(track.controls) or len(track.pitch_bends)):
-            continue
-        if track.is_drum:
-            channel = DRUM_CHANNEL
-        else:
-            channel = melodic_channels[next_melodic % len(melodic_channels)]
-            next_melodic += 1
-        programs.setdefault(channel, (channel, int(track.program), bool(track.is_drum)))
-        columns.extend(_track_events(track, channel))
-    if not columns:
-        return np.zeros((0, 5)), []
-    events = np.concatenate(columns)
-    order = np.lexsort((events[:, 1], events[:, 0]))
-    return events[order], list(programs.values())
-
-
-def _rows(time, kind: int, channel: int, a, b) -> np.ndarray:
-    time = np.asarray(time, dtype=np.float64)
-    rows = np.empty((len(time), 5), dtype=np.float64)
-    rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4] = time, kind, channel, a, b
-    return rows
-
-
-def _track_events(track, channel: int) -> list[np.ndarray]:
-    events = []
-    if len(track.notes):
-        notes = track.notes.numpy()
-        pitch = notes["pitch"].astype(np.int64)
-        velocity = notes["velocity"].astype(np.int64)
-        valid = (pitch >= 0) & (pitch <= 127) & (velocity > 0)
-        start = notes["time"].astype(np.float64)[valid]
-        end = np.maximum(start + notes["duration"].astype(np.float64)[valid], start + MIN_NOTE_SECONDS)
-        pitch, velocity = pitch[valid], np.minimum(velocity[valid], 127)
-        events += [_rows(start, NOTE_ON, channel, pitch, velocity), _rows(end, NOTE_OFF, channel, pitch, 0)]
-    if len(track.controls):
-        controls = track.controls.numpy()
-        number, value = controls["number"].astype(np.int64), controls["value"].astype(np.int64)
-        valid = (number >= 0) & (number <= 127) & (value >= 0) & (value <= 127)
-        events.append(_rows(controls["time"][valid], CONTROL, channel, number[valid], value[valid]))
-    if len(track.pitch_bends):
-        bends = track.pitch_bends.numpy()
-        events.append(_rows(bends["time"], PITCH_BEND, channel, bends["value"], 0))
+    try:
+        read_score(path)  # symusic's checks give the clearest reasons for bad files
+    except MidiReadError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    events, now = [], 0.0
+    try:
+        for message in mido.MidiFile(path, clip=True):  # tracks merged, delta times in seconds
+            now += message.time
+            if message.type in PLAYED:
+                events.append((now, message))
+    except Exception as exc:  # mido's parser raises many types on files symusic tolerates
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{path}: unreadable MIDI ({detail})") from None
+    if not any(message.type == "note_on" and message.velocity > 0 for _, message in events):
+        raise UserError(f"{path}: no notes to render")
+    if events[-1][0] > MAX_SECONDS:
+        raise UserError(f"{path}: too long to render ({events[-1][0]:.0f} s, the limit is {MAX_SECONDS} s)")
     return events
 
 
-def synthesize(score, soundfont: Path, sample_rate: int, tail_seconds: float) -> np.ndarray:
-    """Stereo float32 samples, shape (frames, 2), of a symusic ScoreSecond played by FluidSynth.
-
-    Length: the last event's time plus ``tail_seconds``.
-    """
-    events, programs = score_events(score)
-    if not len(events) or not (events[:, 1] == NOTE_ON).any():
-        raise UserError("the MIDI file has no notes to render")
+def synthesize(events: list[tuple[float, object]], soundfont: Path, sample_rate: int, tail_seconds: float) -> np.ndarray:
+    """Stereo float32 samples, shape (frames, 2), of `events` (see ``read_events``) played by
+    FluidSynth; the length is the last event's time plus ``tail_seconds``."""
     fluidsynth = load_fluidsynth()
-    frames = int(round(float(events[:, 0].max()) * sample_rate)) + int(round(tail_seconds * sample_rate))
+    frames = round(events[-1][0] * sample_rate) + round(tail_seconds * sample_rate)
     out = np.zeros((frames, 2), dtype=np.float32)
     synth = fluidsynth.Synth(gain=0.2, samplerate=float(sample_rate), **{"synth.polyphony": POLYPHONY})
     try:
         write = _float_writer(fluidsynth, synth, out)
-        sfid = synth.sfload(str(soundfont))
-        if sfid < 0:
+        if synth.sfload(str(soundfont), update_midi_preset=1) < 0:  # 1: every channel gets a preset
             raise UserError(f"FluidSynth could not load the soundfont: {soundfont}")
-        for channel, program, is_drum in programs:
-            bank = DRUM_BANK if is_drum else 0
-            if synth.program_select(channel, sfid, bank, program) < 0:
-                synth.program_select(channel, sfid, bank, 0)
         position = 0
-        for time, kind, channel, a, b in events:
-            frame = min(int(round(time * sample_rate)), frames)
-            if frame > position:
-                write(position, frame - position)
-                position = frame
-            _send(synth, int(kind), int(channel), int(a), int(b))
+        for seconds, message in events:
+            frame = min(round(seconds * sample_rate), frames)
+            write(position, frame - position)
+            position = frame
+            _send(synth, message)
         write(position, frames - position)
     finally:
         synth.delete()
     return out
 
 
-def _send(synth, kind: int, channel: int, a: int, b: int) -> None:
-    if kind == NOTE_ON:
-        synth.noteon(channel, a, b)
-    elif kind == NOTE_OFF:
-        synth.noteoff(channel, a)
-    elif kind == CONTROL:
-        synth.cc(channel, a, b)
-    else:
-        synth.pitch_bend(channel, a)
+def _send(synth, message) -> None:
+    if message.type == "note_on":
+        synth.noteon(message.channel, message.note, message.velocity)  # velocity 0 is a release
+    elif message.type == "note_off":
+        synth.noteoff(message.channel, message.note)
+    elif message.type == "control_change":
+        synth.cc(message.channel, message.control, message.value)
+    elif message.type == "program_change":
+        synth.program_change(message.channel, message.program)
+    elif message.type == "pitchwheel":
+        synth.pitch_bend(message.channel, message.pitch)
 
 
 def _float_writer(fluidsynth, synth, out: np.ndarray):
@@ -275,11 +233,10 @@ def render_midi(
     if not 0 <= tail_seconds <= 60:
         raise UserError(f"tail must be between 0 and 60 seconds, got {tail_seconds}")
     sf2 = check_soundfont(soundfont) if soundfont is not None else default_soundfont()
-    try:
-        score = read_score(midi_path)
-    except MidiReadError as exc:
-        raise UserError(f"{midi_path}: {exc}") from None
-    samples = to_pcm16(synthesize(score, sf2, sample_rate, tail_seconds))
+    samples = synthesize(read_events(midi_path), sf2, sample_rate, tail_seconds)
+    if float(np.abs(samples).max()) < SILENCE:
+        raise UserError(f"FluidSynth rendered silence: does {sf2} have the instruments the file uses?")
+    samples = to_pcm16(samples)
     with atomic_path(out_path) as tmp:
         soundfile.write(tmp, samples, sample_rate, subtype="PCM_16", format=fmt)
     return RenderedAudio(Path(out_path), len(samples) / sample_rate, sample_rate, sf2)

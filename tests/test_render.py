@@ -29,22 +29,30 @@ def needs_fluidsynth() -> None:
         pytest.skip(f"FluidSynth is not installed here: {exc}")
 
 
-def write_simple(path: Path, notes: list[tuple[int, float, float, int]], pedal: list[tuple[float, int]] = ()) -> None:
-    """One piano track at 120 qpm (960 ticks per second): notes (pitch, start, end, velocity) and
-    sustain-pedal values (time, value), times in seconds."""
-    events = []
+def write_simple(
+    path: Path,
+    notes: list[tuple[int, float, float, int]],
+    pedal: list[tuple[float, int]] = (),
+    pedal_track: bool = False,
+) -> None:
+    """Piano on channel 1 at 120 qpm (960 ticks per second): notes (pitch, start, end, velocity)
+    and sustain-pedal values (time, value), times in seconds; with ``pedal_track`` the pedal is
+    in a second track of its own, as some sequencers write it."""
+    notes_events, pedal_events = [], []
     for pitch, start, end, velocity in notes:
-        events.append((round(start * 960), 1, mido.Message("note_on", note=pitch, velocity=velocity)))
-        events.append((round(end * 960), 0, mido.Message("note_off", note=pitch, velocity=0)))
+        notes_events.append((round(start * 960), 1, mido.Message("note_on", note=pitch, velocity=velocity)))
+        notes_events.append((round(end * 960), 0, mido.Message("note_off", note=pitch, velocity=0)))
     for time, value in pedal:
-        events.append((round(time * 960), 0, mido.Message("control_change", control=64, value=value)))
-    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)])
-    now = 0
-    for tick, _, message in sorted(events, key=lambda event: event[:2]):
-        track.append(message.copy(time=tick - now))
-        now = tick
+        pedal_events.append((round(time * 960), 0, mido.Message("control_change", control=64, value=value)))
+    groups = [notes_events, pedal_events] if pedal_track else [notes_events + pedal_events]
     mid = mido.MidiFile(type=1, ticks_per_beat=480)
-    mid.tracks.append(track)
+    for number, events in enumerate(groups):
+        track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)] if number == 0 else [])
+        now = 0
+        for tick, _, message in sorted(events, key=lambda event: event[:2]):
+            track.append(message.copy(time=tick - now))
+            now = tick
+        mid.tracks.append(track)
     mid.save(str(path))
 
 
@@ -93,9 +101,11 @@ def test_velocity_sets_loudness(tmp_path, needs_fluidsynth):
     assert rms(samples, rate, 2.0, 2.5) > 2 * rms(samples, rate, 0.0, 0.5)
 
 
-def test_sustain_pedal_holds_notes(tmp_path, needs_fluidsynth):
+@pytest.mark.parametrize("pedal_track", [False, True])
+def test_sustain_pedal_holds_notes(tmp_path, pedal_track, needs_fluidsynth):
     # Two identical short notes: the first with the pedal held to 2.0 s, the second without.
-    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.3, 90), (60, 3.0, 3.3, 90)], pedal=[(0.0, 127), (2.0, 0)])
+    notes = [(60, 0.0, 0.3, 90), (60, 3.0, 3.3, 90)]
+    write_simple(tmp_path / "a.mid", notes, pedal=[(0.0, 127), (2.0, 0)], pedal_track=pedal_track)
     render_midi(tmp_path / "a.mid", tmp_path / "a.wav")
     samples, rate = soundfile.read(str(tmp_path / "a.wav"))
     assert rms(samples, rate, 1.0, 1.5) > 10 * rms(samples, rate, 4.0, 4.5)
@@ -209,3 +219,40 @@ def test_to_pcm16_normalizes_the_peak_and_keeps_silence():
     assert pcm.dtype == np.int16
     assert pcm.tolist() == [[0, 0], [round(target / 2), -target], [round(target / 4), 0]]
     assert render.to_pcm16(np.zeros((4, 2), dtype=np.float32)).tolist() == [[0, 0]] * 4
+
+
+def test_program_changes_pick_the_instrument(tmp_path, needs_fluidsynth):
+    def render_with(program: int) -> np.ndarray:
+        path = tmp_path / f"p{program}.mid"
+        write_simple(path, [(72, 0.0, 1.0, 100)])
+        mid = mido.MidiFile(str(path))
+        mid.tracks[0].insert(1, mido.Message("program_change", program=program, time=0))
+        mid.save(str(path))
+        render_midi(path, tmp_path / f"p{program}.wav")
+        return soundfile.read(str(tmp_path / f"p{program}.wav"))[0]
+
+    piano, flute, piano_again = render_with(0), render_with(73), render_with(0)
+    np.testing.assert_array_equal(piano, piano_again)  # deterministic
+    assert piano.shape == flute.shape and np.abs(piano - flute).max() > 0.1
+
+
+def test_silent_render_is_an_error(tmp_path, monkeypatch):
+    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
+    monkeypatch.setattr(render, "synthesize", lambda events, *args: np.full((100, 2), 1e-8, np.float32))
+    assert "silence" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.wav"))
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_absurdly_long_files_are_refused(tmp_path, monkeypatch):
+    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90), (62, 20.0, 21.0, 90)])
+    monkeypatch.setattr(render, "MAX_SECONDS", 10)
+    assert "too long" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.wav"))
+
+
+def test_mido_parser_errors_are_one_line(tmp_path):
+    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
+    mid = mido.MidiFile(str(tmp_path / "a.mid"))
+    mid.type = 2  # asynchronous tracks: symusic reads it, mido cannot merge the tracks
+    mid.save(str(tmp_path / "b.mid"))
+    message = one_line_error(lambda: render.read_events(tmp_path / "b.mid"))
+    assert "b.mid: unreadable MIDI (can't merge tracks" in message

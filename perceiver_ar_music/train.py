@@ -206,17 +206,20 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: StopRequest) -> Iterator[None]:
-    """While inside, the first SIGINT/SIGTERM sets `stop`; a second one acts as usual (aborts)."""
+def stop_on_signals(stop: StopRequest, second_interrupt_aborts: bool = True) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM set `stop`. Then a second SIGINT (Ctrl-C again) aborts as usual
+    if `second_interrupt_aborts`; under torchrun it does not, because torchrun forwards the
+    terminal's Ctrl-C to its workers once more (and kills them itself if asked again)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, _frame: Any) -> None:
-        stop.set(signum)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if not stop.requested:
+            stop.set(signum)
+            if second_interrupt_aborts:
+                signal.signal(signal.SIGINT, previous[signal.SIGINT])
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -438,7 +441,7 @@ class Trainer:
         val_nats: float | None = None
         window_start, window_tokens = time.perf_counter(), 0
         try:
-            with stop_on_signals(self.stop):
+            with stop_on_signals(self.stop, second_interrupt_aborts=not info.enabled):
                 while self.progress.step < tc.max_steps:
                     started = time.perf_counter()
                     lr = lr_at(self.progress.step, tc)

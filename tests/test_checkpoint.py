@@ -13,6 +13,7 @@ from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music.checkpoint import find_checkpoint, load_model, save_checkpoint
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
+from tests.test_train import one_thread  # noqa: F401 (autouse fixture)
 
 CONFIG = PerceiverARConfig(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32, num_latents=16)
 

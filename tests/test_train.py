@@ -32,6 +32,7 @@ from perceiver_ar_music.train import (
     TrainRun,
     lr_at,
     make_optimizer,
+    stop_on_signals,
     train,
 )
 from tests import midi_factory
@@ -311,6 +312,25 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 def metric_rows(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_signal_handling_in_process() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM lets the save finish
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C once more aborts
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    stop = StopRequest()
+    with stop_on_signals(stop, second_interrupt_aborts=False):  # under torchrun
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stop.signum == signal.SIGINT
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

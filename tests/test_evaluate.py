@@ -1,0 +1,187 @@
+"""Evaluation: strided and exact NLL against slow one-window-at-a-time references; the command."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceiver_ar_music.checkpoint import save_checkpoint
+from perceiver_ar_music.cli import main
+from perceiver_ar_music.evaluate import evaluate_pieces, exact_nll, strided_nll
+from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.windows import EvalWindows
+from tests.test_train import one_thread, prepared_corpus, write_corpus  # noqa: F401 (fixture)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> PreparedData:
+    """Any vocabulary works for scoring; take the real one from a tiny prepared folder."""
+    return PreparedData.open(prepared_corpus(tmp_path_factory.mktemp("corpus"), files=8, notes=40))
+
+
+def random_model(max_seq_len: int = 24, num_latents: int = 8, seed: int = 0) -> PerceiverAR:
+    torch.manual_seed(seed)
+    model = PerceiverAR(PerceiverARConfig(dim=32, depth=2, heads=2, dim_head=16, max_seq_len=max_seq_len,
+                                          num_latents=num_latents))
+    torch.nn.init.normal_(model.to_logits.weight, std=0.3)  # informative, input-dependent predictions
+    return model.eval()
+
+
+def random_pieces(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, 391, n).astype(np.uint16) for n in lengths]
+
+
+def framed(piece: np.ndarray, vocab) -> np.ndarray:
+    return np.concatenate(([vocab.bos_id], piece, [vocab.eos_id])).astype(np.int64)
+
+
+@torch.no_grad()
+def exact_reference(model: PerceiverAR, pieces, vocab) -> tuple[float, int]:
+    """Every target alone: its unpadded window of up to max_seq_len previous tokens, one forward."""
+    total, count = 0.0, 0
+    for piece in pieces:
+        tokens = framed(piece, vocab)
+        for t in range(1, len(tokens)):
+            context = torch.from_numpy(tokens[max(0, t - model.config.max_seq_len) : t])[None]
+            logits = model(context)[0, -1]
+            total += float(F.cross_entropy(logits[None], torch.tensor([tokens[t]])))
+            count += 1
+    return total, count
+
+
+@torch.no_grad()
+def strided_reference(model: PerceiverAR, pieces, vocab) -> tuple[float, int]:
+    """Each EvalWindows window alone, without its left padding and without a padding mask."""
+    cfg = model.config
+    windows = EvalWindows(pieces, vocab, cfg.max_seq_len, cfg.num_latents)
+    total, count = 0.0, 0
+    for i in range(len(windows)):
+        item = windows[i]
+        real = int((item["tokens"] != vocab.pad_id).sum())
+        tokens = item["tokens"][-real:]
+        mask = item["target_mask"][-(real - 1) :]
+        logits = model(tokens[None, :-1])[0]
+        n = logits.shape[0]
+        nll = F.cross_entropy(logits, tokens[1:][-n:], reduction="none")
+        assert not mask[:-n].any()  # every scored target is a latent
+        total += float(nll[mask[-n:]].sum())
+        count += int(mask.sum())
+    return total, count
+
+
+LENGTHS = [0, 3, 6, 30, 75]
+
+
+def test_exact_matches_the_one_window_reference(data: PreparedData) -> None:
+    model, pieces = random_model(), random_pieces(LENGTHS)
+    expected, count = exact_reference(model, pieces, data.vocab)
+    for batch_size in (1, 7):
+        total, scored = exact_nll(model, pieces, data.vocab, batch_size, CPU)
+        assert scored == count == sum(n + 1 for n in LENGTHS)
+        assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_strided_matches_the_one_window_reference(data: PreparedData) -> None:
+    model, pieces = random_model(), random_pieces(LENGTHS, seed=1)
+    expected, count = strided_reference(model, pieces, data.vocab)
+    for batch_size in (1, 5):
+        total, scored = strided_nll(model, pieces, data.vocab, batch_size, CPU)
+        assert scored == count == sum(n + 1 for n in LENGTHS)  # every target exactly once
+        assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_strided_equals_exact_when_pieces_fit_in_the_latents(data: PreparedData) -> None:
+    model, pieces = random_model(max_seq_len=24, num_latents=16), random_pieces([0, 4, 14, 15], seed=2)
+    strided, n_strided = strided_nll(model, pieces, data.vocab, 4, CPU)
+    exact, n_exact = exact_nll(model, pieces, data.vocab, 4, CPU)
+    assert n_strided == n_exact
+    assert strided == pytest.approx(exact, rel=1e-5)
+
+
+def test_strided_differs_from_exact_on_long_pieces(data: PreparedData) -> None:
+    """The approximation is a real approximation: on long pieces the context differs."""
+    model, pieces = random_model(), random_pieces([60], seed=3)
+    assert strided_nll(model, pieces, data.vocab, 4, CPU)[0] != pytest.approx(exact_nll(model, pieces, data.vocab, 4, CPU)[0], rel=1e-4)
+
+
+def test_rates_per_token_note_and_second(data: PreparedData) -> None:
+    model, pieces = random_model(), random_pieces([10, 20], seed=4)
+    entries = [{"num_notes": 3, "seconds": 2.0}, {"num_notes": 5, "seconds": 6.0}]
+    result = evaluate_pieces(model, pieces, entries, data.vocab, split="test", batch_size=3)
+    total, count = strided_nll(model, pieces, data.vocab, 3, CPU)
+    assert result.targets == count == 32 and result.notes == 8 and result.seconds == 8.0
+    assert result.total_nats == pytest.approx(total)
+    assert result.nats_per_token == pytest.approx(total / 32)
+    assert result.bits_per_token == pytest.approx(total / 32 / math.log(2))
+    assert result.nats_per_note == pytest.approx(total / 8)
+    assert result.bits_per_second == pytest.approx(total / 8.0 / math.log(2))
+    assert "at least 16 tokens of context" in result.method_note
+    exact = evaluate_pieces(model, pieces, entries, data.vocab, split="test", method="exact")
+    assert exact.method == "exact" and "its own window" in exact.method_note
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, data: PreparedData) -> Path:
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig(num_tokens=len(data.vocab), dim=32, depth=1, heads=2, dim_head=16,
+                                          max_seq_len=48, num_latents=16))
+    torch.nn.init.normal_(model.to_logits.weight, std=0.1)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ckpt-7", model, data.tokenizer_path,
+                           tokenizer_hash=data.tokenizer_hash, meta={"step": 7})
+
+
+def test_evaluate_command(tmp_path: Path, data: PreparedData, checkpoint: Path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data.root), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(step 7)" in text and "strided approximation" in text and "bits/note" in text and "nats/second" in text
+    report = json.loads(out.read_text())
+    assert report["split"] == "test" and report["method"] == "strided" and report["step"] == 7
+    assert report["pieces"] == len(data.pieces("test"))
+    assert report["targets"] == sum(len(p) + 1 for p in data.pieces("test"))
+    assert report["notes"] == sum(e["num_notes"] for e in data.files("test"))
+    assert report["bits_per_token"] == pytest.approx(report["nats_per_token"] / math.log(2))
+
+    assert main(["evaluate", "--checkpoint", str(checkpoint.parent), "--data", str(data.root), "--split", "validation",
+                 "--exact", "--max-pieces", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["method"] == "exact" and report["pieces"] == 1 and report["split"] == "validation"
+    assert report["targets"] == len(data.pieces("validation")[0]) + 1
+
+
+def test_evaluate_a_midi_folder(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    midi = write_corpus(tmp_path / "midi", files=3, notes=30)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(midi), "--split", "train"]) == 0
+    assert "tokenized 3 files" in capsys.readouterr().out
+    assert (midi / ".perceiver-prepared" / "manifest.json").is_file()
+
+
+def test_evaluate_errors(tmp_path: Path, data: PreparedData, checkpoint: Path, capsys) -> None:
+    def error(*args: str) -> str:
+        assert main(["evaluate", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        return err
+
+    assert "has no split 'nope'" in error("--checkpoint", str(checkpoint), "--data", str(data.root), "--split", "nope")
+    assert "does not exist" in error("--checkpoint", str(tmp_path / "none"), "--data", str(data.root))
+    assert "--max-pieces must be >= 1" in error("--checkpoint", str(checkpoint), "--data", str(data.root), "--max-pieces", "0")
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "tokenizer_hash": "f" * 64}))
+    assert "was prepared with tokenizer" in error("--checkpoint", str(other), "--data", str(data.root))

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "tokenize": "tokenize",
     "train": "train",
     "evaluate": "evaluate",
+    "generate": "generate",
     "render": "render",
 }
 

@@ -1,0 +1,150 @@
+"""Continue a MIDI primer with a trained model: prompt building, sampling with progress, MIDI out.
+
+The pieces the `generate` command strings together, each usable on its own:
+- `primer_ids`: a MIDI file -> performance ids, optionally only its first S seconds;
+- `continue_ids`: the cached (or reference) sampler with a progress bar in tokens/s and seconds of
+  music, an optional seconds budget and stopping on EOS;
+- `sample_notes` / `write_sample_midi`: one sample's ids -> notes -> a MIDI file with the primer
+  and the continuation on two tracks and a text event at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_ar_music.atomic import atomic_path
+from perceiver_ar_music.events import ids_to_notes
+from perceiver_ar_music.sampling import AllowedTokens, SamplingConfig, generate
+from perceiver_ar_music.vocab import NOTE_ON, EventVocab
+
+
+def truncate_to_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> np.ndarray:
+    """The prefix of `ids` that lies within the first `seconds` (cut before the shift crossing it).
+
+    Notes still sounding at the cut stay open: the model continues (and releases) them.
+    """
+    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
+    clock = np.cumsum(shifts) * vocab.seconds_per_step
+    crossing = np.flatnonzero(clock > seconds + 1e-9)
+    return ids[: crossing[0]] if len(crossing) else ids
+
+
+@dataclass
+class Continuation:
+    """The result of sampling: full sequences (prompt included) and where the prompt ends."""
+
+    sequences: list[np.ndarray]  # one per sample: BOS + primer + continuation (EOS trimmed)
+    prompt_len: int
+    tokens_per_second: float
+    stopped_by: str  # "length", "seconds" or "eos"
+
+
+class MusicProgress:
+    """Per-step callback: counts the music generated, enforces a seconds budget, shows a bar.
+
+    The tqdm bar (tokens, tokens/s, seconds of music of the slowest sample) is hidden with
+    show=False; the budget holds either way.
+    """
+
+    def __init__(self, total: int, vocab: EventVocab, batch: int, seconds_budget: float | None, show: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show)
+        self.shift = torch.tensor(vocab.shift_steps, dtype=torch.float64) * vocab.seconds_per_step
+        self.seconds = torch.zeros(batch, dtype=torch.float64)
+        self.budget = seconds_budget
+
+    def __call__(self, step: int, new: torch.Tensor) -> bool:
+        self.seconds += self.shift[new.cpu()]
+        self.bar.update(1)
+        if step % 16 == 0:
+            self.bar.set_postfix_str(f"music {self.seconds.min().item():.1f}s")
+        return self.budget is not None and bool((self.seconds >= self.budget).all())
+
+    def close(self) -> None:
+        self.bar.set_postfix_str(f"music {self.seconds.min().item():.1f}s")
+        self.bar.close()
+
+
+def continue_ids(
+    model: torch.nn.Module,
+    prompt: np.ndarray,
+    vocab: EventVocab,
+    num_tokens: int,
+    num_samples: int,
+    sampling: SamplingConfig,
+    *,
+    seconds: float | None = None,
+    use_cache: bool = True,
+    reset_latents: int | None = None,
+    seed: int | None = None,
+    allowed_tokens: AllowedTokens | None = None,
+    progress: bool = True,
+) -> Continuation:
+    """Sample `num_samples` continuations of `prompt` (ids incl. BOS) as one batch."""
+    import time
+
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(prompt.astype(np.int64), device=device)[None].expand(num_samples, -1).contiguous()
+    bar = MusicProgress(num_tokens, vocab, num_samples, seconds, show=progress)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    start = time.perf_counter()
+    try:
+        with autocast:
+            out = generate(
+                model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
+                eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar,
+            )
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    generated = out.shape[1] - len(prompt)
+    sequences = []
+    ended = 0
+    for row in out.cpu().numpy():
+        tail = row[len(prompt) :]
+        eos = np.flatnonzero(tail == vocab.eos_id)
+        if len(eos):
+            ended += 1
+            row = row[: len(prompt) + eos[0]]
+        sequences.append(row)
+    if ended == num_samples and generated < num_tokens:
+        stopped_by = "eos"
+    elif generated < num_tokens:
+        stopped_by = "seconds"
+    else:
+        stopped_by = "length"
+    return Continuation(sequences, len(prompt), generated * num_samples / max(elapsed, 1e-9), stopped_by)
+
+
+def sample_notes(sequence: np.ndarray, prompt_len: int, vocab: EventVocab) -> tuple[np.ndarray, int, float]:
+    """(notes (N, 4), number of primer notes, boundary in seconds) of one sample's ids."""
+    notes = ids_to_notes(sequence, vocab)
+    primer = np.asarray(sequence[:prompt_len])
+    primer_notes = int(np.count_nonzero(np.asarray(vocab.kind)[primer] == NOTE_ON))
+    return notes, primer_notes, vocab.seconds(primer.tolist())
+
+
+def write_sample_midi(notes: np.ndarray, primer_notes: int, boundary_s: float, path: str | os.PathLike[str]) -> None:
+    """A MIDI file with the primer and the continuation as two piano tracks and a boundary marker."""
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    for name, part in (("primer", notes[:primer_notes]), ("continuation", notes[primer_notes:])):
+        track = pretty_midi.Instrument(program=0, name=name)
+        for pitch, start, end, velocity in part:
+            end = max(end, start + 0.005)  # zero-length notes would vanish in some players
+            track.notes.append(pretty_midi.Note(int(velocity), int(pitch), float(start), float(end)))
+        midi.instruments.append(track)
+    if primer_notes:
+        midi.text_events.append(pretty_midi.Text("continuation starts", float(boundary_s)))
+    with atomic_path(Path(path)) as tmp:
+        midi.write(str(tmp))

@@ -1,0 +1,192 @@
+"""`perceiver-music generate` end to end on CPU with a tiny model, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import soundfile
+import torch
+
+from perceiver_ar_music import render
+from perceiver_ar_music.checkpoint import save_checkpoint
+from perceiver_ar_music.cli import main
+from perceiver_ar_music.generation import truncate_to_seconds
+from perceiver_ar_music.model import PerceiverAR
+from perceiver_ar_music.tokenizer import load_tokenizer
+from tests import midi_factory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random model that rarely ends a piece (EOS pushed down) and prefers time shifts."""
+    torch.manual_seed(0)
+    model = PerceiverAR(num_tokens=len(tokenizer.vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96, num_latents=48)
+    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
+    with torch.no_grad():
+        model.to_logits.weight[tokenizer.vocab.eos_id] = 0
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    tok_json = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer.save(tok_json)
+    return save_checkpoint(path, model, tok_json, meta={"step": 0})
+
+
+@pytest.fixture(scope="module")
+def primer(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("primer") / "primer.mid"
+    midi_factory.write_performance(path, seed=3, num_notes=20)
+    return path
+
+
+def run_generate(*args: str) -> int:
+    return main(["generate", "--no-progress", *args])
+
+
+def notes_of(path: Path, track: str | None = None) -> list[tuple[int, float]]:
+    midi = pretty_midi.PrettyMIDI(str(path))
+    return sorted(
+        (round(n.start, 2), n.pitch) for inst in midi.instruments if track in (None, inst.name) for n in inst.notes
+    )
+
+
+def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoint, primer, tokenizer):
+    out = tmp_path / "out"
+    assert run_generate("--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "150",
+                        "--num-samples", "2", "--seed", "0", "--constrain", "--out", str(out)) == 0
+    for i in (1, 2):
+        stem = out / f"sample-{i:02d}"
+        assert {p.suffix for p in out.glob(f"sample-{i:02d}.*")} == {".mid", ".wav", ".png"}
+        # The MIDI starts with the primer's notes, on their own track.
+        primer_notes = notes_of(primer)
+        assert notes_of(stem.with_suffix(".mid"), "primer") == primer_notes
+        assert len(notes_of(stem.with_suffix(".mid"), "continuation")) > 0
+        # The WAV is not silent and lasts as long as the MIDI plus the ringing tail.
+        audio, rate = soundfile.read(stem.with_suffix(".wav"))
+        assert rate == 44_100 and np.sqrt(np.mean(audio**2)) > 1e-3
+        midi_end = pretty_midi.PrettyMIDI(str(stem.with_suffix(".mid"))).get_end_time()
+        assert abs(len(audio) / rate - (midi_end + render.DEFAULT_TAIL_SECONDS)) < 0.1
+        assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert page.count("<audio") == 2 and "sample-02.png" in page
+    first = notes_of(out / "sample-01.mid", "continuation")
+    second = notes_of(out / "sample-02.mid", "continuation")
+    assert first != second  # two different samples in one batch
+
+
+def test_same_seed_reproduces_and_cached_equals_reference_greedy(tmp_path, checkpoint, primer):
+    common = ["--checkpoint", str(checkpoint), "--primer", str(primer), "--primer-seconds", "0.5",
+              "--length", "30", "--temperature", "0", "--no-audio"]
+    assert run_generate(*common, "--out", str(tmp_path / "cached")) == 0
+    assert run_generate(*common, "--no-cache", "--out", str(tmp_path / "reference")) == 0
+    cached = notes_of(tmp_path / "cached" / "sample-01.mid")
+    assert cached == notes_of(tmp_path / "reference" / "sample-01.mid")
+    assert not (tmp_path / "cached" / "sample-01.wav").exists()
+
+
+def test_without_a_primer_and_with_a_seconds_budget(tmp_path, checkpoint, tokenizer):
+    out = tmp_path / "out"
+    assert run_generate("--checkpoint", str(checkpoint), "--seconds", "3", "--length", "5000",
+                        "--seed", "1", "--no-audio", "--out", str(out)) == 0
+    midi = pretty_midi.PrettyMIDI(str(out / "sample-01.mid"))
+    assert [inst.name for inst in midi.instruments if inst.notes] == ["continuation"]
+    assert 3.0 - 0.01 <= midi.get_end_time() <= 4.0 + 0.01  # stops at the first shift past 3 s (shifts <= 1 s)
+    assert "stopped by" in (out / "index.html").read_text()
+
+
+def test_missing_fluidsynth_still_writes_midi_and_png(tmp_path, checkpoint, primer, monkeypatch, capsys):
+    def unavailable():
+        raise render.AudioUnavailable("FluidSynth's library is missing: install it with 'apt-get install libfluidsynth3'")
+
+    monkeypatch.setattr(render, "load_fluidsynth", unavailable)
+    out = tmp_path / "out"
+    assert run_generate("--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "20", "--out", str(out)) == 0
+    assert (out / "sample-01.mid").exists() and (out / "sample-01.png").exists()
+    assert not (out / "sample-01.wav").exists()
+    assert capsys.readouterr().out.count("libfluidsynth3") == 1
+
+
+def test_truncate_to_seconds_cuts_before_the_shift_that_crosses(tokenizer):
+    vocab = tokenizer.vocab
+    on, vel, shift = vocab.note_on_id[60], vocab.velocity.index(63), vocab.shift_id[50]
+    ids = np.array([on, vel, shift, on, vel, shift, shift])
+    assert truncate_to_seconds(ids, vocab, 0.5).tolist() == [on, vel, shift, on, vel]
+    assert truncate_to_seconds(ids, vocab, 0.2).tolist() == [on, vel]
+    assert len(truncate_to_seconds(ids, vocab, 10)) == 7
+
+
+def bad_primers(tmp: Path) -> dict[str, Path]:
+    files = {
+        "missing": tmp / "nope.mid",
+        "empty": tmp / "empty.mid",
+        "truncated": tmp / "truncated.mid",
+        "random bytes": tmp / "random.mid",
+        "text": tmp / "text.mid",
+        "no notes": tmp / "nonotes.mid",
+        "drums only": tmp / "drums.mid",
+    }
+    midi_factory.write_empty(files["empty"])
+    midi_factory.write_truncated(files["truncated"])
+    midi_factory.write_random_bytes(files["random bytes"])
+    midi_factory.write_text_file(files["text"])
+    midi_factory.write_no_notes(files["no notes"])
+    midi_factory.write_drums_only(files["drums only"])
+    return files
+
+
+def assert_clean_failure(capsys, out: Path, *args: str) -> str:
+    assert run_generate(*args, "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "error" in err
+    assert not out.exists()  # nothing written
+    return err
+
+
+def test_every_bad_primer_is_one_line_and_exit_2(tmp_path, checkpoint, capsys):
+    for name, path in bad_primers(tmp_path).items():
+        err = assert_clean_failure(capsys, tmp_path / f"out-{name}", "--checkpoint", str(checkpoint), "--primer", str(path))
+        assert "primer" in err, name
+
+
+def test_bad_checkpoints_are_one_line_and_exit_2(tmp_path, checkpoint, primer, capsys):
+    assert_clean_failure(capsys, tmp_path / "o1", "--checkpoint", str(tmp_path / "absent"))
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(checkpoint, incomplete)
+    (incomplete / "model.safetensors").unlink()
+    assert_clean_failure(capsys, tmp_path / "o2", "--checkpoint", str(incomplete))
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(checkpoint, mismatch)
+    params = json.loads((mismatch / "tokenizer.json").read_text())
+    params["config"]["num_velocities"] = 16
+    (mismatch / "tokenizer.json").write_text(json.dumps(params))
+    err = assert_clean_failure(capsys, tmp_path / "o3", "--checkpoint", str(mismatch))
+    assert "tokenizer" in err
+
+
+def test_unwritable_output_and_bad_numbers_are_one_line(tmp_path, checkpoint, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert run_generate("--checkpoint", str(checkpoint), "--out", str(blocker / "sub")) == 2
+    assert "cannot write" in capsys.readouterr().err
+    for bad in (["--length", "0"], ["--top-p", "0"], ["--temperature", "-1"], ["--reset-latents", "999"]):
+        assert_clean_failure(capsys, tmp_path / "o", "--checkpoint", str(checkpoint), *bad)
+
+
+def test_bundled_primer_and_model_generate_out_of_the_box(tmp_path):
+    bundled = ROOT / "checkpoints" / "default"
+    if not (bundled / "model.safetensors").exists():
+        pytest.skip("the bundled model is not in this checkout")
+    out = tmp_path / "out"
+    assert run_generate("--primer", str(bundled / "primer.mid"), "--length", "64", "--seed", "0",
+                        "--no-audio", "--out", str(out)) == 0
+    assert notes_of(out / "sample-01.mid", "continuation")

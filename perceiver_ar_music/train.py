@@ -74,10 +74,10 @@ def ensure_prepared(data: str | Path, cache: str | Path | None = None, tokenizer
     return out
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops cleanly."""
+def _ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole terminal process group) to the main
+    process, which stops cleanly. SIGTERM keeps its default: it is how workers are shut down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,
@@ -91,7 +91,7 @@ def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, in
         sampler=WindowSampler(start=start, rank=info.rank, world_size=info.world_size),
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_stop_signals if workers else None,
+        worker_init_fn=_ignore_interrupts if workers else None,
         prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(tc.seed),  # keeps the global RNG untouched
     )
@@ -333,6 +333,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
         self.validation = ValidationSet.build(self.data, self.cfg, self.tc.eval_windows)
+        self.tensorboard: Any = None  # opened by run() when tensorboard is installed
 
     # -- resume
 
@@ -359,9 +360,25 @@ class Trainer:
         return self.run_spec.run_dir / METRICS_NAME
 
     def _log(self, row: dict[str, Any]) -> None:
-        if self.info.is_main:
-            with open(self._metrics_path(), "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+        if not self.info.is_main:
+            return
+        with open(self._metrics_path(), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def _open_tensorboard(self) -> Any:
+        """A TensorBoard writer for ``tb/`` if tensorboard is installed (rank 0), else None."""
+        if not self.info.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        # purge_step hides events a killed run logged after the checkpoint it resumes from.
+        return SummaryWriter(str(self.run_spec.run_dir / "tb"), purge_step=self.progress.step + 1)
 
     def _truncate_metrics(self) -> None:
         """Drop metric rows past the resumed step (written after the last checkpoint)."""
@@ -434,6 +451,7 @@ class Trainer:
             if self.run_spec.resume_from is not None:
                 self._truncate_metrics()
         self._announce()
+        self.tensorboard = self._open_tensorboard()
         batches = iter(train_loader(self.data, self.cfg, tc, info, self.progress.samples_per_rank,
                                     self.run_spec.workers, self.device))
         bar = self._progress_bar()
@@ -485,7 +503,10 @@ class Trainer:
                 f"CUDA out of memory (batch size {tc.batch_size}, context {self.cfg.max_seq_len}): use a smaller "
                 f"--batch-size (and a larger --grad-accum to keep the effective batch) or --max-seq-len") from None
         finally:
+            del batches  # shuts the DataLoader workers down now, even while an exception propagates
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return TrainResult(self.model, self.progress.step, self.stop.signum, self.last_checkpoint,
                            self.progress.best_val_nats)
 

@@ -334,6 +334,7 @@ class Trainer:
             self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
         self.validation = ValidationSet.build(self.data, self.cfg, self.tc.eval_windows)
         self.tensorboard: Any = None  # opened by run() when tensorboard is installed
+        self.rate_window = (time.perf_counter(), 0)  # (start, scored targets since) for tokens/s
 
     # -- resume
 
@@ -410,11 +411,13 @@ class Trainer:
         return nats / count if count else None
 
     def _meta(self, val_nats: float | None) -> dict[str, Any]:
+        """meta.json fields; `val_nats` is the validation loss at this step (None if not validated)."""
         return {
             "run_name": self.run_spec.run_name,
             "step": self.progress.step,
             "val_nats": val_nats,
             "val_bits": None if val_nats is None else val_nats / math.log(2),
+            "best_val_nats": self.progress.best_val_nats,
             "tokens_seen": self.progress.tokens_seen,
         }
 
@@ -456,8 +459,7 @@ class Trainer:
                                     self.run_spec.workers, self.device))
         bar = self._progress_bar()
         self.step_model.train()
-        val_nats: float | None = None
-        window_start, window_tokens = time.perf_counter(), 0
+        self.rate_window = (time.perf_counter(), 0)
         try:
             with stop_on_signals(self.stop, second_interrupt_aborts=not info.enabled):
                 while self.progress.step < tc.max_steps:
@@ -465,29 +467,18 @@ class Trainer:
                     lr = lr_at(self.progress.step, tc)
                     micro = (next(batches) for _ in range(tc.grad_accum))
                     stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device)
-                    summary = torch.stack([stats.nats.double(), torch.tensor(float(stats.targets), dtype=torch.float64, device=self.device)])
-                    nats_sum, targets = distributed.all_reduce_sum(summary).tolist()
-                    loss = nats_sum / info.world_size
+                    loss, targets = self._reduce(stats)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"the loss became {loss} at step {self.progress.step + 1}: stopped without saving; "
                             f"{self._last_good()} (try a lower --lr or a longer --warmup)")
                     self.progress.step += 1
                     self.progress.samples_per_rank += tc.batch_size * tc.grad_accum
-                    self.progress.tokens_seen += int(targets)
+                    self.progress.tokens_seen += targets
                     self.progress.elapsed_seconds += time.perf_counter() - started
-                    window_tokens += int(targets)
                     step = self.progress.step
-                    if step % tc.log_every == 0 or step == tc.max_steps:
-                        now = time.perf_counter()
-                        rate = window_tokens / max(now - window_start, 1e-9)
-                        window_start, window_tokens = now, 0
-                        grad_norm = None if stats.grad_norm is None else float(stats.grad_norm)
-                        self._log({"step": step, "loss": loss, "bits": loss / math.log(2), "lr": lr,
-                                   "grad_norm": grad_norm, "tokens": self.progress.tokens_seen,
-                                   "target_tokens_per_s": rate, "elapsed_s": self.progress.elapsed_seconds})
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
-                    bar.update(1)
+                    self._log_step(bar, loss, lr, targets, stats)
+                    val_nats = None
                     if step % tc.eval_every == 0 or step == tc.max_steps:
                         val_nats = self._evaluate_and_keep_best(bar)
                     if step % tc.save_every == 0 or step == tc.max_steps:
@@ -509,6 +500,29 @@ class Trainer:
                 self.tensorboard.close()
         return TrainResult(self.model, self.progress.step, self.stop.signum, self.last_checkpoint,
                            self.progress.best_val_nats)
+
+    def _reduce(self, stats: StepStats) -> tuple[float, int]:
+        """(mean loss over processes, scored targets of all processes) of the step just taken."""
+        summary = torch.stack([stats.nats.double(), torch.tensor(float(stats.targets), device=self.device).double()])
+        nats_sum, targets = distributed.all_reduce_sum(summary).tolist()
+        return nats_sum / self.info.world_size, int(targets)
+
+    def _log_step(self, bar: Any, loss: float, lr: float, targets: int, stats: StepStats) -> None:
+        """Advance the bar; every `log_every` steps, a metrics row and the bar's numbers."""
+        step = self.progress.step
+        window_start, window_tokens = self.rate_window
+        window_tokens += targets
+        if step % self.tc.log_every == 0 or step == self.tc.max_steps:
+            now = time.perf_counter()
+            rate = window_tokens / max(now - window_start, 1e-9)
+            window_start, window_tokens = now, 0
+            grad_norm = None if stats.grad_norm is None else float(stats.grad_norm)
+            self._log({"step": step, "loss": loss, "bits": loss / math.log(2), "lr": lr, "grad_norm": grad_norm,
+                       "tokens": self.progress.tokens_seen, "target_tokens_per_s": rate,
+                       "elapsed_s": self.progress.elapsed_seconds})
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+        self.rate_window = (window_start, window_tokens)
+        bar.update(1)
 
     def _evaluate_and_keep_best(self, bar: Any) -> float | None:
         val_nats = self.validate()

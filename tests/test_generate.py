@@ -187,6 +187,6 @@ def test_bundled_primer_and_model_generate_out_of_the_box(tmp_path):
     if not (bundled / "model.safetensors").exists():
         pytest.skip("the bundled model is not in this checkout")
     out = tmp_path / "out"
-    assert run_generate("--primer", str(bundled / "primer.mid"), "--length", "64", "--seed", "0",
+    assert run_generate("--primer", str(ROOT / "examples" / "primer.mid"), "--length", "64", "--seed", "0",
                         "--no-audio", "--out", str(out)) == 0
     assert notes_of(out / "sample-01.mid", "continuation")

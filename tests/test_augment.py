@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from miditok import MIDILike, TokenizerConfig
 
 from perceiver_ar_music.augment import AugmentConfig, time_stretch, transpose, transpose_bounds
 from perceiver_ar_music.events import END, PITCH, START, VELOCITY_COLUMN, ids_to_note_steps, notes_to_ids
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
+from perceiver_ar_music.tokenizer import load_tokenizer
 
-VOCAB = EventVocab.from_token_map(
-    MIDILike(
-        TokenizerConfig(
-            pitch_range=(0, 127),
-            beat_res={(0, 2): 50},
-            num_velocities=32,
-            special_tokens=["PAD", "BOS", "EOS"],
-            use_time_signatures=False,
-            use_tempos=False,
-            use_programs=False,
-            use_sustain_pedals=False,
-            use_chords=False,
-            use_rests=False,
-            use_pitchdrum_tokens=False,
-        )
-    ).vocab
-)
+VOCAB = load_tokenizer().vocab  # the performance preset
 VELOCITY_IDS = [i for i, v in enumerate(VOCAB.velocity) if v >= 0]
 MAX_SHIFT = VOCAB.max_shift_steps
 

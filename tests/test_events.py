@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from miditok import MIDILike, TokenizerConfig
 from miditok.utils.utils import np_get_closest
 from symusic import Note, Score, Tempo, Track
 
@@ -25,22 +24,9 @@ from perceiver_ar_music.events import (
     tables,
 )
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
+from perceiver_ar_music.tokenizer import load_tokenizer
 
-TOKENIZER = MIDILike(
-    TokenizerConfig(
-        pitch_range=(0, 127),
-        beat_res={(0, 2): 50},
-        num_velocities=32,
-        special_tokens=["PAD", "BOS", "EOS"],
-        use_time_signatures=False,
-        use_tempos=False,
-        use_programs=False,
-        use_sustain_pedals=False,
-        use_chords=False,
-        use_rests=False,
-        use_pitchdrum_tokens=False,
-    )
-)
+TOKENIZER = load_tokenizer().miditok  # the performance preset's miditok MIDILike
 VOCAB = EventVocab.from_token_map(TOKENIZER.vocab)
 ON, OFF, VEL, SHIFT = VOCAB.note_on_id, VOCAB.note_off_id, {v: i for i, v in enumerate(VOCAB.velocity) if v >= 0}, VOCAB.shift_id
 

@@ -9,33 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from miditok import MIDILike, TokenizerConfig
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader
 
 from perceiver_ar_music.augment import AugmentConfig, transpose
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.events import END, START, notes_to_ids
-from perceiver_ar_music.vocab import TIME_SHIFT, EventVocab
+from perceiver_ar_music.vocab import TIME_SHIFT
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler, framed_slice
+from perceiver_ar_music.tokenizer import load_tokenizer
 
-VOCAB = EventVocab.from_token_map(
-    MIDILike(
-        TokenizerConfig(
-            pitch_range=(0, 127),
-            beat_res={(0, 2): 50},
-            num_velocities=32,
-            special_tokens=["PAD", "BOS", "EOS"],
-            use_time_signatures=False,
-            use_tempos=False,
-            use_programs=False,
-            use_sustain_pedals=False,
-            use_chords=False,
-            use_rests=False,
-            use_pitchdrum_tokens=False,
-        )
-    ).vocab
-)
+VOCAB = load_tokenizer().vocab  # the performance preset
 PAD, BOS, EOS = VOCAB.pad_id, VOCAB.bos_id, VOCAB.eos_id
 
 

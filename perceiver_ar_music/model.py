@@ -124,6 +124,7 @@ class Rotary(nn.Module):
         """Rotate x (..., L, dim_head) by tables (..., L, rotary_dim // 2) broadcast over heads."""
         if self.rotary_dim == 0:
             return x
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x may be bf16, the tables fp32
         half = self.rotary_dim // 2
         x1, x2, rest = x[..., :half], x[..., half : self.rotary_dim], x[..., self.rotary_dim :]
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)

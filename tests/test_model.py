@@ -232,3 +232,17 @@ def test_training_forward_compiles_without_graph_breaks():
     explanation = torch._dynamo.explain(model)(tokens)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_bf16_autocast_keeps_queries_keys_and_values_in_one_dtype():
+    """CUDA's fused kernels refuse mixed dtypes: rotary tables must not promote q/k to fp32."""
+    model = PerceiverAR(**SMALL)
+    tokens = torch.randint(0, 40, (2, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.token_emb(tokens)
+        cos, sin = model.rotary.cos_sin(torch.arange(24), h.dtype)
+        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+        q = model.cross_attn.queries(h[:, -8:], model.rotary, cos[-8:], sin[-8:])
+        assert q.dtype == k.dtype == v.dtype == torch.bfloat16
+        logits = model(tokens)
+    assert torch.isfinite(logits.float()).all()

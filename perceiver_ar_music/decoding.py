@@ -74,14 +74,13 @@ class CachedDecoder:
         b, prompt_len = tokens.shape
         if prompt_len < 1:
             raise ValueError("the prompt needs at least one token (e.g. BOS)")
-        param = next(self.model.parameters())
-        heads, dim_head, m, n = cfg.heads, cfg.dim_head, cfg.max_seq_len, cfg.num_latents
-        kv_shape = (b, heads, m, dim_head)
-        self.cross_k = param.new_zeros(kv_shape)
-        self.cross_v = param.new_zeros(kv_shape)
-        self.cross_ids = tokens.new_zeros((b, m))
-        self.latent_k = [param.new_zeros((b, heads, n, dim_head)) for _ in self.model.layers]
-        self.latent_v = [param.new_zeros((b, heads, n, dim_head)) for _ in self.model.layers]
+        # Caches are allocated at the first write, in the dtype the projections produce (bf16
+        # under CUDA autocast, else the parameters' dtype).
+        self.cross_k = self.cross_v = None
+        self.latent_k: list[torch.Tensor] = []
+        self.latent_v: list[torch.Tensor] = []
+        self.cross_ids = tokens.new_zeros((b, cfg.max_seq_len))
+        m, n = cfg.max_seq_len, cfg.num_latents
         window = tokens[:, -m:]
         self.length = prompt_len - window.shape[1]
         self._write_context(window)
@@ -105,8 +104,12 @@ class CachedDecoder:
         model = self.model
         m = model.config.max_seq_len
         positions = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
-        cos, sin = model.rotary.cos_sin(positions, self.cross_k.dtype)
-        k, v = model.cross_attn.keys_values(model.token_emb(tokens), model.rotary, cos, sin)
+        h = model.token_emb(tokens)
+        cos, sin = model.rotary.cos_sin(positions, h.dtype)
+        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+        if self.cross_k is None:
+            shape = (tokens.shape[0], model.config.heads, m, model.config.dim_head)
+            self.cross_k, self.cross_v = k.new_zeros(shape), v.new_zeros(shape)
         slots = positions % m
         self.cross_k.index_copy_(2, slots, k)
         self.cross_v.index_copy_(2, slots, v)
@@ -132,8 +135,8 @@ class CachedDecoder:
         window_len = ids.shape[1]
         n = min(num_latents, window_len)
         positions = torch.arange(self.length - n, self.length, device=ids.device)
-        cos, sin = model.rotary.cos_sin(positions, k_ctx.dtype)
         h = model.token_emb(ids[:, -n:])
+        cos, sin = model.rotary.cos_sin(positions, h.dtype)
         q = model.cross_attn.queries(h, model.rotary, cos, sin)
         if n < window_len:
             out = torch.nn.functional.scaled_dot_product_attention(q, k_ctx, v_ctx, attn_mask=causal_lower_right(n, window_len))
@@ -141,6 +144,10 @@ class CachedDecoder:
             out = torch.nn.functional.scaled_dot_product_attention(q, k_ctx, v_ctx, is_causal=True)
         x = h + model.cross_attn.to_out(merge_heads(out))
         x = x + model.cross_ff(x)
+        if not self.latent_k:
+            shape = (ids.shape[0], model.config.heads, model.config.num_latents, model.config.dim_head)
+            self.latent_k = [k_ctx.new_zeros(shape) for _ in model.layers]
+            self.latent_v = [v_ctx.new_zeros(shape) for _ in model.layers]
         for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
             q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
             cache_k[:, :, :n] = k
@@ -156,8 +163,8 @@ class CachedDecoder:
         model = self.model
         window = min(self.length, model.config.max_seq_len)
         pos = torch.tensor([position], device=tokens.device)
-        cos, sin = model.rotary.cos_sin(pos, self.cross_k.dtype)
         h = model.token_emb(tokens)
+        cos, sin = model.rotary.cos_sin(pos, h.dtype)
         q = model.cross_attn.queries(h, model.rotary, cos, sin)
         out = torch.nn.functional.scaled_dot_product_attention(
             q, self.cross_k[:, :, :window], self.cross_v[:, :, :window]

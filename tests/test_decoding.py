@@ -128,3 +128,17 @@ def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
 def test_decoder_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="eval"):
         CachedDecoder(model_in().train())
+
+
+def test_cached_decoding_under_bf16_autocast_matches_the_reference():
+    """Caches take the dtype the projections produce (bf16 under autocast), as on CUDA."""
+    model = model_in(torch.float32)
+    seq = torch.randint(0, 50, (2, M + 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dec = CachedDecoder(model, reset_latents=N)  # full-width resets: exact past the context
+        logits = dec.prefill(seq[:, :3])
+        for t in range(3, seq.shape[1]):
+            expected = model(seq[:, max(0, t - M) : t])[:, -1]
+            torch.testing.assert_close(logits.float(), expected.float(), rtol=0.05, atol=0.05)
+            logits = dec.step(seq[:, t])
+    assert dec.cross_k.dtype == torch.bfloat16

@@ -10,7 +10,6 @@ The pieces the `generate` command strings together, each usable on its own:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,16 +92,16 @@ def continue_ids(
     device = next(model.parameters()).device
     batch = torch.as_tensor(prompt.astype(np.int64), device=device)[None].expand(num_samples, -1).contiguous()
     bar = MusicProgress(num_tokens, vocab, num_samples, seconds, show=progress)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    if device.type == "cuda":
+        # bf16 weights, not autocast: autocast re-casts every weight at every decode step, which
+        # measured 8x slower per token on an H200 (49.6 vs 6.0 ms/step, 164M-parameter model).
+        model = model.to(torch.bfloat16)
     start = time.perf_counter()
     try:
-        with autocast:
-            out = generate(
-                model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
-                eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar,
-            )
+        out = generate(
+            model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
+            eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar,
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - start

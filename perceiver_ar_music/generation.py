@@ -51,7 +51,7 @@ class MusicProgress:
     show=False; the budget holds either way.
     """
 
-    def __init__(self, total: int, vocab: EventVocab, batch: int, seconds_budget: float | None, show: bool = True) -> None:
+    def __init__(self, total: int | None, vocab: EventVocab, batch: int, seconds_budget: float | None, show: bool = True) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show)
@@ -91,7 +91,7 @@ def continue_ids(
 
     device = next(model.parameters()).device
     batch = torch.as_tensor(prompt.astype(np.int64), device=device)[None].expand(num_samples, -1).contiguous()
-    bar = MusicProgress(num_tokens, vocab, num_samples, seconds, show=progress)
+    bar = MusicProgress(None if seconds else num_tokens, vocab, num_samples, seconds, show=progress)
     if device.type == "cuda":
         # bf16 weights, not autocast: autocast re-casts every weight at every decode step, which
         # measured 8x slower per token on an H200 (49.6 vs 6.0 ms/step, 164M-parameter model).

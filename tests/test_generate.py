@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -60,10 +61,11 @@ def notes_of(path: Path, track: str | None = None) -> list[tuple[int, float]]:
     )
 
 
-def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoint, primer, tokenizer):
-    out = tmp_path / "out"
+def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoint, primer, tokenizer, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
     assert run_generate("--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "150",
-                        "--num-samples", "2", "--seed", "0", "--constrain", "--out", str(out)) == 0
+                        "--num-samples", "2", "--seed", "0", "--constrain", "--out", "out") == 0
+    out = tmp_path / "out"
     for i in (1, 2):
         stem = out / f"sample-{i:02d}"
         assert {p.suffix for p in out.glob(f"sample-{i:02d}.*")} == {".mid", ".wav", ".png"}
@@ -79,6 +81,8 @@ def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoin
         assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "index.html").read_text()
     assert page.count("<audio") == 2 and "sample-02.png" in page
+    links = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert len(links) >= 8 and all((out / link).is_file() for link in links), links  # relative to the page
     first = notes_of(out / "sample-01.mid", "continuation")
     second = notes_of(out / "sample-02.mid", "continuation")
     assert first != second  # two different samples in one batch

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     # 3. Write MIDI, piano rolls, audio and the page.
     entries, audio_note = [], None
     for index, sequence in enumerate(result.sequences, start=1):
-        stem = out / f"sample-{index:02d}"
+        name = f"sample-{index:02d}"
+        stem = out / name
         notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab)
         write_sample_midi(notes, primer_notes, boundary, stem.with_suffix(".mid"))
         draw_piano_roll(notes, boundary if primer_notes else None, stem.with_suffix(".png"))
@@ -116,17 +117,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_audio and audio_note is None:
             try:
                 render_midi(stem.with_suffix(".mid"), stem.with_suffix(".wav"), soundfont=soundfont, sample_rate=args.sample_rate)
-                audio = stem.with_suffix(".wav")
+                audio = Path(name + ".wav")  # the page links relative to its folder
             except AudioUnavailable as exc:
                 audio_note = str(exc)
                 print(f"perceiver-music generate: {audio_note}")
         new_tokens = len(sequence) - result.prompt_len
         entries.append(SampleEntry(
             title=f"Sample {index}",
-            midi=stem.with_suffix(".mid"),
+            midi=Path(name + ".mid"),
             audio=audio,
             audio_note=audio_note or "audio skipped (--no-audio)",
-            piano_roll=stem.with_suffix(".png"),
+            piano_roll=Path(name + ".png"),
             stats=music_stats(notes[primer_notes:]) if len(notes) > primer_notes else None,
             description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
         ))

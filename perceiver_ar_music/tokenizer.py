@@ -29,6 +29,7 @@ from typing import Iterable
 
 import numpy as np
 
+from perceiver_ar_music import events
 from perceiver_ar_music.atomic import atomic_path, write_bytes_atomic
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.midi_load import MidiReadError, PerformanceNotes, performance_notes, read_score
@@ -150,14 +151,9 @@ def _lookup(size: int, mapping: dict[int, int]) -> np.ndarray:
 
 
 def nearest_velocity_ids(vocab: EventVocab) -> np.ndarray:
-    """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the higher bin,
+    """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the louder bin,
     as miditok's ``np_get_closest``)."""
-    bins = sorted((vocab.velocity[i], i) for i in range(len(vocab)) if vocab.kind[i] == VELOCITY)
-    values = np.array([value for value, _ in bins])
-    ids = np.array([idx for _, idx in bins])
-    distance = np.abs(np.arange(128)[:, None] - values[None, :])
-    # argmin takes the first minimum; scanning bins from high to low makes ties go up.
-    return ids[::-1][np.argmin(distance[:, ::-1], axis=1)]
+    return events.nearest_velocity_ids(np.arange(128), events.tables(vocab))
 
 
 def quantize_notes(notes: PerformanceNotes, seconds_per_step: float, pitch_ok: np.ndarray) -> GridNotes:

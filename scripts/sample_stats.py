@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Do a model's samples look like its training music? Statistics of samples vs held-out pieces.
+
+Generates K continuations of a primer (or from nothing) with the cached sampler and compares the
+medians of note density, pitch range and spread, note length, polyphony, velocity spread and
+silence with those of the pieces of a prepared split. Used for the bundled model's card.
+
+    python scripts/sample_stats.py --checkpoint checkpoints/default --data data/music21-prepared
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perceiver_ar_music.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.constraints import PerformanceGrammar  # noqa: E402
+from perceiver_ar_music.events import ids_to_notes  # noqa: E402
+from perceiver_ar_music.generation import continue_ids, sample_notes  # noqa: E402
+from perceiver_ar_music.music_stats import music_stats  # noqa: E402
+from perceiver_ar_music.prepared import PreparedData  # noqa: E402
+from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
+from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
+
+KEYS = ["notes_per_second", "pitch_min", "pitch_max", "pitch_std", "note_length_mean_s",
+        "mean_polyphony", "max_polyphony", "velocity_std", "silence_fraction"]
+
+
+def medians(rows: list[dict]) -> dict[str, float]:
+    return {k: float(np.median([r[k] for r in rows])) for k in KEYS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--primer", type=Path, help="MIDI primer (default: start from nothing)")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--length", type=int, default=1500)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    loaded = load_model(args.checkpoint)
+    tok = load_tokenizer(loaded.tokenizer_path)
+    vocab = tok.vocab
+    data = PreparedData.open(args.data, expected_tokenizer_hash=loaded.tokenizer_hash)
+    reference = medians([music_stats(ids_to_notes(p, vocab)).as_dict() for p in data.pieces(args.split)])
+    primer = tok.encode_file(args.primer).ids.astype(np.int64) if args.primer else np.zeros(0, np.int64)
+    prompt = np.concatenate(([vocab.bos_id], primer))
+    table = {f"{args.split} pieces": reference}
+    for constrain in (False, True):
+        result = continue_ids(
+            loaded.model, prompt, vocab, args.length, args.samples, SamplingConfig(top_p=args.top_p),
+            seed=args.seed, allowed_tokens=PerformanceGrammar(vocab) if constrain else None, progress=False,
+        )
+        rows = []
+        for seq in result.sequences:
+            notes, primer_notes, _ = sample_notes(seq, result.prompt_len, vocab)
+            if len(notes) > primer_notes:
+                rows.append(music_stats(notes[primer_notes:]).as_dict())
+        name = f"samples, top-p {args.top_p}" + (", --constrain" if constrain else "")
+        table[name] = medians(rows)
+    print("| median of | " + " | ".join(table) + " |")
+    print("|---|" + "---|" * len(table))
+    for key in KEYS:
+        print(f"| {key} | " + " | ".join(f"{col[key]:.2f}" for col in table.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -66,8 +66,9 @@ def _check_seq_len(seq_len: int) -> None:
 
 class TrainWindows(Dataset):
     """Random training windows: a piece chosen with probability proportional to its framed length
-    (so every token is equally likely), then a uniformly placed crop of ``seq_len + 1`` tokens,
-    optionally time-stretched and transposed (``AugmentConfig``). See the module doc for indexing.
+    (so every token is equally likely), then the (up to) ``seq_len + 1`` tokens ending at a
+    uniformly drawn position, left-padded when that is near the piece's start, optionally
+    time-stretched and transposed (``AugmentConfig``). See the module doc for indexing.
     """
 
     def __init__(
@@ -113,23 +114,26 @@ class TrainWindows(Dataset):
         piece = self.pieces[piece_index]
         framed_length = int(self.framed_lengths[piece_index])
         window_len = self.seq_len + 1
-        start = int(rng.integers(framed_length - window_len + 1)) if framed_length > window_len else 0
+        # The window ENDS at a uniformly drawn position: Perceiver AR scores only the last
+        # num_latents positions, so windows that merely start uniformly would never score the
+        # first seq_len - num_latents tokens of a piece (its opening: what generation starts with).
+        end = int(rng.integers(1, framed_length))  # index of the window's last token
+        start = max(0, end - self.seq_len)
         if self.augment is None:
-            tokens = self._slice(piece, start, min(framed_length, start + window_len))
+            tokens = self._slice(piece, start, end + 1)
         else:
             factor = self.augment.sample_stretch(rng)
-            tokens = self._stretched_crop(piece, start, factor)
+            tokens = self._stretched_crop(piece, start, factor, end + 1 - start)
             tokens = transpose(tokens, self.augment.sample_transpose(tokens, self.vocab, rng), self.vocab)
         return _left_padded(tokens, window_len, self.vocab.pad_id)
 
     def _slice(self, piece: np.ndarray, start: int, stop: int) -> np.ndarray:
         return framed_slice(piece, start, stop, self.vocab.bos_id, self.vocab.eos_id)
 
-    def _stretched_crop(self, piece: np.ndarray, start: int, factor: float) -> np.ndarray:
-        """At most ``seq_len + 1`` stretched tokens: from `start` on if the piece is long enough
+    def _stretched_crop(self, piece: np.ndarray, start: int, factor: float, window_len: int) -> np.ndarray:
+        """At most `window_len` stretched tokens: from `start` on if the piece is long enough
         after stretching, else the last ones of the piece (stretching changes the length, so a
         slightly longer crop is stretched, then cut)."""
-        window_len = self.seq_len + 1
         framed_length = len(piece) + 2
         margin = window_len // 8 + 16
         while True:

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-1200}            # first run: warmup + cosine over 1,200 steps
-TOTAL_STEPS=${TOTAL_STEPS:-3200} # then resumed with a longer schedule up to 3,200 steps
+RESUMES=${RESUMES:-"3200 3700"} # then resumed with longer schedules: to 3,200, then 3,700 steps
 
 "$PY" scripts/make_music21_corpus.py --out data/music21-midi --workers 2
 "$PY" -m perceiver_ar_music prepare --data data/music21-midi --out data/music21-prepared --no-progress
@@ -18,7 +18,9 @@ TOTAL_STEPS=${TOTAL_STEPS:-3200} # then resumed with a longer schedule up to 3,2
   --preset tiny --max-seq-len 1024 --num-latents 256 --dim 256 --depth 4 --heads 4 --dim-head 64 \
   --cross-attn-dropout 0.25 --dropout 0.1 --batch-size 8 --lr 6e-4 --warmup 100 \
   --max-steps "$STEPS" --eval-every 150 --eval-windows 96 --save-every 150 --seed 0 --no-progress
-"$PY" -m perceiver_ar_music train --resume checkpoints/bundled-run --max-steps "$TOTAL_STEPS" --no-progress
+for total in $RESUMES; do
+  "$PY" -m perceiver_ar_music train --resume checkpoints/bundled-run --max-steps "$total" --no-progress
+done
 rm -rf checkpoints/default.new
 mkdir -p checkpoints/default.new
 cp checkpoints/bundled-run/best/{config.json,tokenizer.json,model.safetensors,meta.json} checkpoints/default.new/

@@ -13,7 +13,7 @@ CUDA). The port is optional: `pip install perceiver-ar-pytorch==0.0.10` (6 KB, n
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import json
 import platform
 import statistics
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from perceiver_ar_music.evaluate import autocast  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR, lm_loss  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
 
@@ -52,18 +53,12 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def autocast(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def time_calls(fn: Callable[[], None], repeats: int, device: str) -> list[float]:
+def time_calls(fn: Callable[[], None], repeats: int, device: torch.device) -> list[float]:
     fn()  # warm-up
     sync(device)
     times = []
@@ -91,14 +86,14 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
+    device = torch.device(args.device)
     torch.manual_seed(0)
     shape = dict(num_tokens=args.vocab, dim=args.dim, depth=args.depth, heads=args.heads, dim_head=args.dim_head, max_seq_len=args.context)
     ours = PerceiverAR(**shape, num_latents=args.latents).to(device)
     tokens = torch.randint(3, args.vocab, (args.batch, args.context + 1), device=device)
     results: dict = {
         "config": vars(args) | {"json": str(args.json) if args.json else None},
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "ours_params": ours.num_params(),
@@ -133,11 +128,13 @@ def main() -> None:
     # Generation: start from a full context of tokens, continue.
     prompt = tokens[: 1, : args.context].expand(args.gen_batch, -1).contiguous()
     sampling = SamplingConfig(top_k=32)
-    ours.eval()
+    # Generation runs bf16 weights on CUDA, as `perceiver-music generate` does (autocast would
+    # re-cast every weight at every decode step).
+    gen_model = copy.deepcopy(ours).to(torch.bfloat16) if device.type == "cuda" else ours
+    gen_model.eval()
 
     def ours_generate() -> None:
-        with autocast(device):
-            generate(ours, prompt, args.gen_tokens, sampling, seed=0)
+        generate(gen_model, prompt, args.gen_tokens, sampling, seed=0)
 
     gen_s = statistics.median(time_calls(ours_generate, 1, device))
     results["ours_gen_tokens_per_s"] = args.gen_tokens * args.gen_batch / gen_s

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from perceiver_ar_music.checkpoint import load_model
     from perceiver_ar_music.constraints import PerformanceGrammar
+    from perceiver_ar_music.distributed import DistInfo, pick_device
     from perceiver_ar_music.generation import continue_ids, sample_notes, truncate_to_seconds, write_sample_midi
     from perceiver_ar_music.music_stats import music_stats
     from perceiver_ar_music.pianoroll import draw_piano_roll
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     soundfont = check_soundfont(args.soundfont) if args.soundfont and not args.no_audio else args.soundfont
-    device = pick_device(args.device)
+    device = pick_device(args.device, DistInfo())
     loaded = load_model(args.checkpoint, device=device)
     tokenizer = load_tokenizer(loaded.tokenizer_path)
     if tokenizer.hash != loaded.tokenizer_hash or len(tokenizer.vocab) != loaded.config.num_tokens:
@@ -146,17 +147,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(entries)} sample(s) to {out} ({result.tokens_per_second:.0f} tokens/s); open {page}")
     return 0
 
-
-def pick_device(name: str):
-    """A torch device from --device; 'auto' takes the GPU when there is one."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available")
-    return device

@@ -22,6 +22,7 @@ What it computes (tested against `ReferenceDecoder` and plain forwards):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from perceiver_ar_music.model import PerceiverAR, merge_heads
@@ -51,9 +52,22 @@ class ReferenceDecoder:
 
 
 class CachedDecoder:
-    """Cached Perceiver AR decoding with latent-cache resets and a sliding context window."""
+    """Cached Perceiver AR decoding with latent-cache resets and a sliding context window.
 
-    def __init__(self, model: PerceiverAR, reset_latents: int | None = None) -> None:
+    `mode` picks how one decoding step runs (all three compute the same thing):
+    - "dynamic": attends to exactly the filled cache slots (sliced by Python ints); the fastest
+      in eager mode on CPU, where kernels are cheap to launch.
+    - "static": every tensor has a fixed shape and the position and latent counters live on the
+      device, so a step reads no Python state: empty slots are masked instead of sliced off.
+    - "graph": the static step captured once as a CUDA graph and replayed per token, which removes
+      the per-kernel launch cost that bounds batch-1 decoding on a GPU (CUDA only, no autocast).
+    None chooses "graph" on CUDA without autocast and "dynamic" otherwise. Resets and the prefill
+    always run eagerly (they happen once every N - N' tokens).
+    """
+
+    MODES = ("dynamic", "static", "graph")
+
+    def __init__(self, model: PerceiverAR, reset_latents: int | None = None, mode: str | None = None) -> None:
         cfg = model.config
         if model.training:
             raise ValueError("decode with the model in eval mode (model.eval())")
@@ -61,9 +75,14 @@ class CachedDecoder:
         self.reset_latents = reset_latents or max(1, cfg.num_latents // 2)
         if not 1 <= self.reset_latents <= cfg.num_latents:
             raise ValueError(f"reset_latents must be in 1..num_latents={cfg.num_latents}")
+        if mode is not None and mode not in self.MODES:
+            raise ValueError(f"mode must be one of {', '.join(self.MODES)}")
+        self.mode = mode
         self.length = 0  # tokens seen so far
         self.num_cached = 0  # latents in the latent caches
         self.num_resets = 0
+        self.cross_k: torch.Tensor | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
 
     # -- public interface --------------------------------------------------------------------------
 
@@ -71,50 +90,89 @@ class CachedDecoder:
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Start from a (b, P) prompt; returns the logits (b, V) for token P."""
         cfg = self.model.config
-        b, prompt_len = tokens.shape
+        prompt_len = tokens.shape[1]
         if prompt_len < 1:
             raise ValueError("the prompt needs at least one token (e.g. BOS)")
-        # Caches are allocated at the first write, in the dtype the projections produce (bf16
-        # under CUDA autocast, else the parameters' dtype).
-        self.cross_k = self.cross_v = None
-        self.latent_k: list[torch.Tensor] = []
-        self.latent_v: list[torch.Tensor] = []
-        self.cross_ids = tokens.new_zeros((b, cfg.max_seq_len))
-        m, n = cfg.max_seq_len, cfg.num_latents
-        window = tokens[:, -m:]
+        window = tokens[:, -cfg.max_seq_len :]
         self.length = prompt_len - window.shape[1]
-        self._write_context(window)
-        return self._rebuild(prompt_len if prompt_len <= n else self.reset_latents)
+        self.num_resets = 0
+        k, v, positions = self._project(window)
+        self._allocate(tokens, k.dtype)
+        self._store(window, k, v, positions)
+        logits = self._rebuild(prompt_len if prompt_len <= cfg.num_latents else self.reset_latents)
+        if self.mode == "graph" and self._graph is None:
+            self._capture()
+        return logits
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per sequence (shape (b,)); returns the logits (b, V) for the next."""
         tokens = tokens.view(-1, 1)
-        position = self.length
-        self._write_context(tokens)
         if self.num_cached == self.model.config.num_latents:
+            self._store(tokens, *self._project(tokens))
             self.num_resets += 1
             return self._rebuild(self.reset_latents)
+        if self.mode == "graph":
+            self._token_in.copy_(tokens)
+            self._graph.replay()
+            self.length += 1
+            self.num_cached += 1
+            return self._logits_out.clone()
+        if self.mode == "static":
+            self._token_in.copy_(tokens)
+            logits = self._static_step()
+            self.length += 1
+            self.num_cached += 1
+            return logits
+        position = self.length
+        self._store(tokens, *self._project(tokens))
         return self._decode_one(tokens, position)
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _write_context(self, tokens: torch.Tensor) -> None:
-        """Project and store the cross-attention keys/values of new tokens in the ring buffer."""
+    def _allocate(self, tokens: torch.Tensor, dtype: torch.dtype) -> None:
+        """Fixed-size caches for this batch (reused when the shape allows: a graph points at them)."""
+        cfg = self.model.config
+        b, device = tokens.shape[0], tokens.device
+        if self.mode is None:
+            use_graph = device.type == "cuda" and not torch.is_autocast_enabled(device.type)
+            self.mode = "graph" if use_graph else "dynamic"
+        if self.mode == "graph" and (device.type != "cuda" or torch.is_autocast_enabled(device.type)):
+            raise ValueError("mode='graph' needs a CUDA model without autocast (convert the weights instead)")
+        cross_shape = (b, cfg.heads, cfg.max_seq_len, cfg.dim_head)
+        if self.cross_k is not None and self.cross_k.shape == cross_shape and self.cross_k.dtype == dtype:
+            return
+        self._graph = None
+        self.cross_k = torch.zeros(cross_shape, dtype=dtype, device=device)
+        self.cross_v = torch.zeros_like(self.cross_k)
+        self.cross_ids = torch.zeros((b, cfg.max_seq_len), dtype=tokens.dtype, device=device)
+        latent_shape = (b, cfg.heads, cfg.num_latents, cfg.dim_head)
+        self.latent_k = [torch.zeros(latent_shape, dtype=dtype, device=device) for _ in self.model.layers]
+        self.latent_v = [torch.zeros(latent_shape, dtype=dtype, device=device) for _ in self.model.layers]
+        # Static-step state: device-side counters, slot indices for the masks, in/out buffers.
+        self._position = torch.zeros(1, dtype=torch.long, device=device)
+        self._latent_index = torch.zeros(1, dtype=torch.long, device=device)
+        self._slot_range = torch.arange(cfg.max_seq_len, device=device)
+        self._latent_range = torch.arange(cfg.num_latents, device=device)
+        self._token_in = torch.zeros((b, 1), dtype=tokens.dtype, device=device)
+
+    def _project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of new tokens at positions self.length onwards."""
         model = self.model
-        m = model.config.max_seq_len
         positions = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
         h = model.token_emb(tokens)
         cos, sin = model.rotary.cos_sin(positions, h.dtype)
         k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
-        if self.cross_k is None:
-            shape = (tokens.shape[0], model.config.heads, m, model.config.dim_head)
-            self.cross_k, self.cross_v = k.new_zeros(shape), v.new_zeros(shape)
-        slots = positions % m
+        return k, v, positions
+
+    def _store(self, tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write new tokens' keys/values and ids into the ring buffer (slot = position mod M)."""
+        slots = positions % self.model.config.max_seq_len
         self.cross_k.index_copy_(2, slots, k)
         self.cross_v.index_copy_(2, slots, v)
         self.cross_ids.index_copy_(1, slots, tokens)
         self.length += tokens.shape[1]
+        self._position.fill_(self.length)
 
     def _window(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys, values and ids of the current context window in chronological order."""
@@ -139,23 +197,20 @@ class CachedDecoder:
         cos, sin = model.rotary.cos_sin(positions, h.dtype)
         q = model.cross_attn.queries(h, model.rotary, cos, sin)
         if n < window_len:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k_ctx, v_ctx, attn_mask=causal_lower_right(n, window_len))
+            out = F.scaled_dot_product_attention(q, k_ctx, v_ctx, attn_mask=causal_lower_right(n, window_len))
         else:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k_ctx, v_ctx, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k_ctx, v_ctx, is_causal=True)
         x = h + model.cross_attn.to_out(merge_heads(out))
         x = x + model.cross_ff(x)
-        if not self.latent_k:
-            shape = (ids.shape[0], model.config.heads, model.config.num_latents, model.config.dim_head)
-            self.latent_k = [k_ctx.new_zeros(shape) for _ in model.layers]
-            self.latent_v = [v_ctx.new_zeros(shape) for _ in model.layers]
         for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
             q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
             cache_k[:, :, :n] = k
             cache_v[:, :, :n] = v
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + layer.attn.to_out(merge_heads(out))
             x = x + layer.ff(x)
         self.num_cached = n
+        self._latent_index.fill_(n)
         return model.to_logits(model.norm_out(x[:, -1]))
 
     def _decode_one(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
@@ -166,9 +221,7 @@ class CachedDecoder:
         h = model.token_emb(tokens)
         cos, sin = model.rotary.cos_sin(pos, h.dtype)
         q = model.cross_attn.queries(h, model.rotary, cos, sin)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, self.cross_k[:, :, :window], self.cross_v[:, :, :window]
-        )
+        out = F.scaled_dot_product_attention(q, self.cross_k[:, :, :window], self.cross_v[:, :, :window])
         x = h + model.cross_attn.to_out(merge_heads(out))
         x = x + model.cross_ff(x)
         index = self.num_cached
@@ -176,10 +229,65 @@ class CachedDecoder:
             q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
             cache_k[:, :, index : index + 1] = k
             cache_v[:, :, index : index + 1] = v
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, cache_k[:, :, : index + 1], cache_v[:, :, : index + 1]
-            )
+            out = F.scaled_dot_product_attention(q, cache_k[:, :, : index + 1], cache_v[:, :, : index + 1])
             x = x + layer.attn.to_out(merge_heads(out))
             x = x + layer.ff(x)
         self.num_cached += 1
         return model.to_logits(model.norm_out(x[:, -1]))
+
+    def _static_step(self) -> torch.Tensor:
+        """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records).
+
+        Reads the token from `_token_in` and the position and latent slot from the device
+        counters, advances both counters, and returns the logits. Unfilled slots are masked.
+        """
+        model = self.model
+        tokens, position, index = self._token_in, self._position, self._latent_index
+        h = model.token_emb(tokens)
+        cos, sin = model.rotary.cos_sin(position, h.dtype)
+        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+        slot = position % model.config.max_seq_len
+        self.cross_k.index_copy_(2, slot, k)
+        self.cross_v.index_copy_(2, slot, v)
+        self.cross_ids.index_copy_(1, slot, tokens)
+        q = model.cross_attn.queries(h, model.rotary, cos, sin)
+        filled = (self._slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
+        out = F.scaled_dot_product_attention(q, self.cross_k, self.cross_v, attn_mask=filled)
+        x = h + model.cross_attn.to_out(merge_heads(out))
+        x = x + model.cross_ff(x)
+        visible = (self._latent_range <= index).view(1, 1, 1, -1)
+        for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
+            q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
+            cache_k.index_copy_(2, index, k)
+            cache_v.index_copy_(2, index, v)
+            out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
+            x = x + layer.attn.to_out(merge_heads(out))
+            x = x + layer.ff(x)
+        position.add_(1)
+        index.add_(1)
+        return model.to_logits(model.norm_out(x[:, -1]))
+
+    def _capture(self) -> None:
+        """Record `_static_step` as a CUDA graph; the caches keep their contents.
+
+        Warm-up runs write into the caches and advance the counters, so everything they touch is
+        saved first and put back after capture (capturing itself runs no kernels).
+        """
+        saved = [t.clone() for t in self._graph_state()]
+        self._position.zero_()  # warm-up writes slot 0 and latent 0: always in range
+        self._latent_index.zero_()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._static_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._logits_out = self._static_step()
+        for tensor, copy in zip(self._graph_state(), saved):
+            tensor.copy_(copy)
+        self._graph = graph
+
+    def _graph_state(self) -> list[torch.Tensor]:
+        return [self.cross_k, self.cross_v, self.cross_ids, self._position, self._latent_index, *self.latent_k, *self.latent_v]

@@ -34,6 +34,14 @@ def truncate_to_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> n
     return ids[: crossing[0]] if len(crossing) else ids
 
 
+def through_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> np.ndarray:
+    """The prefix of `ids` up to and including the time shift that reaches `seconds` (all if none)."""
+    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
+    clock = np.cumsum(shifts) * vocab.seconds_per_step
+    reached = np.flatnonzero(clock >= seconds - 1e-9)
+    return ids[: reached[0] + 1] if len(reached) else ids
+
+
 @dataclass
 class Continuation:
     """The result of sampling: full sequences (prompt included) and where the prompt ends."""
@@ -48,23 +56,33 @@ class MusicProgress:
     """Per-step callback: counts the music generated, enforces a seconds budget, shows a bar.
 
     The tqdm bar (tokens, tokens/s, seconds of music of the slowest sample) is hidden with
-    show=False; the budget holds either way.
+    show=False; the budget holds either way. The seconds are summed on the tokens' device and
+    read back only every `check_every` steps, so the sampler never waits for the GPU per token;
+    a budget can therefore be overshot by up to check_every - 1 tokens.
     """
 
-    def __init__(self, total: int | None, vocab: EventVocab, batch: int, seconds_budget: float | None, show: bool = True) -> None:
+    def __init__(
+        self, total: int | None, vocab: EventVocab, batch: int, seconds_budget: float | None,
+        show: bool = True, check_every: int = 16,
+    ) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show)
         self.shift = torch.tensor(vocab.shift_steps, dtype=torch.float64) * vocab.seconds_per_step
         self.seconds = torch.zeros(batch, dtype=torch.float64)
         self.budget = seconds_budget
+        self.check_every = check_every
 
     def __call__(self, step: int, new: torch.Tensor) -> bool:
-        self.seconds += self.shift[new.cpu()]
+        if self.seconds.device != new.device:
+            self.shift, self.seconds = self.shift.to(new.device), self.seconds.to(new.device)
+        self.seconds += self.shift[new]
         self.bar.update(1)
-        if step % 16 == 0:
-            self.bar.set_postfix_str(f"music {self.seconds.min().item():.1f}s")
-        return self.budget is not None and bool((self.seconds >= self.budget).all())
+        if step % self.check_every != self.check_every - 1:
+            return False
+        slowest = self.seconds.min().item()
+        self.bar.set_postfix_str(f"music {slowest:.1f}s")
+        return self.budget is not None and slowest >= self.budget
 
     def close(self) -> None:
         self.bar.set_postfix_str(f"music {self.seconds.min().item():.1f}s")
@@ -117,6 +135,8 @@ def continue_ids(
         if len(eos):
             ended += 1
             row = row[: len(prompt) + eos[0]]
+        if seconds is not None:  # each sample ends at the shift that crosses the budget
+            row = row[: len(prompt) + len(through_seconds(row[len(prompt) :], vocab, seconds))]
         sequences.append(row)
     if ended == num_samples and generated < num_tokens:
         stopped_by = "eos"

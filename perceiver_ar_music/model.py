@@ -219,6 +219,35 @@ def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) ->
     return causal_lower_right(num_queries, num_keys)
 
 
+def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Attention of q (b, h, n, d) onto k, v (b, h, m, d), m >= n, under the bottom-right causal mask.
+
+    Compiled on a GPU with the flash kernel (Ampere or newer, bf16/fp16), this calls that kernel
+    directly: its causal mask is bottom-right aligned (CausalBias dispatches to the same call), and
+    unlike CausalBias it traces without a graph break, so compiled training keeps flash attention
+    instead of falling back to a kernel that reads an explicit mask.
+    """
+    if torch.compiler.is_compiling() and _flash_lower_right_ok(q):
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
+    mask = lower_right_causal(q.shape[-2], k.shape[-2], q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+def _flash_lower_right_ok(q: torch.Tensor) -> bool:
+    return (
+        q.is_cuda
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and _cuda_capability(q.device.index or 0) >= (8, 0)
+    )
+
+
+@torch.compiler.assume_constant_result
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def _explicit_lower_right(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
     keep = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
     return keep.tril(num_keys - num_queries)
@@ -337,11 +366,12 @@ class PerceiverAR(nn.Module):
         k, v = self.cross_attn.keys_values(kv_h, self.rotary, cos_k, sin_k)
         latents = h[:, prefix:]
         q = self.cross_attn.queries(latents, self.rotary, cos_q, sin_q)
-        if kv_real is None:
-            mask = lower_right_causal(n, k.shape[-2], tokens.device) if n < k.shape[-2] else None
+        if kv_real is not None:
+            out = self._sdpa(q, k, v, causal_keep_mask(q_pos, kv_pos, kv_real), False, self._attn_dropout())
+        elif n < k.shape[-2]:
+            out = lower_right_causal_attention(q, k, v, self._attn_dropout())
         else:
-            mask = causal_keep_mask(q_pos, kv_pos, kv_real)
-        out = self._sdpa(q, k, v, mask, mask is None, self._attn_dropout())
+            out = self._sdpa(q, k, v, None, True, self._attn_dropout())
         x = latents + self.cross_dropout(self.cross_attn.to_out(merge_heads(out)))
         return x + self.cross_ff(x), q_pos
 

@@ -80,11 +80,16 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row of logits (b, V) -> (b,)."""
+    """Draw one token per row of logits (b, V) -> (b,), without a device-to-host sync.
+
+    Sampling is argmax(p / E) with E ~ Exp(1) drawn per token (the exponential race), an exact
+    draw from p that, unlike torch.multinomial, never waits for the GPU.
+    """
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, cfg).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 @torch.no_grad()
@@ -96,6 +101,7 @@ def generate(
     *,
     use_cache: bool = True,
     reset_latents: int | None = None,
+    decode_mode: str | None = None,
     seed: int | None = None,
     eos_id: int | None = None,
     allowed_tokens: AllowedTokens | None = None,
@@ -104,9 +110,12 @@ def generate(
 ) -> torch.Tensor:
     """Continue `prompt` (b, P) by up to `num_tokens` tokens; returns (b, P + generated).
 
-    use_cache=False runs the slow reference path (a full forward per token). With `eos_id`,
-    a sequence that emitted EOS keeps emitting EOS, and generation stops once all have.
-    `allowed_tokens` masks impossible tokens; `callback` sees every step and may stop early.
+    use_cache=False runs the slow reference path (a full forward per token); `decode_mode` picks
+    the cached decoder's mode (see `CachedDecoder`). With `eos_id`, a sequence that emitted EOS
+    keeps emitting EOS, and generation stops once all have: that is checked every
+    `EOS_CHECK_EVERY` steps (a check waits for the device) and the output is cut where the last
+    sequence ended. `allowed_tokens` masks impossible tokens; `callback` sees every step and may
+    stop early.
     """
     sampling = sampling or SamplingConfig()
     if prompt.dim() != 2 or prompt.shape[1] < 1:
@@ -117,7 +126,7 @@ def generate(
         generator = None
         if seed is not None:
             generator = torch.Generator(device=prompt.device).manual_seed(seed)
-        decoder = CachedDecoder(model, reset_latents) if use_cache else ReferenceDecoder(model)
+        decoder = CachedDecoder(model, reset_latents, decode_mode) if use_cache else ReferenceDecoder(model)
         length = prompt.shape[1]
         tokens = torch.cat((prompt, prompt.new_zeros((prompt.shape[0], num_tokens))), dim=1)
         logits = decoder.prefill(prompt)
@@ -135,9 +144,23 @@ def generate(
             tokens[:, length] = new
             length += 1
             stop = bool(callback(step, new)) if callback is not None else False
-            if stop or (eos_id is not None and bool(finished.all())) or step == num_tokens - 1:
+            check_eos = eos_id is not None and (step % EOS_CHECK_EVERY == EOS_CHECK_EVERY - 1 or stop or step == num_tokens - 1)
+            if check_eos and bool(finished.all()):
+                length = _all_ended_at(tokens, prompt.shape[1], length, eos_id)
+                break
+            if stop or step == num_tokens - 1:
                 break
             logits = decoder.step(new)
         return tokens[:, :length]
     finally:
         model.train(was_training)
+
+
+EOS_CHECK_EVERY = 32  # steps between checks whether every sequence has ended
+
+
+def _all_ended_at(tokens: torch.Tensor, prompt_len: int, length: int, eos_id: int) -> int:
+    """The length at which the last sequence of the batch emitted its first EOS."""
+    is_eos = tokens[:, prompt_len:length] == eos_id
+    first = is_eos.int().argmax(dim=1)  # every row has one: all sequences have ended
+    return prompt_len + int(first.max()) + 1

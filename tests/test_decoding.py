@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +12,14 @@ from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.sampling import SamplingConfig, generate
 
 M, N = 24, 8  # context and latents of the test model
+MODE = "dynamic"  # the decoding mode under test (set by the fixture below)
+
+
+@pytest.fixture(autouse=True, params=["dynamic", "static"])
+def decoding_mode(request, monkeypatch):
+    """Every test runs twice: on the sliced eager path and on the fixed-shape (CUDA graph) step."""
+    monkeypatch.setattr(sys.modules[__name__], "MODE", request.param)
+    return request.param
 
 
 def model_in(dtype: torch.dtype = torch.float64) -> PerceiverAR:
@@ -20,7 +30,7 @@ def model_in(dtype: torch.dtype = torch.float64) -> PerceiverAR:
 
 def run_cached(model, seq, prompt_len, reset_latents=None):
     """Teacher-force `seq` through the cached decoder; yields (length, logits, decoder) per step."""
-    dec = CachedDecoder(model, reset_latents)
+    dec = CachedDecoder(model, reset_latents, mode=MODE)
     yield prompt_len, dec.prefill(seq[:, :prompt_len]), dec
     for t in range(prompt_len, seq.shape[1]):
         yield t + 1, dec.step(seq[:, t]), dec
@@ -99,7 +109,7 @@ def test_full_width_resets_are_the_exact_model_even_past_the_context():
 def test_prompts_of_any_length_prefill_to_the_reference(prompt_len):
     model = model_in()
     seq = torch.randint(0, 50, (1, prompt_len))
-    logits = CachedDecoder(model).prefill(seq)
+    logits = CachedDecoder(model, mode=MODE).prefill(seq)
     num = prompt_len if prompt_len <= N else N // 2
     expected = model(seq[:, -M:], num_latents=num)[:, -1]
     torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
@@ -119,7 +129,7 @@ def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
     model = model_in(torch.float32)
     prompt = torch.randint(0, 50, (2, 2))
     greedy = SamplingConfig(temperature=0)
-    cached = generate(model, prompt, N - 2, greedy, use_cache=True)
+    cached = generate(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
     reference = generate(model, prompt, N - 2, greedy, use_cache=False)
     assert cached.shape == (2, N)
     assert torch.equal(cached, reference)
@@ -135,10 +145,33 @@ def test_cached_decoding_under_bf16_autocast_matches_the_reference():
     model = model_in(torch.float32)
     seq = torch.randint(0, 50, (2, M + 6))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        dec = CachedDecoder(model, reset_latents=N)  # full-width resets: exact past the context
+        dec = CachedDecoder(model, reset_latents=N, mode=MODE)  # full-width resets: exact past the context
         logits = dec.prefill(seq[:, :3])
         for t in range(3, seq.shape[1]):
             expected = model(seq[:, max(0, t - M) : t])[:, -1]
             torch.testing.assert_close(logits.float(), expected.float(), rtol=0.05, atol=0.05)
             logits = dec.step(seq[:, t])
     assert dec.cross_k.dtype == torch.bfloat16
+
+
+def test_decoder_modes_are_validated():
+    with pytest.raises(ValueError, match="mode must be"):
+        CachedDecoder(model_in(), mode="fast")
+    with pytest.raises(ValueError, match="CUDA"):
+        CachedDecoder(model_in(), mode="graph").prefill(torch.ones(1, 2, dtype=torch.long))
+    dec = CachedDecoder(model_in())
+    dec.prefill(torch.ones(1, 2, dtype=torch.long))
+    assert dec.mode == "dynamic"  # the automatic choice off CUDA
+
+
+def test_a_decoder_can_be_reused_for_a_new_prompt_and_batch():
+    model = model_in()
+    dec = CachedDecoder(model, mode=MODE)
+    for batch, prompt_len in ((2, M + 3), (1, 3), (1, N)):
+        seq = torch.randint(0, 50, (batch, prompt_len + 5))
+        logits = dec.prefill(seq[:, :prompt_len])
+        fresh = CachedDecoder(model, mode=MODE)
+        expected = fresh.prefill(seq[:, :prompt_len])
+        for t in range(prompt_len, seq.shape[1]):
+            torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+            logits, expected = dec.step(seq[:, t]), fresh.step(seq[:, t])

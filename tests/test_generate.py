@@ -19,6 +19,7 @@ from perceiver_ar_music.cli import main
 from perceiver_ar_music.generation import truncate_to_seconds
 from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.vocab import NOTE_ON
 from tests import midi_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +195,18 @@ def test_bundled_primer_and_model_generate_out_of_the_box(tmp_path):
     assert run_generate("--primer", str(ROOT / "examples" / "primer.mid"), "--length", "64", "--seed", "0",
                         "--no-audio", "--out", str(out)) == 0
     assert notes_of(out / "sample-01.mid", "continuation")
+
+
+def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the_budget(tokenizer):
+    from perceiver_ar_music.generation import MusicProgress, through_seconds
+
+    vocab = tokenizer.vocab
+    tenth = vocab.shift_id[10]  # a 0.1 s time shift
+    bar = MusicProgress(None, vocab, batch=2, seconds_budget=0.5, show=False, check_every=4)
+    stops = [bar(step, torch.tensor([tenth, tenth])) for step in range(8)]
+    bar.close()
+    assert stops == [False] * 7 + [True]  # 0.5 s reached at step 4, seen at the check after step 7
+    note = next(i for i, kind in enumerate(vocab.kind) if kind == NOTE_ON)
+    ids = np.array([note, tenth, note, tenth, tenth, note, tenth])
+    assert through_seconds(ids, vocab, 0.3).tolist() == [note, tenth, note, tenth, tenth]
+    assert through_seconds(ids, vocab, 9.0).tolist() == ids.tolist()

@@ -99,3 +99,33 @@ def test_generate_restores_training_mode():
     model = tiny_model().train()
     generate(model, torch.ones(1, 1, dtype=torch.long), 3)
     assert model.training
+
+
+@pytest.mark.parametrize("ends", [(3, 7), (5, 40), (0, 33)])
+def test_eos_output_ends_exactly_where_the_last_sequence_ended(ends):
+    """EOS is polled every EOS_CHECK_EVERY steps, but the output is cut at the true end."""
+    model = tiny_model()
+
+    def allowed(seqs):  # row r may only emit EOS once it has generated ends[r] tokens
+        mask = torch.zeros(seqs.shape[0], 30, dtype=torch.bool)
+        for r, end in enumerate(ends):
+            generated = seqs.shape[1] - 1
+            mask[r, 2 if generated >= end else 5] = True
+        return mask
+
+    out = generate(model, torch.ones(2, 1, dtype=torch.long), 60, eos_id=2, seed=0, allowed_tokens=allowed)
+    assert out.shape[1] == 1 + max(ends) + 1
+    for r, end in enumerate(ends):
+        assert (out[r, 1 : 1 + end] == 5).all() and out[r, 1 + end] == 2
+
+
+def test_sampler_draws_from_the_filtered_distribution():
+    from perceiver_ar_music.sampling import next_token
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20_000, -1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(next_token(logits, SamplingConfig(), g), minlength=4) / 20_000
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+    top2 = torch.bincount(next_token(logits, SamplingConfig(top_k=2), g), minlength=4) / 20_000
+    torch.testing.assert_close(top2, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015, rtol=0)

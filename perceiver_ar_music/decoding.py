@@ -62,12 +62,16 @@ class CachedDecoder:
     - "graph": the static step captured once as a CUDA graph and replayed per token, which removes
       the per-kernel launch cost that bounds batch-1 decoding on a GPU (CUDA only, no autocast).
     None chooses "graph" on CUDA without autocast and "dynamic" otherwise. Resets and the prefill
-    always run eagerly (they happen once every N - N' tokens).
+    always run eagerly (they happen once every N - N' tokens). `compile=True` runs the fixed-shape
+    step through torch.compile (static and graph modes), which fuses its many small kernels at
+    the price of a compilation on first use.
     """
 
     MODES = ("dynamic", "static", "graph")
 
-    def __init__(self, model: PerceiverAR, reset_latents: int | None = None, mode: str | None = None) -> None:
+    def __init__(
+        self, model: PerceiverAR, reset_latents: int | None = None, mode: str | None = None, compile: bool = False
+    ) -> None:
         cfg = model.config
         if model.training:
             raise ValueError("decode with the model in eval mode (model.eval())")
@@ -77,7 +81,10 @@ class CachedDecoder:
             raise ValueError(f"reset_latents must be in 1..num_latents={cfg.num_latents}")
         if mode is not None and mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}")
+        if compile and mode == "dynamic":
+            raise ValueError("compile needs the fixed-shape step: mode 'static' or 'graph'")
         self.mode = mode
+        self.compile = compile  # torch.compile the fixed-shape step (fuses its small kernels)
         self.length = 0  # tokens seen so far
         self.num_cached = 0  # latents in the latent caches
         self.num_resets = 0
@@ -136,7 +143,7 @@ class CachedDecoder:
         b, device = tokens.shape[0], tokens.device
         if self.mode is None:
             use_graph = device.type == "cuda" and not torch.is_autocast_enabled(device.type)
-            self.mode = "graph" if use_graph else "dynamic"
+            self.mode = "graph" if use_graph else "static" if self.compile else "dynamic"
         if self.mode == "graph" and (device.type != "cuda" or torch.is_autocast_enabled(device.type)):
             raise ValueError("mode='graph' needs a CUDA model without autocast (convert the weights instead)")
         cross_shape = (b, cfg.heads, cfg.max_seq_len, cfg.dim_head)
@@ -236,36 +243,12 @@ class CachedDecoder:
         return model.to_logits(model.norm_out(x[:, -1]))
 
     def _static_step(self) -> torch.Tensor:
-        """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records).
-
-        Reads the token from `_token_in` and the position and latent slot from the device
-        counters, advances both counters, and returns the logits. Unfilled slots are masked.
-        """
-        model = self.model
-        tokens, position, index = self._token_in, self._position, self._latent_index
-        h = model.token_emb(tokens)
-        cos, sin = model.rotary.cos_sin(position, h.dtype)
-        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
-        slot = position % model.config.max_seq_len
-        self.cross_k.index_copy_(2, slot, k)
-        self.cross_v.index_copy_(2, slot, v)
-        self.cross_ids.index_copy_(1, slot, tokens)
-        q = model.cross_attn.queries(h, model.rotary, cos, sin)
-        filled = (self._slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
-        out = F.scaled_dot_product_attention(q, self.cross_k, self.cross_v, attn_mask=filled)
-        x = h + model.cross_attn.to_out(merge_heads(out))
-        x = x + model.cross_ff(x)
-        visible = (self._latent_range <= index).view(1, 1, 1, -1)
-        for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
-            q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
-            cache_k.index_copy_(2, index, k)
-            cache_v.index_copy_(2, index, v)
-            out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
-            x = x + layer.attn.to_out(merge_heads(out))
-            x = x + layer.ff(x)
-        position.add_(1)
-        index.add_(1)
-        return model.to_logits(model.norm_out(x[:, -1]))
+        """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records)."""
+        step = _compiled_static_step() if self.compile else static_step
+        return step(
+            self.model, self._token_in, self._position, self._latent_index, self.cross_k, self.cross_v,
+            self.cross_ids, self._slot_range, self._latent_range, self.latent_k, self.latent_v,
+        )
 
     def _capture(self) -> None:
         """Record `_static_step` as a CUDA graph; the caches keep their contents.
@@ -291,3 +274,58 @@ class CachedDecoder:
 
     def _graph_state(self) -> list[torch.Tensor]:
         return [self.cross_k, self.cross_v, self.cross_ids, self._position, self._latent_index, *self.latent_k, *self.latent_v]
+
+
+def static_step(
+    model: PerceiverAR,
+    tokens: torch.Tensor,
+    position: torch.Tensor,
+    index: torch.Tensor,
+    cross_k: torch.Tensor,
+    cross_v: torch.Tensor,
+    cross_ids: torch.Tensor,
+    slot_range: torch.Tensor,
+    latent_range: torch.Tensor,
+    latent_k: list[torch.Tensor],
+    latent_v: list[torch.Tensor],
+) -> torch.Tensor:
+    """One cached decoding step in fixed shapes: no Python state, so it can be graphed and compiled.
+
+    Appends `tokens` (b, 1) at device position `position` (1,) to the ring buffer, decodes its
+    latent into latent slot `index` (1,), advances both counters in place and returns the logits.
+    Unfilled slots are masked rather than sliced off.
+    """
+    h = model.token_emb(tokens)
+    cos, sin = model.rotary.cos_sin(position, h.dtype)
+    k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+    slot = position % cross_k.shape[2]
+    cross_k.index_copy_(2, slot, k)
+    cross_v.index_copy_(2, slot, v)
+    cross_ids.index_copy_(1, slot, tokens)
+    q = model.cross_attn.queries(h, model.rotary, cos, sin)
+    filled = (slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
+    out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=filled)
+    x = h + model.cross_attn.to_out(merge_heads(out))
+    x = x + model.cross_ff(x)
+    visible = (latent_range <= index).view(1, 1, 1, -1)
+    for layer, cache_k, cache_v in zip(model.layers, latent_k, latent_v):
+        q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
+        cache_k.index_copy_(2, index, k)
+        cache_v.index_copy_(2, index, v)
+        out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
+        x = x + layer.attn.to_out(merge_heads(out))
+        x = x + layer.ff(x)
+    position.add_(1)
+    index.add_(1)
+    return model.to_logits(model.norm_out(x[:, -1]))
+
+
+_COMPILED_STEP = None
+
+
+def _compiled_static_step():
+    """`static_step` compiled once per process (recompiled per batch size and model shape)."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(static_step, fullgraph=True, dynamic=False)
+    return _COMPILED_STEP

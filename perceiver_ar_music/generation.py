@@ -103,6 +103,7 @@ def continue_ids(
     seed: int | None = None,
     allowed_tokens: AllowedTokens | None = None,
     progress: bool = True,
+    compile_decoder: bool = False,
 ) -> Continuation:
     """Sample `num_samples` continuations of `prompt` (ids incl. BOS) as one batch.
 
@@ -121,7 +122,7 @@ def continue_ids(
     try:
         out = generate(
             model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
-            eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar,
+            eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar, compile_decoder=compile_decoder,
         )
     finally:
         bar.close()

@@ -108,8 +108,18 @@ class Rotary(nn.Module):
     def __init__(self, rotary_dim: int, max_wavelength: float) -> None:
         super().__init__()
         self.rotary_dim = rotary_dim
-        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / max(rotary_dim, 1)
-        self.register_buffer("inv_freq", max_wavelength ** -exponents, persistent=False)
+        self.max_wavelength = max_wavelength
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")), persistent=False)
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device) / max(self.rotary_dim, 1)
+        return self.max_wavelength ** -exponents
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Rotary":
+        """Follow the module to its device but stay float64 through `.to(dtype)` / `.half()`."""
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq(self.inv_freq.device)
+        return self
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotation tables for integer `positions` (any shape), computed in float64.
@@ -219,6 +229,9 @@ def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) ->
     return causal_lower_right(num_queries, num_keys)
 
 
+COMPILE_WITH_FLASH = True  # compiled bottom-right attention calls the flash kernel where it can
+
+
 def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
     """Attention of q (b, h, n, d) onto k, v (b, h, m, d), m >= n, under the bottom-right causal mask.
 
@@ -227,7 +240,7 @@ def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     unlike CausalBias it traces without a graph break, so compiled training keeps flash attention
     instead of falling back to a kernel that reads an explicit mask.
     """
-    if torch.compiler.is_compiling() and _flash_lower_right_ok(q):
+    if torch.compiler.is_compiling() and COMPILE_WITH_FLASH and _flash_lower_right_ok(q):
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
     mask = lower_right_causal(q.shape[-2], k.shape[-2], q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)

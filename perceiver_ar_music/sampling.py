@@ -102,6 +102,7 @@ def generate(
     use_cache: bool = True,
     reset_latents: int | None = None,
     decode_mode: str | None = None,
+    compile_decoder: bool = False,
     seed: int | None = None,
     eos_id: int | None = None,
     allowed_tokens: AllowedTokens | None = None,
@@ -111,7 +112,7 @@ def generate(
     """Continue `prompt` (b, P) by up to `num_tokens` tokens; returns (b, P + generated).
 
     use_cache=False runs the slow reference path (a full forward per token); `decode_mode` picks
-    the cached decoder's mode (see `CachedDecoder`). With `eos_id`, a sequence that emitted EOS
+    the cached decoder's mode and `compile_decoder` compiles its step (see `CachedDecoder`). With `eos_id`, a sequence that emitted EOS
     keeps emitting EOS, and generation stops once all have: that is checked every
     `EOS_CHECK_EVERY` steps (a check waits for the device) and the output is cut where the last
     sequence ended. `allowed_tokens` masks impossible tokens; `callback` sees every step and may
@@ -126,7 +127,7 @@ def generate(
         generator = None
         if seed is not None:
             generator = torch.Generator(device=prompt.device).manual_seed(seed)
-        decoder = CachedDecoder(model, reset_latents, decode_mode) if use_cache else ReferenceDecoder(model)
+        decoder = CachedDecoder(model, reset_latents, decode_mode, compile_decoder) if use_cache else ReferenceDecoder(model)
         length = prompt.shape[1]
         tokens = torch.cat((prompt, prompt.new_zeros((prompt.shape[0], num_tokens))), dim=1)
         logits = decoder.prefill(prompt)

@@ -1,123 +1,140 @@
 #!/usr/bin/env python
 """One prepared run on a CUDA GPU: correctness of the CUDA paths, then speed. Needs only torch,
-einops (and the optional seed port). Prints a table last and writes JSON to the given folder.
+einops and safetensors (the seed's port is optional). Prints a table last and writes JSON (after
+every section) to the given folder.
 
-    PYTHONPATH=. python scripts/gpu_check.py OUT_DIR [--quick]
+    PYTHONPATH=. python scripts/gpu_check.py OUT_DIR                      # on the GPU machine
+    PYTHONPATH=. python scripts/gpu_check.py OUT_DIR --device cpu --tiny  # dry run of every path
 
-Checks (each a row): fused bf16 attention vs the fp32 reference (relative error, no NaN, which
-SDPA kernel ran); cached vs reference decoding on the GPU (greedy tokens in fp32 within a latent
-window, logits in bf16); a few bf16 training steps (loss falls). Speed: generation tokens/s at
-batch 1 and 8 with a 4096-context model (ours cached vs the port's full forward per token), and
-a training step of the `maestro` shape, ours vs the port, side by side.
+Sections, in order (a time budget skips what no longer fits, so the table always comes out):
+1. correctness: fused bf16 attention vs fp32 (kernels named), the compiled bottom-right flash
+   path vs eager, cached/graph decoding vs the reference (greedy tokens fp32, logits bf16);
+2. generation: tokens/s for 8192 new tokens at batch 1 and 8, 4096-context `maestro` model,
+   CUDA-graph decoder vs the eager decoder vs the port's full forward per token;
+3. long context: one `maestro`-width training step at contexts 4096..262144 with peak memory;
+4. the `small` preset in bf16 with torch.compile for a few hundred steps on a synthetic corpus,
+   then a checkpoint saved and reloaded bit-exactly;
+5. training throughput and MFU of the `maestro` preset, eager and compiled, beside the port,
+   with a kernel-time breakdown of the compiled step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music.model import PerceiverAR, lm_loss  # noqa: E402
+from perceiver_ar_music import model as model_module  # noqa: E402
+from perceiver_ar_music.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
+from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
+from perceiver_ar_music.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
+from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss, lower_right_causal, lower_right_causal_attention  # noqa: E402
+from perceiver_ar_music.presets import resolve  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
 
-DEV = "cuda"
+VOCAB = 391
 ROWS: list[tuple[str, str]] = []
-RESULTS: dict = {}
+RESULTS: dict[str, Any] = {}
 
 
-def row(name: str, value: str, **data) -> None:
+class Check:
+    """Run-wide settings: device, sizes (full or --tiny) and the time budget."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dev = torch.device(args.device)
+        self.cuda = self.dev.type == "cuda"
+        self.tiny = args.tiny
+        self.start = time.perf_counter()
+        maestro, _ = resolve("maestro", {}, {})
+        small, small_train = resolve("small", {}, {})
+        if self.tiny:  # the same code paths at sizes a 2-core CPU runs in a few minutes
+            shrink = dict(dim=64, depth=2, heads=2, dim_head=32, max_seq_len=256, num_latents=128)
+            maestro = PerceiverARConfig.from_dict({**maestro.to_dict(), **shrink})
+            small = PerceiverARConfig.from_dict({**small.to_dict(), **shrink, "depth": 1})
+        self.maestro, self.small, self.small_train = maestro, small, small_train
+        self.decode_mode = "graph" if self.cuda else "static"
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def timed(self, fn: Callable[[], Any], repeats: int = 1) -> float:
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / repeats
+
+    def peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+
+def row(name: str, value: str, **data: Any) -> None:
     ROWS.append((name, value))
     RESULTS[name] = {"value": value, **data}
     print(f"{name}: {value}", flush=True)
 
 
-def timed(fn, repeats: int = 1) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "FAIL"
 
 
-def sdpa_kernels(fn) -> list[str]:
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def kernel_names(c: Check, fn: Callable[[], Any], keys: tuple[str, ...]) -> list[str]:
+    """Names of the GPU kernels that `fn` launched and that contain one of `keys`."""
+    if not c.cuda:
+        return ["(no CUDA profile on CPU)"]
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     names = {e.key for e in prof.key_averages()}
-    return sorted(n for n in names if any(k in n.lower() for k in ("flash", "fmha", "efficient", "attention")))[:4]
+    return sorted(n[:80] for n in names if any(k in n.lower() for k in keys))[:6]
 
 
-def check_fused_attention() -> None:
-    torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=391, dim=512, depth=4, heads=8, dim_head=64, max_seq_len=2048, num_latents=1024).to(DEV).eval()
-    torch.nn.init.normal_(model.to_logits.weight, std=0.02)
-    x = torch.randint(3, 391, (2, 2048), device=DEV)
-    with torch.no_grad():
-        ref = model(x).float()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            fast = model(x).float()
-            kernels = sdpa_kernels(lambda: model(x))
-    rel = ((fast - ref).norm() / ref.norm()).item()
-    ok = rel < 2e-2 and torch.isfinite(fast).all().item()
-    row("fused bf16 vs fp32 forward", f"rel err {rel:.2e} {'OK' if ok else 'FAIL'}; kernels {kernels}", rel=rel, ok=ok)
+def kernel_count(c: Check, fn: Callable[[], Any]) -> int | None:
+    """How many GPU kernels (and copies) one call of `fn` runs."""
+    if not c.cuda:
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
 
 
-def check_cached_decoding() -> None:
-    torch.manual_seed(1)
-    model = PerceiverAR(num_tokens=391, dim=256, depth=2, heads=4, dim_head=64, max_seq_len=512, num_latents=256).to(DEV).eval()
-    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
-    prompt = torch.randint(3, 391, (2, 8), device=DEV)
-    greedy = SamplingConfig(temperature=0)
-    cached = generate(model, prompt, 240, greedy, use_cache=True)
-    reference = generate(model, prompt, 240, greedy, use_cache=False)
-    same = torch.equal(cached, reference)
-    row("cached == reference greedy (fp32, 240 tokens)", "OK" if same else "FAIL", ok=same)
-    from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
-
-    seq = torch.randint(3, 391, (2, 200), device=DEV)
-    worst = 0.0
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        cached_dec, ref_dec = CachedDecoder(model), ReferenceDecoder(model)
-        a, b = cached_dec.prefill(seq[:, :1]), ref_dec.prefill(seq[:, :1])
-        for t in range(1, 200):
-            worst = max(worst, ((a.float() - b.float()).abs().max() / b.float().abs().max()).item())
-            a, b = cached_dec.step(seq[:, t]), ref_dec.step(seq[:, t])
-    row("cached vs reference logits (bf16)", f"max rel diff {worst:.2e} {'OK' if worst < 5e-2 else 'FAIL'}", rel=worst)
-
-
-def check_training() -> None:
-    torch.manual_seed(2)
-    model = PerceiverAR(num_tokens=391, dim=512, depth=4, heads=8, dim_head=64, max_seq_len=1024, num_latents=512, cross_attn_dropout=0.5).to(DEV)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    pattern = torch.randint(3, 391, (64,), device=DEV)
-    data = pattern.repeat(40)[None].expand(8, -1)
-    losses = []
-    for step in range(60):
-        start = torch.randint(0, data.shape[1] - 1025, (1,)).item()
-        window = data[:, start : start + 1025]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(window[:, :-1])
-        loss, nats = lm_loss(logits, window[:, -512:], z_loss=1e-4)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(nats.item())
-    ok = losses[-1] < 0.5 * losses[0] and all(map(lambda v: v == v, losses))
-    row("bf16 training, 60 steps", f"loss {losses[0]:.2f} -> {losses[-1]:.3f} {'OK' if ok else 'FAIL'}", losses=losses[::10], ok=ok)
-
-
-def port_class():
+def port_class() -> Any:
     try:
         from perceiver_ar_pytorch import PerceiverAR as Port
     except ImportError:
@@ -125,92 +142,437 @@ def port_class():
     return Port
 
 
-def bench_generation(tokens: int, port_tokens: int) -> None:
-    torch.manual_seed(3)
-    shape = dict(num_tokens=391, dim=1024, depth=12, heads=16, dim_head=64, max_seq_len=4096)
-    # bf16 weights (as `generate` uses them on CUDA): autocast re-casts weights at every step.
-    model = PerceiverAR(**shape, num_latents=2048).to(DEV, torch.bfloat16).eval()
-    prompt = torch.randint(3, 391, (1, 4096), device=DEV)
-    for batch in (1, 8):
-        p = prompt.expand(batch, -1).contiguous()
-        generate(model, p, 64, SamplingConfig(top_k=32), seed=0)  # warm-up
-        seconds = timed(lambda: generate(model, p, tokens, SamplingConfig(top_k=32), seed=0))
-        rate = tokens * batch / seconds
-        row(f"ours generate, batch {batch}", f"{rate:.0f} tok/s ({tokens} tokens, 4096 ctx, 2048 latents, bf16)", tok_s=rate)
+def port_model(cfg: PerceiverARConfig) -> torch.nn.Module:
     Port = port_class()
-    if Port is None:
+    return Port(
+        num_tokens=cfg.num_tokens, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, dim_head=cfg.dim_head,
+        max_seq_len=cfg.max_seq_len, cross_attn_seq_len=cfg.cross_attn_seq_len, ff_mult=cfg.ff_mult,
+        dropout=cfg.dropout, cross_attn_dropout=cfg.cross_attn_dropout,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Correctness
+
+
+def check_fused_attention(c: Check) -> None:
+    torch.manual_seed(0)
+    m, n = (2048, 1024) if not c.tiny else (256, 128)
+    model = PerceiverAR(num_tokens=VOCAB, dim=512 if not c.tiny else 64, depth=4 if not c.tiny else 2, heads=8 if not c.tiny else 2,
+                        dim_head=64, max_seq_len=m, num_latents=n).to(c.dev).eval()
+    torch.nn.init.normal_(model.to_logits.weight, std=0.02)
+    x = torch.randint(3, VOCAB, (2, m), device=c.dev)
+    with torch.no_grad():
+        ref = model(x).float()
+        with c.amp():
+            fast = model(x).float()
+            kernels = kernel_names(c, lambda: model(x), ("flash", "fmha", "efficient", "attention", "cudnn"))
+    rel = rel_err(fast, ref)
+    ok = rel < 2e-2 and bool(torch.isfinite(fast).all())
+    row("fused bf16 vs fp32 forward", f"rel err {rel:.2e} {verdict(ok)}; kernels {kernels}", rel=rel, ok=ok, kernels=kernels)
+
+
+def check_compiled_flash(c: Check) -> None:
+    """The compiled bottom-right flash call against eager CausalBias and an fp32 explicit mask.
+
+    If it fails, compiled training below falls back to the explicit mask (and says so)."""
+    try:
+        ok = _compiled_flash(c)
+    except Exception:
+        ok = False
+        raise
+    finally:
+        if not ok:
+            model_module.COMPILE_WITH_FLASH = False
+            row("compiled training attention", "explicit mask fallback (the flash path failed)")
+
+
+def _compiled_flash(c: Check) -> bool:
+    torch.manual_seed(5)
+    b, h, n, m, d = (2, 8, 512, 1536, 64) if not c.tiny else (1, 2, 16, 48, 32)
+    dtype = torch.bfloat16 if c.cuda else torch.float32
+    q, k, v = (torch.randn(b, h, length, d, device=c.dev, dtype=dtype, requires_grad=True) for length in (n, m, m))
+    mask = lower_right_causal(n, m, torch.device("cpu")).to(c.dev)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    eager = lower_right_causal_attention(q, k, v, 0.0)
+    compiled_fn = torch.compile(lambda q, k, v: lower_right_causal_attention(q, k, v, 0.0), fullgraph=True)
+    compiled = compiled_fn(q, k, v)
+    grads_compiled = torch.autograd.grad(compiled.float().square().sum(), (q, k, v))
+    grads_ref = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    out_err = max(rel_err(eager, reference), rel_err(compiled, reference))
+    grad_err = max(rel_err(a, b) for a, b in zip(grads_compiled, grads_ref))
+    kernels = kernel_names(c, lambda: compiled_fn(q, k, v), ("flash", "fmha", "efficient", "attention"))
+    ok = out_err < 2e-2 and grad_err < 3e-2
+    row("compiled bottom-right flash vs fp32 mask", f"out rel {out_err:.1e}, grad rel {grad_err:.1e} {verdict(ok)}; kernels {kernels}",
+        out_rel=out_err, grad_rel=grad_err, ok=ok, kernels=kernels)
+    return ok
+
+
+def decode_test_model(c: Check, dtype: torch.dtype) -> PerceiverAR:
+    torch.manual_seed(1)
+    model = PerceiverAR(num_tokens=VOCAB, dim=256, depth=2, heads=4, dim_head=64, max_seq_len=512, num_latents=256)
+    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
+    return model.to(c.dev, dtype).eval()
+
+
+def check_cached_decoding(c: Check) -> None:
+    model = decode_test_model(c, torch.float32)
+    prompt = torch.randint(3, VOCAB, (2, 8), device=c.dev)
+    greedy = SamplingConfig(temperature=0)
+    reference = generate(model, prompt, 240, greedy, use_cache=False)
+    for mode in ("dynamic", c.decode_mode):
+        same = torch.equal(generate(model, prompt, 240, greedy, decode_mode=mode), reference)
+        row(f"{mode} decoder == reference, greedy fp32, 240 tokens", verdict(same), ok=same)
+
+    # bf16 weights, teacher-forced far past the context (resets every 128 tokens): the graph
+    # replays must equal the same step run eagerly, and the sliced eager path within bf16 noise.
+    model = decode_test_model(c, torch.bfloat16)
+    seq = torch.randint(3, VOCAB, (2, 1400), device=c.dev)
+    decoders = {mode: CachedDecoder(model, mode=mode) for mode in ("dynamic", "static", c.decode_mode)}
+    decoders["compiled"] = CachedDecoder(model, mode=c.decode_mode, compile=True)
+    logits = {mode: [dec.prefill(seq[:, :100]).float()] for mode, dec in decoders.items()}
+    for t in range(100, seq.shape[1]):
+        for mode, dec in decoders.items():
+            logits[mode].append(dec.step(seq[:, t]).float())
+    stacked = {mode: torch.stack(values) for mode, values in logits.items()}
+
+    def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).abs().amax(dim=(1, 2)) / b.abs().amax(dim=(1, 2))).max().item()
+
+    graph_vs_static = (stacked[c.decode_mode] - stacked["static"]).abs().max().item()
+    vs_dynamic = max_rel(stacked[c.decode_mode], stacked["dynamic"])
+    compiled_vs_static = max_rel(stacked["compiled"], stacked["static"])
+    resets = decoders[c.decode_mode].num_resets
+    ok = graph_vs_static < 1e-6 and vs_dynamic < 5e-2 and compiled_vs_static < 5e-2 and resets >= 8
+    row(f"{c.decode_mode} vs eager decoding, bf16, 1300 steps, {resets} resets",
+        f"vs same step eager {graph_vs_static:.1e}, vs sliced path {vs_dynamic:.1e}, compiled {compiled_vs_static:.1e} {verdict(ok)}",
+        graph_vs_static=graph_vs_static, vs_dynamic=vs_dynamic, compiled_vs_static=compiled_vs_static, ok=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Generation speed
+
+
+def bench_generation(c: Check) -> None:
+    torch.manual_seed(3)
+    cfg = PerceiverARConfig.from_dict({**c.maestro.to_dict(), "dropout": 0.0, "cross_attn_dropout": 0.0})
+    model = PerceiverAR(cfg).to(c.dev, torch.bfloat16 if c.cuda else torch.float32).eval()
+    torch.nn.init.normal_(model.to_logits.weight, std=0.02)
+    tokens = c.args.gen_tokens
+    prompt = torch.randint(3, VOCAB, (1, cfg.max_seq_len), device=c.dev)
+    sampling = SamplingConfig(top_k=32)
+    label = f"{cfg.max_seq_len} ctx, {cfg.num_latents} latents, {model.num_params() / 1e6:.0f}M, bf16 weights"
+    rates = {}
+    runs = [(c.decode_mode, False, 1, tokens), (c.decode_mode, False, 8, tokens), ("dynamic", False, 1, c.args.eager_gen_tokens),
+            (c.decode_mode, True, 1, tokens), (c.decode_mode, True, 8, tokens)]
+    for mode, compiled, batch, count in runs:
+        name = f"{mode}{' + compile' if compiled else ''}"
+        if compiled and c.elapsed() > c.args.budget_s * 0.45:
+            row(f"ours generate, {name}, batch {batch}", "skipped (time budget)")
+            continue
+        p = prompt.expand(batch, -1).contiguous()
+        warm = c.timed(lambda: generate(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
+        seconds = c.timed(lambda: generate(model, p, count, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
+        rates[(name, batch)] = rate = count * batch / seconds
+        row(f"ours generate, {name}, batch {batch}", f"{rate:.0f} tok/s ({count} new tokens, {seconds:.2f} s; {label}; warm-up {warm:.1f} s)",
+            tok_s=rate, seconds=seconds, tokens=count, batch=batch, warmup_s=warm)
+
+    # Where a token's time goes: one replayed step, one reset (rebuild of N' latents), the prefill.
+    for compiled in (False, True):
+        if compiled and not any("compile" in name for name, _ in rates):
+            continue
+        dec = CachedDecoder(model, mode=c.decode_mode, compile=compiled)
+        new = prompt[:, -1]
+        prefill_s = c.timed(lambda: dec.prefill(prompt))
+        steps = cfg.num_latents - dec.num_cached  # the step after these resets
+        step_s = c.timed(lambda: dec.step(new), steps)
+        reset_s = c.timed(lambda: dec.step(new))
+        assert dec.num_resets == 1
+        probe = CachedDecoder(model, mode="static", compile=compiled)
+        probe.prefill(prompt)
+        kernels = kernel_count(c, lambda: probe.step(new))
+        row(f"decode breakdown, batch 1{', compiled' if compiled else ''}",
+            f"step {step_s * 1e3:.3f} ms ({kernels} kernels), reset {reset_s * 1e3:.1f} ms every "
+            f"{cfg.num_latents - dec.reset_latents} tokens, prefill + capture {prefill_s * 1e3:.1f} ms",
+            step_ms=step_s * 1e3, reset_ms=reset_s * 1e3, prefill_ms=prefill_s * 1e3, kernels_per_step=kernels)
+        del dec, probe
+
+    if port_class() is None:
         row("port generate", "port not installed")
         return
-    port = Port(**shape, cross_attn_seq_len=2048).to(DEV).eval()
+    torch.manual_seed(3)
+    port = port_model(cfg).to(c.dev).eval()
 
     @torch.no_grad()
-    def port_gen():
+    def port_generate() -> None:
         out = prompt
-        for _ in range(port_tokens):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = port(out[:, -4096:])[:, -1]
+        for _ in range(c.args.port_gen_tokens):
+            with c.amp():
+                logits = port(out[:, -cfg.max_seq_len :])[:, -1]
             out = torch.cat((out, torch.multinomial(logits.float().softmax(-1), 1)), 1)
 
-    port_gen()
-    rate = port_tokens / timed(port_gen)
-    row("port generate, batch 1", f"{rate:.1f} tok/s ({port_tokens} tokens)", tok_s=rate)
-    row("generation speed-up ours/port (batch 1)", f"{RESULTS['ours generate, batch 1']['tok_s'] / rate:.0f}x")
+    port_generate()
+    port_rate = c.args.port_gen_tokens / c.timed(port_generate)
+    row("port generate, batch 1", f"{port_rate:.1f} tok/s ({c.args.port_gen_tokens} tokens, full forward per token, bf16 autocast)", tok_s=port_rate)
+    best = max(rate for (name, batch), rate in rates.items() if batch == 1)
+    speedup = best / port_rate
+    row("generation speed-up ours/port, batch 1", f"{speedup:.0f}x (target >= 100x; best {best:.0f} tok/s, target >= 2000: {verdict(best >= 2000)})", speedup=speedup)
 
 
-def bench_training(steps: int) -> None:
-    shape = dict(num_tokens=391, dim=1024, depth=12, heads=16, dim_head=64, max_seq_len=4096)
-    batch = 4
-    x = torch.randint(3, 391, (batch, 4097), device=DEV)
-    results = {}
-    Port = port_class()
-    candidates = [("ours", lambda: PerceiverAR(**shape, num_latents=2048))]
-    if Port is not None:
-        candidates.append(("port", lambda: Port(**shape, cross_attn_seq_len=2048)))
-    for name, make in candidates:
-        torch.manual_seed(4)
-        model = make().to(DEV).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+# ----------------------------------------------------------------------------------------------
+# Training helpers
 
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(x[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, 391), x[:, -2048:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
 
+def make_step(c: Check, model: torch.nn.Module, forward: torch.nn.Module, batch: torch.Tensor, scored: int,
+              optimizer: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
+    """One training step as `train` runs it: bf16 autocast, z-loss, clipping, fused AdamW."""
+
+    def step() -> torch.Tensor:
+        with c.amp():
+            logits = forward(batch[:, :-1])
+        loss, nats = lm_loss(logits, batch[:, -scored:], z_loss=1e-4)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return nats
+
+    return step
+
+
+def adamw(c: Check, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1, fused=c.cuda)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Long context
+
+
+def sweep_long_context(c: Check) -> None:
+    contexts = [4096, 16384, 32768, 65536, 131072, 262144] if not c.tiny else [256, 512, 1024]
+    fitted = []
+    for context in contexts:
+        if c.elapsed() > c.args.budget_s - 30:
+            row(f"long context {context}", "skipped (time budget)")
+            break
+        cfg = PerceiverARConfig.from_dict({**c.maestro.to_dict(), "max_seq_len": context, "cross_attn_dropout": 0.0})
+        model = optimizer = step = None
+        c.reset_peak()
+        try:
+            torch.manual_seed(6)
+            model = PerceiverAR(cfg).to(c.dev).train()
+            optimizer = adamw(c, model, 1e-4)
+            batch = torch.randint(3, VOCAB, (1, context + 1), device=c.dev)
+            step = make_step(c, model, model, batch, cfg.num_latents, optimizer)
+            step()
+            seconds = c.timed(step)
+            peak = c.peak_gib()
+            fitted.append(context)
+            row(f"long context {context}, batch 1", f"fits: {seconds * 1e3:.0f} ms/step, peak {peak:.1f} GiB",
+                seconds=seconds, peak_gib=peak, fits=True)
+        except torch.cuda.OutOfMemoryError:
+            row(f"long context {context}, batch 1", "out of memory", fits=False)
+            break
+        finally:
+            del model, optimizer, step
+            c.reset_peak()
+    longest = max(fitted) if fitted else 0
+    target = 65536 if not c.tiny else 1024
+    row("longest training context (maestro width, 2048 latents, no prefix dropout)", f"{longest} ({verdict(longest >= target)} for target {target})", longest=longest)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The small preset, compiled, with a checkpoint round trip
+
+
+def synthetic_corpus(length: int, generator: torch.Generator) -> torch.Tensor:
+    """Tokens made of 16 random motifs of 48 tokens in random order: learnable, not trivial."""
+    motifs = torch.randint(3, VOCAB, (16, 48), generator=generator)
+    order = torch.randint(0, 16, (length // 48 + 1,), generator=generator)
+    return motifs[order].flatten()[:length]
+
+
+def check_small_compiled_training(c: Check) -> None:
+    cfg, tc = c.small, c.small_train
+    steps, batch = c.args.small_steps, (tc.batch_size if not c.tiny else 4)
+    g = torch.Generator().manual_seed(7)
+    corpus = synthetic_corpus(400_000 if not c.tiny else 20_000, g).to(c.dev)
+    torch.manual_seed(7)
+    model = PerceiverAR(cfg).to(c.dev).train()
+    compiled = torch.compile(model)
+    optimizer = adamw(c, model, tc.lr)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    losses = []
+    compile_start = time.perf_counter()
+    first_step_s = 0.0
+    for s in range(steps):
+        starts = torch.randint(0, corpus.numel() - cfg.max_seq_len - 1, (batch,), generator=g).tolist()
+        windows = torch.stack([corpus[i : i + cfg.max_seq_len + 1] for i in starts])
+        nats = make_step(c, model, compiled, windows, cfg.num_latents, optimizer)()
+        schedule.step()
+        if s == 0:
+            c.sync()
+            first_step_s = time.perf_counter() - compile_start
+        if s % 10 == 0 or s == steps - 1:
+            losses.append(round(float(nats), 4))
+    run_s = time.perf_counter() - compile_start - first_step_s
+    finite = all(math.isfinite(v) for v in losses)
+    ok = finite and losses[-1] < 0.5 * losses[0]
+    row(f"small preset, bf16 + compile, {steps} steps", f"loss {losses[0]:.2f} -> {losses[-1]:.3f} {verdict(ok)} "
+        f"(compile {first_step_s:.0f} s, then {run_s / max(steps - 1, 1) * 1e3:.0f} ms/step at batch {batch})",
+        losses=losses, ok=ok, compile_s=first_step_s)
+
+    folder = save_checkpoint(Path(tempfile.mkdtemp()) / "small-checkpoint", model, ROOT / "tokenization" / "performance.json",
+                             tokenizer_hash="gpu-check", optimizer=optimizer, trainer_state={"step": steps})
+    loaded = load_model(folder, c.dev)
+    weights_equal = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values()))
+    fresh = adamw(c, loaded.model, tc.lr)
+    load_optimizer_state(fresh, folder)
+    state_equal = all(
+        torch.equal(optimizer.state[p][key].cpu(), fresh.state[q][key].cpu())
+        for p, q in zip(model.parameters(), loaded.model.parameters()) for key in optimizer.state[p]
+    )
+    model.eval()
+    probe = corpus[: cfg.max_seq_len][None]
+    with torch.no_grad(), c.amp():
+        logits_equal = torch.equal(model(probe), loaded.model(probe))
+    ok = weights_equal and state_equal and logits_equal
+    row("checkpoint save + reload", f"weights {weights_equal}, optimizer state {state_equal}, logits {logits_equal} {verdict(ok)}", ok=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Training throughput and MFU of the maestro preset
+
+
+def kernel_breakdown(c: Check, step: Callable[[], Any]) -> dict[str, float]:
+    """Share of GPU kernel time per kind over two steps."""
+    if not c.cuda:
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
-        seconds = timed(step, steps)
-        n_params = sum(p.numel() for p in model.parameters())
-        tok_s = batch * 2048 / seconds
+        step()
+        torch.cuda.synchronize()
+    kinds = {"attention": ("flash", "fmha", "attention", "sdpa"),
+             "matmul": ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_"),
+             "fused elementwise (triton)": ("triton",),
+             "optimizer": ("adam", "foreach", "multi_tensor")}
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        time_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+        if not time_us or event.key.startswith("ProfilerStep") or event.key.startswith("aten::"):
+            continue
+        name = event.key.lower()
+        kind = next((k for k, keys in kinds.items() if any(key in name for key in keys)), "other")
+        totals[kind] = totals.get(kind, 0.0) + time_us
+    total = sum(totals.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def bench_training(c: Check) -> None:
+    cfg = c.maestro
+    batch = c.args.train_batch
+    scored = batch * cfg.num_latents
+    flops = training_step_flops(cfg, batch)
+    peak = peak_bf16_flops(torch.cuda.get_device_name()) if c.cuda else None
+    data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
+    results: dict[str, float] = {}
+    variants = [("ours eager", False), ("port", None), ("ours compiled", True)]
+    for name, compile_model in variants:
+        if name == "port" and port_class() is None:
+            row("port train step", "port not installed")
+            continue
+        if c.elapsed() > c.args.budget_s - (90 if compile_model else 20):
+            row(f"{name} train step", "skipped (time budget)")
+            continue
+        c.reset_peak()
+        torch.manual_seed(4)
+        model = (port_model(cfg) if name == "port" else PerceiverAR(cfg)).to(c.dev).train()
+        forward = torch.compile(model) if compile_model else model
+        optimizer = adamw(c, model, 1e-4)
+        step = make_step(c, model, forward, data, cfg.num_latents, optimizer)
+        try:
+            warm = c.timed(step)  # includes compilation
+            step()
+            seconds = c.timed(step, c.args.train_steps)
+        except torch.cuda.OutOfMemoryError:
+            row(f"{name} train step", f"out of memory at batch {batch}")
+            del model, forward, optimizer, step
+            continue
         results[name] = seconds
-        row(f"{name} train step (maestro shape, batch {batch}, bf16)", f"{seconds * 1000:.0f} ms, {tok_s:.0f} scored tok/s, {n_params / 1e6:.0f}M params", s=seconds)
-        torch.cuda.empty_cache()
-    if "port" in results:
-        row("training speed-up ours/port", f"{results['port'] / results['ours']:.2f}x")
+        achieved = flops / seconds
+        mfu = achieved / peak if peak else float("nan")
+        row(f"{name} train step (maestro preset, batch {batch}, bf16)",
+            f"{seconds * 1e3:.0f} ms, {scored / seconds:,.0f} scored tok/s, {achieved / 1e12:.0f} TFLOP/s, MFU {mfu:.1%}, "
+            f"peak {c.peak_gib():.1f} GiB (first step {warm:.0f} s)",
+            seconds=seconds, tok_s=scored / seconds, tflops=achieved / 1e12, mfu=mfu, peak_gib=c.peak_gib(), first_step_s=warm)
+        if name == "ours compiled":
+            breakdown = kernel_breakdown(c, step)
+            row("compiled step, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
+        del model, forward, optimizer, step
+        c.reset_peak()
+    per_token = forward_flops(cfg, 1).total / cfg.num_latents
+    row("model FLOPs", f"{flops / 1e12:.2f} TFLOP per step ({3 * per_token / 1e9:.2f} GFLOP per scored token); peak bf16 {peak or 'unknown'}")
+    best = min((results[k] for k in ("ours compiled", "ours eager") if k in results), default=None)
+    if best and "port" in results:
+        row("training speed-up ours/port", f"{results['port'] / best:.2f}x (target >= 3x)", speedup=results["port"] / best)
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--gen-tokens", type=int, default=1024)
-    parser.add_argument("--port-gen-tokens", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for gpu_check.json")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="small shapes: a dry run of every path on CPU")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no section after this many seconds")
+    parser.add_argument("--gen-tokens", type=int, default=8192)
+    parser.add_argument("--eager-gen-tokens", type=int, default=256)
+    parser.add_argument("--port-gen-tokens", type=int, default=8)
+    parser.add_argument("--small-steps", type=int, default=300)
+    parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--only", nargs="*", help="run only these sections (by function name)")
     args = parser.parse_args()
+    if args.tiny:
+        args.gen_tokens = min(args.gen_tokens, 300)
+        args.eager_gen_tokens = min(args.eager_gen_tokens, 64)
+        args.port_gen_tokens = min(args.port_gen_tokens, 2)
+        args.small_steps = min(args.small_steps, 40)
+        args.train_batch = min(args.train_batch, 2)
+        args.train_steps = min(args.train_steps, 2)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    row("device", f"{torch.cuda.get_device_name()} / torch {torch.__version__}")
-    for check in (check_fused_attention, check_cached_decoding, check_training,
-                  lambda: bench_generation(args.gen_tokens, args.port_gen_tokens),
-                  lambda: bench_training(args.train_steps)):
+    c = Check(args)
+    if c.cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        row("device", f"{torch.cuda.get_device_name()} / torch {torch.__version__} / CUDA {torch.version.cuda}")
+    else:
+        row("device", f"CPU dry run / torch {torch.__version__}")
+    sections = [check_fused_attention, check_compiled_flash, check_cached_decoding, bench_generation,
+                sweep_long_context, check_small_compiled_training, bench_training]
+    for section in sections:
+        if args.only and section.__name__ not in args.only:
+            continue
+        if c.elapsed() > args.budget_s:
+            row(f"skipped {section.__name__}", f"time budget of {args.budget_s:.0f} s spent")
+            continue
+        started = time.perf_counter()
         try:
-            check()
+            section(c)
         except Exception as exc:  # keep going: one failure must not hide the other figures
-            row(f"ERROR in {getattr(check, '__name__', 'benchmark')}", f"{type(exc).__name__}: {exc}"[:300])
-        (args.out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=2))
+            row(f"ERROR in {section.__name__}", f"{type(exc).__name__}: {exc}"[:400])
+            if c.cuda:
+                torch.cuda.empty_cache()
+        RESULTS.setdefault("section_seconds", {})[section.__name__] = round(time.perf_counter() - started, 1)
+        (args.out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+    row("total", f"{c.elapsed():.0f} s")
+    (args.out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=2, default=str))
     width = max(len(k) for k, _ in ROWS)
-    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in ROWS))
+    print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in ROWS), flush=True)
 
 
 if __name__ == "__main__":

@@ -175,3 +175,20 @@ def test_a_decoder_can_be_reused_for_a_new_prompt_and_batch():
         for t in range(prompt_len, seq.shape[1]):
             torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
             logits, expected = dec.step(seq[:, t]), fresh.step(seq[:, t])
+
+
+@pytest.mark.slow
+def test_compiled_fixed_shape_step_matches_the_eager_one():
+    """torch.compile of the step (what `generate --compile` runs on a GPU) changes nothing."""
+    if MODE != "static":
+        pytest.skip("one run is enough")
+    model = model_in(torch.float32)
+    seq = torch.randint(0, 50, (2, 2 * M + 5))
+    eager, compiled = CachedDecoder(model, reset_latents=5, mode="static"), CachedDecoder(model, reset_latents=5, compile=True)
+    a, b = eager.prefill(seq[:, :3]), compiled.prefill(seq[:, :3])
+    for t in range(3, seq.shape[1]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        a, b = eager.step(seq[:, t]), compiled.step(seq[:, t])
+    assert compiled.mode == "static" and compiled.num_resets == eager.num_resets > 0
+    with pytest.raises(ValueError, match="fixed-shape"):
+        CachedDecoder(model, mode="dynamic", compile=True)

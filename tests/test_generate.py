@@ -99,6 +99,15 @@ def test_same_seed_reproduces_and_cached_equals_reference_greedy(tmp_path, check
     assert not (tmp_path / "cached" / "sample-01.wav").exists()
 
 
+@pytest.mark.slow
+def test_compiled_decoding_step_gives_the_same_greedy_music(tmp_path, checkpoint, primer):
+    common = ["--checkpoint", str(checkpoint), "--primer", str(primer), "--primer-seconds", "0.5",
+              "--length", "30", "--temperature", "0", "--no-audio"]
+    assert run_generate(*common, "--out", str(tmp_path / "eager")) == 0
+    assert run_generate(*common, "--compile", "--out", str(tmp_path / "compiled")) == 0
+    assert notes_of(tmp_path / "compiled" / "sample-01.mid") == notes_of(tmp_path / "eager" / "sample-01.mid")
+
+
 def test_without_a_primer_and_with_a_seconds_budget(tmp_path, checkpoint, tokenizer):
     out = tmp_path / "out"
     assert run_generate("--checkpoint", str(checkpoint), "--seconds", "3", "--length", "5000",

@@ -246,3 +246,17 @@ def test_bf16_autocast_keeps_queries_keys_and_values_in_one_dtype():
         assert q.dtype == k.dtype == v.dtype == torch.bfloat16
         logits = model(tokens)
     assert torch.isfinite(logits.float()).all()
+
+
+def test_rotary_frequencies_stay_float64_when_the_weights_are_cast():
+    """Generation casts the model to bf16 on CUDA: the rotary angles must keep full precision."""
+    model = PerceiverAR(num_tokens=20, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=4096, num_latents=8)
+    before = model.rotary.inv_freq.clone()
+    model.to(torch.bfloat16)
+    assert model.rotary.inv_freq.dtype == torch.float64
+    assert torch.equal(model.rotary.inv_freq, before)
+    cos, _ = model.rotary.cos_sin(torch.tensor([4095]), torch.float32)
+    expected = torch.cos(4095 * before).float()
+    torch.testing.assert_close(cos[0], expected, rtol=0, atol=1e-6)
+    model.half().float()
+    assert model.rotary.inv_freq.dtype == torch.float64

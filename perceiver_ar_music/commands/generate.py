@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mask impossible events (a note-off for a silent pitch, a note-on for a sounding one)")
     parser.add_argument("--reset-latents", type=int, metavar="N", help="latents kept at a cache reset (default: half)")
     parser.add_argument("--no-cache", action="store_true", help="the slow reference path: one full forward per token")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decoding step: fewer, fused kernels per token after a one-off compilation")
     parser.add_argument("--seed", type=int, help="make the samples reproducible")
     parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: out/generate-<time>)")
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model, prompt, vocab, length, args.num_samples, sampling,
         seconds=args.seconds, use_cache=not args.no_cache, seed=args.seed,
         allowed_tokens=grammar, reset_latents=args.reset_latents, progress=not args.no_progress,
+        compile_decoder=args.compile,
     )
 
     # 3. Write MIDI, piano rolls, audio and the page.

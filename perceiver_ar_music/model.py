@@ -247,18 +247,15 @@ def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def _flash_lower_right_ok(q: torch.Tensor) -> bool:
+    """Whether the flash kernel takes q: a CUDA GPU of compute capability 8.0+, half precision,
+    head size a multiple of 8 up to 256. (Dynamo folds get_device_properties to a constant.)"""
     return (
         q.is_cuda
         and q.dtype in (torch.bfloat16, torch.float16)
         and q.shape[-1] % 8 == 0
         and q.shape[-1] <= 256
-        and _cuda_capability(q.device.index or 0) >= (8, 0)
+        and torch.cuda.get_device_properties(q.device).major >= 8
     )
-
-
-@torch.compiler.assume_constant_result
-def _cuda_capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
 
 
 def _explicit_lower_right(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:

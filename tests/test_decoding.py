@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from perceiver_ar_music import decoding
 from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.sampling import SamplingConfig, generate
@@ -15,10 +16,13 @@ M, N = 24, 8  # context and latents of the test model
 MODE = "dynamic"  # the decoding mode under test (set by the fixture below)
 
 
-@pytest.fixture(autouse=True, params=["dynamic", "static"])
+@pytest.fixture(autouse=True, params=["dynamic", "static", "static-math"])
 def decoding_mode(request, monkeypatch):
-    """Every test runs twice: on the sliced eager path and on the fixed-shape (CUDA graph) step."""
-    monkeypatch.setattr(sys.modules[__name__], "MODE", request.param)
+    """Every test runs on the sliced eager path and on the fixed-shape (CUDA graph) step, the
+    latter with both ways of attending to the masked caches."""
+    mode, _, attention = request.param.partition("-")
+    monkeypatch.setattr(sys.modules[__name__], "MODE", mode)
+    monkeypatch.setattr(decoding, "STATIC_ATTENTION", attention or "sdpa")
     return request.param
 
 
@@ -178,9 +182,9 @@ def test_a_decoder_can_be_reused_for_a_new_prompt_and_batch():
 
 
 @pytest.mark.slow
-def test_compiled_fixed_shape_step_matches_the_eager_one():
+def test_compiled_fixed_shape_step_matches_the_eager_one(decoding_mode):
     """torch.compile of the step (what `generate --compile` runs on a GPU) changes nothing."""
-    if MODE != "static":
+    if decoding_mode != "static-math":
         pytest.skip("one run is enough")
     model = model_in(torch.float32)
     seq = torch.randint(0, 50, (2, 2 * M + 5))

@@ -279,6 +279,20 @@ def check_cached_decoding(c: Check) -> None:
 # 2. Generation speed
 
 
+def parse_gen_variant(spec: str, c: Check) -> tuple[str, str, bool, int, bool]:
+    """'graph/sdpa/compile/1/rowred' -> (mode, attention, compiled, batch, row linear as reduction)."""
+    mode, attention, compiled, batch, linear = spec.split("/")
+    mode = c.decode_mode if mode == "graph" else mode
+    return mode, attention, compiled == "compile", int(batch), linear == "rowred"
+
+
+DEFAULT_GEN_VARIANTS = ["dynamic/sdpa/eager/1/gemm"] + [
+    f"graph/{attention}/{compiled}/{batch}/{linear}"
+    for compiled, linear in (("eager", "gemm"), ("compile", "gemm"), ("compile", "rowred"))
+    for attention in ("sdpa", "math") for batch in (1, 8)
+]
+
+
 def bench_generation(c: Check) -> None:
     torch.manual_seed(3)
     cfg = PerceiverARConfig.from_dict({**c.maestro.to_dict(), "dropout": 0.0, "cross_attn_dropout": 0.0})
@@ -289,28 +303,28 @@ def bench_generation(c: Check) -> None:
     sampling = SamplingConfig(top_k=32)
     label = f"{cfg.max_seq_len} ctx, {cfg.num_latents} latents, {model.num_params() / 1e6:.0f}M, bf16 weights"
     rates = {}
-    runs = [("dynamic", "sdpa", False, 1, c.args.eager_gen_tokens)] + [
-        (c.decode_mode, attention, compiled, batch, tokens)
-        for compiled in (False, True) for attention in ("sdpa", "math") for batch in (1, 8)
-    ]
-    for mode, attention, compiled, batch, count in runs:
-        name = f"{mode}{' + compile' if compiled else ''}, {attention} attention"
+    for spec in c.args.gen_variants:
+        mode, attention, compiled, batch, linear = parse_gen_variant(spec, c)
+        count = c.args.eager_gen_tokens if mode == "dynamic" else tokens
+        name = f"{mode}{' + compile' if compiled else ''}, {attention} attention{', row linear' if compiled and linear else ''}"
         if c.elapsed() > c.args.budget_s * 0.5:
             row(f"ours generate, {name}, batch {batch}", "skipped (time budget)")
             continue
         decoding_module.STATIC_ATTENTION = attention
+        model_module.ROW_LINEAR_AS_REDUCTION = linear
         p = prompt.expand(batch, -1).contiguous()
         warm = c.timed(lambda: generate(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
         seconds = c.timed(lambda: generate(model, p, count, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
-        rates[(name, batch)] = rate = count * batch / seconds
+        rates[(spec, batch)] = rate = count * batch / seconds
         row(f"ours generate, {name}, batch {batch}", f"{rate:.0f} tok/s ({count} new tokens, {seconds:.2f} s; {label}; warm-up {warm:.1f} s)",
             tok_s=rate, seconds=seconds, tokens=count, batch=batch, warmup_s=warm)
-    best_name = max((k for k in rates if k[1] == 1), key=rates.get)[0]
-    decoding_module.STATIC_ATTENTION = "math" if "math" in best_name else "sdpa"
-    row("fastest decoder at batch 1", best_name)
+    best = max((k for k in rates if k[1] == 1), key=rates.get)[0]
+    mode, attention, compiled, _, linear = parse_gen_variant(best, c)
+    decoding_module.STATIC_ATTENTION, model_module.ROW_LINEAR_AS_REDUCTION = attention, linear
+    row("fastest decoder at batch 1", best)
 
     # Where a token's time goes: one replayed step, one reset (rebuild of N' latents), the prefill.
-    for compiled in (False, True):
+    for compiled in [False, True][-c.args.breakdowns:]:
         dec = CachedDecoder(model, mode=c.decode_mode, compile=compiled)
         new = prompt[:, -1]
         prefill_s = c.timed(lambda: dec.prefill(prompt))
@@ -334,20 +348,28 @@ def bench_generation(c: Check) -> None:
     torch.manual_seed(3)
     port = port_model(cfg).to(c.dev).eval()
 
-    @torch.no_grad()
-    def port_generate() -> None:
-        out = prompt
-        for _ in range(c.args.port_gen_tokens):
-            with c.amp():
-                logits = port(out[:, -cfg.max_seq_len :])[:, -1]
-            out = torch.cat((out, torch.multinomial(logits.float().softmax(-1), 1)), 1)
+    port_rates = {}
+    for batch in (1, 8):
+        p = prompt.expand(batch, -1).contiguous()
 
-    port_generate()
-    port_rate = c.args.port_gen_tokens / c.timed(port_generate)
-    row("port generate, batch 1", f"{port_rate:.1f} tok/s ({c.args.port_gen_tokens} tokens, full forward per token, bf16 autocast)", tok_s=port_rate)
-    best = max(rate for (name, batch), rate in rates.items() if batch == 1)
-    speedup = best / port_rate
-    row("generation speed-up ours/port, batch 1", f"{speedup:.0f}x (target >= 100x; best {best:.0f} tok/s, target >= 2000: {verdict(best >= 2000)})", speedup=speedup)
+        @torch.no_grad()
+        def port_generate() -> None:
+            out = p
+            for _ in range(c.args.port_gen_tokens):
+                with c.amp():
+                    logits = port(out[:, -cfg.max_seq_len :])[:, -1]
+                out = torch.cat((out, torch.multinomial(logits.float().softmax(-1), 1)), 1)
+
+        port_generate()
+        port_rates[batch] = rate = c.args.port_gen_tokens * batch / c.timed(port_generate)
+        row(f"port generate, batch {batch}", f"{rate:.1f} tok/s ({c.args.port_gen_tokens} tokens, full forward per token, bf16 autocast)", tok_s=rate)
+    for batch in (1, 8):
+        ours = max((rate for (_, b), rate in rates.items() if b == batch), default=None)
+        if ours:
+            speedup = ours / port_rates[batch]
+            row(f"generation speed-up ours/port, batch {batch}",
+                f"{speedup:.0f}x (target >= 100x); ours {ours:.0f} tok/s" + (f" (target >= 2000: {verdict(ours >= 2000)})" if batch == 1 else ""),
+                speedup=speedup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,14 +526,16 @@ def kernel_breakdown(c: Check, step: Callable[[], Any]) -> dict[str, float]:
 
 def bench_training(c: Check) -> None:
     cfg = c.maestro
-    batch = c.args.train_batch
-    scored = batch * cfg.num_latents
-    flops = training_step_flops(cfg, batch)
     peak = peak_bf16_flops(torch.cuda.get_device_name()) if c.cuda else None
-    data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
     results: dict[str, float] = {}
-    variants = [("ours eager", False), ("port", None), ("ours compiled", True)]
-    for name, compile_model in variants:
+    for spec in c.args.train_variants:
+        name, batch = spec.rsplit("/", 1)
+        batch = int(batch) if not c.tiny else min(int(batch), 2)
+        compile_model = name == "ours-compiled"
+        scored = batch * cfg.num_latents
+        flops = training_step_flops(cfg, batch)
+        data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
+        name = name.replace("-", " ")
         if name == "port" and port_class() is None:
             row("port train step", "port not installed")
             continue
@@ -532,14 +556,14 @@ def bench_training(c: Check) -> None:
             row(f"{name} train step", f"out of memory at batch {batch}")
             del model, forward, optimizer, step
             continue
-        results[name] = seconds
+        results[f"{name} {batch}"] = seconds / batch
         achieved = flops / seconds
         mfu = achieved / peak if peak else float("nan")
         row(f"{name} train step (maestro preset, batch {batch}, bf16)",
             f"{seconds * 1e3:.0f} ms, {scored / seconds:,.0f} scored tok/s, {achieved / 1e12:.0f} TFLOP/s, MFU {mfu:.1%}, "
             f"peak {c.peak_gib():.1f} GiB (first step {warm:.0f} s)",
             seconds=seconds, tok_s=scored / seconds, tflops=achieved / 1e12, mfu=mfu, peak_gib=c.peak_gib(), first_step_s=warm)
-        if name == "ours compiled":
+        if name == "ours compiled" and c.args.train_breakdown:
             breakdown = kernel_breakdown(c, step)
             row("compiled step, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
             top = kernel_times(c, lambda: [step(), step()], per=2, top=8)
@@ -547,10 +571,11 @@ def bench_training(c: Check) -> None:
         del model, forward, optimizer, step
         c.reset_peak()
     per_token = forward_flops(cfg, 1).total / cfg.num_latents
-    row("model FLOPs", f"{flops / 1e12:.2f} TFLOP per step ({3 * per_token / 1e9:.2f} GFLOP per scored token); peak bf16 {peak or 'unknown'}")
-    best = min((results[k] for k in ("ours compiled", "ours eager") if k in results), default=None)
-    if best and "port" in results:
-        row("training speed-up ours/port", f"{results['port'] / best:.2f}x (target >= 3x)", speedup=results["port"] / best)
+    row("model FLOPs", f"{3 * per_token / 1e9:.2f} GFLOP per scored token; peak bf16 {peak / 1e12 if peak else 'unknown'} TFLOP/s")
+    ours = [v for k, v in results.items() if k.startswith("ours")]
+    port = [v for k, v in results.items() if k.startswith("port")]
+    if ours and port:  # per-window times, each at its own batch
+        row("training speed-up ours/port", f"{min(port) / min(ours):.2f}x (target >= 3x)", speedup=min(port) / min(ours))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -566,7 +591,11 @@ def main() -> None:
     parser.add_argument("--eager-gen-tokens", type=int, default=256)
     parser.add_argument("--port-gen-tokens", type=int, default=8)
     parser.add_argument("--small-steps", type=int, default=300)
-    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--gen-variants", nargs="*", default=DEFAULT_GEN_VARIANTS,
+                        help="decoders to time, mode/attention/compile|eager/batch/rowred|gemm")
+    parser.add_argument("--breakdowns", type=int, default=2, help="decode breakdowns: 2 eager and compiled, 1 compiled only")
+    parser.add_argument("--train-variants", nargs="*", default=["ours-eager/8", "port/8", "ours-compiled/8"])
+    parser.add_argument("--train-breakdown", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="run only these sections (by function name)")
     args = parser.parse_args()
@@ -575,7 +604,6 @@ def main() -> None:
         args.eager_gen_tokens = min(args.eager_gen_tokens, 64)
         args.port_gen_tokens = min(args.port_gen_tokens, 2)
         args.small_steps = min(args.small_steps, 40)
-        args.train_batch = min(args.train_batch, 2)
         args.train_steps = min(args.train_steps, 2)
     args.out.mkdir(parents=True, exist_ok=True)
     c = Check(args)

@@ -187,12 +187,13 @@ def test_compiled_fixed_shape_step_matches_the_eager_one(decoding_mode):
     if decoding_mode != "static-math":
         pytest.skip("one run is enough")
     model = model_in(torch.float32)
-    seq = torch.randint(0, 50, (2, 2 * M + 5))
-    eager, compiled = CachedDecoder(model, reset_latents=5, mode="static"), CachedDecoder(model, reset_latents=5, compile=True)
-    a, b = eager.prefill(seq[:, :3]), compiled.prefill(seq[:, :3])
-    for t in range(3, seq.shape[1]):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-        a, b = eager.step(seq[:, t]), compiled.step(seq[:, t])
-    assert compiled.mode == "static" and compiled.num_resets == eager.num_resets > 0
+    for batch in (1, 2):  # batch 1 compiles the linear layers as multiply-reduces
+        seq = torch.randint(0, 50, (batch, 2 * M + 5))
+        eager, compiled = CachedDecoder(model, reset_latents=5, mode="static"), CachedDecoder(model, reset_latents=5, compile=True)
+        a, b = eager.prefill(seq[:, :3]), compiled.prefill(seq[:, :3])
+        for t in range(3, seq.shape[1]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            a, b = eager.step(seq[:, t]), compiled.step(seq[:, t])
+        assert compiled.mode == "static" and compiled.num_resets == eager.num_resets > 0
     with pytest.raises(ValueError, match="fixed-shape"):
         CachedDecoder(model, mode="dynamic", compile=True)

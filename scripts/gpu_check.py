@@ -286,10 +286,11 @@ def parse_gen_variant(spec: str, c: Check) -> tuple[str, str, bool, int, bool]:
     return mode, attention, compiled == "compile", int(batch), linear == "rowred"
 
 
-DEFAULT_GEN_VARIANTS = ["dynamic/sdpa/eager/1/gemm"] + [
-    f"graph/{attention}/{compiled}/{batch}/{linear}"
-    for compiled, linear in (("eager", "gemm"), ("compile", "gemm"), ("compile", "rowred"))
-    for attention in ("sdpa", "math") for batch in (1, 8)
+DEFAULT_GEN_VARIANTS = [
+    "dynamic/sdpa/eager/1/gemm",  # the sliced eager path
+    "graph/sdpa/eager/1/gemm", "graph/sdpa/eager/8/gemm",  # CUDA graph (generate's default)
+    "graph/sdpa/compile/1/rowred", "graph/sdpa/compile/8/rowred",  # + torch.compile (generate --compile)
+    "graph/math/compile/1/rowred",  # the alternative attention for the masked caches
 ]
 
 
@@ -565,9 +566,9 @@ def bench_training(c: Check) -> None:
             seconds=seconds, tok_s=scored / seconds, tflops=achieved / 1e12, mfu=mfu, peak_gib=c.peak_gib(), first_step_s=warm)
         if name == "ours compiled" and c.args.train_breakdown:
             breakdown = kernel_breakdown(c, step)
-            row("compiled step, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
+            row(f"compiled step, batch {batch}, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
             top = kernel_times(c, lambda: [step(), step()], per=2, top=8)
-            row("compiled step, top kernels (us/step)", str(top), top_kernels=top)
+            row(f"compiled step, batch {batch}, top kernels (us/step)", str(top), top_kernels=top)
         del model, forward, optimizer, step
         c.reset_peak()
     per_token = forward_flops(cfg, 1).total / cfg.num_latents
@@ -594,7 +595,7 @@ def main() -> None:
     parser.add_argument("--gen-variants", nargs="*", default=DEFAULT_GEN_VARIANTS,
                         help="decoders to time, mode/attention/compile|eager/batch/rowred|gemm")
     parser.add_argument("--breakdowns", type=int, default=2, help="decode breakdowns: 2 eager and compiled, 1 compiled only")
-    parser.add_argument("--train-variants", nargs="*", default=["ours-eager/8", "port/8", "ours-compiled/8"])
+    parser.add_argument("--train-variants", nargs="*", default=["ours-eager/8", "port/8", "ours-compiled/8", "ours-compiled/16"])
     parser.add_argument("--train-breakdown", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="run only these sections (by function name)")

@@ -4,10 +4,16 @@ symusic parses the file (C++) and converts ticks to seconds through the tempo ma
 track, the sustain pedal (CC64 >= 64 = down) is folded into note durations: a note released
 while the pedal is down sounds until the pedal comes up. Drum tracks are dropped and all other
 tracks are merged. Everything after parsing is vectorized numpy.
+
+symusic drops tracks without notes, and with them a sustain pedal that a file keeps on a track of
+its own. When the parsed score has no pedal at all but the file holds CC64 events, the file is
+re-read with mido, each such pedal track is merged into the note tracks of its channel (all
+note tracks if none shares it), and the result is parsed again.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -54,10 +60,75 @@ def read_score(path: str | os.PathLike[str]):
             raise MidiReadError("not a MIDI file (text)")
         raise MidiReadError("not a MIDI file (no MThd header)")
     try:
-        return Score(str(path), ttype="second")
+        score = Score(str(path), ttype="second")
     except Exception as exc:  # symusic raises RuntimeError with a parser message
         detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
         raise MidiReadError(f"corrupt or truncated MIDI ({detail})") from None
+    if not _has_sustain(score):
+        adopted = adopt_pedal_tracks(path)
+        if adopted is not None:
+            score = Score.from_midi(adopted, ttype="second")
+    return score
+
+
+def _has_sustain(score) -> bool:
+    return any(
+        len(track.controls) and bool((track.controls.numpy()["number"] == SUSTAIN_CC).any()) for track in score.tracks
+    )
+
+
+def adopt_pedal_tracks(path: str | os.PathLike[str]) -> bytes | None:
+    """The file's bytes with note-less pedal tracks merged into note tracks, or None if it has none.
+
+    A cheap byte search ("control change, controller 64" with an explicit status byte) decides
+    whether mido needs to read the file at all.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not any(bytes((0xB0 | channel, SUSTAIN_CC)) in data for channel in range(16)):
+        return None
+    import mido
+
+    try:
+        midi = mido.MidiFile(file=io.BytesIO(data))
+    except Exception:  # symusic read it; mido's stricter parser may not: keep symusic's reading
+        return None
+    channels = [{m.channel for m in track if m.type in ("note_on", "note_off")} for track in midi.tracks]
+    changed = False
+    for index, track in enumerate(midi.tracks):
+        pedal_channels = {m.channel for m in track if m.type == "control_change" and m.control == SUSTAIN_CC}
+        if channels[index] or not pedal_channels:
+            continue
+        targets = [j for j, chans in enumerate(channels) if chans & pedal_channels] or [
+            j for j, chans in enumerate(channels) if chans
+        ]
+        for target in targets:
+            # the pedal's own channels where they have notes here, else the target's channels
+            # (symusic splits tracks by channel: a pedal on another channel would be dropped again)
+            shared = channels[target] & pedal_channels
+            sustain = _sustain_events(track, shared or pedal_channels, None if shared else sorted(channels[target]))
+            midi.tracks[target] = mido.merge_tracks([midi.tracks[target], sustain])
+            changed = True
+    if not changed:
+        return None
+    out = io.BytesIO()
+    midi.save(file=out)
+    return out.getvalue()
+
+
+def _sustain_events(track, from_channels: set[int], to_channels: list[int] | None):
+    """A mido track with the CC64 events of `track` on `from_channels`, absolute times kept,
+    copied onto each of `to_channels` if given."""
+    import mido
+
+    kept, now, last = mido.MidiTrack(), 0, 0
+    for message in track:
+        now += message.time
+        if message.type == "control_change" and message.control == SUSTAIN_CC and message.channel in from_channels:
+            for channel in to_channels or [message.channel]:
+                kept.append(message.copy(time=now - last, channel=channel))
+                last = now
+    return kept
 
 
 def _looks_like_text(head: bytes) -> bool:

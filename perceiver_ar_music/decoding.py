@@ -21,6 +21,8 @@ What it computes (tested against `ReferenceDecoder` and plain forwards):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
@@ -254,23 +256,30 @@ class CachedDecoder:
         """Record `_static_step` as a CUDA graph; the caches keep their contents.
 
         Warm-up runs write into the caches and advance the counters, so everything they touch is
-        saved first and put back after capture (capturing itself runs no kernels).
+        saved first and put back after capture (capturing itself runs no kernels). If capturing
+        fails (an old driver, an op that cannot be captured), decoding goes on with the same step
+        run eagerly, after a warning.
         """
         saved = [t.clone() for t in self._graph_state()]
-        self._position.zero_()  # warm-up writes slot 0 and latent 0: always in range
-        self._latent_index.zero_()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._static_step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._logits_out = self._static_step()
-        for tensor, copy in zip(self._graph_state(), saved):
-            tensor.copy_(copy)
-        self._graph = graph
+        try:
+            self._position.zero_()  # warm-up writes slot 0 and latent 0: always in range
+            self._latent_index.zero_()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._static_step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits_out = self._static_step()
+            self._graph = graph
+        except RuntimeError as exc:
+            warnings.warn(f"CUDA graph capture failed, decoding without graphs: {str(exc).splitlines()[0]}", stacklevel=3)
+            self.mode = "static"
+        finally:
+            for tensor, copy in zip(self._graph_state(), saved):
+                tensor.copy_(copy)
 
     def _graph_state(self) -> list[torch.Tensor]:
         return [self.cross_k, self.cross_v, self.cross_ids, self._position, self._latent_index, *self.latent_k, *self.latent_v]

@@ -197,3 +197,23 @@ def test_compiled_fixed_shape_step_matches_the_eager_one(decoding_mode):
         assert compiled.mode == "static" and compiled.num_resets == eager.num_resets > 0
     with pytest.raises(ValueError, match="fixed-shape"):
         CachedDecoder(model, mode="dynamic", compile=True)
+
+
+def test_a_failed_graph_capture_falls_back_to_the_eager_step_with_a_warning(monkeypatch):
+    if MODE != "static" or decoding.STATIC_ATTENTION != "sdpa":
+        pytest.skip("one run is enough")
+    model = model_in()
+    seq = torch.randint(0, 50, (1, M + 9))
+    dec, ref = CachedDecoder(model, mode="static"), CachedDecoder(model, mode="static")
+    dec.prefill(seq[:, :5]), ref.prefill(seq[:, :5])
+    dec.mode = "graph"  # as on CUDA; make the capture fail where a GPU could
+
+    def no_stream():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    with pytest.warns(UserWarning, match="capture failed"):
+        dec._capture()
+    assert dec.mode == "static" and dec._graph is None
+    for t in range(5, seq.shape[1]):  # nothing the failed attempt touched has changed
+        torch.testing.assert_close(dec.step(seq[:, t]), ref.step(seq[:, t]), rtol=0, atol=0)

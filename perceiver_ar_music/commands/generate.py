@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. Sample.
     grammar = PerformanceGrammar(vocab, device) if args.constrain else None
+    if args.compile and not args.no_cache:
+        print("perceiver-music generate: compiling the decoding step first (once per batch size, 10-30 s)")
     result = continue_ids(
         loaded.model, prompt, vocab, length, args.num_samples, sampling,
         seconds=args.seconds, use_cache=not args.no_cache, seed=args.seed,

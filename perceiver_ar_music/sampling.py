@@ -83,7 +83,8 @@ def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gener
     """Draw one token per row of logits (b, V) -> (b,), without a device-to-host sync.
 
     Sampling is argmax(p / E) with E ~ Exp(1) drawn per token (the exponential race), an exact
-    draw from p that, unlike torch.multinomial, never waits for the GPU.
+    draw from p. It is the algorithm torch.multinomial uses for one draw (same generator state,
+    same token; tested on CPU), written out so that no call can wait for the GPU.
     """
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)

@@ -129,3 +129,15 @@ def test_sampler_draws_from_the_filtered_distribution():
     torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
     top2 = torch.bincount(next_token(logits, SamplingConfig(top_k=2), g), minlength=4) / 20_000
     torch.testing.assert_close(top2, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015, rtol=0)
+
+
+def test_sampler_draws_the_same_tokens_as_torch_multinomial_for_a_seed():
+    """Seeds keep giving the same music as before the sync-free sampler (CPU generator)."""
+    from perceiver_ar_music.sampling import next_token
+
+    logits = torch.randn(16, 30, generator=torch.Generator().manual_seed(1))
+    cfg = SamplingConfig(top_k=10)
+    ours = next_token(logits, cfg, torch.Generator().manual_seed(3))
+    probs = filter_logits(logits, cfg).softmax(-1)
+    theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
+    assert torch.equal(ours, theirs)

@@ -44,6 +44,7 @@ class VocabTables:
     shift: np.ndarray  # steps (1..max_shift) -> TimeShift id
     velocity_values: np.ndarray  # the velocity bins, ascending
     velocity_ids: np.ndarray  # the Velocity id of each bin
+    midi_velocity_ids: np.ndarray  # MIDI velocity 0..127 -> Velocity id of the nearest bin
     min_pitch: int
     max_pitch: int
     max_shift: int
@@ -66,6 +67,7 @@ class VocabTables:
         velocity = np.asarray(vocab.velocity, dtype=np.int64)
         velocity_ids = np.flatnonzero(np.asarray(vocab.kind) == VELOCITY)
         order = np.argsort(velocity[velocity_ids], kind="stable")
+        values, velocity_ids = velocity[velocity_ids][order], velocity_ids[order]
         return cls(
             kind=np.asarray(vocab.kind, dtype=np.int8),
             pitch=np.asarray(vocab.pitch, dtype=np.int64),
@@ -74,8 +76,9 @@ class VocabTables:
             note_on=note_on,
             note_off=note_off,
             shift=shift,
-            velocity_values=velocity[velocity_ids][order],
-            velocity_ids=velocity_ids[order],
+            velocity_values=values,
+            velocity_ids=velocity_ids,
+            midi_velocity_ids=_nearest_bins(np.arange(128), values, velocity_ids),
             min_pitch=min(vocab.note_on_id),
             max_pitch=max(vocab.note_on_id),
             max_shift=max_shift,
@@ -150,21 +153,6 @@ def ids_to_notes(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray
     return notes
 
 
-def time_shift_ids(gaps: np.ndarray, table: VocabTables) -> tuple[np.ndarray, np.ndarray]:
-    """TimeShift ids covering each gap (in steps): full maximal shifts, then the remainder.
-
-    This is miditok's greedy split (e.g. 250 steps -> 100, 100, 50). Returns the concatenated
-    ids and the number of ids per gap.
-    """
-    full, remainder = np.divmod(gaps, table.max_shift)
-    counts = full + (remainder > 0)
-    shift_ids = np.full(int(counts.sum()), table.shift[table.max_shift], dtype=np.int64)
-    with_remainder = remainder > 0
-    last_of_gap = np.cumsum(counts) - 1
-    shift_ids[last_of_gap[with_remainder]] = table.shift[remainder[with_remainder]]
-    return shift_ids, counts
-
-
 def encode_timed_events(
     event_ids: np.ndarray, event_steps: np.ndarray, end_step: int, vocab: EventVocab
 ) -> np.ndarray:
@@ -173,29 +161,47 @@ def encode_timed_events(
     Events keep their order; each is preceded by the shifts from the previous event's time
     (or 0) to its own, and shifts from the last event to `end_step` close the sequence.
     """
-    table = tables(vocab)
-    event_ids = as_id_array(event_ids)
-    boundaries = np.concatenate(([0], as_id_array(event_steps), [end_step]))
-    gaps = np.diff(boundaries)
-    if np.any(gaps < 0):
+    return _with_time_shifts(as_id_array(event_ids), as_id_array(event_steps), end_step, tables(vocab))
+
+
+def _with_time_shifts(event_ids: np.ndarray, event_steps: np.ndarray, end_step: int, table: VocabTables) -> np.ndarray:
+    """``encode_timed_events`` on int64 arrays. A gap is split as miditok does: maximal shifts,
+    then the remainder (e.g. 250 steps -> 100, 100, 50)."""
+    gaps = np.diff(event_steps, prepend=0)
+    tail = end_step - (int(event_steps[-1]) if len(event_steps) else 0)
+    if tail < 0 or np.any(gaps < 0):
         raise ValueError("event times must be non-decreasing, non-negative and at most end_step")
-    shift_ids, counts = time_shift_ids(gaps, table)
-    out = np.empty(len(event_ids) + len(shift_ids), dtype=np.int64)
-    event_positions = np.cumsum(counts[:-1]) + np.arange(len(event_ids))
-    is_event = np.zeros(len(out), dtype=bool)
-    is_event[event_positions] = True
-    out[event_positions] = event_ids
-    out[~is_event] = shift_ids
-    return out
+    full, remainder = np.divmod(gaps, table.max_shift)
+    block_end = np.cumsum(full + (remainder > 0) + 1)  # one past each event
+    tail_full, tail_remainder = divmod(tail, table.max_shift)
+    size = (int(block_end[-1]) if len(block_end) else 0) + tail_full + (tail_remainder > 0)
+    ids = np.full(size, table.shift[table.max_shift], dtype=np.int64)
+    ids[block_end - 1] = event_ids
+    partial = remainder > 0
+    ids[block_end[partial] - 2] = table.shift[remainder[partial]]
+    if tail_remainder:
+        ids[-1] = table.shift[tail_remainder]
+    return ids
 
 
 def nearest_velocity_ids(velocities: np.ndarray, table: VocabTables) -> np.ndarray:
     """The Velocity id of the closest bin (a tie goes to the louder bin, as in miditok)."""
-    values = table.velocity_values
+    return _nearest_bins(velocities, table.velocity_values, table.velocity_ids)
+
+
+def _nearest_bins(velocities: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     upper = np.clip(np.searchsorted(values, velocities, side="left"), 0, len(values) - 1)
     lower = np.maximum(upper - 1, 0)
     take_lower = np.abs(velocities - values[lower]) < np.abs(velocities - values[upper])
-    return table.velocity_ids[np.where(take_lower, lower, upper)]
+    return ids[np.where(take_lower, lower, upper)]
+
+
+def _velocity_ids(velocity: np.ndarray, table: VocabTables) -> np.ndarray:
+    """``nearest_velocity_ids``, by table lookup for integer velocities (beyond 0..127 the
+    nearest bin is the end bin either way)."""
+    if np.issubdtype(velocity.dtype, np.integer):
+        return table.midi_velocity_ids[np.clip(velocity, 0, 127)]
+    return nearest_velocity_ids(velocity, table)
 
 
 def _validated_notes(notes: np.ndarray, table: VocabTables) -> np.ndarray:
@@ -214,6 +220,30 @@ def _validated_notes(notes: np.ndarray, table: VocabTables) -> np.ndarray:
     return notes
 
 
+def encode_grid_notes(
+    start: np.ndarray, end: np.ndarray, pitch: np.ndarray, velocity: np.ndarray, table: VocabTables
+) -> np.ndarray:
+    """MIDILike ids (int64, no BOS/EOS) of normalized grid notes: the one encoder.
+
+    The notes come in encoding order (onset step, then pitch) with integer steps, pitches in the
+    vocabulary's range, ``start < end``, and no note still sounding at the next onset of its
+    pitch. Each note gives NoteOn + Velocity (nearest bin) at its start and NoteOff at its end;
+    the events are sorted stably by time, so at one instant the NoteOffs come first (their notes
+    started earlier), each group in note order (miditok's stable sort). Time shifts lead from 0
+    to every instant; the sequence ends at the last NoteOff.
+    """
+    count = len(start)
+    times = np.empty(3 * count, dtype=np.int64)
+    event_ids = np.empty(3 * count, dtype=np.int64)
+    times[0::3], times[1::3], times[2::3] = start, start, end
+    event_ids[0::3] = table.note_on[pitch]
+    event_ids[1::3] = _velocity_ids(np.asarray(velocity), table)
+    event_ids[2::3] = table.note_off[pitch]
+    order = np.argsort(times, kind="stable")
+    times, event_ids = times[order], event_ids[order]  # (frees the unsorted arrays early)
+    return _with_time_shifts(event_ids, times, int(times[-1]) if count else 0, table)
+
+
 def notes_to_ids(notes: np.ndarray, vocab: EventVocab) -> np.ndarray:
     """Encode (N, 4) notes (pitch, start_s, end_s, velocity) as MIDILike ids (uint16, no BOS/EOS).
 
@@ -223,7 +253,7 @@ def notes_to_ids(notes: np.ndarray, vocab: EventVocab) -> np.ndarray:
     onset step only the first given is kept; a note still sounding when its pitch is struck
     again is cut there. Events at one instant: NoteOffs, then NoteOn + Velocity pairs, each in
     note order (miditok's stable sort of per-note events by time); the sequence ends at the last
-    NoteOff.
+    NoteOff. The normalized notes go through ``encode_grid_notes``, as the tokenizer's do.
     """
     table = tables(vocab)
     notes = _validated_notes(notes, table)
@@ -246,15 +276,4 @@ def notes_to_ids(notes: np.ndarray, vocab: EventVocab) -> np.ndarray:
     ends[kept[:-1][cut]] = np.minimum(ends[kept[:-1][cut]], starts[kept[1:]][cut])
 
     starts, ends, pitches, velocities = starts[keep], ends[keep], pitches[keep], velocities[keep]
-    count = len(starts)
-    if count == 0:
-        return np.zeros(0, dtype=np.uint16)
-    note_index = np.tile(np.arange(count), 3)
-    sub_order = np.repeat(np.arange(3), count)  # NoteOn, Velocity, NoteOff of a note
-    times = np.concatenate((starts, starts, ends))
-    event_ids = np.concatenate(
-        (table.note_on[pitches], nearest_velocity_ids(velocities, table), table.note_off[pitches])
-    )
-    order = np.lexsort((sub_order, note_index, times))
-    ids = encode_timed_events(event_ids[order], times[order], int(times.max()), vocab)
-    return ids.astype(np.uint16)
+    return encode_grid_notes(starts, ends, pitches, velocities, table).astype(np.uint16)

@@ -5,9 +5,10 @@ config) and miditok builds the vocabulary from it. Wall-clock time is kept by re
 performance onto a constant-tempo grid (120 qpm, ``steps_per_beat`` steps per beat: 10 ms for
 the ``performance`` preset), so a TimeShift is a fixed number of milliseconds.
 
-The encoder here is a vectorized numpy re-implementation that produces the same ids as miditok's
-MIDILike on the same normalized score (``reference_score`` + ``miditok`` give the slow
-reference; the tests compare them). The decoder is our own and accepts any id sequence.
+The encoder (``events.encode_grid_notes``, shared with ``events.notes_to_ids``) is a vectorized
+numpy re-implementation that produces the same ids as miditok's MIDILike on the same normalized
+score (``reference_score`` + ``miditok`` give the slow reference; the tests compare them). The
+decoder is our own and accepts any id sequence.
 
 Normalization before encoding (all in ``quantize_notes``):
 - onsets and offsets are rounded to the grid; time starts at 0 s of the file, so leading
@@ -143,13 +144,6 @@ def _check_supported(config) -> None:
         raise UserError(f"tokenizer config lacks special tokens: {', '.join(sorted(missing))}")
 
 
-def _lookup(size: int, mapping: dict[int, int]) -> np.ndarray:
-    table = np.full(size, -1, dtype=np.int64)
-    for key, value in mapping.items():
-        table[key] = value
-    return table
-
-
 def nearest_velocity_ids(vocab: EventVocab) -> np.ndarray:
     """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the louder bin,
     as miditok's ``np_get_closest``)."""
@@ -192,14 +186,10 @@ class PerformanceTokenizer:
         _check_supported(miditok_tokenizer.config)
         self.miditok = miditok_tokenizer
         self.vocab = EventVocab.from_token_map(miditok_tokenizer.vocab, seconds_per_beat=SECONDS_PER_BEAT)
-        size = len(self.vocab)
-        self._note_on = _lookup(128, dict(self.vocab.note_on_id))
-        self._note_off = _lookup(128, dict(self.vocab.note_off_id))
-        self._shift = _lookup(self.vocab.max_shift_steps + 1, dict(self.vocab.shift_id))
-        self._velocity = nearest_velocity_ids(self.vocab)
-        self._pitch_ok = self._note_on >= 0
+        self._table = events.tables(self.vocab)
+        self._pitch_ok = self._table.note_on >= 0
         self._kind = list(self.vocab.kind)
-        self._size = size
+        self._size = len(self.vocab)
         self.hash = hashlib.sha256(_canonical_json(self._format_dict()).encode()).hexdigest()
 
     # ----- the format as data -----
@@ -245,25 +235,7 @@ class PerformanceTokenizer:
 
     def encode_grid(self, grid: GridNotes) -> np.ndarray:
         """Ids of normalized grid notes (int64), identical to miditok MIDILike's encoding."""
-        n = len(grid)
-        times = np.empty(3 * n, dtype=np.int64)
-        events = np.empty(3 * n, dtype=np.int64)
-        times[0::3], times[1::3], times[2::3] = grid.start, grid.start, grid.end
-        events[0::3] = self._note_on[grid.pitch]
-        events[1::3] = self._velocity[np.clip(grid.velocity, 0, 127)]
-        events[2::3] = self._note_off[grid.pitch]
-        # miditok sorts the per-note (NoteOn, Velocity, NoteOff) events stably by time.
-        order = np.argsort(times, kind="stable")
-        times, events = times[order], events[order]
-        delta = np.diff(times, prepend=0)
-        longest = self.vocab.max_shift_steps
-        full, remainder = np.divmod(delta, longest)
-        block_end = np.cumsum(full + (remainder > 0) + 1)
-        ids = np.full(int(block_end[-1]) if n else 0, self._shift[longest], dtype=np.int64)
-        ids[block_end - 1] = events
-        partial = remainder > 0
-        ids[block_end[partial] - 2] = self._shift[remainder[partial]]
-        return ids
+        return events.encode_grid_notes(grid.start, grid.end, grid.pitch, grid.velocity, self._table)
 
     def reference_score(self, grid: GridNotes):
         """The normalized notes as a symusic Score on the grid (tpq = steps per beat), which

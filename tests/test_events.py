@@ -18,6 +18,8 @@ from perceiver_ar_music.events import (
     START,
     VELOCITY_COLUMN,
     ids_to_note_steps,
+    encode_grid_notes,
+    encode_timed_events,
     ids_to_notes,
     nearest_velocity_ids,
     notes_to_ids,
@@ -113,6 +115,45 @@ def test_nearest_velocity_bin_is_miditok_rule():
     got = table.velocity[nearest_velocity_ids(velocities, table)]
     assert got.tolist() == expected.tolist()
     assert table.velocity[nearest_velocity_ids(np.array([5]), table)].tolist() == [7]  # a tie: the louder bin
+
+
+def test_velocity_lookup_of_the_grid_encoder_is_the_nearest_bin():
+    table = tables(VOCAB)
+    assert table.midi_velocity_ids.tolist() == nearest_velocity_ids(np.arange(128), table).tolist()
+    velocities = np.array([-5, 0, 1, 5, 64, 127, 200])
+    steps = np.arange(len(velocities))
+    as_int = encode_grid_notes(steps, steps + 1, np.full(len(steps), 60), velocities, table)
+    as_float = encode_grid_notes(steps, steps + 1, np.full(len(steps), 60), velocities.astype(np.float64), table)
+    assert as_int.tolist() == as_float.tolist()
+    assert [VOCAB.velocity[i] for i in as_int if VOCAB.kind[i] == VELOCITY] == [3, 3, 3, 7, 63, 127, 127]
+    fractional = encode_grid_notes(np.array([0]), np.array([1]), np.array([60]), np.array([8.9]), table)
+    assert VOCAB.velocity[fractional[1]] == 7  # binned as it is (9 would tie and go to 11)
+
+
+def test_grid_encoder_by_hand():
+    table = tables(VOCAB)
+    # A chord at step 0, a re-strike of 60 where it ends (NoteOff first), a gap of 250 steps.
+    start, end = np.array([0, 0, 5, 255]), np.array([5, 5, 255, 256])
+    pitch, velocity = np.array([60, 64, 60, 67]), np.array([63, 127, 63, 31])
+    expected = [
+        ON[60], VEL[63], ON[64], VEL[127], SHIFT[5],
+        OFF[60], OFF[64], ON[60], VEL[63], SHIFT[100], SHIFT[100], SHIFT[50],
+        OFF[60], ON[67], VEL[31], SHIFT[1], OFF[67],
+    ]
+    assert encode_grid_notes(start, end, pitch, velocity, table).tolist() == expected
+    empty = np.zeros(0, dtype=np.int64)
+    assert encode_grid_notes(empty, empty, empty, empty, table).tolist() == []
+
+
+def test_timed_events_close_at_the_end_step():
+    ids = encode_timed_events([ON[60], OFF[60]], [3, 3], 103, VOCAB)
+    assert ids.tolist() == [SHIFT[3], ON[60], OFF[60], SHIFT[100]]
+    assert encode_timed_events([], [], 250, VOCAB).tolist() == [SHIFT[100], SHIFT[100], SHIFT[50]]
+    assert encode_timed_events([], [], 0, VOCAB).tolist() == []
+    with pytest.raises(ValueError, match="non-decreasing"):
+        encode_timed_events([ON[60], OFF[60]], [5, 4], 10, VOCAB)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        encode_timed_events([ON[60]], [5], 4, VOCAB)
 
 
 def _random_clean_notes(rng: np.random.Generator, count: int) -> np.ndarray:

@@ -362,6 +362,17 @@ def test_decoder_matches_miditok_on_valid_sequences(tok, notes):
     assert their_notes == tok.decode_notes(ids)
 
 
+@settings(max_examples=60, deadline=None)
+@given(note_lists)
+def test_grid_encoder_and_notes_to_ids_agree(tok, notes):
+    """Both encoders are the one core: seconds of normalized grid notes give the same ids."""
+    from perceiver_ar_music.events import notes_to_ids
+
+    grid = tok.quantize(random_performance(notes))
+    seconds = np.stack([grid.pitch, grid.start * STEP, grid.end * STEP, grid.velocity], 1).astype(np.float64)
+    assert notes_to_ids(seconds, tok.vocab).tolist() == tok.encode_grid(grid).tolist()
+
+
 def test_other_time_grid_and_pitch_range(tmp_path, tok):
     """A preset with 20 ms steps and the 88 piano keys: the fast encoder still equals miditok."""
     coarse = load_tokenizer(saved_preset(tmp_path, "coarse", beat_res={(0, 4): 25}, pitch_range=(21, 108)))

@@ -1,9 +1,10 @@
 """MIDI performances <-> performance-event ids (NoteOn / NoteOff / Velocity / TimeShift).
 
 miditok owns the format: a preset is miditok's own JSON (``tokenization/<name>.json``, a MIDILike
-config) and miditok builds the vocabulary from it. Wall-clock time is kept by re-timing every
-performance onto a constant-tempo grid (120 qpm, ``steps_per_beat`` steps per beat: 10 ms for
-the ``performance`` preset), so a TimeShift is a fixed number of milliseconds.
+config; ``preset_dir`` finds the folder) and miditok builds the vocabulary from it. Wall-clock
+time is kept by re-timing every performance onto a constant-tempo grid (120 qpm,
+``steps_per_beat`` steps per beat: 10 ms for the ``performance`` preset), so a TimeShift is a
+fixed number of milliseconds.
 
 The encoder (``events.encode_grid_notes``, shared with ``events.notes_to_ids``) is a vectorized
 numpy re-implementation that produces the same ids as miditok's MIDILike on the same normalized
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -44,10 +46,11 @@ __all__ = [
     "PerformanceTokenizer",
     "available_presets",
     "load_tokenizer",
+    "preset_dir",
     "roundtrip_fidelity",
 ]
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "tokenization"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "tokenization"  # in a source checkout
 DEFAULT_PRESET = "performance"
 SECONDS_PER_BEAT = 0.5  # the constant 120 qpm grid that carries wall-clock time
 DEFAULT_VELOCITY = 64  # for a NoteOn with no Velocity after it and none before
@@ -93,9 +96,17 @@ class GridNotes:
         return len(self.start)
 
 
+def preset_dir() -> Path:
+    """The folder of the presets: the checkout's top-level ``tokenization/`` (a source tree or an
+    editable install), else the copy that a wheel installs as ``perceiver_ar_music/tokenization``."""
+    if PRESET_DIR.is_dir() and (PRESET_DIR.parent / "pyproject.toml").is_file():
+        return PRESET_DIR
+    return Path(str(resources.files("perceiver_ar_music").joinpath("tokenization")))
+
+
 def available_presets() -> list[str]:
     """Names of the presets shipped under ``tokenization/``."""
-    return sorted(path.stem for path in PRESET_DIR.glob("*.json"))
+    return sorted(path.stem for path in preset_dir().glob("*.json"))
 
 
 def _preset_path(preset: str | os.PathLike[str]) -> Path:
@@ -104,7 +115,7 @@ def _preset_path(preset: str | os.PathLike[str]) -> Path:
         if not path.is_file():
             raise UserError(f"tokenizer config not found: {path}")
         return path
-    candidate = PRESET_DIR / f"{preset}.json"
+    candidate = preset_dir() / f"{preset}.json"
     if not candidate.is_file():
         names = ", ".join(available_presets()) or "none"
         raise UserError(f"unknown tokenizer preset '{preset}' (available: {names})")

@@ -63,7 +63,8 @@ class CachedDecoder:
       device, so a step reads no Python state: empty slots are masked instead of sliced off.
     - "graph": the static step captured once as a CUDA graph and replayed per token, which removes
       the per-kernel launch cost that bounds batch-1 decoding on a GPU (CUDA only, no autocast).
-    None chooses "graph" on CUDA without autocast and "dynamic" otherwise. Resets and the prefill
+    None chooses "graph" on CUDA without autocast, else "static" with `compile=True`, else
+    "dynamic". Resets and the prefill
     always run eagerly (they happen once every N - N' tokens). `compile=True` runs the fixed-shape
     step through torch.compile (static and graph modes), which fuses its many small kernels at
     the price of a compilation on first use.

@@ -158,7 +158,6 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-
 class FeedForward(nn.Module):
     """Pre-norm MLP with a squared-ReLU hidden layer."""
 

@@ -341,7 +341,6 @@ def bench_generation(c: Check) -> None:
             f"step {step_s * 1e3:.3f} ms ({kernels} kernels), reset {reset_s * 1e3:.1f} ms every "
             f"{cfg.num_latents - dec.reset_latents} tokens, prefill + capture {prefill_s * 1e3:.1f} ms; top kernels (us/step) {top}",
             step_ms=step_s * 1e3, reset_ms=reset_s * 1e3, prefill_ms=prefill_s * 1e3, kernels_per_step=kernels, top_kernels=top)
-        del dec, probe
 
     if port_class() is None:
         row("port generate", "port not installed")
@@ -528,55 +527,57 @@ def kernel_breakdown(c: Check, step: Callable[[], Any]) -> dict[str, float]:
 def bench_training(c: Check) -> None:
     cfg = c.maestro
     peak = peak_bf16_flops(torch.cuda.get_device_name()) if c.cuda else None
-    results: dict[str, float] = {}
+    per_window: dict[str, float] = {}
     for spec in c.args.train_variants:
         name, batch = spec.rsplit("/", 1)
         batch = int(batch) if not c.tiny else min(int(batch), 2)
-        compile_model = name == "ours-compiled"
-        scored = batch * cfg.num_latents
-        flops = training_step_flops(cfg, batch)
-        data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
         name = name.replace("-", " ")
         if name == "port" and port_class() is None:
             row("port train step", "port not installed")
             continue
-        if c.elapsed() > c.args.budget_s - (90 if compile_model else 20):
+        if c.elapsed() > c.args.budget_s - (90 if name == "ours compiled" else 20):
             row(f"{name} train step", "skipped (time budget)")
             continue
         c.reset_peak()
-        torch.manual_seed(4)
-        model = (port_model(cfg) if name == "port" else PerceiverAR(cfg)).to(c.dev).train()
-        forward = torch.compile(model) if compile_model else model
-        optimizer = adamw(c, model, 1e-4)
-        step = make_step(c, model, forward, data, cfg.num_latents, optimizer)
-        try:
-            warm = c.timed(step)  # includes compilation
-            step()
-            seconds = c.timed(step, c.args.train_steps)
-        except torch.cuda.OutOfMemoryError:
-            row(f"{name} train step", f"out of memory at batch {batch}")
-            del model, forward, optimizer, step
-            continue
-        results[f"{name} {batch}"] = seconds / batch
-        achieved = flops / seconds
-        mfu = achieved / peak if peak else float("nan")
-        row(f"{name} train step (maestro preset, batch {batch}, bf16)",
-            f"{seconds * 1e3:.0f} ms, {scored / seconds:,.0f} scored tok/s, {achieved / 1e12:.0f} TFLOP/s, MFU {mfu:.1%}, "
-            f"peak {c.peak_gib():.1f} GiB (first step {warm:.0f} s)",
-            seconds=seconds, tok_s=scored / seconds, tflops=achieved / 1e12, mfu=mfu, peak_gib=c.peak_gib(), first_step_s=warm)
-        if name == "ours compiled" and c.args.train_breakdown:
-            breakdown = kernel_breakdown(c, step)
-            row(f"compiled step, batch {batch}, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
-            top = kernel_times(c, lambda: [step(), step()], per=2, top=8)
-            row(f"compiled step, batch {batch}, top kernels (us/step)", str(top), top_kernels=top)
-        del model, forward, optimizer, step
-        c.reset_peak()
+        seconds = time_training_variant(c, cfg, name, batch, peak)
+        c.reset_peak()  # the variant's model and optimizer are gone with its frame
+        if seconds is not None:
+            per_window[f"{name} {batch}"] = seconds / batch
     per_token = forward_flops(cfg, 1).total / cfg.num_latents
     row("model FLOPs", f"{3 * per_token / 1e9:.2f} GFLOP per scored token; peak bf16 {peak / 1e12 if peak else 'unknown'} TFLOP/s")
-    ours = [v for k, v in results.items() if k.startswith("ours")]
-    port = [v for k, v in results.items() if k.startswith("port")]
+    ours = [v for k, v in per_window.items() if k.startswith("ours")]
+    port = [v for k, v in per_window.items() if k.startswith("port")]
     if ours and port:  # per-window times, each at its own batch
         row("training speed-up ours/port", f"{min(port) / min(ours):.2f}x (target >= 3x)", speedup=min(port) / min(ours))
+
+
+def time_training_variant(c: Check, cfg: PerceiverARConfig, name: str, batch: int, peak: float | None) -> float | None:
+    """Seconds per step of one variant ("ours eager", "ours compiled", "port"), with a row."""
+    torch.manual_seed(4)
+    model = (port_model(cfg) if name == "port" else PerceiverAR(cfg)).to(c.dev).train()
+    forward = torch.compile(model) if name == "ours compiled" else model
+    data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
+    step = make_step(c, model, forward, data, cfg.num_latents, adamw(c, model, 1e-4))
+    try:
+        warm = c.timed(step)  # includes compilation
+        step()
+        seconds = c.timed(step, c.args.train_steps)
+    except torch.cuda.OutOfMemoryError:
+        row(f"{name} train step", f"out of memory at batch {batch}")
+        return None
+    scored = batch * cfg.num_latents
+    achieved = training_step_flops(cfg, batch) / seconds
+    mfu = achieved / peak if peak else float("nan")
+    row(f"{name} train step (maestro preset, batch {batch}, bf16)",
+        f"{seconds * 1e3:.0f} ms, {scored / seconds:,.0f} scored tok/s, {achieved / 1e12:.0f} TFLOP/s, MFU {mfu:.1%}, "
+        f"peak {c.peak_gib():.1f} GiB (first step {warm:.0f} s)",
+        seconds=seconds, tok_s=scored / seconds, tflops=achieved / 1e12, mfu=mfu, peak_gib=c.peak_gib(), first_step_s=warm)
+    if name == "ours compiled" and c.args.train_breakdown:
+        breakdown = kernel_breakdown(c, step)
+        row(f"compiled step, batch {batch}, GPU kernel time by kind", ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()), breakdown=breakdown)
+        top = kernel_times(c, lambda: [step(), step()], per=2, top=8)
+        row(f"compiled step, batch {batch}, top kernels (us/step)", str(top), top_kernels=top)
+    return seconds
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model (checkpoints/default/) from scratch, offline, on a CPU.
 #
-#   bash scripts/train_bundled_model.sh          # about an hour on 2 CPU cores (8 minutes of it: the corpus)
+#   bash scripts/train_bundled_model.sh          # about 80 minutes on 2 CPU cores (8 of them: the corpus)
 #
 # 1. music21's public-domain corpus -> MIDI (data/music21-midi), 2. prepare (data/music21-prepared),
 # 3. train a 4.1M-parameter Perceiver AR (context 1024, 256 latents), 4. copy its best checkpoint
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 STEPS=${STEPS:-1200}            # first run: warmup + cosine over 1,200 steps
-RESUMES=${RESUMES:-"3200 3700"} # then resumed with longer schedules: to 3,200, then 3,700 steps
+RESUMES=${RESUMES:-"3200 3700 5700"} # then resumed with longer schedules: to 3,200, 3,700, then 5,700 steps
 
 "$PY" scripts/make_music21_corpus.py --out data/music21-midi --workers 2
 "$PY" -m perceiver_ar_music prepare --data data/music21-midi --out data/music21-prepared --no-progress

@@ -25,9 +25,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
-
-from perceiver_ar_music.model import PerceiverAR, merge_heads
+from perceiver_ar_music.model import PerceiverAR, lower_right_causal_attention, merge_heads
 
 
 class ReferenceDecoder:
@@ -206,10 +204,7 @@ class CachedDecoder:
         h = model.token_emb(ids[:, -n:])
         cos, sin = model.rotary.cos_sin(positions, h.dtype)
         q = model.cross_attn.queries(h, model.rotary, cos, sin)
-        if n < window_len:
-            out = F.scaled_dot_product_attention(q, k_ctx, v_ctx, attn_mask=causal_lower_right(n, window_len))
-        else:
-            out = F.scaled_dot_product_attention(q, k_ctx, v_ctx, is_causal=True)
+        out = lower_right_causal_attention(q, k_ctx, v_ctx, 0.0)
         x = h + model.cross_attn.to_out(merge_heads(out))
         x = x + model.cross_ff(x)
         for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):

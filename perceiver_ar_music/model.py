@@ -249,11 +249,13 @@ COMPILE_WITH_FLASH = True  # compiled bottom-right attention calls the flash ker
 def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
     """Attention of q (b, h, n, d) onto k, v (b, h, m, d), m >= n, under the bottom-right causal mask.
 
-    Compiled on a GPU with the flash kernel (Ampere or newer, bf16/fp16), this calls that kernel
-    directly: its causal mask is bottom-right aligned (CausalBias dispatches to the same call), and
-    unlike CausalBias it traces without a graph break, so compiled training keeps flash attention
-    instead of falling back to a kernel that reads an explicit mask.
+    With m == n that is the ordinary causal mask. Compiled on a GPU with the flash kernel (Ampere
+    or newer, bf16/fp16), this calls that kernel directly: its causal mask is bottom-right aligned
+    (CausalBias dispatches to the same call), and unlike CausalBias it traces without a graph
+    break, so compiled training keeps flash attention instead of a kernel that reads a mask.
     """
+    if q.shape[-2] == k.shape[-2]:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     if torch.compiler.is_compiling() and COMPILE_WITH_FLASH and _flash_lower_right_ok(q):
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
     mask = lower_right_causal(q.shape[-2], k.shape[-2], q.device)
@@ -392,10 +394,8 @@ class PerceiverAR(nn.Module):
         q = self.cross_attn.queries(latents, self.rotary, cos_q, sin_q)
         if kv_real is not None:
             out = self._sdpa(q, k, v, causal_keep_mask(q_pos, kv_pos, kv_real), False, self._attn_dropout())
-        elif n < k.shape[-2]:
-            out = lower_right_causal_attention(q, k, v, self._attn_dropout())
         else:
-            out = self._sdpa(q, k, v, None, True, self._attn_dropout())
+            out = lower_right_causal_attention(q, k, v, self._attn_dropout())
         x = latents + self.cross_dropout(self.cross_attn.to_out(merge_heads(out)))
         return x + self.cross_ff(x), q_pos
 

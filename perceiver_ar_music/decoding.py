@@ -108,6 +108,7 @@ class CachedDecoder:
         self._allocate(tokens, k.dtype)
         self._store(window, k, v, positions)
         logits = self._rebuild(prompt_len if prompt_len <= cfg.num_latents else self.reset_latents)
+        self._set_counters()
         if self.mode == "graph" and self._graph is None:
             self._capture()
         return logits
@@ -119,7 +120,9 @@ class CachedDecoder:
         if self.num_cached == self.model.config.num_latents:
             self._store(tokens, *self._project(tokens))
             self.num_resets += 1
-            return self._rebuild(self.reset_latents)
+            logits = self._rebuild(self.reset_latents)
+            self._set_counters()
+            return logits
         if self.mode == "graph":
             self._token_in.copy_(tokens)
             self._graph.replay()
@@ -180,7 +183,12 @@ class CachedDecoder:
         self.cross_v.index_copy_(2, slots, v)
         self.cross_ids.index_copy_(1, slots, tokens)
         self.length += tokens.shape[1]
-        self._position.fill_(self.length)
+
+    def _set_counters(self) -> None:
+        """After eager work (prefill, reset), give the fixed-shape step its position and latent slot."""
+        if self.mode != "dynamic":
+            self._position.fill_(self.length)
+            self._latent_index.fill_(self.num_cached)
 
     def _window(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys, values and ids of the current context window in chronological order."""
@@ -215,7 +223,6 @@ class CachedDecoder:
             x = x + layer.attn.to_out(merge_heads(out))
             x = x + layer.ff(x)
         self.num_cached = n
-        self._latent_index.fill_(n)
         return model.to_logits(model.norm_out(x[:, -1]))
 
     def _decode_one(self, tokens: torch.Tensor, position: int) -> torch.Tensor:

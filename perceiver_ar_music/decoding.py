@@ -21,6 +21,7 @@ What it computes (tested against `ReferenceDecoder` and plain forwards):
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -316,7 +317,7 @@ def static_step(
     cross_ids.index_copy_(1, slot, tokens)
     q = model.cross_attn.queries(h, model.rotary, cos, sin)
     filled = (slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
-    out = masked_attention(q, cross_k, cross_v, filled)
+    out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=filled)
     x = h + model.cross_attn.to_out(merge_heads(out))
     x = x + model.cross_ff(x)
     visible = (latent_range <= index).view(1, 1, 1, -1)
@@ -324,7 +325,7 @@ def static_step(
         q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
         cache_k.index_copy_(2, index, k)
         cache_v.index_copy_(2, index, v)
-        out = masked_attention(q, cache_k, cache_v, visible)
+        out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
         x = x + layer.attn.to_out(merge_heads(out))
         x = x + layer.ff(x)
     position.add_(1)
@@ -332,29 +333,7 @@ def static_step(
     return model.to_logits(model.norm_out(x[:, -1]))
 
 
-# How the fixed-shape step attends one query to a masked cache: "sdpa" (torch's fused kernels,
-# which for a single query parallelise over batch x heads only) or "math" (two matmuls and a
-# softmax, which spread over the keys).
-STATIC_ATTENTION = "sdpa"
-
-
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Attention of q (b, h, 1, d) onto k, v (b, h, n, d) where `keep` (1, 1, 1, n) is True."""
-    if STATIC_ATTENTION == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    scores = scores.float() if scores.dtype in (torch.bfloat16, torch.float16) else scores  # softmax in fp32
-    scores = scores * q.shape[-1] ** -0.5
-    weights = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-    return torch.matmul(weights.to(v.dtype), v)
-
-
-_COMPILED_STEP = None
-
-
+@functools.cache
 def _compiled_static_step():
     """`static_step` compiled once per process (recompiled per batch size and model shape)."""
-    global _COMPILED_STEP
-    if _COMPILED_STEP is None:
-        _COMPILED_STEP = torch.compile(static_step, fullgraph=True, dynamic=False)
-    return _COMPILED_STEP
+    return torch.compile(static_step, fullgraph=True, dynamic=False)

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music import decoding as decoding_module  # noqa: E402
 from perceiver_ar_music import model as model_module  # noqa: E402
 from perceiver_ar_music.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
 from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
@@ -279,18 +278,17 @@ def check_cached_decoding(c: Check) -> None:
 # 2. Generation speed
 
 
-def parse_gen_variant(spec: str, c: Check) -> tuple[str, str, bool, int, bool]:
-    """'graph/sdpa/compile/1/rowred' -> (mode, attention, compiled, batch, row linear as reduction)."""
-    mode, attention, compiled, batch, linear = spec.split("/")
+def parse_gen_variant(spec: str, c: Check) -> tuple[str, bool, int, bool]:
+    """'graph/compile/1/rowred' -> (mode, compiled, batch, linear layers as multiply-reduce)."""
+    mode, compiled, batch, linear = spec.split("/")
     mode = c.decode_mode if mode == "graph" else mode
-    return mode, attention, compiled == "compile", int(batch), linear == "rowred"
+    return mode, compiled == "compile", int(batch), linear == "rowred"
 
 
 DEFAULT_GEN_VARIANTS = [
-    "dynamic/sdpa/eager/1/gemm",  # the sliced eager path
-    "graph/sdpa/eager/1/gemm", "graph/sdpa/eager/8/gemm",  # CUDA graph (generate's default)
-    "graph/sdpa/compile/1/rowred", "graph/sdpa/compile/8/rowred",  # + torch.compile (generate --compile)
-    "graph/math/compile/1/rowred",  # the alternative attention for the masked caches
+    "dynamic/eager/1/gemm",  # the sliced eager path
+    "graph/eager/1/gemm", "graph/eager/8/gemm",  # CUDA graph (generate's default)
+    "graph/compile/1/rowred", "graph/compile/8/rowred",  # + torch.compile (generate --compile)
 ]
 
 
@@ -305,13 +303,12 @@ def bench_generation(c: Check) -> None:
     label = f"{cfg.max_seq_len} ctx, {cfg.num_latents} latents, {model.num_params() / 1e6:.0f}M, bf16 weights"
     rates = {}
     for spec in c.args.gen_variants:
-        mode, attention, compiled, batch, linear = parse_gen_variant(spec, c)
+        mode, compiled, batch, linear = parse_gen_variant(spec, c)
         count = c.args.eager_gen_tokens if mode == "dynamic" else tokens
-        name = f"{mode}{' + compile' if compiled else ''}, {attention} attention{', row linear' if compiled and linear else ''}"
+        name = f"{mode}{' + compile' if compiled else ''}{', row linear' if compiled and linear else ''}"
         if c.elapsed() > c.args.budget_s * 0.5:
             row(f"ours generate, {name}, batch {batch}", "skipped (time budget)")
             continue
-        decoding_module.STATIC_ATTENTION = attention
         model_module.ROW_LINEAR_AS_REDUCTION = linear
         p = prompt.expand(batch, -1).contiguous()
         warm = c.timed(lambda: generate(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
@@ -320,8 +317,7 @@ def bench_generation(c: Check) -> None:
         row(f"ours generate, {name}, batch {batch}", f"{rate:.0f} tok/s ({count} new tokens, {seconds:.2f} s; {label}; warm-up {warm:.1f} s)",
             tok_s=rate, seconds=seconds, tokens=count, batch=batch, warmup_s=warm)
     best = max((k for k in rates if k[1] == 1), key=rates.get)[0]
-    mode, attention, compiled, _, linear = parse_gen_variant(best, c)
-    decoding_module.STATIC_ATTENTION, model_module.ROW_LINEAR_AS_REDUCTION = attention, linear
+    model_module.ROW_LINEAR_AS_REDUCTION = parse_gen_variant(best, c)[3]
     row("fastest decoder at batch 1", best)
 
     # Where a token's time goes: one replayed step, one reset (rebuild of N' latents), the prefill.
@@ -337,7 +333,7 @@ def bench_generation(c: Check) -> None:
         probe.prefill(prompt)
         kernels = kernel_count(c, lambda: probe.step(new))
         top = kernel_times(c, lambda: [dec.step(new) for _ in range(10)], per=10)
-        row(f"decode breakdown, batch 1, {decoding_module.STATIC_ATTENTION} attention{', compiled' if compiled else ''}",
+        row(f"decode breakdown, batch 1{', compiled' if compiled else ''}",
             f"step {step_s * 1e3:.3f} ms ({kernels} kernels), reset {reset_s * 1e3:.1f} ms every "
             f"{cfg.num_latents - dec.reset_latents} tokens, prefill + capture {prefill_s * 1e3:.1f} ms; top kernels (us/step) {top}",
             step_ms=step_s * 1e3, reset_ms=reset_s * 1e3, prefill_ms=prefill_s * 1e3, kernels_per_step=kernels, top_kernels=top)
@@ -594,7 +590,7 @@ def main() -> None:
     parser.add_argument("--port-gen-tokens", type=int, default=8)
     parser.add_argument("--small-steps", type=int, default=300)
     parser.add_argument("--gen-variants", nargs="*", default=DEFAULT_GEN_VARIANTS,
-                        help="decoders to time, mode/attention/compile|eager/batch/rowred|gemm")
+                        help="decoders to time, mode/compile|eager/batch/rowred|gemm")
     parser.add_argument("--breakdowns", type=int, default=2, help="decode breakdowns: 2 eager and compiled, 1 compiled only")
     parser.add_argument("--train-variants", nargs="*", default=["ours-eager/8", "port/8", "ours-compiled/8", "ours-compiled/16"])
     parser.add_argument("--train-breakdown", type=int, default=1)

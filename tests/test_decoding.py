@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from perceiver_ar_music import decoding
 from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.sampling import SamplingConfig, generate
@@ -16,13 +15,10 @@ M, N = 24, 8  # context and latents of the test model
 MODE = "dynamic"  # the decoding mode under test (set by the fixture below)
 
 
-@pytest.fixture(autouse=True, params=["dynamic", "static", "static-math"])
+@pytest.fixture(autouse=True, params=["dynamic", "static"])
 def decoding_mode(request, monkeypatch):
-    """Every test runs on the sliced eager path and on the fixed-shape (CUDA graph) step, the
-    latter with both ways of attending to the masked caches."""
-    mode, _, attention = request.param.partition("-")
-    monkeypatch.setattr(sys.modules[__name__], "MODE", mode)
-    monkeypatch.setattr(decoding, "STATIC_ATTENTION", attention or "sdpa")
+    """Every test runs on the sliced eager path and on the fixed-shape (CUDA graph) step."""
+    monkeypatch.setattr(sys.modules[__name__], "MODE", request.param)
     return request.param
 
 
@@ -184,7 +180,7 @@ def test_a_decoder_can_be_reused_for_a_new_prompt_and_batch():
 @pytest.mark.slow
 def test_compiled_fixed_shape_step_matches_the_eager_one(decoding_mode):
     """torch.compile of the step (what `generate --compile` runs on a GPU) changes nothing."""
-    if decoding_mode != "static-math":
+    if decoding_mode != "static":
         pytest.skip("one run is enough")
     model = model_in(torch.float32)
     for batch in (1, 2):  # batch 1 compiles the linear layers as multiply-reduces
@@ -200,7 +196,7 @@ def test_compiled_fixed_shape_step_matches_the_eager_one(decoding_mode):
 
 
 def test_a_failed_graph_capture_falls_back_to_the_eager_step_with_a_warning(monkeypatch):
-    if MODE != "static" or decoding.STATIC_ATTENTION != "sdpa":
+    if MODE != "static":
         pytest.skip("one run is enough")
     model = model_in()
     seq = torch.randint(0, 50, (1, M + 9))

@@ -23,22 +23,24 @@ from perceiver_ar_music.sampling import AllowedTokens, SamplingConfig, generate
 from perceiver_ar_music.vocab import NOTE_ON, EventVocab
 
 
+def music_clock(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:
+    """Seconds of music after each id (the running sum of the time shifts)."""
+    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
+    return np.cumsum(shifts) * vocab.seconds_per_step
+
+
 def truncate_to_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> np.ndarray:
     """The prefix of `ids` that lies within the first `seconds` (cut before the shift crossing it).
 
     Notes still sounding at the cut stay open: the model continues (and releases) them.
     """
-    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
-    clock = np.cumsum(shifts) * vocab.seconds_per_step
-    crossing = np.flatnonzero(clock > seconds + 1e-9)
+    crossing = np.flatnonzero(music_clock(ids, vocab) > seconds + 1e-9)
     return ids[: crossing[0]] if len(crossing) else ids
 
 
 def through_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> np.ndarray:
     """The prefix of `ids` up to and including the time shift that reaches `seconds` (all if none)."""
-    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
-    clock = np.cumsum(shifts) * vocab.seconds_per_step
-    reached = np.flatnonzero(clock >= seconds - 1e-9)
+    reached = np.flatnonzero(music_clock(ids, vocab) >= seconds - 1e-9)
     return ids[: reached[0] + 1] if len(reached) else ids
 
 

@@ -113,11 +113,11 @@ def generate(
     """Continue `prompt` (b, P) by up to `num_tokens` tokens; returns (b, P + generated).
 
     use_cache=False runs the slow reference path (a full forward per token); `decode_mode` picks
-    the cached decoder's mode and `compile_decoder` compiles its step (see `CachedDecoder`). With `eos_id`, a sequence that emitted EOS
-    keeps emitting EOS, and generation stops once all have: that is checked every
-    `EOS_CHECK_EVERY` steps (a check waits for the device) and the output is cut where the last
-    sequence ended. `allowed_tokens` masks impossible tokens; `callback` sees every step and may
-    stop early.
+    the cached decoder's mode and `compile_decoder` compiles its step (see `CachedDecoder`).
+    With `eos_id`, a sequence that emitted EOS keeps emitting EOS, and generation stops once all
+    have: that is checked every `EOS_CHECK_EVERY` steps (a check waits for the device) and the
+    output is cut where the last sequence ended. `allowed_tokens` masks impossible tokens;
+    `callback` sees every step and may stop early.
     """
     sampling = sampling or SamplingConfig()
     if prompt.dim() != 2 or prompt.shape[1] < 1:

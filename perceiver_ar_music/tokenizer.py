@@ -158,7 +158,7 @@ def _check_supported(config) -> None:
 def nearest_velocity_ids(vocab: EventVocab) -> np.ndarray:
     """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the louder bin,
     as miditok's ``np_get_closest``)."""
-    return events.nearest_velocity_ids(np.arange(128), events.tables(vocab))
+    return events.tables(vocab).midi_velocity_ids
 
 
 def quantize_notes(notes: PerformanceNotes, seconds_per_step: float, pitch_ok: np.ndarray) -> GridNotes:

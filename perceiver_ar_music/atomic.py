@@ -93,3 +93,50 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for a file-system error: its reason and the path it concerns."""
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{reason}: {exc.filename}" if exc.filename is not None else reason
+
+
+def check_writable_dir(folder: str | os.PathLike[str], what: str) -> Path:
+    """Check, without creating anything, that `folder` exists and takes new files or can be
+    created; else a one-line UserError naming `what` (e.g. "--out").
+
+    Call it before long work so that an unwritable output fails at once, not after the work,
+    and leaves no empty folder behind.
+    """
+    from perceiver_ar_music.errors import UserError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "exists and is not a folder" if existing == folder else f"is under {existing}, which is a file"
+        raise UserError(f"{what} {folder} {where}")
+    if existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to {what} {folder}: cannot create folders in {existing}")
+        return folder
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to {what} {folder}: {os_error_text(exc)}") from None
+    return folder
+
+
+def check_writable_file(target: str | os.PathLike[str], what: str) -> Path:
+    """Check that a file can be written (atomically) at `target`, without creating anything;
+    else a one-line UserError naming `what`. Refuses a folder where the file should go."""
+    from perceiver_ar_music.errors import UserError
+
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"{what} {target} is a folder, not a file")
+    check_writable_dir(target.parent, f"the folder of {what}")
+    return target

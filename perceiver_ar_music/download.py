@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from perceiver_ar_music.atomic import atomic_directory
+from perceiver_ar_music.atomic import atomic_directory, check_writable_dir, os_error_text
 from perceiver_ar_music.errors import UserError
 
 MAESTRO_URL = (
@@ -225,12 +225,29 @@ def verify_file(path: Path, sha256: str, size: int | None) -> None:
 
 
 def check_member_name(name: str) -> None:
-    """Reject archive member names that could write outside the unpack folder."""
-    parts = re.split(r"[/\\]", name)
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+    """Reject archive member names that could write outside the unpack folder.
+
+    Refused: absolute names, drive letters, ``..`` and empty components (``a//b``, which becomes
+    absolute once a prefix is stripped), with either slash; NUL bytes.
+    """
+    parts = re.split(r"[/\\]", name.rstrip("/"))
+    if (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts
+            or "" in parts or "\0" in name):
         raise UserError(
             f"archive member {name!r} points outside the dataset folder; refusing to unpack"
         )
+
+
+def member_target(folder: Path, relative: str) -> Path:
+    """Where member `relative` goes under `folder`; UserError unless it resolves inside it."""
+    check_member_name(relative)
+    target = folder.joinpath(*PurePosixPath(relative).parts)
+    base = folder.resolve()
+    if not target.resolve().is_relative_to(base) or target.resolve() == base:
+        raise UserError(
+            f"archive member {relative!r} points outside the dataset folder; refusing to unpack"
+        )
+    return target
 
 
 def _dataset_root(names: list[str]) -> str:
@@ -262,14 +279,16 @@ def unpack_maestro(archive: Path, dataset_dir: Path) -> int:
                 )
             with atomic_directory(dataset_dir) as tmp:
                 for info in wanted:
-                    target = tmp.joinpath(*PurePosixPath(info.filename[len(root):]).parts)
+                    target = member_target(tmp, info.filename[len(root):])
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as dst:
+                    with zf.open(info) as src, open(target, "xb") as dst:  # never over a file
                         shutil.copyfileobj(src, dst, _CHUNK)
     except zipfile.BadZipFile as exc:
         raise UserError(
             f"{archive} is not a valid zip archive ({exc}); delete it and re-run"
         ) from None
+    except OSError as exc:
+        raise UserError(f"cannot unpack {archive} into {dataset_dir}: {os_error_text(exc)}") from None
     return midi_count
 
 
@@ -289,12 +308,26 @@ def download_maestro(
     Does nothing when it is already unpacked, and does not download when a verified archive
     is already in `out`.
     """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
     dataset_dir = out / DATASET_DIR_NAME
     if (dataset_dir / CSV_NAME).is_file():
         print(f"MAESTRO is already unpacked in {dataset_dir}; nothing to do")
         return dataset_dir
+    check_writable_dir(out, "--out")
+    created = not out.exists()
+    try:
+        return _download_and_unpack(out, url, sha256, keep_archive, attempts, timeout, retry_wait, progress)
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {os_error_text(exc)}") from None
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failure before the first byte leaves no empty folder behind
+
+
+def _download_and_unpack(
+    out: Path, url: str, sha256: str, keep_archive: bool, attempts: int, timeout: float,
+    retry_wait: float, progress: bool,
+) -> Path:
+    dataset_dir = out / DATASET_DIR_NAME
     out.mkdir(parents=True, exist_ok=True)
     size = KNOWN_SIZES.get(sha256.lower())
     archive = out / ARCHIVE_NAME

@@ -248,6 +248,43 @@ def test_path_traversal_member_is_rejected_before_writing(tmp_path: Path, capsys
     assert not (out / DATASET_DIR_NAME).exists()
 
 
+@pytest.mark.parametrize("evil_name", ["maestro-v3.0.0//{target}", "maestro-v3.0.0/2004//{target}"])
+def test_double_slash_member_cannot_escape_to_an_absolute_path(tmp_path: Path, capsys, evil_name: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    evil = make_zip({**fake_files(), evil_name.format(target=str(victim).lstrip("/")): b"gotcha"})
+    out = tmp_path / "a" / "maestro"
+    with serve(evil) as (url, _):
+        assert cli(out, url, sha256=hashlib.sha256(evil).hexdigest()) == 2
+    assert "outside the dataset folder" in error_line(capsys)
+    assert victim.read_text() == "precious"
+    assert not (out / DATASET_DIR_NAME).exists()
+
+
+def test_member_target_is_checked_on_the_final_path(tmp_path: Path) -> None:
+    assert download.member_target(tmp_path, "2004/a.midi") == tmp_path / "2004" / "a.midi"
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(UserError, match="outside the dataset folder"):
+        download.member_target(tmp_path, "link/x.txt")
+    with pytest.raises(UserError, match="outside the dataset folder"):
+        download.member_target(tmp_path, "/tmp/x.txt")
+
+
+def test_unwritable_out_is_one_line_before_any_download(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    with serve(make_zip(fake_files())) as (url, fake):
+        assert cli(tmp_path / "file" / "maestro", url) == 2
+        assert fake.ranges == []  # refused before any request
+    line = error_line(capsys)
+    assert "is under" in line and "which is a file" in line
+
+
+def test_failed_download_leaves_no_empty_out_folder(tmp_path: Path, capsys) -> None:
+    with serve(mode="missing") as (url, _):
+        assert cli(tmp_path / "new" / "maestro", url) == 2
+    assert not (tmp_path / "new" / "maestro").exists()
+
+
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
     assert cli(tmp_path, "http://127.0.0.1:9/x.zip", sha256="xyz") == 2
     assert "--sha256" in error_line(capsys)
@@ -355,7 +392,7 @@ def test_ctrl_c_keeps_the_part(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["/etc/passwd", "maestro-v3.0.0/../../x", "..\\x.midi", "a\\..\\..\\x", "C:/x", "\\x"]
+    "name", ["/etc/passwd", "maestro-v3.0.0//etc/x", "a/\\x", "maestro-v3.0.0/../../x", "..\\x.midi", "a\\..\\..\\x", "C:/x", "\\x"]
 )
 def test_unsafe_member_names_are_rejected(name: str) -> None:
     with pytest.raises(UserError, match="outside the dataset folder"):

@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from perceiver_ar_music.cli_types import finite_float
 from perceiver_ar_music.download import MAESTRO_SHA256, MAESTRO_URL, download_maestro
 from perceiver_ar_music.errors import UserError
 
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=finite_float(min=0, max=86_400, min_inclusive=False),
         default=60.0,
         help="seconds to wait on a silent connection before giving up (default: 60)",
     )
@@ -49,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--sha256 must be 64 hex digits, got {args.sha256!r}")
     if not re.match(r"https?://", args.url):
         raise UserError(f"--url must be an http:// or https:// URL, got {args.url!r}")
-    if args.timeout <= 0:
-        raise UserError(f"--timeout must be positive, got {args.timeout}")
     download_maestro(
         args.out,
         url=args.url,

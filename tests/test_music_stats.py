@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music.music_stats import MusicStats, music_stats
+from perceiver_ar_music.music_stats import (
+    MusicStats, compare, music_stats, reference_figures, sample_report, windowed_stats, write_stats_json,
+)
 
 
 def notes(*rows: tuple[float, float, float, float]) -> np.ndarray:
@@ -21,7 +23,8 @@ def test_one_note():
     assert stats == MusicStats(
         duration_s=2.0, note_count=1, notes_per_second=0.5, pitch_min=60, pitch_max=60, pitch_mean=60.0,
         pitch_std=0.0, note_length_mean_s=2.0, velocity_mean=100.0, velocity_std=0.0,
-        mean_polyphony=1.0, max_polyphony=1, silence_fraction=0.0,
+        mean_polyphony=1.0, max_polyphony=1, silence_fraction=0.0, pitch_range=0, note_length_p50_s=2.0,
+        note_length_p90_s=2.0, note_length_p99_s=2.0, note_length_max_s=2.0, long_note_fraction=0.0,
     )
 
 
@@ -102,3 +105,102 @@ def test_polyphony_matches_a_grid_count(rows):
     assert stats.mean_polyphony == pytest.approx(counts.sum() / sounding if sounding else 0.0)
     if last > first:
         assert stats.silence_fraction == pytest.approx(1 - sounding / (last - first), abs=1e-9)
+
+
+# ----- the figures added for long samples: percentiles, long notes, windows, reports -----
+
+
+def test_length_percentiles_long_notes_and_pitch_range():
+    # lengths 1..10 s: p50 = 5.5, p90 = 9.1, p99 = 9.91 (linear interpolation); 6 of 10 notes over 4 s
+    table = notes(*[(50 + 3 * i, i, i + (i + 1), 64) for i in range(10)])
+    stats = music_stats(table)
+    assert stats.note_length_p50_s == pytest.approx(5.5)
+    assert stats.note_length_p90_s == pytest.approx(9.1)
+    assert stats.note_length_p99_s == pytest.approx(9.91)
+    assert stats.note_length_max_s == 10.0
+    assert stats.long_note_fraction == pytest.approx(0.6)
+    assert stats.pitch_range == 27
+    # exactly 4 s is not over 4 s
+    assert music_stats(notes((60, 0, 4, 64), (62, 0, 4.01, 64))).long_note_fraction == 0.5
+
+
+def test_windows_by_onset_with_polyphony_inside_the_window():
+    # origin 10 s, windows of 5 s: [10, 15), [15, 20), [20, 22] (the last ends at the last release)
+    table = notes(
+        (60, 10, 19, 64),  # a drone struck in window 0 that sounds on into window 1
+        (62, 11, 12, 64), (64, 12, 13, 64),
+        (65, 16, 17, 64),
+        (67, 20, 22, 64), (69, 21, 21.5, 64),
+    )
+    windows = windowed_stats(table, 5.0, start_s=10.0)
+    assert [(w.index, w.start_s, w.end_s) for w in windows] == [(0, 10, 15), (1, 15, 20), (2, 20, 22)]
+    assert [w.stats.note_count for w in windows] == [3, 1, 2]
+    assert [w.stats.duration_s for w in windows] == [5, 5, 2]
+    assert windows[0].stats.notes_per_second == pytest.approx(3 / 5)
+    assert windows[2].stats.notes_per_second == pytest.approx(2 / 2)
+    # window 1: the drone sounds 15-19 (with 65 during 16-17) although it belongs to window 0
+    assert windows[1].stats.max_polyphony == 2
+    assert windows[1].stats.mean_polyphony == pytest.approx(5 / 4)
+    assert windows[1].stats.silence_fraction == pytest.approx(1 / 5)
+    assert windows[1].stats.note_length_max_s == 1.0  # lengths are of its own notes only
+    assert windows[0].stats.note_length_max_s == 9.0 and windows[0].stats.long_note_fraction == pytest.approx(1 / 3)
+    assert windows[2].stats.max_polyphony == 2 and windows[2].stats.silence_fraction == 0.0
+    # default origin: the first onset; a window with no onsets still measures what sounds in it
+    lone = windowed_stats(notes((60, 0, 12, 64), (62, 11, 12, 64)), 5.0)
+    assert [w.stats.note_count for w in lone] == [1, 0, 1]
+    assert lone[1].stats.mean_polyphony == 1.0 and lone[1].stats.silence_fraction == 0.0
+    assert windowed_stats(np.zeros((0, 4)), 30.0) == []
+    with pytest.raises(ValueError):
+        windowed_stats(table, 0.0)
+
+
+def test_sample_report_primer_continuation_windows_drift_and_json(tmp_path):
+    primer = [(60 + i % 5, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(20)]  # 0-10 s, 2 notes/s
+    # continuation from 10 s: 2 notes/s for 10 s, then 4 notes/s for 10 s
+    first = [(70, 10 + 0.5 * i, 10 + 0.5 * i + 0.4, 80) for i in range(20)]
+    second = [(72, 20 + 0.25 * i, 20 + 0.25 * i + 0.2, 80) for i in range(40)]
+    table = notes(*primer, *first, *second)
+    report = sample_report(table, 20, 10.0, window_s=10.0)
+    assert report.primer.note_count == 20 and report.continuation.note_count == 60
+    assert [w.stats.note_count for w in report.windows] == [20, 40]
+    assert report.windows[0].start_s == 10.0
+    assert report.drift["notes_per_second"] == pytest.approx((40 / 9.95) / (20 / 10))
+    assert report.vs_primer()["notes_per_second"] == pytest.approx(report.continuation.notes_per_second / report.primer.notes_per_second)
+    reference = reference_figures([music_stats(notes(*primer)), music_stats(notes(*first)), music_stats(notes(*second))], "test")
+    assert reference.pieces == 3
+    assert reference.median["notes_per_second"] == pytest.approx(music_stats(notes(*first)).notes_per_second)
+    with_ref = sample_report(table, 20, 10.0, window_s=10.0, reference=reference)
+    assert set(with_ref.vs_reference) == {"primer", "continuation"}
+    assert with_ref.vs_reference["primer"].ratio["pitch_range"] is None  # the median range is 0
+    assert "pitch_range" in with_ref.vs_reference["primer"].outside  # 4 semitones vs 0 in 2 of 3 pieces
+    path = tmp_path / "stats.json"
+    write_stats_json(path, {"sample-01": with_ref}, {"seed": 3})
+    data = json.loads(path.read_text())
+    assert data["details"] == {"seed": 3}
+    sample = data["samples"]["sample-01"]
+    assert sample["primer"]["note_count"] == 20 and len(sample["windows"]) == 2
+    assert sample["windows"][1]["note_count"] == 40 and sample["reference"]["pieces"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]  # no temporary file left
+
+
+def test_report_without_primer_or_continuation():
+    table = notes((60, 0, 1, 64), (62, 1, 2, 64))
+    only_primer = sample_report(table, 2, 2.0)
+    assert only_primer.continuation is None and only_primer.windows == []
+    assert all(v is None for v in only_primer.drift.values())
+    no_primer = sample_report(table, 0, 0.0)
+    assert no_primer.primer is None and no_primer.continuation.note_count == 2
+    assert json.loads(json.dumps(no_primer.as_dict()))["primer"] is None
+    with pytest.raises(ValueError):
+        sample_report(table, 3, 0.0)
+
+
+def test_compare_ratios_and_band():
+    ref = reference_figures([music_stats(notes((60, 0, 1, 64), (60 + k, 1, 2, 64))) for k in range(1, 11)])
+    assert ref.median["pitch_range"] == 5.5 and ref.low["pitch_range"] == pytest.approx(1.9)
+    inside = compare(music_stats(notes((60, 0, 1, 64), (65, 1, 2, 64))), ref)
+    assert inside.ratio["pitch_range"] == pytest.approx(5 / 5.5) and "pitch_range" not in inside.outside
+    wide = compare(music_stats(notes((60, 0, 1, 64), (80, 1, 2, 64))), ref)
+    assert "pitch_range" in wide.outside and wide.ratio["silence_fraction"] is None  # median 0
+    with pytest.raises(ValueError):
+        reference_figures([music_stats(np.zeros((0, 4)))])

@@ -6,12 +6,18 @@ processes, reuses the tokens of unchanged files (same content hash, same tokeniz
 previous preparation, and writes the result as a new *generation*:
 
 1. token files ``tokens-g<N>-<split>.u16`` (new names, each written atomically),
-2. ``tokenizer.json`` (only when its content changes),
+2. the tokenizer, under a name the committed manifest does not use for other content:
+   ``tokenizer.json``, or ``tokenizer-g<N>.json`` while the old manifest still points at a
+   different ``tokenizer.json`` (the next run with the same tokenizer moves it back),
 3. ``manifest.json``, replaced last by one atomic rename: this is the commit point,
-4. the previous generation's token files and stray temporaries are removed.
+4. the previous generation's token and tokenizer files and stray temporaries are removed.
 
 A run killed at any moment therefore leaves either the old or the new manifest, each pointing
-only at complete token files. A different tokenizer than the previous one re-tokenizes everything.
+only at complete files. A different tokenizer than the previous one re-tokenizes everything.
+
+The folder's lock, ``.prepare.lock``, is a POSIX record lock: it belongs to the preparing process
+alone (pool workers do not inherit it) and the kernel drops it when that process dies. Workers
+are tied to the parent's life (``PR_SET_PDEATHSIG`` on Linux), so a kill -9 leaves nothing running.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -32,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from perceiver_ar_music.atomic import atomic_path, write_json_atomic
+from perceiver_ar_music.atomic import atomic_path, check_writable_dir, os_error_text, write_json_atomic
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.prepared import (
     FORMAT,
@@ -53,8 +60,14 @@ _METADATA_NAME = re.compile(r"maestro-v(\d+(?:\.\d+)*)\.(csv|json)", re.IGNORECA
 _LOCK_NAME = ".prepare.lock"
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TOKEN_FILE = r"tokens-g\d{6}-[A-Za-z0-9_-]+\.u16"
-# Files the pipeline owns in an output folder: token files and temporaries of interrupted writes.
-_OWN_FILE = re.compile(rf"{_TOKEN_FILE}|\.+(manifest\.json|tokenizer\.json|{_TOKEN_FILE})\..*\.tmp")
+_TOKENIZER_FILE = r"tokenizer(-g\d{6})?\.json"
+# Files the pipeline owns in an output folder: token and tokenizer files, temporaries of
+# interrupted writes.
+_OWN_FILE = re.compile(
+    rf"{_TOKEN_FILE}|{_TOKENIZER_FILE}|\.write-test\..*|\.+(manifest\.json|{_TOKENIZER_FILE}|{_TOKEN_FILE})\..*\.tmp"
+)
+_locked_here: set[Path] = set()  # folders this process is preparing (POSIX locks do not exclude it)
+_locked_here_guard = threading.Lock()
 
 
 # ----------------------------------------------------------------------------- finding and splitting
@@ -159,8 +172,23 @@ def _init_worker(tokenizer_spec: str | None, expected_hash: str) -> None:
         raise RuntimeError("worker loaded a different tokenizer than the main process")
 
 
-def _init_pool_worker(tokenizer_spec: str | None, expected_hash: str) -> None:
-    """A pool worker leaves Ctrl-C to the main process, which stops the pool and exits cleanly."""
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_pool_worker(tokenizer_spec: str | None, expected_hash: str, parent_pid: int) -> None:
+    """A pool worker dies with the main process and leaves Ctrl-C to it (it stops the pool)."""
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_worker(tokenizer_spec, expected_hash)
 
@@ -217,18 +245,39 @@ def _warn(message: str) -> None:
 
 @contextmanager
 def _exclusive_lock(out_dir: Path) -> Iterator[None]:
-    """Hold ``.prepare.lock`` so two preparations never write one folder at once."""
+    """Hold ``.prepare.lock`` so two preparations never write one folder at once.
+
+    A POSIX record lock (``lockf``): owned by this process only, never by forked children, and
+    released by the kernel when the process dies, however it dies.
+    """
+    busy = UserError(f"another 'perceiver-music prepare' is writing {out_dir}")
+    key = out_dir.resolve()
+    with _locked_here_guard:
+        if key in _locked_here:
+            raise busy
+        _locked_here.add(key)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(out_dir / _LOCK_NAME, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"another 'perceiver-music prepare' is writing {out_dir}") from None
-        yield
+            import fcntl
+        except ImportError:  # not POSIX: only the in-process guard
+            yield
+            return
+        lock_path = out_dir / _LOCK_NAME
+        with open(lock_path, "a") as handle:  # opened close-on-exec, as Python opens every file
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise busy from None
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise busy  # a finishing run removed the lock file while we opened it
+            yield
+    finally:
+        with _locked_here_guard:
+            _locked_here.discard(key)
 
 
 def _previous(out_dir: Path, tokenizer_hash: str, notices: list[str]) -> PreparedData | None:
@@ -275,15 +324,35 @@ def prepare(
     paths = find_midi_files(data_dir)
     if not paths:
         raise UserError(f"no .mid or .midi files under {data_dir}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
+    check_writable_dir(out_dir, "--out")
     if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists():
-        ours = {TOKENIZER_NAME, _LOCK_NAME}
-        if any(not _OWN_FILE.fullmatch(p.name) and p.name not in ours for p in out_dir.iterdir()):
+        if any(not _OWN_FILE.fullmatch(p.name) and p.name != _LOCK_NAME for p in out_dir.iterdir()):
             raise UserError(f"--out {out_dir} is neither empty nor a prepared folder: choose a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(out_dir):
-        return _prepare_locked(data_dir, out_dir, paths, workers, split_ratios, tokenizer_spec, progress)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(out_dir):
+            try:
+                return _prepare_locked(data_dir, out_dir, paths, workers, split_ratios, tokenizer_spec, progress)
+            except BaseException:
+                if created:  # a failed first run leaves nothing behind, not even the lock
+                    _remove_own_files(out_dir, with_lock=True)
+                raise
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out_dir}: {os_error_text(exc)}") from None
+    finally:
+        if created and not (out_dir / MANIFEST_NAME).exists():
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass  # another run is using it, or it is gone
+
+
+def _remove_own_files(out_dir: Path, with_lock: bool = False) -> None:
+    """Delete every file the pipeline owns in `out_dir` (and its lock file when asked)."""
+    for entry in out_dir.iterdir():
+        if _OWN_FILE.fullmatch(entry.name) or (with_lock and entry.name == _LOCK_NAME):
+            entry.unlink(missing_ok=True)
 
 
 def _prepare_locked(
@@ -363,7 +432,9 @@ def _prepare_locked(
     if not pieces:
         raise UserError(f"none of the {len(paths)} MIDI files under {data_dir} could be prepared")
     generation = previous.manifest["generation"] + 1 if previous else 1
-    result.manifest = _commit(out_dir, data_dir, generation, tokenizer, pieces, skipped, metadata, split_ratios)
+    committed = previous.manifest["tokenizer"] if previous else None
+    result.manifest = _commit(out_dir, data_dir, generation, tokenizer, committed, pieces, skipped, metadata,
+                              split_ratios)
     return result
 
 
@@ -387,7 +458,12 @@ def _encode_all(
                 yield path, _encode(str(data_dir / path))
                 bar.update()
             return
-        pool = ProcessPoolExecutor(workers, initializer=_init_pool_worker, initargs=(tokenizer_spec, tokenizer_hash))
+        import multiprocessing
+
+        # fork: workers start with the modules already imported, and their parent is this process
+        context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_pool_worker,
+                                   initargs=(tokenizer_spec, tokenizer_hash, os.getpid()))
         try:
             futures = {pool.submit(_encode, str(data_dir / path)): path for path in order}
             for future in as_completed(futures):
@@ -406,6 +482,7 @@ def _commit(
     data_dir: Path,
     generation: int,
     tokenizer: Any,
+    committed_tokenizer: dict[str, Any] | None,
     pieces: dict[str, Piece],
     skipped: list[dict[str, str]],
     metadata: Metadata | None,
@@ -435,13 +512,13 @@ def _commit(
             })
             offset += len(piece.ids)
         split_totals[split] = {"tokens_file": name, **_totals(by_split[split])}
-    tokenizer_sha256 = _write_tokenizer(out_dir / TOKENIZER_NAME, tokenizer)
+    tokenizer_file, tokenizer_sha256 = _write_tokenizer(out_dir, tokenizer, committed_tokenizer, generation)
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "generation": generation,
         "source": str(data_dir.resolve()),
-        "tokenizer": {"hash": tokenizer.hash, "file": TOKENIZER_NAME, "file_sha256": tokenizer_sha256,
+        "tokenizer": {"hash": tokenizer.hash, "file": tokenizer_file, "file_sha256": tokenizer_sha256,
                       "config": tokenizer.config_dict()},
         "vocab": {"tokens": list(tokenizer.vocab.tokens), "seconds_per_beat": tokenizer.vocab.seconds_per_beat},
         "split_method": {
@@ -454,7 +531,7 @@ def _commit(
         "skipped": sorted(skipped, key=lambda s: s["path"]),
     }
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-    _remove_stale(out_dir, {info["tokens_file"] for info in split_totals.values()})
+    _remove_stale(out_dir, {tokenizer_file, *(info["tokens_file"] for info in split_totals.values())})
     return manifest
 
 
@@ -476,19 +553,30 @@ def _write_tokens(path: Path, arrays: list[np.ndarray]) -> None:
             np.asarray(ids, dtype=TOKEN_DTYPE).tofile(handle)
 
 
-def _write_tokenizer(path: Path, tokenizer: Any) -> str:
-    """Save the tokenizer JSON, replacing the old file only if it differs; return its sha256."""
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_tokenizer(
+    out_dir: Path, tokenizer: Any, committed: dict[str, Any] | None, generation: int
+) -> tuple[str, str]:
+    """Save the tokenizer JSON where the committed manifest does not point at other content.
+
+    ``tokenizer.json`` unless the committed manifest names that file with a different sha256
+    (a kill before the new manifest must leave the old pair intact): then
+    ``tokenizer-g<generation>.json``. Returns (file name, sha256).
+    """
+    staged = out_dir / f".{TOKENIZER_NAME}.{os.getpid()}.tmp"
     try:
         tokenizer.save(staged)
         digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        name = TOKENIZER_NAME
+        if committed and committed.get("file", TOKENIZER_NAME) == TOKENIZER_NAME and committed.get("file_sha256") != digest:
+            name = f"tokenizer-g{generation:06d}.json"
+        path = out_dir / name
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             with open(staged, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
-    return digest
+    return name, digest
 
 
 def _remove_stale(out_dir: Path, keep: set[str]) -> None:

@@ -3,7 +3,8 @@
 Layout of a prepared folder::
 
     manifest.json                   # the one source of truth, replaced last by an atomic rename
-    tokenizer.json                  # the tokenizer the tokens were made with (miditok params)
+    tokenizer.json                  # the tokenizer the tokens were made with (miditok params);
+                                    # tokenizer-g<N>.json for one generation after a change
     tokens-g000003-train.u16        # every train piece's ids back to back, little-endian uint16
     tokens-g000003-validation.u16   # ... one file per split, named by the preparation generation
     tokens-g000003-test.u16
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")
 SPLIT_ORDER = ("train", "validation", "test")
 
+_TOKENIZER_FILE = re.compile(r"tokenizer(-g\d{6})?\.json")  # the manifest's tokenizer "file"
 _FILE_KEYS = ("path", "split", "offset", "num_tokens", "num_notes", "seconds", "sha256")
 
 
@@ -91,13 +94,14 @@ class PreparedData:
     @property
     def tokenizer_path(self) -> Path:
         """The saved tokenizer JSON, checked against the manifest (loadable with `load_tokenizer`)."""
-        path = self.root / TOKENIZER_NAME
+        name = self.manifest["tokenizer"].get("file", TOKENIZER_NAME)
+        path = self.root / name
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
-            raise _corrupt(self.root, f"{TOKENIZER_NAME} is missing") from None
+            raise _corrupt(self.root, f"{name} is missing") from None
         if digest != self.manifest["tokenizer"]["file_sha256"]:
-            raise _corrupt(self.root, f"{TOKENIZER_NAME} does not match the manifest")
+            raise _corrupt(self.root, f"{name} does not match the manifest")
         return path
 
     @property
@@ -151,6 +155,8 @@ def _check_manifest(root: Path, manifest: Any) -> EventVocab:
         tokenizer = manifest["tokenizer"]
         if not isinstance(tokenizer["hash"], str) or not isinstance(tokenizer["file_sha256"], str):
             raise _corrupt(root, "tokenizer hash missing")
+        if not _TOKENIZER_FILE.fullmatch(str(tokenizer.get("file", TOKENIZER_NAME))):
+            raise _corrupt(root, f"bad tokenizer file name {tokenizer.get('file')!r}")
         vocab_info = manifest["vocab"]
         vocab = EventVocab.from_token_map(
             {name: idx for idx, name in enumerate(vocab_info["tokens"])},

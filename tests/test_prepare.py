@@ -464,14 +464,17 @@ def test_exit_codes_and_one_line_errors(tmp_path: Path, capsys) -> None:
     (bad / "x.mid").write_bytes(b"garbage")
     (bad / "y.midi").write_bytes(b"")
     assert "none of the 2 MIDI files" in error_of("--data", str(bad), "--out", out)
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out").exists()  # a failed first run leaves no folder behind
 
     good = plain_tree(tmp_path / "good", count=2)
     assert "neither empty nor a prepared folder" in error_of("--data", str(good), "--out", str(good))
     assert "--split-ratios" in error_of("--data", str(good), "--out", out, "--split-ratios", "1,2")
     assert "unknown tokenizer preset" in error_of("--data", str(good), "--out", out, "--tokenizer", "nope")
     capsys.readouterr()
-    assert cli_main(["prepare", "--data", str(good), "--out", out, "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as usage_error:  # argparse refuses it before anything runs
+        cli_main(["prepare", "--data", str(good), "--out", out, "--workers", "0"])
+    assert usage_error.value.code == 2
+    assert "argument --workers: must be a whole number in [1, 1024], got 0" in capsys.readouterr().err
 
     # A good run, then a run on only bad files: exit 2 and the prepared data is untouched.
     assert run_cli("--data", str(good), "--out", out) == 0
@@ -491,15 +494,150 @@ def test_corrupt_previous_manifest_is_rebuilt(tmp_path: Path, capsys) -> None:
     assert len(contents(out)) == 3
 
 
+LOCK_HOLDER = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.lockf(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locks")
 def test_a_second_concurrent_prepare_is_refused(tmp_path: Path) -> None:
-    import fcntl
+    import subprocess
 
     data_dir = plain_tree(tmp_path / "plain", count=2)
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / ".prepare.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # as a running prepare holds it
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out / ".prepare.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # as a running prepare holds it
         with pytest.raises(UserError, match="another 'perceiver-music prepare' is writing"):
             prepare(data_dir, out, workers=1, progress=False)
-    assert len(prepare(data_dir, out, workers=1, progress=False).manifest["files"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(prepare(data_dir, out, workers=1, progress=False).manifest["files"]) == 2  # died: lock gone
+
+
+def test_the_same_folder_is_refused_within_one_process(tmp_path: Path, monkeypatch) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=2)
+    out = tmp_path / "out"
+    original = prepare_module._prepare_locked
+    inner: list[str] = []
+
+    def nested(*args, **kwargs):
+        with pytest.raises(UserError, match="another 'perceiver-music prepare' is writing") as caught:
+            prepare(data_dir, out, workers=1, progress=False)
+        inner.append(str(caught.value))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "_prepare_locked", nested)
+    prepare(data_dir, out, workers=1, progress=False)
+    assert len(inner) == 1
+
+
+def test_the_lock_is_not_held_by_pool_workers(tmp_path: Path, monkeypatch) -> None:
+    """A worker forked while the parent holds the lock does not hold it: a POSIX record lock."""
+    import fcntl
+    import multiprocessing
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with prepare_module._exclusive_lock(out):
+        child = multiprocessing.get_context("fork").Process(target=time_sleep, args=(30,))
+        child.start()
+    try:
+        with open(out / ".prepare.lock", "a") as handle:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free although the child lives
+    finally:
+        child.kill()
+        child.join()
+
+
+def time_sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_a_failed_first_run_leaves_no_folder(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.mid").write_bytes(b"garbage")
+    out = tmp_path / "new" / "out"
+    with pytest.raises(UserError, match="none of the 1 MIDI files"):
+        prepare(bad, out, workers=1, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_unwritable_out_is_refused_before_tokenizing(tmp_path: Path, capsys, where: str, count_encodes) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=2)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out" if where == "under_a_file" else tmp_path / "file"
+    assert cli_main(["prepare", "--data", str(data_dir), "--out", str(out), "--no-progress", "--workers", "1"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()
+    assert len(line) == 1 and line[0].startswith("perceiver-music prepare: error: --out ")
+    assert count_encodes == []
+
+
+def _killed_during_tokenizer_change(step: int, data_dir: Path, out: Path, spec: str) -> bool:
+    """Like `_run_killed_at`, with another tokenizer than the folder's."""
+    pid = os.fork()
+    if pid == 0:
+        count = 0
+
+        def counted(original):
+            def wrapper(*args, **kwargs):
+                nonlocal count
+                count += 1
+                if count == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(*args, **kwargs)
+            return wrapper
+
+        code = 1
+        try:
+            for module, name in FILESYSTEM_STEPS:
+                setattr(module, name, counted(getattr(module, name)))
+            prepare(data_dir, out, workers=1, progress=False, tokenizer_spec=spec)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, "prepare failed in the child"
+    return os.WIFSIGNALED(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_kill_during_a_tokenizer_change_leaves_a_matching_tokenizer(tmp_path: Path) -> None:
+    data_dir = plain_tree(tmp_path / "plain", count=3)
+    pristine = tmp_path / "pristine"
+    prepare(data_dir, pristine, workers=1, progress=False)
+    old_hash = PreparedData.open(pristine).tokenizer_hash
+    spec = str(other_tokenizer(tmp_path))
+    new_hash = load_tokenizer(spec).hash
+    seen = set()
+    for step in range(1, 60):
+        out = tmp_path / f"out{step}"
+        shutil.copytree(pristine, out)
+        killed = _killed_during_tokenizer_change(step, data_dir, out, spec)
+        data = PreparedData.open(out)
+        assert load_tokenizer(data.tokenizer_path).hash == data.tokenizer_hash, f"killed at step {step}"
+        seen.add(data.tokenizer_hash)
+        shutil.rmtree(out)
+        if not killed:
+            break
+    assert not killed and seen == {old_hash, new_hash}
+    # The change goes to tokenizer-g2.json; the next run with the same tokenizer moves it back.
+    prepare(data_dir, pristine, workers=1, progress=False, tokenizer_spec=spec)
+    assert PreparedData.open(pristine).manifest["tokenizer"]["file"] == "tokenizer-g000002.json"
+    prepare(data_dir, pristine, workers=1, progress=False, tokenizer_spec=spec)
+    data = PreparedData.open(pristine)
+    assert data.manifest["tokenizer"]["file"] == "tokenizer.json"
+    assert load_tokenizer(data.tokenizer_path).hash == new_hash
+    assert own_files(pristine) == {"manifest.json", "tokenizer.json",
+                                   *(i["tokens_file"] for i in data.manifest["splits"].values())}

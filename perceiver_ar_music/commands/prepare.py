@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from perceiver_ar_music.cli_types import bounded_int
+
 HELP = "tokenize a folder of MIDI files (MAESTRO or any collection) into train/validation/test token files"
 
 
@@ -14,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "metadata file in it decides the splits")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="prepared-data folder to create or update incrementally")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("--workers", type=bounded_int(1, 1024), default=os.cpu_count() or 1, metavar="N",
                         help="tokenizer processes (default: CPU count, %(default)s here)")
     parser.add_argument("--split-ratios", default="0.9,0.05,0.05", metavar="TRAIN,VAL,TEST",
                         help="split fractions for files without metadata, by a hash of their path "
@@ -26,11 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.prepare import format_summary, parse_split_ratios, prepare
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     result = prepare(
         args.data,
         args.out,

@@ -111,6 +111,12 @@ def as_id_array(ids: "np.ndarray | list[int] | tuple[int, ...]") -> np.ndarray:
 
 def ids_to_note_steps(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray:
     """Like ``ids_to_notes`` but with times as int64 grid steps (columns pitch, start, end, velocity)."""
+    return note_steps_and_open(ids, vocab)[0]
+
+
+def note_steps_and_open(ids: "np.ndarray | list[int]", vocab: EventVocab) -> tuple[np.ndarray, np.ndarray]:
+    """``ids_to_note_steps`` and, per note, whether it still sounds at the end of the sequence
+    (no NoteOff or NoteOn of its pitch follows: it was released at the end time)."""
     table = tables(vocab)
     ids = as_id_array(ids)
     kind = table.kinds_of(ids)
@@ -143,7 +149,7 @@ def ids_to_note_steps(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.nd
     notes[:, START] = clock[on_positions]
     notes[:, END] = ends
     notes[:, VELOCITY_COLUMN] = velocities
-    return notes
+    return notes, ~has_next[is_on][order]
 
 
 def ids_to_notes(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray:

@@ -1,11 +1,16 @@
 """Continue a MIDI primer with a trained model: prompt building, sampling with progress, MIDI out.
 
-The pieces the `generate` command strings together, each usable on its own:
-- `primer_ids`: a MIDI file -> performance ids, optionally only its first S seconds;
-- `continue_ids`: the cached (or reference) sampler with a progress bar in tokens/s and seconds of
-  music, an optional seconds budget and stopping on EOS;
-- `sample_notes` / `write_sample_midi`: one sample's ids -> notes -> a MIDI file with the primer
-  and the continuation on two tracks and a text event at the boundary.
+The pieces the `generate` command (and the studio) string together, each usable on its own:
+- `load_primer` / `truncate_to_seconds`: a MIDI file -> performance ids, optionally only its
+  first S seconds;
+- `sampling_rules` / `guard_defaults`: the grammar and note guards applied while sampling, with
+  the limits stored with a checkpoint;
+- `continue_ids`: the cached (or reference) sampler with progress in tokens/s and seconds of
+  music (a bar in a terminal, a line every few seconds elsewhere), an optional seconds budget,
+  a per-step hook and stopping on EOS;
+- `sample_notes` / `write_sample_midi`: one sample's ids -> notes (notes left sounding when
+  sampling stopped get a clean ending) -> a MIDI file with the primer and the continuation on two
+  tracks and a text event at the boundary.
 """
 
 from __future__ import annotations
@@ -18,9 +23,15 @@ import numpy as np
 import torch
 
 from perceiver_ar_music.atomic import atomic_path
-from perceiver_ar_music.events import ids_to_notes
-from perceiver_ar_music.sampling import AllowedTokens, SamplingConfig, generate
+from perceiver_ar_music.constraints import NoteRules
+from perceiver_ar_music.note_limits import NoteLimits
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.events import END, START, note_steps_and_open
+from perceiver_ar_music.sampling import SamplingConfig, StepCallback, generate
 from perceiver_ar_music.vocab import NOTE_ON, EventVocab
+
+LOG_EVERY_S = 5.0  # seconds between progress lines when the output is not a terminal
+OPEN_NOTE_FALLBACK_S = 0.5  # length of a note left sounding at the end, when no note ended
 
 
 def music_clock(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:
@@ -55,40 +66,104 @@ class Continuation:
 
 
 class MusicProgress:
-    """Per-step callback: counts the music generated, enforces a seconds budget, shows a bar.
+    """Per-step callback: counts the music generated, enforces a seconds budget, shows progress.
 
-    The tqdm bar (tokens, tokens/s, seconds of music of the slowest sample) is hidden with
-    show=False; the budget holds either way. The seconds are summed on the tokens' device and
-    read back only every `check_every` steps, so the sampler never waits for the GPU per token;
-    a budget can therefore be overshot by up to check_every - 1 tokens.
+    In a terminal a tqdm bar (tokens, tokens/s, seconds of music of the slowest sample);
+    elsewhere (a log, a pipe) one line every `LOG_EVERY_S` seconds; nothing with show=False.
+    The budget holds either way. The seconds are summed on the tokens' device and read back only
+    every `check_every` steps, so the sampler never waits for the GPU per token; a budget can
+    therefore be overshot by up to check_every - 1 tokens.
     """
 
     def __init__(
         self, total: int | None, vocab: EventVocab, batch: int, seconds_budget: float | None,
         show: bool = True, check_every: int = 16,
     ) -> None:
+        import sys
+        import time
+
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show)
+        self.lines = show and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show or self.lines)
         self.shift = torch.tensor(vocab.shift_steps, dtype=torch.float64) * vocab.seconds_per_step
         self.seconds = torch.zeros(batch, dtype=torch.float64)
-        self.budget = seconds_budget
+        self.budget, self.total = seconds_budget, total
         self.check_every = check_every
+        self.tokens = 0
+        self.started = self.last_line = time.monotonic()
 
     def __call__(self, step: int, new: torch.Tensor) -> bool:
         if self.seconds.device != new.device:
             self.shift, self.seconds = self.shift.to(new.device), self.seconds.to(new.device)
         self.seconds += self.shift[new]
         self.bar.update(1)
+        self.tokens += 1
         if step % self.check_every != self.check_every - 1:
             return False
         slowest = self.seconds.min().item()
         self.bar.set_postfix_str(f"music {slowest:.1f}s")
+        if self.lines:
+            self._line(slowest, final=False)
         return self.budget is not None and slowest >= self.budget
 
+    def _line(self, slowest: float, final: bool) -> None:
+        import sys
+        import time
+
+        now = time.monotonic()
+        if not final and now - self.last_line < LOG_EVERY_S:
+            return
+        self.last_line = now
+        of = f"/{self.total}" if self.total else ""
+        rate = self.tokens / max(now - self.started, 1e-9)
+        print(f"generating: {self.tokens}{of} tokens, {rate:.0f} tokens/s, music {slowest:.1f}s"
+              + (" (done)" if final else ""), file=sys.stderr, flush=True)
+
     def close(self) -> None:
-        self.bar.set_postfix_str(f"music {self.seconds.min().item():.1f}s")
+        slowest = self.seconds.min().item()
+        self.bar.set_postfix_str(f"music {slowest:.1f}s")
         self.bar.close()
+        if self.lines:
+            self._line(slowest, final=True)
+
+
+def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> np.ndarray:
+    """The performance ids (int64, no BOS) of a MIDI primer, or of its first `seconds`; none
+    for no path. A file that cannot be read, or has no notes there, is a `UserError`."""
+    from perceiver_ar_music.tokenizer import MidiReadError
+
+    if path is None:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        ids = tokenizer.encode_file(path).ids.astype(np.int64)
+    except MidiReadError as exc:
+        raise UserError(f"primer {path}: {exc}") from None
+    if seconds is not None:
+        ids = truncate_to_seconds(ids, tokenizer.vocab, seconds)
+        if not np.any(np.asarray(tokenizer.vocab.kind)[ids] == NOTE_ON):
+            raise UserError(f"primer {path}: no notes in its first {seconds:g} seconds")
+    return ids
+
+
+def guard_defaults(meta: dict) -> tuple[float, int]:
+    """(max note seconds, max polyphony) for a checkpoint: the limits of its training data when
+    stored with it (`note_limits` in meta.json), else `constraints`' fallbacks."""
+    limits = NoteLimits.from_meta(meta)
+    return limits.max_note_seconds, limits.max_polyphony
+
+
+def sampling_rules(
+    vocab: EventVocab, device: torch.device | str, *, constrain: bool,
+    max_note_seconds: float | None, max_polyphony: int | None,
+) -> NoteRules | None:
+    """The rules to sample with: the grammar when `constrain`, the guards whose limit is set
+    (None or 0 switches one off); None when no rule is on."""
+    steps = round(max_note_seconds / vocab.seconds_per_step) if max_note_seconds else None
+    if not constrain and not steps and not max_polyphony:
+        return None
+    return NoteRules(vocab, device, grammar=constrain, max_polyphony=max_polyphony or None,
+                     max_note_steps=max(steps, 1) if steps else None)
 
 
 def continue_ids(
@@ -103,13 +178,17 @@ def continue_ids(
     use_cache: bool = True,
     reset_latents: int | None = None,
     seed: int | None = None,
-    allowed_tokens: AllowedTokens | None = None,
+    rules: NoteRules | None = None,
     progress: bool = True,
     compile_decoder: bool = False,
+    on_step: StepCallback | None = None,
 ) -> Continuation:
     """Sample `num_samples` continuations of `prompt` (ids incl. BOS) as one batch.
 
-    On CUDA the model is converted to bf16 in place (see below); elsewhere it runs as it is.
+    `rules` (see `sampling_rules`) mask and amend tokens while sampling. `on_step(step, new)` is
+    called after every token (new: (num_samples,)); returning True stops sampling and keeps
+    what was made. On CUDA the model is converted to bf16 in place (see below); elsewhere it
+    runs as it is.
     """
     import time
 
@@ -120,11 +199,18 @@ def continue_ids(
         # bf16 weights, not autocast: autocast re-casts every weight at every decode step, which
         # measured 8x slower per token on an H200 (49.6 vs 6.0 ms/step, 164M-parameter model).
         model = model.to(torch.bfloat16)
+    callback: StepCallback = bar
+    if on_step is not None:
+        def callback(step: int, new: torch.Tensor) -> bool:
+            stop_for_budget = bar(step, new)  # (always counted, so the bar stays right)
+            return bool(on_step(step, new)) or stop_for_budget
     start = time.perf_counter()
     try:
         out = generate(
             model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
-            eos_id=vocab.eos_id, allowed_tokens=allowed_tokens, callback=bar, compile_decoder=compile_decoder,
+            eos_id=vocab.eos_id, allowed_tokens=rules if rules is not None and rules.masks else None,
+            amend_tokens=rules.amend if rules is not None else None, callback=callback,
+            compile_decoder=compile_decoder,
         )
     finally:
         bar.close()
@@ -150,12 +236,40 @@ def continue_ids(
     return Continuation(sequences, len(prompt), generated * num_samples / max(elapsed, 1e-9), stopped_by)
 
 
-def sample_notes(sequence: np.ndarray, prompt_len: int, vocab: EventVocab) -> tuple[np.ndarray, int, float]:
-    """(notes (N, 4), number of primer notes, boundary in seconds) of one sample's ids."""
-    notes = ids_to_notes(sequence, vocab)
+def sample_notes(
+    sequence: np.ndarray, prompt_len: int, vocab: EventVocab, max_note_seconds: float | None = None
+) -> tuple[np.ndarray, int, float]:
+    """(notes (N, 4), number of primer notes, boundary in seconds) of one sample's ids.
+
+    A note still sounding when the sample stops gets a clean ending (`release_open_notes`)."""
+    steps, still_sounding = note_steps_and_open(sequence, vocab)
+    notes = steps.astype(np.float64)
+    notes[:, [START, END]] *= vocab.seconds_per_step
+    notes = release_open_notes(notes, still_sounding, max_note_seconds)
     primer = np.asarray(sequence[:prompt_len])
     primer_notes = int(np.count_nonzero(np.asarray(vocab.kind)[primer] == NOTE_ON))
     return notes, primer_notes, vocab.seconds(primer.tolist())
+
+
+def release_open_notes(notes: np.ndarray, still_sounding: np.ndarray, max_note_seconds: float | None) -> np.ndarray:
+    """Notes with a clean ending for those that still sounded at the end (released there).
+
+    Such a note lasts as long as it had sounded, but at least the median length of the notes
+    that ended (`OPEN_NOTE_FALLBACK_S` if none did), so a note struck just before the end is
+    heard; and at most `max_note_seconds` (when set), so a note the model forgot is not held to
+    the end of a long sample.
+    """
+    if not still_sounding.any():
+        return notes
+    notes = notes.copy()
+    lengths = notes[:, END] - notes[:, START]
+    ended = lengths[~still_sounding]
+    typical = float(np.median(ended)) if len(ended) else OPEN_NOTE_FALLBACK_S
+    length = np.maximum(lengths[still_sounding], typical)
+    if max_note_seconds:
+        length = np.minimum(length, max(max_note_seconds, 0.0))
+    notes[still_sounding, END] = notes[still_sounding, START] + length
+    return notes
 
 
 def write_sample_midi(notes: np.ndarray, primer_notes: int, boundary_s: float, path: str | os.PathLike[str]) -> None:

@@ -18,6 +18,9 @@ from perceiver_ar_music.model import PerceiverAR
 StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 # Returns a (b, V) bool mask of tokens allowed next, given the sequences so far (b, L).
 AllowedTokens = Callable[[torch.Tensor], torch.Tensor]
+# Given the drawn tokens (b,) and the sequences so far (b, L), returns the tokens to emit instead
+# (e.g. a forced NoteOff).
+AmendTokens = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -107,6 +110,7 @@ def generate(
     seed: int | None = None,
     eos_id: int | None = None,
     allowed_tokens: AllowedTokens | None = None,
+    amend_tokens: AmendTokens | None = None,
     penalized_tokens: torch.Tensor | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
@@ -116,8 +120,9 @@ def generate(
     the cached decoder's mode and `compile_decoder` compiles its step (see `CachedDecoder`).
     With `eos_id`, a sequence that emitted EOS keeps emitting EOS, and generation stops once all
     have: that is checked every `EOS_CHECK_EVERY` steps (a check waits for the device) and the
-    output is cut where the last sequence ended. `allowed_tokens` masks impossible tokens;
-    `callback` sees every step and may stop early.
+    output is cut where the last sequence ended. `allowed_tokens` masks impossible tokens before
+    each draw and `amend_tokens` may replace the drawn token before it is emitted (see
+    `constraints.NoteRules`); `callback` sees every step and may stop early.
     """
     sampling = sampling or SamplingConfig()
     if prompt.dim() != 2 or prompt.shape[1] < 1:
@@ -140,6 +145,8 @@ def generate(
             if allowed_tokens is not None:
                 logits = logits.masked_fill(~allowed_tokens(tokens[:, :length]), torch.finfo(logits.dtype).min)
             new = next_token(logits, sampling, generator)
+            if amend_tokens is not None:
+                new = amend_tokens(new, tokens[:, :length])
             if eos_id is not None:
                 new = torch.where(finished, torch.full_like(new, eos_id), new)
                 finished |= new == eos_id

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
+from perceiver_ar_music.note_limits import FALLBACK_MAX_NOTE_SECONDS, FALLBACK_MAX_POLYPHONY
 from perceiver_ar_music.errors import UserError
 
 HELP = "continue a MIDI primer with a trained model; write MIDI, WAV, piano rolls and an index.html"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
 DEFAULT_LENGTH = 2048
 SECONDS_ONLY_CAP = 100_000  # token cap when only --seconds limits the length
+DEFAULT_CONSTRAIN = False  # the grammar mask (see the README: measured, guards do the work)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
     parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
-    parser.add_argument("--constrain", action="store_true",
-                        help="mask impossible events (a note-off for a silent pitch, a note-on for a sounding one)")
+    parser.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSTRAIN,
+                        help="mask impossible events: a note-off for a silent pitch, a note-on for a sounding "
+                        f"one, a missing velocity (default: {'on' if DEFAULT_CONSTRAIN else 'off'})")
+    guards = parser.add_argument_group(
+        "note guards", "on by default, with limits from the checkpoint's training data (fallbacks "
+        f"{FALLBACK_MAX_NOTE_SECONDS:g} s and {FALLBACK_MAX_POLYPHONY} notes for checkpoints without them)")
+    guards.add_argument("--max-note-seconds", type=float, metavar="S",
+                        help="release a note that has sounded S seconds of music (0: off)")
+    guards.add_argument("--max-polyphony", type=int, metavar="P", help="no note-on while P notes sound (0: off)")
+    guards.add_argument("--no-guards", action="store_true", help="switch both guards off")
     parser.add_argument("--reset-latents", type=int, metavar="N", help="latents kept at a cache reset (default: half)")
     parser.add_argument("--no-cache", action="store_true", help="the slow reference path: one full forward per token")
     parser.add_argument("--compile", action="store_true",
@@ -46,23 +57,24 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.constraints import PerformanceGrammar
     from perceiver_ar_music.distributed import DistInfo, pick_device
-    from perceiver_ar_music.generation import continue_ids, sample_notes, truncate_to_seconds, write_sample_midi
+    from perceiver_ar_music.generation import continue_ids, load_primer, sample_notes, sampling_rules, write_sample_midi
     from perceiver_ar_music.music_stats import music_stats
     from perceiver_ar_music.pianoroll import draw_piano_roll
     from perceiver_ar_music.render import AudioUnavailable, check_soundfont, render_midi
     from perceiver_ar_music.report import SampleEntry, write_index
     from perceiver_ar_music.sampling import SamplingConfig
-    from perceiver_ar_music.tokenizer import MidiReadError, load_tokenizer
-    from perceiver_ar_music.vocab import NOTE_ON
+    from perceiver_ar_music.tokenizer import load_tokenizer
 
     # 1. Check everything the user gave before writing anything.
     length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
     if length < 1 or args.num_samples < 1:
         raise UserError("--length and --num-samples must be at least 1")
-    if args.seconds is not None and args.seconds <= 0:
-        raise UserError("--seconds must be positive")
+    for flag, value in (("--seconds", args.seconds), ("--primer-seconds", args.primer_seconds)):
+        if value is not None and not 0 < value < float("inf"):
+            raise UserError(f"{flag} must be a positive number of seconds")
+    if not math.isfinite(args.temperature):
+        raise UserError("--temperature must be a finite number >= 0")
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     except ValueError as exc:
@@ -76,19 +88,9 @@ def run(args: argparse.Namespace) -> int:
     vocab = tokenizer.vocab
     if args.reset_latents is not None and not 1 <= args.reset_latents <= loaded.config.num_latents:
         raise UserError(f"--reset-latents must be in 1..{loaded.config.num_latents}")
+    max_note_seconds, max_polyphony = guard_settings(args, loaded.meta)
 
-    primer_ids = np.zeros(0, dtype=np.int64)
-    if args.primer is not None:
-        try:
-            primer_ids = tokenizer.encode_file(args.primer).ids.astype(np.int64)
-        except MidiReadError as exc:
-            raise UserError(f"primer {args.primer}: {exc}") from None
-        if args.primer_seconds is not None:
-            if args.primer_seconds <= 0:
-                raise UserError("--primer-seconds must be positive")
-            primer_ids = truncate_to_seconds(primer_ids, vocab, args.primer_seconds)
-            if not np.any(np.asarray(vocab.kind)[primer_ids] == NOTE_ON):
-                raise UserError(f"primer {args.primer}: no notes in its first {args.primer_seconds:g} seconds")
+    primer_ids = load_primer(tokenizer, args.primer, args.primer_seconds)
     prompt = np.concatenate(([vocab.bos_id], primer_ids)).astype(np.int64)
 
     out = args.out or Path("out") / time.strftime("generate-%Y%m%d-%H%M%S")
@@ -101,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
     # 2. Sample.
-    grammar = PerformanceGrammar(vocab, device) if args.constrain else None
+    rules = sampling_rules(vocab, device, constrain=args.constrain, max_note_seconds=max_note_seconds,
+                           max_polyphony=max_polyphony)
     if args.compile and not args.no_cache:
         print("perceiver-music generate: compiling the decoding step first (once per batch size, 10-30 s)")
     result = continue_ids(
         loaded.model, prompt, vocab, length, args.num_samples, sampling,
         seconds=args.seconds, use_cache=not args.no_cache, seed=args.seed,
-        allowed_tokens=grammar, reset_latents=args.reset_latents, progress=not args.no_progress,
+        rules=rules, reset_latents=args.reset_latents, progress=not args.no_progress,
         compile_decoder=args.compile,
     )
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for index, sequence in enumerate(result.sequences, start=1):
         name = f"sample-{index:02d}"
         stem = out / name
-        notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab)
+        notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, max_note_seconds)
         write_sample_midi(notes, primer_notes, boundary, stem.with_suffix(".mid"))
         draw_piano_roll(notes, boundary if primer_notes else None, stem.with_suffix(".png"))
         audio = None
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "primer tokens": len(primer_ids),
         "sampling": f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}, min-p {args.min_p}"
         + (", constrained" if args.constrain else ""),
+        "note guards": describe_guards(max_note_seconds, max_polyphony),
         "decoder": "reference (no cache)" if args.no_cache else "cached with resets",
         "seed": args.seed if args.seed is not None else "random",
         "speed": f"{result.tokens_per_second:.0f} tokens/s on {device}",
@@ -152,3 +156,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(entries)} sample(s) to {out} ({result.tokens_per_second:.0f} tokens/s); open {page}")
     return 0
 
+
+def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, int | None]:
+    """(max note seconds, max polyphony) from the flags, defaulting to the checkpoint's limits;
+    None where a guard is off."""
+    from perceiver_ar_music.generation import guard_defaults
+
+    if args.max_note_seconds is not None and not args.max_note_seconds >= 0:
+        raise UserError("--max-note-seconds must be >= 0 (0: off)")
+    if args.max_polyphony is not None and args.max_polyphony < 0:
+        raise UserError("--max-polyphony must be >= 0 (0: off)")
+    if args.no_guards:
+        return None, None
+    default_seconds, default_polyphony = guard_defaults(meta)
+    seconds = default_seconds if args.max_note_seconds is None else args.max_note_seconds
+    polyphony = default_polyphony if args.max_polyphony is None else args.max_polyphony
+    return seconds or None, polyphony or None
+
+
+def describe_guards(max_note_seconds: float | None, max_polyphony: int | None) -> str:
+    """The guards' settings in words, for the page."""
+    parts = [f"notes released after {max_note_seconds:g} s" if max_note_seconds else "no note-length limit",
+             f"at most {max_polyphony} notes at once" if max_polyphony else "no polyphony cap"]
+    return ", ".join(parts)

@@ -1,0 +1,187 @@
+"""The note guards while sampling: maximum note duration, polyphony cap, clean ending, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_ar_music.constraints import NoteRules
+from perceiver_ar_music.events import END, START, ids_to_note_steps
+from perceiver_ar_music.generation import release_open_notes, sample_notes, sampling_rules
+from perceiver_ar_music.model import PerceiverAR
+from perceiver_ar_music.music_stats import polyphony
+from perceiver_ar_music.note_limits import NoteLimits, note_limits
+from perceiver_ar_music.sampling import SamplingConfig, generate
+from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.vocab import NOTE_ON, VELOCITY
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return load_tokenizer().vocab
+
+
+def on(vocab, pitch):
+    return [vocab.note_on_id[pitch], vocab.velocity.index(63)]
+
+
+def off(vocab, pitch):
+    return [vocab.note_off_id[pitch]]
+
+
+def shift(vocab, steps):
+    return [vocab.shift_id[steps]]
+
+
+def rules_after(vocab, ids, **kwargs) -> NoteRules:
+    rules = NoteRules(vocab, grammar=False, **kwargs)
+    rules.observe(torch.tensor([ids]))
+    return rules
+
+
+def test_a_note_held_past_d_is_released_before_the_shift_that_would_carry_it(vocab):
+    ids = [vocab.bos_id, *on(vocab, 60), *shift(vocab, 100), *shift(vocab, 100)]  # 60 sounds 200 steps
+    rules = rules_after(vocab, ids, max_note_steps=250)
+    seq = torch.tensor([ids])
+    long_shift, short_shift = torch.tensor(shift(vocab, 100)), torch.tensor(shift(vocab, 50))
+    assert rules.amend(long_shift, seq).tolist() == off(vocab, 60)  # 300 > 250: forced NoteOff
+    assert rules.amend(short_shift, seq).tolist() == shift(vocab, 50)  # 250: still allowed
+    note_on = torch.tensor([vocab.note_on_id[62]])
+    assert rules.amend(note_on, seq).tolist() == [vocab.note_on_id[62]]  # no time passes: kept
+    # without the guard nothing is amended
+    assert rules_after(vocab, ids).amend(long_shift, seq).tolist() == shift(vocab, 100)
+
+
+def test_the_oldest_note_is_released_first_and_rows_are_independent(vocab):
+    row0 = [vocab.bos_id, *on(vocab, 60), *shift(vocab, 100), *on(vocab, 64), *shift(vocab, 100)]
+    row1 = [vocab.bos_id, *on(vocab, 67), *shift(vocab, 50) * 4]
+    seq = torch.tensor([row0, row1])
+    rules = NoteRules(vocab, grammar=False, max_note_steps=250)
+    drawn = torch.tensor(shift(vocab, 100) * 2)
+    # row 0: 60 is 200 steps old (300 > 250: released), 64 only 100; row 1: 67 is 200 steps old
+    assert rules.amend(drawn, seq).tolist() == [vocab.note_off_id[60], vocab.note_off_id[67]]
+    seq = torch.cat((seq, torch.tensor([[vocab.note_off_id[60], vocab.shift_id[1]],
+                                        [vocab.note_on_id[70], vocab.velocity.index(63)]])), dim=1)
+    # row 0: 64 is 100 old -> fine; row 1: 67 still sounds (the NoteOn of 70 did not end it), 201 old
+    assert rules.amend(drawn, seq).tolist() == [vocab.shift_id[100], vocab.note_off_id[67]]
+
+
+def test_polyphony_cap_masks_note_on_at_p(vocab):
+    ids = [vocab.bos_id, *on(vocab, 60), *on(vocab, 64), *on(vocab, 67), *shift(vocab, 10)]
+    seq = torch.tensor([ids])
+    kind = torch.tensor(vocab.kind)
+    at_cap = NoteRules(vocab, grammar=False, max_polyphony=3)(seq)[0]
+    assert not at_cap[kind == NOTE_ON].any()
+    assert at_cap[vocab.note_off_id[60]] and at_cap[vocab.shift_id[5]] and at_cap[vocab.eos_id]
+    below = NoteRules(vocab, grammar=False, max_polyphony=4)(seq)[0]
+    assert below[kind == NOTE_ON].all()
+    # one released: below the cap again; a second row with nothing sounding is unaffected
+    released = torch.tensor([ids + off(vocab, 64), [vocab.bos_id] + shift(vocab, 1) * (len(ids))])
+    mask = NoteRules(vocab, grammar=False, max_polyphony=3)(released)
+    assert mask[:, kind == NOTE_ON].all()
+
+
+def test_grammar_and_cap_combine(vocab):
+    ids = [vocab.bos_id, *on(vocab, 60), *on(vocab, 64)]
+    rules = NoteRules(vocab, grammar=True, max_polyphony=2)
+    mask = rules(torch.tensor([ids + [vocab.note_on_id[67]]]))[0]  # a velocity is due: only velocities
+    assert mask.sum() == sum(k == VELOCITY for k in vocab.kind)
+    rules = NoteRules(vocab, grammar=True, max_polyphony=2)
+    mask = rules(torch.tensor([ids]))[0]
+    assert not mask[torch.tensor(vocab.kind) == NOTE_ON].any()
+    assert mask[vocab.note_off_id[60]] and not mask[vocab.note_off_id[62]]
+
+
+def biased_model(vocab, hold: bool, context: int = 32, latents: int = 8) -> PerceiverAR:
+    """A random model that strikes many notes and rarely releases them (drones, dense chords)."""
+    torch.manual_seed(0)
+    model = PerceiverAR(num_tokens=len(vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=context,
+                        num_latents=latents)
+    head = torch.nn.Linear(32, len(vocab), bias=True)  # the model's head, with a bias to steer it
+    torch.nn.init.normal_(head.weight, std=0.2)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[[vocab.note_on_id[p] for p in range(48, 84)]] = 2.0
+        head.bias[[vocab.shift_id[s] for s in (25, 50, 100)]] = 3.0
+        head.bias[[vocab.note_off_id[p] for p in range(128)]] = -3.0 if hold else 0.0
+        head.bias[vocab.eos_id] = -10.0
+    model.to_logits = head
+    return model.eval()
+
+
+def longest_and_densest(ids, vocab) -> tuple[int, int]:
+    notes = ids_to_note_steps(ids, vocab)
+    _, _, max_poly = polyphony(notes[:, START].astype(float), notes[:, END].astype(float))
+    return int((notes[:, END] - notes[:, START]).max()), max_poly
+
+
+def test_guards_hold_while_sampling_and_the_check_can_fail(vocab):
+    model = biased_model(vocab, hold=True)
+    prompt = torch.tensor([[vocab.bos_id]] * 2)
+    free = generate(model, prompt, 400, seed=0)
+    assert longest_and_densest(free[0], vocab)[0] > 300 and longest_and_densest(free[0], vocab)[1] > 6
+    rules = NoteRules(vocab, grammar=True, max_polyphony=6, max_note_steps=300)
+    out = generate(model, prompt, 400, seed=0, allowed_tokens=rules, amend_tokens=rules.amend)
+    for row in out:
+        longest, densest = longest_and_densest(row[:-1], vocab)  # (the last token's state is not checked)
+        assert longest <= 300 and densest <= 6
+
+
+@pytest.mark.parametrize("constrain", [False, True])
+def test_greedy_cached_equals_reference_with_guards(vocab, constrain):
+    """Within one latent window the cached decoder is exact, so the guarded greedy samples agree."""
+    model = biased_model(vocab, hold=True, context=64, latents=56).double()
+    prompt = torch.tensor([[vocab.bos_id, *on(vocab, 60), *shift(vocab, 30)]] * 2)
+    outs = []
+    for use_cache in (True, False):
+        rules = NoteRules(vocab, grammar=constrain, max_polyphony=3, max_note_steps=60)
+        outs.append(generate(model, prompt, 50, SamplingConfig(temperature=0), use_cache=use_cache,
+                             allowed_tokens=rules if rules.masks else None, amend_tokens=rules.amend))
+    assert outs[0].shape[1] == prompt.shape[1] + 50
+    assert torch.equal(outs[0], outs[1])
+    new = outs[0][0, prompt.shape[1]:]
+    assert torch.isin(new, torch.tensor(list(vocab.note_off_id.values()))).any()  # the guards acted
+
+
+def test_sampling_rules_switches(vocab):
+    assert sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=None, max_polyphony=None) is None
+    assert sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=0, max_polyphony=0) is None
+    rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=3.0, max_polyphony=None)
+    assert rules.max_note_steps == 300 and not rules.masks
+    rules = sampling_rules(vocab, "cpu", constrain=True, max_note_seconds=None, max_polyphony=8)
+    assert rules.max_note_steps is None and rules.max_polyphony == 8 and rules.masks
+
+
+def test_open_notes_get_a_clean_ending(vocab):
+    # 60 ends after 0.5 s, 62 after 1.5 s (median 1.0); 64 still sounds 9 s later, 67 struck at the end
+    ids = [*on(vocab, 60), *shift(vocab, 50), *off(vocab, 60), *on(vocab, 62), *on(vocab, 64),
+           *shift(vocab, 100), *shift(vocab, 50), *off(vocab, 62)] + shift(vocab, 100) * 8 + on(vocab, 67)
+    notes, primer_notes, boundary = sample_notes(np.array(ids), 0, vocab, max_note_seconds=4.0)
+    assert primer_notes == 0 and boundary == 0
+    by_pitch = {int(p): (s, e) for p, s, e, _ in notes}
+    assert by_pitch[60] == pytest.approx((0.0, 0.5)) and by_pitch[62] == pytest.approx((0.5, 2.0))
+    assert by_pitch[64] == pytest.approx((0.5, 4.5))  # capped at D = 4 s, not held to the end (10 s)
+    assert by_pitch[67] == pytest.approx((10.0, 11.0))  # struck at the end: the median length
+    unguarded, _, _ = sample_notes(np.array(ids), 0, vocab)
+    assert {int(p): e for p, _, e, _ in unguarded}[64] == pytest.approx(10.0)
+    # nothing open: unchanged
+    closed = np.array([[60, 0.0, 1.0, 63]])
+    assert release_open_notes(closed, np.array([False]), 2.0) is closed
+
+
+def test_note_limits_from_pieces(vocab):
+    # 200 one-second notes, two notes at a time; one 6-second drone among three notes at once
+    piece = []
+    for _ in range(100):
+        piece += on(vocab, 60) + on(vocab, 64) + shift(vocab, 100) + off(vocab, 60) + off(vocab, 64)
+    drone = on(vocab, 48) + on(vocab, 60) + on(vocab, 64) + shift(vocab, 100) * 6 + off(vocab, 48)
+    limits = note_limits([np.array(piece), np.array(drone), np.array([], dtype=np.int64)], vocab)
+    assert limits["notes"] == 203 and limits["note_seconds_p50"] == 1.0
+    assert 1.0 <= limits["max_note_seconds"] < 6.0  # the 99th percentile ignores one drone in 203
+    assert limits["max_polyphony"] == 3 and limits["polyphony_p50"] == 2
+    with pytest.raises(ValueError):
+        note_limits([np.array(shift(vocab, 5))], vocab)
+    stored = NoteLimits.from_meta({"note_limits": limits})
+    assert stored.max_polyphony == 3 and stored.max_note_seconds == limits["max_note_seconds"]
+    assert NoteLimits.from_meta({}) == NoteLimits()

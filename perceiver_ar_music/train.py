@@ -38,6 +38,7 @@ from perceiver_ar_music.distributed import DistInfo
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.evaluate import autocast, score_windows
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
+from perceiver_ar_music.note_limits import note_limits
 from perceiver_ar_music.prepared import MANIFEST_NAME, PreparedData
 from perceiver_ar_music.presets import TrainConfig
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler
@@ -310,6 +311,8 @@ class Trainer:
             raise UserError(f"{run.data_dir} has no training pieces")
         self.tokenizer_path = self.data.tokenizer_path
         self.pad_id = self.data.vocab.pad_id
+        # the sampler's note guards take their limits from the training data (rank 0 writes them)
+        self.note_limits = note_limits(self.data.pieces("train"), self.data.vocab) if info.is_main else None
 
         torch.manual_seed(self.tc.seed)
         self.model = PerceiverAR(self.cfg)
@@ -419,6 +422,7 @@ class Trainer:
             "val_bits": None if val_nats is None else val_nats / math.log(2),
             "best_val_nats": self.progress.best_val_nats,
             "tokens_seen": self.progress.tokens_seen,
+            "note_limits": self.note_limits,
         }
 
     def save(self, val_nats: float | None) -> None:

@@ -163,6 +163,8 @@ def test_a_run_logs_validates_and_keeps_the_best(tmp_path: Path, corpus: Path) -
     assert same_weights(final.model, result.model)
     assert final.meta["tokens_seen"] == steps[-1]["tokens"]
     assert result.best_val_nats == pytest.approx(best.meta["val_nats"])
+    limits = best.meta["note_limits"]  # the sampler's guard limits, from the training pieces
+    assert limits["max_note_seconds"] > 0 and limits["max_polyphony"] >= 1 and limits["notes"] > 0
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, corpus: Path) -> None:

@@ -1,11 +1,13 @@
-"""Render a MIDI file to 16-bit WAV or FLAC audio with FluidSynth and a General MIDI soundfont.
+"""Render a MIDI file to audio (FLAC, Ogg Vorbis or 16-bit WAV) with FluidSynth and a GM soundfont.
 
 The file is played into pyfluidsynth message by message as a MIDI player would (mido merges the
 tracks and times them through the tempo map): notes with their velocities on their own channels,
 program changes, pitch bends and every control change, so the sustain pedal is FluidSynth's own
 even when it sits in a track without notes; channel 10 plays drums.
 FluidSynth writes float samples, so the result is peak-normalized (to ``PEAK_DBFS``) in the one
-rounding to 16 bits. A tail after the last event lets the final notes ring out.
+rounding to 16 bits. A tail after the last event lets the final notes ring out. The output's
+suffix picks the format (``AUDIO_FORMATS``); ``DEFAULT_AUDIO_FORMAT`` is a compressed one that
+Chromium and Firefox play (sizes and times per format: docs/benchmarks.md).
 
 Without FluidSynth's shared library (or the pyfluidsynth binding) ``render_midi`` raises
 ``AudioUnavailable``: a one-line ``UserError`` that says how to install it.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_ar_music.atomic import atomic_path
+from perceiver_ar_music.atomic import atomic_path, check_writable_file
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.midi_load import MidiReadError, read_score
 
@@ -31,7 +33,13 @@ PEAK_DBFS = -1.0
 SILENCE = 1e-5  # a float peak below this is FluidSynth's noise floor, not music
 MAX_SECONDS = 4 * 3600  # 4 hours of float stereo at 44.1 kHz is 5 GB in memory
 POLYPHONY = 512  # voices; a pedalled piano passage can exceed FluidSynth's default 256
-AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+# Format name (also the file suffix) -> soundfile (format, subtype).
+AUDIO_FORMATS: dict[str, tuple[str, str]] = {
+    "flac": ("FLAC", "PCM_16"),  # lossless, about half a WAV's size for piano
+    "ogg": ("OGG", "VORBIS"),  # lossy, about a tenth of a WAV's size
+    "wav": ("WAV", "PCM_16"),
+}
+DEFAULT_AUDIO_FORMAT = "ogg"
 
 # Standard places of a General MIDI soundfont, best piano first; the first that exists wins.
 SYSTEM_SOUNDFONTS = (
@@ -118,11 +126,11 @@ def check_soundfont(path: str | os.PathLike[str]) -> Path:
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
-    """The soundfile format name for an output path ending in .wav or .flac."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in AUDIO_FORMATS:
-        raise UserError(f"audio output must end in .wav or .flac: {path}")
-    return AUDIO_FORMATS[suffix]
+    """The audio format (a key of ``AUDIO_FORMATS``) an output path's suffix names."""
+    name = Path(path).suffix.lower().lstrip(".")
+    if name not in AUDIO_FORMATS:
+        raise UserError(f"audio output must end in {', '.join('.' + f for f in AUDIO_FORMATS)}: {path}")
+    return name
 
 
 def read_events(path: str | os.PathLike[str]) -> list[tuple[float, object]]:
@@ -224,19 +232,20 @@ def render_midi(
     sample_rate: int = DEFAULT_SAMPLE_RATE,
     tail_seconds: float = DEFAULT_TAIL_SECONDS,
 ) -> RenderedAudio:
-    """Render `midi_path` to `out_path` (16-bit WAV, or FLAC when it ends in .flac), atomically."""
+    """Render `midi_path` to `out_path` atomically, in the format its suffix names (``output_format``)."""
     import soundfile
 
-    fmt = output_format(out_path)
+    container, subtype = AUDIO_FORMATS[output_format(out_path)]
     if not 8_000 <= sample_rate <= 192_000:
         raise UserError(f"sample rate must be between 8000 and 192000 Hz, got {sample_rate}")
     if not 0 <= tail_seconds <= 60:
         raise UserError(f"tail must be between 0 and 60 seconds, got {tail_seconds}")
     sf2 = check_soundfont(soundfont) if soundfont is not None else default_soundfont()
+    check_writable_file(out_path, "the audio output")
     samples = synthesize(read_events(midi_path), sf2, sample_rate, tail_seconds)
     if float(np.abs(samples).max()) < SILENCE:
         raise UserError(f"FluidSynth rendered silence: does {sf2} have the instruments the file uses?")
     samples = to_pcm16(samples)
     with atomic_path(out_path) as tmp:
-        soundfile.write(tmp, samples, sample_rate, subtype="PCM_16", format=fmt)
+        soundfile.write(tmp, samples, sample_rate, subtype=subtype, format=container)
     return RenderedAudio(Path(out_path), len(samples) / sample_rate, sample_rate, sf2)

@@ -157,7 +157,7 @@ def test_bad_midi_files(tmp_path, kind, needs_fluidsynth):
 
 def test_bad_options(tmp_path):
     write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
-    assert ".wav or .flac" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.mp3"))
+    assert "must end in .flac, .ogg, .wav" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.mp3"))
     assert "sample rate" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.wav", sample_rate=100))
     assert "tail" in one_line_error(lambda: render_midi(tmp_path / "a.mid", tmp_path / "a.wav", tail_seconds=-1))
 
@@ -188,12 +188,75 @@ def test_missing_binding_is_one_clear_line(tmp_path, monkeypatch):
 
 def test_render_command(tmp_path, capsys, needs_fluidsynth):
     write_simple(tmp_path / "song.mid", [(60, 0.0, 0.5, 90), (67, 0.5, 1.0, 90)])
-    assert cli.main(["render", str(tmp_path / "song.mid")]) == 0
+    assert cli.main(["render", str(tmp_path / "song.mid")]) == 0  # the compressed default format
+    default = tmp_path / f"song.{render.DEFAULT_AUDIO_FORMAT}"
+    assert soundfile.info(str(default)).duration == pytest.approx(2.5, abs=0.01)
+    assert default.name in capsys.readouterr().out
+    assert cli.main(["render", str(tmp_path / "song.mid"), "--audio-format", "wav"]) == 0
     assert soundfile.info(str(tmp_path / "song.wav")).frames == pytest.approx(44_100 * 2.5, abs=2)
-    assert "song.wav" in capsys.readouterr().out
     out = tmp_path / "x" / "song.flac"
     assert cli.main(["render", str(tmp_path / "song.mid"), "--out", str(out), "--sample-rate", "48000"]) == 0
     assert soundfile.info(str(out)).samplerate == 48_000
+
+
+@pytest.mark.parametrize("fmt, container, subtype", [("flac", "FLAC", "PCM_16"), ("ogg", "OGG", "VORBIS"), ("wav", "WAV", "PCM_16")])
+def test_every_audio_format(tmp_path, fmt, container, subtype, needs_fluidsynth):
+    truth = write_performance(tmp_path / "piece.mid", seed=5, num_notes=40, pedal=False)
+    render_midi(tmp_path / "piece.mid", tmp_path / f"piece.{fmt}")
+    info = soundfile.info(str(tmp_path / f"piece.{fmt}"))
+    assert (info.format, info.subtype, info.samplerate, info.channels) == (container, subtype, 44_100, 2)
+    assert info.duration == pytest.approx(truth.seconds + render.DEFAULT_TAIL_SECONDS, abs=0.01)
+    samples, _ = soundfile.read(str(tmp_path / f"piece.{fmt}"))
+    assert rms(samples, 44_100, 0, truth.seconds) > 0.02
+
+
+def test_the_default_format_is_compressed_and_listed():
+    assert render.DEFAULT_AUDIO_FORMAT in render.AUDIO_FORMATS and render.DEFAULT_AUDIO_FORMAT != "wav"
+    assert set(render.AUDIO_FORMATS) == {"flac", "ogg", "wav"}
+
+
+def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys, monkeypatch):
+    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
+    monkeypatch.setattr(render, "synthesize", lambda *args: pytest.fail("rendered before checking the output"))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder.ogg").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cases = [
+        (tmp_path / "file" / "a.ogg", "is not a folder"),
+        (tmp_path / "folder.ogg", "is a folder"),
+    ]
+    import os
+
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((locked / "a.ogg", "cannot write"))
+    for out, words in cases:
+        assert cli.main(["render", str(tmp_path / "a.mid"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("perceiver-music render: error: ") and words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mid", "file", "folder.ogg", "locked"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sample-rate", "100"], "--sample-rate"),
+    (["--sample-rate", "4.4e4"], "--sample-rate"),
+    (["--tail", "nan"], "--tail"),
+    (["--tail", "-1"], "--tail"),
+    (["--audio-format", "mp3"], "--audio-format"),
+])
+def test_numeric_and_format_flags_are_checked_up_front(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["render", str(tmp_path / "missing.mid"), *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {words}" in err and "Traceback" not in err
+
+
+def test_out_and_audio_format_must_agree(tmp_path, capsys):
+    write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
+    assert cli.main(["render", str(tmp_path / "a.mid"), "--out", str(tmp_path / "a.wav"), "--audio-format", "ogg"]) == 2
+    assert "is a .wav file but --audio-format is ogg" in capsys.readouterr().err
 
 
 def test_render_command_errors(tmp_path, capsys, monkeypatch):
@@ -205,7 +268,7 @@ def test_render_command_errors(tmp_path, capsys, monkeypatch):
 
     assert "not found" in error_line(["render", str(tmp_path / "nope.mid")], 2)
     (tmp_path / "same.wav").write_bytes(b"x")
-    assert "overwrite the input" in error_line(["render", str(tmp_path / "same.wav")], 2)
+    assert "overwrite the input" in error_line(["render", str(tmp_path / "same.wav"), "--audio-format", "wav"], 2)
     write_simple(tmp_path / "a.mid", [(60, 0.0, 0.5, 90)])
     assert "not found" in error_line(["render", str(tmp_path / "a.mid"), "--soundfont", str(tmp_path / "no.sf2")], 2)
     simulate_missing_library(monkeypatch)

@@ -12,13 +12,16 @@ A checkpoint folder holds::
 A run folder (``checkpoints/<run-name>/``) holds ``run_config.json``, ``metrics.jsonl``,
 ``ckpt-<step>/`` folders (the last few) and ``best/`` (the best validation loss, no optimizer).
 Every folder is written under a temporary name and renamed into place, so a process killed at
-any moment leaves each checkpoint either complete or absent (``recover_run_dir`` tidies up).
+any moment leaves each checkpoint either complete or absent (``recover_run_dir`` tidies up);
+pruning renames a folder to a temporary name before deleting it. Loading refuses non-finite
+weights, and resuming falls back to the newest checkpoint that is valid in full.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -137,12 +140,16 @@ def step_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found) if is_complete(p)]
 
 
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run that have a trainer and optimizer state, newest first."""
+    return [path for path in reversed(step_checkpoints(run_dir))
+            if (path / TRAINER_STATE_NAME).is_file() and (path / OPTIMIZER_NAME).is_file()]
+
+
 def latest_resumable(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run that can be resumed (has trainer state)."""
-    for path in reversed(step_checkpoints(run_dir)):
-        if (path / TRAINER_STATE_NAME).is_file() and (path / OPTIMIZER_NAME).is_file():
-            return path
-    return None
+    found = resumable_checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -200,8 +207,16 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is corrupt ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
 
 
-def load_weights(model: PerceiverAR, checkpoint: Path) -> None:
-    """Load a checkpoint's weights into `model`; UserError if they do not fit its config."""
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, else None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def read_weights(model: PerceiverAR, checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, checked to fit `model` and to be finite; UserError if not."""
     weights = read_tensors(checkpoint / WEIGHTS_NAME)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -211,7 +226,17 @@ def load_weights(model: PerceiverAR, checkpoint: Path) -> None:
         detail = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
                   else f"shape of {wrong[0]}")
         raise UserError(f"{checkpoint / WEIGHTS_NAME} does not match {CONFIG_NAME} ({detail})")
-    model.load_state_dict(weights)
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise UserError(f"{checkpoint / WEIGHTS_NAME} holds non-finite weights (NaN or inf in {bad}): "
+                        f"the run diverged before it was saved; use an earlier checkpoint")
+    return weights
+
+
+def load_weights(model: PerceiverAR, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model`; UserError if they do not fit its config or are
+    not finite."""
+    model.load_state_dict(read_weights(model, checkpoint))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -228,19 +253,34 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(model, config, checkpoint, checkpoint / TOKENIZER_NAME, tokenizer_hash, meta)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
-    """Restore the per-parameter optimizer state saved by `save_checkpoint` (same parameters)."""
+def read_optimizer_state(checkpoint: Path, params: list[torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """The per-parameter optimizer state of a checkpoint, checked against `params` and for
+    finiteness; UserError if it does not fit."""
     tensors = read_tensors(checkpoint / OPTIMIZER_NAME)
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        for key, tensor in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = tensor
+    except ValueError:
+        raise UserError(f"{checkpoint / OPTIMIZER_NAME} is corrupt (bad tensor names)") from None
     for index, values in state.items():
-        if index >= len(params) or any(
+        if index < 0 or index >= len(params) or any(
             t.dim() > 0 and t.shape != params[index].shape for t in values.values()
         ):
             raise UserError(f"{checkpoint / OPTIMIZER_NAME} does not match the model's parameters")
+    if first_non_finite(tensors) is not None:
+        raise UserError(f"{checkpoint / OPTIMIZER_NAME} holds non-finite values (NaN or inf)")
+    return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path,
+                         state: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+    """Restore the per-parameter optimizer state saved by `save_checkpoint` (same parameters);
+    `state` is what `read_optimizer_state` returned, if already read."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if state is None:
+        state = read_optimizer_state(checkpoint, params)
     current = optimizer.state_dict()
     current["state"] = state
     optimizer.load_state_dict(current)
@@ -250,17 +290,30 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path) -> 
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` ``ckpt-<step>`` folders."""
+    """Delete all but the newest `keep_last` ``ckpt-<step>`` folders.
+
+    Each is first renamed to ``.ckpt-<step>.pruned.tmp`` (one atomic step), so a kill during the
+    deletion leaves a hidden temporary that `recover_run_dir` removes, never a half-deleted
+    ``ckpt-<step>``.
+    """
     for path in step_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f".{path.name}.pruned.tmp")
+        if doomed.exists():
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def recover_run_dir(run_dir: Path) -> None:
     """Tidy a run folder after a crash: restore a folder caught between the two renames of a
-    replacement (``.<name>.old`` without ``<name>``), delete stale temporaries."""
+    replacement (``.<name>.old`` without ``<name>``), delete stale temporaries (pruned folders
+    among them) and incomplete ``ckpt-<step>`` folders."""
     if not run_dir.is_dir():
         return
     for entry in run_dir.iterdir():
+        if checkpoint_step(entry) is not None and entry.is_dir() and not is_complete(entry):
+            shutil.rmtree(entry, ignore_errors=True)  # half-deleted by an older, in-place prune
+            continue
         if not entry.name.startswith("."):
             continue
         if entry.name.endswith(".old") and entry.is_dir():

@@ -7,7 +7,9 @@ Never lose work:
   the validation loss. All writes are atomic (see ``checkpoint``).
 - resuming restores weights, optimizer, step, sample position and RNG states, so on CPU a resumed
   run computes the same losses as an uninterrupted one;
-- a NaN/inf loss stops the run before anything is saved (the last good checkpoint stays).
+- a NaN/inf loss or gradient norm stops the run before anything is saved, and weights are checked
+  to be finite before every save, so every checkpoint is a good one; resuming falls back to the
+  newest checkpoint that is valid in full (and says so) when a newer one is corrupt.
 
 With DDP (``torchrun``) every rank reads its own windows (``WindowSampler(rank, world_size)``)
 and only rank 0 writes files and shows progress.
@@ -122,10 +124,14 @@ class ValidationSet:
 # ----------------------------------------------------------------------------- optimization
 
 
+def _decay_split(model: PerceiverAR) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(matrices, the rest): the optimizer's two parameter groups, in its order."""
+    return [p for p in model.parameters() if p.dim() >= 2], [p for p in model.parameters() if p.dim() < 2]
+
+
 def make_optimizer(model: PerceiverAR, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (linear and embedding weights), none on norms."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    decay, no_decay = _decay_split(model)
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
 
@@ -266,6 +272,42 @@ class Progress:
 
 
 @dataclass
+class ResumeState:
+    """A checkpoint read and checked in full before anything of it is applied."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[int, dict[str, torch.Tensor]]
+    progress: Progress
+    world_size: int
+    rng: list[dict[str, str | None]]
+
+
+def read_trainer_state(checkpoint: Path) -> tuple[Progress, int, list[dict[str, str | None]]]:
+    """(progress, world size, per-rank RNG states) of ``trainer_state.json``; UserError if corrupt."""
+    path = checkpoint / ckpt.TRAINER_STATE_NAME
+    state = ckpt.read_json(path)
+    try:
+        progress = Progress(**state["progress"])
+        world_size = state["world_size"]
+        rng = state["rng"]
+        counters = (progress.step, progress.samples_per_rank, progress.tokens_seen, world_size)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters) or world_size < 1:
+            raise ValueError("bad counters")
+        if progress.best_val_nats is not None and not math.isfinite(progress.best_val_nats):
+            raise ValueError("bad best_val_nats")
+        cpu_size = torch.get_rng_state().numel()
+        if not isinstance(rng, list) or any(_decode_rng(r["cpu"]).numel() != cpu_size for r in rng):
+            raise ValueError("bad RNG state")
+        for r in rng:
+            if r.get("cuda") is not None:
+                _decode_rng(r["cuda"])
+    except (KeyError, TypeError, ValueError, AttributeError):  # binascii.Error is a ValueError
+        raise UserError(f"{path} is corrupt") from None
+    return progress, world_size, rng
+
+
+@dataclass
 class TrainRun:
     """Everything one training run needs (the command line resolves it)."""
 
@@ -317,16 +359,18 @@ class Trainer:
         torch.manual_seed(self.tc.seed)
         self.model = PerceiverAR(self.cfg)
         self.progress = Progress()
-        if run.resume_from is not None:
-            ckpt.load_weights(self.model, run.resume_from)
+        resume = self._read_resume_state(run.resume_from) if run.resume_from is not None else None
+        if resume is not None:
+            self.model.load_state_dict(resume.weights)
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.tc, self.device)
-        if run.resume_from is not None:
-            self._restore(run.resume_from)
+        if resume is not None:
+            self._restore(resume)
         else:
             torch.manual_seed(self.tc.seed + 1 + info.rank)  # dropout streams differ per rank
-        self.last_checkpoint: Path | None = run.resume_from
-        self.saved_step = self.progress.step if run.resume_from is not None else -1
+        self.resumed_from: Path | None = resume.path if resume is not None else None
+        self.last_checkpoint: Path | None = self.resumed_from
+        self.saved_step = self.progress.step if resume is not None else -1
 
         self.step_model: torch.nn.Module = torch.compile(self.model) if run.compile else self.model
         self.eval_model = self.step_model
@@ -341,15 +385,32 @@ class Trainer:
 
     # -- resume
 
-    def _restore(self, checkpoint: Path) -> None:
-        ckpt.load_optimizer_state(self.optimizer, checkpoint)
-        state = ckpt.read_json(checkpoint / ckpt.TRAINER_STATE_NAME)
-        try:
-            self.progress = Progress(**state["progress"])
-            saved_world = int(state["world_size"])
-            rng_states = state["rng"]
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{checkpoint / ckpt.TRAINER_STATE_NAME} is corrupt") from None
+    def _read_resume_state(self, newest: Path) -> ResumeState:
+        """Read `newest` in full, else the newest older checkpoint of its run that is valid (weights
+        finite and fitting, optimizer and trainer state intact), saying which were skipped."""
+        newest_step = ckpt.checkpoint_step(newest)
+        older = [p for p in ckpt.resumable_checkpoints(newest.parent)
+                 if p != newest and newest_step is not None and (ckpt.checkpoint_step(p) or 0) < newest_step]
+        params = [p for group in _decay_split(self.model) for p in group]
+        skipped = []
+        for path in [newest, *older]:
+            try:
+                weights = ckpt.read_weights(self.model, path)
+                optimizer = ckpt.read_optimizer_state(path, params)
+                progress, world_size, rng = read_trainer_state(path)
+            except UserError as exc:
+                skipped.append(f"{path.name}: {exc}")
+                continue
+            if skipped and self.info.is_main:
+                print(f"warning: not resuming from {'; '.join(skipped)}; resuming from {path} instead", flush=True)
+            return ResumeState(path, weights, optimizer, progress, world_size, rng)
+        raise UserError(f"no checkpoint of {newest.parent} can be resumed ({'; '.join(skipped)}): start the run "
+                        f"again without --resume")
+
+    def _restore(self, resume: ResumeState) -> None:
+        ckpt.load_optimizer_state(self.optimizer, resume.path, resume.optimizer)
+        self.progress = resume.progress
+        saved_world, rng_states = resume.world_size, resume.rng
         if saved_world != self.info.world_size:  # keep the global sample position, re-split
             consumed = self.progress.samples_per_rank * saved_world
             self.progress.samples_per_rank = -(-consumed // self.info.world_size)
@@ -425,8 +486,17 @@ class Trainer:
             "note_limits": self.note_limits,
         }
 
+    def _check_finite_weights(self) -> None:
+        """Refuse to save weights holding NaN/inf (every rank checks its identical copy)."""
+        bad = ckpt.first_non_finite(dict(self.model.named_parameters()))
+        if bad is not None:
+            raise TrainingDiverged(
+                f"the weights became non-finite (NaN or inf in {bad}) at step {self.progress.step}: stopped "
+                f"without saving; {self._last_good()} (try a lower --lr or a longer --warmup)")
+
     def save(self, val_nats: float | None) -> None:
         """A resumable ``ckpt-<step>`` (rank 0 writes; every rank hands over its RNG state)."""
+        self._check_finite_weights()
         rng = distributed.gather_objects(rng_state(self.device))
         self.saved_step = self.progress.step
         if not self.info.is_main:
@@ -444,6 +514,7 @@ class Trainer:
         ckpt.prune_checkpoints(self.run_spec.run_dir, self.tc.keep_last)
 
     def save_best(self, val_nats: float) -> None:
+        self._check_finite_weights()
         if self.info.is_main:
             ckpt.save_checkpoint(self.run_spec.run_dir / ckpt.BEST_NAME, self.model, self.tokenizer_path,
                                  tokenizer_hash=self.data.tokenizer_hash, meta=self._meta(val_nats))
@@ -471,10 +542,11 @@ class Trainer:
                     lr = lr_at(self.progress.step, tc)
                     micro = (next(batches) for _ in range(tc.grad_accum))
                     stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device)
-                    loss, targets = self._reduce(stats)
-                    if not math.isfinite(loss):
+                    loss, targets, grad_norm = self._reduce(stats)
+                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
                         raise TrainingDiverged(
-                            f"the loss became {loss} at step {self.progress.step + 1}: stopped without saving; "
+                            f"the {what} at step {self.progress.step + 1}: stopped without saving; "
                             f"{self._last_good()} (try a lower --lr or a longer --warmup)")
                     self.progress.step += 1
                     self.progress.samples_per_rank += tc.batch_size * tc.grad_accum
@@ -505,11 +577,14 @@ class Trainer:
         return TrainResult(self.model, self.progress.step, self.stop.signum, self.last_checkpoint,
                            self.progress.best_val_nats)
 
-    def _reduce(self, stats: StepStats) -> tuple[float, int]:
-        """(mean loss over processes, scored targets of all processes) of the step just taken."""
-        summary = torch.stack([stats.nats.double(), torch.tensor(float(stats.targets), device=self.device).double()])
-        nats_sum, targets = distributed.all_reduce_sum(summary).tolist()
-        return nats_sum / self.info.world_size, int(targets)
+    def _reduce(self, stats: StepStats) -> tuple[float, int, float]:
+        """(mean loss over processes, scored targets of all processes, gradient norm or 0 without
+        clipping; NaN/inf if any process had one) of the step just taken, in one sync."""
+        grad_norm = stats.grad_norm.double() if stats.grad_norm is not None else torch.zeros((), device=self.device).double()
+        summary = torch.stack([stats.nats.double(), torch.tensor(float(stats.targets), device=self.device).double(),
+                               grad_norm.to(self.device)])
+        nats_sum, targets, grad_norm_sum = distributed.all_reduce_sum(summary).tolist()
+        return nats_sum / self.info.world_size, int(targets), grad_norm_sum / self.info.world_size
 
     def _log_step(self, bar: Any, loss: float, lr: float, targets: int, stats: StepStats) -> None:
         """Advance the bar; every `log_every` steps, a metrics row and the bar's numbers."""
@@ -532,6 +607,9 @@ class Trainer:
         val_nats = self.validate()
         if val_nats is None:
             return None
+        if not math.isfinite(val_nats):
+            raise TrainingDiverged(f"the validation loss became {val_nats} at step {self.progress.step}: stopped "
+                                   f"without saving; {self._last_good()} (try a lower --lr or a longer --warmup)")
         self._log({"step": self.progress.step, "val_nats": val_nats, "val_bits": val_nats / math.log(2)})
         best = self.progress.best_val_nats
         if best is None or val_nats < best:
@@ -547,7 +625,7 @@ class Trainer:
             return
         tc, cfg, info = self.tc, self.cfg, self.info
         effective = tc.batch_size * tc.grad_accum * info.world_size
-        start = f"resuming at step {self.progress.step} from {self.run_spec.resume_from}" if self.run_spec.resume_from else "new run"
+        start = f"resuming at step {self.progress.step} from {self.resumed_from}" if self.resumed_from else "new run"
         print(f"{self.run_spec.run_name}: {start}; {self.model.num_params() / 1e6:.1f}M parameters on {self.device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}, "
               f"{'bf16 autocast' if self.device.type == 'cuda' else 'fp32'}{', compiled' if self.run_spec.compile else ''}; "

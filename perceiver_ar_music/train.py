@@ -486,9 +486,25 @@ class Trainer:
             "note_limits": self.note_limits,
         }
 
-    def _check_finite_weights(self) -> None:
-        """Refuse to save weights holding NaN/inf (every rank checks its identical copy)."""
+    @torch.no_grad()
+    def _check_healthy(self) -> None:
+        """Refuse to save weights that hold NaN/inf or give non-finite logits on a training window.
+
+        The step's loss was computed before its update, so only this check sees an update that
+        blew the weights up. The forward runs in eval mode (no dropout: the RNG stream is
+        untouched, resuming stays exact). Every rank checks its identical copy.
+        """
         bad = ckpt.first_non_finite(dict(self.model.named_parameters()))
+        if bad is None:
+            window = torch.as_tensor(self.data.pieces("train")[0][: self.cfg.max_seq_len].astype(np.int64))
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with autocast(self.device):
+                    logits = self.model(window[None].to(self.device))
+            finally:
+                self.model.train(was_training)
+            bad = None if bool(torch.isfinite(logits).all()) else "the logits of a training window"
         if bad is not None:
             raise TrainingDiverged(
                 f"the weights became non-finite (NaN or inf in {bad}) at step {self.progress.step}: stopped "
@@ -496,7 +512,7 @@ class Trainer:
 
     def save(self, val_nats: float | None) -> None:
         """A resumable ``ckpt-<step>`` (rank 0 writes; every rank hands over its RNG state)."""
-        self._check_finite_weights()
+        self._check_healthy()
         rng = distributed.gather_objects(rng_state(self.device))
         self.saved_step = self.progress.step
         if not self.info.is_main:
@@ -514,7 +530,7 @@ class Trainer:
         ckpt.prune_checkpoints(self.run_spec.run_dir, self.tc.keep_last)
 
     def save_best(self, val_nats: float) -> None:
-        self._check_finite_weights()
+        self._check_healthy()
         if self.info.is_main:
             ckpt.save_checkpoint(self.run_spec.run_dir / ckpt.BEST_NAME, self.model, self.tokenizer_path,
                                  tokenizer_hash=self.data.tokenizer_hash, meta=self._meta(val_nats))

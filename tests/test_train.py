@@ -23,6 +23,7 @@ import torch
 
 from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music.cli import main
+from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
 from perceiver_ar_music.prepared import PreparedData
 from perceiver_ar_music.presets import PRESETS, TrainConfig, resolve
@@ -221,6 +222,57 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, cor
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
 
 
+@pytest.mark.parametrize("huge_lr", [1e38, 1e20])  # (--lr itself is capped at 1 by the command line)
+def test_a_huge_lr_never_saves_bad_weights_and_resume_recovers(tmp_path: Path, corpus: Path, huge_lr: float) -> None:
+    run = tmp_path / "run"
+    train(make_run(run, corpus, max_steps=2, save_every=1, eval_every=1, keep_last=10))
+    good = ckpt.latest_resumable(run)
+    assert good == run / "ckpt-2"
+    with pytest.raises(TrainingDiverged) as info:
+        train(make_run(run, corpus, max_steps=8, save_every=1, eval_every=1, keep_last=10, lr=huge_lr,
+                       warmup_steps=0, resume_from=good))
+    message = str(info.value)
+    assert "\n" not in message and "stopped without saving" in message
+    last_good = Path(re.search(r"last good checkpoint is (\S+)", message).group(1).rstrip(" ("))
+    for folder in [*ckpt.step_checkpoints(run), run / ckpt.BEST_NAME]:  # every checkpoint called good is good
+        loaded = ckpt.load_model(folder)
+        assert all(torch.isfinite(p).all() for p in loaded.model.parameters()), folder
+    assert last_good in ckpt.step_checkpoints(run)
+
+    # Resuming with a sane learning rate recovers from the last good checkpoint.
+    resumed = train(make_run(run, corpus, max_steps=8, save_every=1, eval_every=4, keep_last=10,
+                             resume_from=ckpt.latest_resumable(run)))
+    assert resumed.step == 8
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_resume_falls_back_past_corrupt_checkpoints(tmp_path: Path, corpus: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(make_run(run, corpus, max_steps=4, save_every=1, eval_every=100, keep_last=10))
+    (run / "ckpt-4" / ckpt.TRAINER_STATE_NAME).write_text(json.dumps(
+        {"progress": {"step": 4}, "world_size": 1, "rng": [{"cpu": "not base64!"}]}))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(run / "ckpt-3" / ckpt.WEIGHTS_NAME)
+    next(iter(weights.values()))[0] = float("nan")
+    save_file(weights, run / "ckpt-3" / ckpt.WEIGHTS_NAME)
+    (run / "ckpt-2" / ckpt.OPTIMIZER_NAME).write_bytes(b"garbage")
+    capsys.readouterr()
+    resumed = train(make_run(run, corpus, max_steps=5, save_every=1, eval_every=100, keep_last=10,
+                             resume_from=ckpt.latest_resumable(run)))
+    out = capsys.readouterr().out
+    warning = next(line for line in out.splitlines() if line.startswith("warning: not resuming"))
+    assert "ckpt-4" in warning and "ckpt-3" in warning and "ckpt-2" in warning
+    assert warning.endswith(f"resuming from {run / 'ckpt-1'} instead")
+    assert "resuming at step 1" in out and resumed.step == 5
+
+    for folder in ckpt.step_checkpoints(run):  # nothing valid left: one clear error
+        (folder / ckpt.TRAINER_STATE_NAME).write_text("{")
+    with pytest.raises(UserError, match="can be resumed"):
+        train(make_run(run, corpus, max_steps=6, resume_from=ckpt.latest_resumable(run)))
+
+
 def test_workers_give_the_same_batches(tmp_path: Path, corpus: Path) -> None:
     train(make_run(tmp_path / "w0", corpus, max_steps=2))
     train(dataclasses.replace(make_run(tmp_path / "w2", corpus, max_steps=2), workers=2))
@@ -367,6 +419,7 @@ def slow_save(tensors, filename, *args, **kwargs):
         time.sleep(120)
 safetensors.torch.save_file = slow_save
 from perceiver_ar_music.cli import main
+from perceiver_ar_music.errors import UserError
 sys.exit(main(sys.argv[2:]))
 """
 

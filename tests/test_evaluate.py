@@ -172,14 +172,32 @@ def test_evaluate_a_midi_folder(tmp_path: Path, checkpoint: Path, capsys) -> Non
 
 def test_evaluate_errors(tmp_path: Path, data: PreparedData, checkpoint: Path, capsys) -> None:
     def error(*args: str) -> str:
-        assert main(["evaluate", *args]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1
-        return err
+        try:
+            code = main(["evaluate", *args])
+        except SystemExit as exc:  # argparse refused a flag: its usage lines, then the error line
+            code = exc.code
+        assert code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert [line for line in lines if "error:" in line] == lines[-1:] and "Traceback" not in "".join(lines)
+        return lines[-1]
 
     assert "has no split 'nope'" in error("--checkpoint", str(checkpoint), "--data", str(data.root), "--split", "nope")
     assert "does not exist" in error("--checkpoint", str(tmp_path / "none"), "--data", str(data.root))
-    assert "--max-pieces must be >= 1" in error("--checkpoint", str(checkpoint), "--data", str(data.root), "--max-pieces", "0")
+    assert "argument --max-pieces: must be a whole number in [1, " in error(
+        "--checkpoint", str(checkpoint), "--data", str(data.root), "--max-pieces", "0")
+    assert "argument --batch-size: expected a whole number, got '1e12'" in error(
+        "--checkpoint", str(checkpoint), "--data", str(data.root), "--batch-size", "1e12")
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file" / "out.json", tmp_path):  # under a file; a folder
+        assert "--json" in error("--checkpoint", str(checkpoint), "--data", str(data.root), "--json", str(target))
+    other_nan = tmp_path / "nan"
+    shutil.copytree(checkpoint, other_nan)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(other_nan / "model.safetensors")
+    next(iter(weights.values()))[0] = float("nan")
+    save_file(weights, other_nan / "model.safetensors")
+    assert "holds non-finite weights" in error("--checkpoint", str(other_nan), "--data", str(data.root))
     other = tmp_path / "other"
     shutil.copytree(checkpoint, other)
     meta = json.loads((other / "meta.json").read_text())

@@ -326,7 +326,15 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     [
         (["--preset", "tiny"], "--data is required"),
         (["--data", "{tmp}/nothing"], "is not a folder"),
-        (["--data", "{corpus}", "--lr", "-1"], "invalid configuration: learning rate must be > 0"),
+        (["--data", "{corpus}", "--lr", "-1"], "argument --lr: must be in (0, 1], got -1"),
+        (["--data", "{corpus}", "--lr", "1e39"], "argument --lr: must be in (0, 1], got 1e39"),
+        (["--data", "{corpus}", "--lr", "nan"], "argument --lr: must be a finite number"),
+        (["--data", "{corpus}", "--max-seq-len", "1e8"], "argument --max-seq-len: expected a whole number"),
+        (["--data", "{corpus}", "--max-seq-len", "100000000"], "argument --max-seq-len: must be a whole number in"),
+        (["--data", "{corpus}", "--seed", str(2**70)], "argument --seed: must be a whole number in [0, "),
+        (["--data", "{corpus}", "--workers", "-1"], "argument --workers"),
+        (["--data", "{corpus}", "--dropout", "1"], "argument --dropout: must be in [0, 1)"),
+        (["--data", "{corpus}", "--out", "{tmp}/file/runs"], "which is a file"),
         (["--data", "{corpus}", "--num-latents", "999", "--max-seq-len", "64"], "invalid configuration: num_latents"),
         (["--resume", "--out", "{tmp}/none"], "no run to resume"),
         (["--resume", "{tmp}"], "is not a run folder"),
@@ -334,10 +342,16 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     ],
 )
 def test_train_command_errors(tmp_path: Path, corpus: Path, capsys, args: list[str], message: str) -> None:
-    args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
-    assert run_cli(*args, "--out", str(tmp_path / "runs")) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    (tmp_path / "file").write_text("x")
+    args = [a.format(tmp=tmp_path, corpus=corpus) for a in ["--out", "{tmp}/runs", *args]]
+    try:
+        code = run_cli(*args)
+    except SystemExit as exc:  # argparse refused a flag: its usage lines, then the error line
+        code = exc.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert message in lines[-1] and [line for line in lines if "error:" in line] == lines[-1:]
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, corpus: Path, capsys) -> None:
@@ -345,6 +359,21 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, corpus: Pa
     (tmp_path / "runs" / "x" / "run_config.json").write_text("{}")
     assert run_cli("--resume", str(tmp_path / "runs" / "x")) == 2
     assert "has no resumable checkpoint yet" in capsys.readouterr().err
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_under_its_name(tmp_path: Path, corpus: Path,
+                                                                              capsys) -> None:
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "run_config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    (run / "ckpt-3").mkdir()  # half-deleted by an in-place prune: not a checkpoint
+    (run / "ckpt-3" / "config.json").write_text("{}")
+    assert run_cli("--data", str(corpus), *MICRO_FLAGS, "--out", str(tmp_path / "runs"), "--name", "x",
+                   "--max-steps", "2", "--eval-every", "2") == 0
+    assert "starting " + str(run) + " again: it has no checkpoint yet" in capsys.readouterr().out
+    assert [r["step"] for r in metrics(run) if "loss" in r] == [2]  # the old run's rows are gone
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("ckpt")) == ["ckpt-2"]
 
 
 # ----------------------------------------------------------------------------- signals and kills

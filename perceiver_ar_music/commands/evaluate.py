@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from perceiver_ar_music.cli_types import bounded_int
+
 HELP = "score a split (default test) under a checkpoint: NLL in nats and bits per token, per note and per second"
 
 
@@ -19,14 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact", action="store_true",
                         help="score every target with its own full-context window (one forward per token: slow); "
                              "default: the strided approximation")
-    parser.add_argument("--max-pieces", type=int, metavar="N", help="score only the split's first N pieces")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward (default: 8)")
+    parser.add_argument("--max-pieces", type=bounded_int(1, 10**9), metavar="N", help="score only the split's first N pieces")
+    parser.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=8, metavar="N", help="windows per forward (default: 8)")
     parser.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.atomic import check_writable_file, os_error_text, write_json_atomic
     from perceiver_ar_music.checkpoint import load_model
     from perceiver_ar_music.distributed import DistInfo, pick_device
     from perceiver_ar_music.errors import UserError
@@ -34,10 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.prepared import PreparedData
     from perceiver_ar_music.train import ensure_prepared
 
-    if args.max_pieces is not None and args.max_pieces < 1:
-        raise UserError(f"--max-pieces must be >= 1, got {args.max_pieces}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the scoring, not after it
     device = pick_device(args.device, DistInfo())
     loaded = load_model(args.checkpoint, device=device)
     prepared = ensure_prepared(args.data, args.prepared_cache, tokenizer=str(loaded.tokenizer_path))
@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
           + (", bf16 autocast" if device.type == "cuda" else ""))
     print(format_evaluation(result))
     if args.json:
-        write_json_atomic(args.json, {"checkpoint": str(loaded.path), "step": step, "data": str(data.root),
-                                      **result.to_dict()})
+        try:
+            write_json_atomic(args.json, {"checkpoint": str(loaded.path), "step": step, "data": str(data.root),
+                                          **result.to_dict()})
+        except OSError as exc:
+            raise UserError(f"cannot write --json {args.json}: {os_error_text(exc)}") from None
         print(f"wrote {args.json}")
     return 0

@@ -34,6 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from perceiver_ar_music.atomic import check_writable_file, os_error_text
+
+    for flag, target in (("--roundtrip", args.roundtrip), ("--json", args.json)):
+        if target is not None:
+            if target.resolve() == args.midi.resolve():
+                raise UserError(f"{flag} {target} would overwrite the input")
+            check_writable_file(target, flag)  # before the work, not after it
+    try:
+        return _tokenize(args)
+    except OSError as exc:
+        raise UserError(f"cannot write the output: {os_error_text(exc)}") from None
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    """Encode, summarize, optionally decode back and write JSON (outputs already checked)."""
     import numpy as np
 
     from perceiver_ar_music.atomic import write_text_atomic

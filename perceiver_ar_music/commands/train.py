@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perceiver_ar_music.cli_types import bounded_int, finite_float, seed
+
 HELP = "train a Perceiver AR on a MIDI or prepared folder (presets maestro, small, tiny), or --resume a run"
 
 # Flag destination -> PerceiverARConfig / TrainConfig field.
@@ -21,6 +23,11 @@ TRAIN_FLAGS = {
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed",
 }
+
+
+_COUNT = bounded_int(1, 10**9)  # steps, windows
+_SIZE = bounded_int(1, 1 << 20)  # tokens, widths, batch sizes
+_FRACTION = finite_float(0, 1, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,42 +46,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="continue a run from its latest checkpoint: RUN_DIR, else OUT/NAME, else the newest run in OUT")
     run.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
-    run.add_argument("--workers", type=int, metavar="N",
+    run.add_argument("--workers", type=bounded_int(0, 256), metavar="N",
                      help="DataLoader worker processes (default: 4 with a GPU, 0 on CPU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     model = parser.add_argument_group("model (default: the preset's)")
-    model.add_argument("--max-seq-len", type=int, metavar="N", help="context length in tokens")
-    model.add_argument("--num-latents", type=int, metavar="N", help="latents = positions scored per window")
-    model.add_argument("--dim", type=int, metavar="N", help="width")
-    model.add_argument("--depth", type=int, metavar="N", help="self-attention layers over the latents")
-    model.add_argument("--heads", type=int, metavar="N", help="attention heads")
-    model.add_argument("--dim-head", type=int, metavar="N", help="channels per head")
-    model.add_argument("--cross-attn-dropout", type=float, metavar="P", help="prefix dropout fraction")
-    model.add_argument("--dropout", type=float, metavar="P", help="dropout")
+    model.add_argument("--max-seq-len", type=_SIZE, metavar="N", help="context length in tokens")
+    model.add_argument("--num-latents", type=_SIZE, metavar="N", help="latents = positions scored per window")
+    model.add_argument("--dim", type=bounded_int(1, 65_536), metavar="N", help="width")
+    model.add_argument("--depth", type=bounded_int(1, 1024), metavar="N", help="self-attention layers over the latents")
+    model.add_argument("--heads", type=bounded_int(1, 1024), metavar="N", help="attention heads")
+    model.add_argument("--dim-head", type=bounded_int(1, 4096), metavar="N", help="channels per head")
+    model.add_argument("--cross-attn-dropout", type=_FRACTION, metavar="P", help="prefix dropout fraction")
+    model.add_argument("--dropout", type=_FRACTION, metavar="P", help="dropout")
 
     opt = parser.add_argument_group("optimization and schedule (default: the preset's)")
-    opt.add_argument("--batch-size", type=int, metavar="N", help="windows per micro-batch per process")
-    opt.add_argument("--grad-accum", type=int, metavar="N", help="micro-batches per optimizer step")
-    opt.add_argument("--lr", type=float, help="peak learning rate")
-    opt.add_argument("--min-lr-ratio", type=float, metavar="R", help="final lr as a fraction of --lr")
-    opt.add_argument("--warmup", type=int, metavar="STEPS", help="linear warmup steps")
-    opt.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps in total")
-    opt.add_argument("--weight-decay", type=float, metavar="W")
-    opt.add_argument("--clip", type=float, metavar="NORM", help="gradient norm clip (0: off)")
-    opt.add_argument("--z-loss", type=float, metavar="C", help="z-loss coefficient")
+    opt.add_argument("--batch-size", type=_SIZE, metavar="N", help="windows per micro-batch per process")
+    opt.add_argument("--grad-accum", type=_SIZE, metavar="N", help="micro-batches per optimizer step")
+    opt.add_argument("--lr", type=finite_float(0, 1, min_inclusive=False), help="peak learning rate")
+    opt.add_argument("--min-lr-ratio", type=finite_float(0, 1), metavar="R", help="final lr as a fraction of --lr")
+    opt.add_argument("--warmup", type=bounded_int(0, 10**9), metavar="STEPS", help="linear warmup steps")
+    opt.add_argument("--max-steps", type=_COUNT, metavar="N", help="optimizer steps in total")
+    opt.add_argument("--weight-decay", type=finite_float(0, 10), metavar="W")
+    opt.add_argument("--clip", type=finite_float(0, 1e6), metavar="NORM", help="gradient norm clip (0: off)")
+    opt.add_argument("--z-loss", type=finite_float(0, 1), metavar="C", help="z-loss coefficient")
     opt.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                      help="no random transposition / time stretch of training windows")
-    opt.add_argument("--max-transpose", type=int, metavar="SEMITONES", help="augmentation transposition range")
-    opt.add_argument("--stretch", type=float, metavar="F", help="augmentation time stretch in [1-F, 1+F]")
-    opt.add_argument("--seed", type=int)
+    opt.add_argument("--max-transpose", type=bounded_int(0, 24), metavar="SEMITONES", help="augmentation transposition range")
+    opt.add_argument("--stretch", type=_FRACTION, metavar="F", help="augmentation time stretch in [1-F, 1+F]")
+    opt.add_argument("--seed", type=seed)
 
     obs = parser.add_argument_group("evaluation and checkpoints (default: the preset's)")
-    obs.add_argument("--eval-every", type=int, metavar="STEPS", help="steps between validations")
-    obs.add_argument("--eval-windows", type=int, metavar="N", help="validation windows per validation (0: all)")
-    obs.add_argument("--save-every", type=int, metavar="STEPS", help="steps between checkpoints")
-    obs.add_argument("--keep-last", type=int, metavar="K", help="step checkpoints kept (besides best/)")
-    obs.add_argument("--log-every", type=int, metavar="STEPS", help="steps between metrics.jsonl rows")
+    obs.add_argument("--eval-every", type=_COUNT, metavar="STEPS", help="steps between validations")
+    obs.add_argument("--eval-windows", type=bounded_int(0, 10**9), metavar="N", help="validation windows per validation (0: all)")
+    obs.add_argument("--save-every", type=_COUNT, metavar="STEPS", help="steps between checkpoints")
+    obs.add_argument("--keep-last", type=bounded_int(1, 10**6), metavar="K", help="step checkpoints kept (besides best/)")
+    obs.add_argument("--log-every", type=_COUNT, metavar="STEPS", help="steps between metrics.jsonl rows")
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -85,11 +92,11 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve a new run on rank 0: prepare the data, create the run folder and its config."""
     from dataclasses import replace
 
-    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.atomic import check_writable_dir, write_json_atomic
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.prepared import PreparedData
     from perceiver_ar_music.presets import resolve
-    from perceiver_ar_music.train import RUN_CONFIG_NAME, ensure_prepared
+    from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME, ensure_prepared
 
     if not args.data:
         raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
@@ -97,8 +104,12 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name '{name}' must be a plain folder name")
     run_dir = Path(args.out) / name
+    restart = False
     if (run_dir / RUN_CONFIG_NAME).exists():
-        raise UserError(f"run folder {run_dir} already exists: add --resume to continue it, or choose another --name")
+        if _has_checkpoint(run_dir):
+            raise UserError(f"run folder {run_dir} already exists: add --resume to continue it, or choose another --name")
+        restart = True  # killed before its first checkpoint: nothing to lose
+    check_writable_dir(run_dir, "the run folder")
     model_overrides = _overrides(args, MODEL_FLAGS)
     try:
         model_config, train_config = resolve(args.preset, model_overrides, _overrides(args, TRAIN_FLAGS))
@@ -117,8 +128,18 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
+    if restart:
+        print(f"starting {run_dir} again: it has no checkpoint yet", flush=True)
+        (run_dir / METRICS_NAME).unlink(missing_ok=True)  # rows of steps that were never saved
     write_json_atomic(run_dir / RUN_CONFIG_NAME, run_config)
     return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": None}
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds any complete checkpoint (step or best)."""
+    from perceiver_ar_music import checkpoint as ckpt
+
+    return bool(ckpt.step_checkpoints(run_dir)) or ckpt.is_complete(run_dir / ckpt.BEST_NAME)
 
 
 def _find_run_dir(args: argparse.Namespace) -> Path:
@@ -153,7 +174,7 @@ def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = ckpt.latest_resumable(run_dir)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no resumable checkpoint yet: start it again without --resume "
-                        f"(and another --name, or delete the folder)")
+                        f"(the same --name works)")
     try:
         saved_model = PerceiverARConfig.from_dict(run_config["model"])
         saved_train = TrainConfig.from_dict(run_config["train"])
@@ -185,13 +206,12 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from perceiver_ar_music import distributed
+    from perceiver_ar_music.atomic import os_error_text
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.model import PerceiverARConfig
     from perceiver_ar_music.presets import TrainConfig
     from perceiver_ar_music.train import TrainRun, train
 
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
     info = distributed.from_environment()
     device = distributed.pick_device(args.device, info)
     distributed.init_process_group(info, device)
@@ -213,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         result = train(spec, info)
+    except OSError as exc:  # a full disk or a folder that became unwritable mid-run
+        raise UserError(f"cannot write the run: {os_error_text(exc)}") from None
     finally:
         distributed.destroy_process_group()
     if not info.is_main:

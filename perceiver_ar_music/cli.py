@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from perceiver_ar_music.errors import UserError
 
@@ -23,19 +23,28 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "generate": "generate",
     "render": "render",
+    "stats": "stats",
+    "serve": "serve",
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from perceiver_ar_music import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="perceiver-music",
         description="Long-context symbolic piano music with Perceiver AR: prepare, train, generate.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(f"perceiver_ar_music.commands.{module_name}")
@@ -52,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the subcommand, turn user errors into one line and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -1,0 +1,308 @@
+"""The studio's work: one loaded model, primers, sampling with live progress, and writing takes.
+
+A request is checked completely when it arrives (settings by `generate`'s parser, the primer by
+`generation.load_primer`), so the page shows a mistake at once; the queue then samples it with
+`generation.continue_ids` and writes each sample as a take (MIDI, piano roll, audio, details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.studio import settings as studio_settings
+from perceiver_ar_music.studio.jobs import Job, JobQueue
+from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES, TakeStore
+
+EXAMPLE = "example"  # the primer reference of the bundled example
+EXAMPLE_PRIMER = Path(__file__).resolve().parents[2] / "examples" / "primer.mid"
+
+
+@dataclass
+class Request:
+    """A checked generation request."""
+
+    args: argparse.Namespace  # generate's flags
+    primer: str | None  # None, EXAMPLE or a primer/take file name in the output folder
+    prompt: np.ndarray  # BOS + primer ids
+    length: int
+    sampling: object  # SamplingConfig
+    guards: tuple[float | None, int | None]  # max note seconds, max polyphony (None: off)
+
+
+@dataclass
+class Progress:
+    """The tokens sampled so far, recorded per step without waiting for the device."""
+
+    num_samples: int
+    started: float = field(default_factory=time.monotonic)
+    steps: list[torch.Tensor] = field(default_factory=list)
+    _ids: np.ndarray | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, new: torch.Tensor) -> None:
+        self.steps.append(new.detach().clone())  # the sampler may reuse its buffer
+
+    def ids(self) -> np.ndarray:
+        """(tokens so far, num_samples) int64 ids."""
+        with self._lock:
+            done = 0 if self._ids is None else len(self._ids)
+            count = len(self.steps)
+            if self._ids is None or count > done:
+                fresh = torch.stack(self.steps[done:count]).cpu().numpy() if count > done else np.zeros((0, self.num_samples))
+                old = np.zeros((0, self.num_samples), np.int64) if self._ids is None else self._ids
+                self._ids = np.concatenate([old, fresh.astype(np.int64)])
+            return self._ids
+
+
+class Studio:
+    """The model, the output folder and the queue behind the page."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        out: Path,
+        *,
+        device: str = "auto",
+        soundfont: Path | None = None,
+        audio_format: str | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    ) -> None:
+        from perceiver_ar_music.checkpoint import load_model
+        from perceiver_ar_music.distributed import DistInfo, pick_device
+        from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, check_soundfont
+        from perceiver_ar_music.tokenizer import load_tokenizer
+
+        self.soundfont = check_soundfont(soundfont) if soundfont is not None else None
+        self.audio_format = audio_format or DEFAULT_AUDIO_FORMAT
+        self.device = pick_device(device, DistInfo())
+        self.loaded = load_model(checkpoint, device=self.device)
+        self.tokenizer = load_tokenizer(self.loaded.tokenizer_path)
+        if self.tokenizer.hash != self.loaded.tokenizer_hash or len(self.tokenizer.vocab) != self.loaded.config.num_tokens:
+            raise UserError(f"{self.loaded.path}: its tokenizer.json does not match the model (mismatching tokenizer)")
+        self.vocab = self.tokenizer.vocab
+        self.parser = studio_settings.generate_parser()
+        self.store = TakeStore(out, max_upload_bytes)
+        self.audio_unavailable: str | None = None
+        self.queue = JobQueue(self._run)
+
+    # ----- what the page needs to know -----
+    def config(self) -> dict:
+        from perceiver_ar_music.commands.generate import DEFAULT_LENGTH
+        from perceiver_ar_music.generation import guard_defaults
+        from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
+
+        note_seconds, polyphony = guard_defaults(self.loaded.meta)
+        return {
+            "fields": studio_settings.fields(self.parser),
+            "placeholders": {"length": DEFAULT_LENGTH, "max_note_seconds": note_seconds, "max_polyphony": polyphony},
+            "max_samples": studio_settings.MAX_SAMPLES,
+            "example": EXAMPLE_PRIMER.is_file(),
+            "max_upload_bytes": self.store.max_upload_bytes,
+            "audio_format": self.audio_format,
+            "checkpoint": str(self.loaded.path),
+            "colours": {name: "rgb({}, {}, {})".format(*(int(c) for c in colour))
+                        for name, colour in (("primer", PRIMER), ("continuation", CONTINUATION))},
+        }
+
+    # ----- primers -----
+    def primer_ids(self, ref: str | None, seconds: float | None) -> np.ndarray:
+        """The primer's ids (no BOS), or of its first `seconds`; a UserError as `generate` words it."""
+        from perceiver_ar_music.generation import load_primer
+        from perceiver_ar_music.vocab import NOTE_ON
+
+        if not ref:
+            return np.zeros(0, dtype=np.int64)
+        if ref == EXAMPLE:
+            if not EXAMPLE_PRIMER.is_file():
+                raise UserError("the bundled example primer is not installed here")
+            path = EXAMPLE_PRIMER
+        else:
+            path = self.store.primer_file(ref)
+        try:
+            ids = load_primer(self.tokenizer, path, seconds)
+        except UserError as exc:  # name the primer as the page does, not by its path
+            raise UserError(str(exc).replace(str(path), primer_label(ref))) from None
+        if not np.any(np.asarray(self.vocab.kind)[ids] == NOTE_ON):
+            raise UserError(f"primer {primer_label(ref)}: it has no notes")
+        return ids
+
+    def primer_info(self, ref: str | None, seconds: float | None) -> dict:
+        ids = self.primer_ids(ref, seconds)
+        notes = self.primer_notes(ids)
+        return {"primer": ref, "label": primer_label(ref), "tokens": int(len(ids)), "notes": int(len(notes)),
+                "seconds": round(float(self.vocab.seconds(ids.tolist())), 2)}
+
+    def primer_notes(self, ids: np.ndarray) -> np.ndarray:
+        from perceiver_ar_music.generation import sample_notes
+
+        prompt = np.concatenate(([self.vocab.bos_id], ids)).astype(np.int64)
+        return sample_notes(prompt, len(prompt), self.vocab)[0]
+
+    def primer_roll(self, ref: str | None, seconds: float | None) -> bytes:
+        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
+
+        return png_bytes(piano_roll_image(self.primer_notes(self.primer_ids(ref, seconds)), None))
+
+    def upload(self, data: bytes, filename: str) -> dict:
+        """Keep an uploaded MIDI primer once it reads like `generate --primer` reads one."""
+        label = Path(filename or "upload.mid").name[:80]
+
+        def check(path: Path) -> None:
+            from perceiver_ar_music.generation import load_primer
+            from perceiver_ar_music.vocab import NOTE_ON
+
+            try:
+                ids = load_primer(self.tokenizer, path, None)
+            except UserError as exc:
+                raise UserError(str(exc).replace(str(path), label)) from None
+            if not np.any(np.asarray(self.vocab.kind)[ids] == NOTE_ON):
+                raise UserError(f"primer {label}: it has no notes")
+
+        try:
+            name = self.store.save_upload(data, check)
+        except UserError as exc:
+            message = str(exc)
+            raise UserError(message if message.startswith("primer ") else f"primer {label}: {message}") from None
+        return {**self.primer_info(name, None), "label": label}
+
+    # ----- generation -----
+    def submit(self, form: dict) -> Job:
+        """Check a request from the page completely, then queue it."""
+        from perceiver_ar_music.commands.generate import DEFAULT_LENGTH, SECONDS_ONLY_CAP, guard_settings
+        from perceiver_ar_music.sampling import SamplingConfig
+
+        form = dict(form)
+        primer = form.pop("primer", None)
+        if primer is not None and not isinstance(primer, str):
+            raise UserError("primer: expected a name")
+        args = studio_settings.parse_settings(form.pop("settings", {}) or {}, self.parser)
+        if form:
+            raise UserError(f"unknown field: {sorted(form)[0]!r}")
+        length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
+        if length < 1 or args.num_samples < 1:
+            raise UserError("--length and --num-samples must be at least 1")
+        try:
+            sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        guards = guard_settings(args, self.loaded.meta)
+        primer_ids = self.primer_ids(primer, args.primer_seconds)
+        prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
+        return self.queue.submit(Request(args, primer or None, prompt, length, sampling, guards))
+
+    def _run(self, job: Job) -> list[str]:
+        from perceiver_ar_music.generation import continue_ids, sampling_rules
+
+        request: Request = job.request
+        args = request.args
+        progress = job.progress = Progress(args.num_samples)
+
+        def on_step(step: int, new: torch.Tensor) -> bool:
+            progress.record(new)
+            return job.stop_requested
+
+        max_note_seconds, max_polyphony = request.guards
+        rules = sampling_rules(self.vocab, self.device, constrain=args.constrain,
+                               max_note_seconds=max_note_seconds, max_polyphony=max_polyphony)
+        result = continue_ids(
+            self.loaded.model, request.prompt, self.vocab, request.length, args.num_samples, request.sampling,
+            seconds=args.seconds, seed=args.seed, rules=rules, progress=False, on_step=on_step,
+        )
+        stopped_by = "stop" if job.stop_requested else result.stopped_by
+        names = self.store.reserve("take", len(result.sequences))
+        for index, (name, sequence) in enumerate(zip(names, result.sequences), start=1):
+            self._write_take(name, sequence, result.prompt_len, request, index, stopped_by, result.tokens_per_second)
+        return names
+
+    def _write_take(self, name: str, sequence: np.ndarray, prompt_len: int, request: Request, index: int,
+                    stopped_by: str, tokens_per_second: float) -> dict:
+        from perceiver_ar_music.generation import sample_notes, write_sample_midi
+        from perceiver_ar_music.music_stats import music_stats
+        from perceiver_ar_music.pianoroll import draw_piano_roll
+        from perceiver_ar_music.render import AudioUnavailable, render_midi
+
+        folder = self.store.folder
+        notes, primer_notes, boundary = sample_notes(sequence, prompt_len, self.vocab, request.guards[0])
+        write_sample_midi(notes, primer_notes, boundary, folder / f"{name}.mid")
+        draw_piano_roll(notes, boundary if primer_notes else None, folder / f"{name}.png")
+        audio, audio_note = None, self.audio_unavailable
+        if audio_note is None:
+            try:
+                render_midi(folder / f"{name}.mid", folder / f"{name}.{self.audio_format}", soundfont=self.soundfont)
+                audio = f"{name}.{self.audio_format}"
+            except AudioUnavailable as exc:
+                audio_note = self.audio_unavailable = str(exc)
+            except UserError as exc:  # e.g. a take without notes
+                audio_note = str(exc).replace(str(folder / f"{name}.mid"), f"{name}.mid")
+        new = np.asarray(sequence[prompt_len:])
+        take = {
+            "name": name,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "primer": request.primer,
+            "primer_label": primer_label(request.primer),
+            "primer_seconds": request.args.primer_seconds,
+            "sample": index,
+            "settings": {dest: getattr(request.args, dest) for dest in studio_settings.SETTINGS if hasattr(request.args, dest)},
+            "new_tokens": int(len(new)),
+            "new_seconds": round(float(self.vocab.seconds(new.tolist())), 2),
+            "boundary_seconds": round(float(boundary), 2) if primer_notes else None,
+            "stopped_by": stopped_by,
+            "tokens_per_second": round(float(tokens_per_second), 1),
+            "midi": f"{name}.mid",
+            "roll": f"{name}.png",
+            "audio": audio,
+            "audio_note": audio_note,
+            "stats": music_stats(notes[primer_notes:]).rows() if len(notes) > primer_notes else [],
+            "checkpoint": str(self.loaded.path),
+        }
+        self.store.save_take(take)
+        return take
+
+    def job_status(self, job: Job) -> dict:
+        """What the page shows while a job waits, runs, and when it has finished."""
+        from perceiver_ar_music.generation import music_clock
+
+        status = {"job": job.id, "state": job.state, "position": self.queue.position(job), "error": job.error,
+                  "takes": job.result or [], "tokens": 0, "tokens_per_second": 0.0, "music_seconds": 0.0,
+                  "num_samples": job.request.args.num_samples, "stopping": job.stop_requested}
+        progress = job.progress
+        if isinstance(progress, Progress):
+            ids = progress.ids()
+            elapsed = max(time.monotonic() - progress.started, 1e-9)
+            status["tokens"] = int(len(ids))
+            status["tokens_per_second"] = round(len(ids) * ids.shape[1] / elapsed, 1)
+            if len(ids):
+                status["music_seconds"] = round(min(float(music_clock(ids[:, k], self.vocab)[-1]) for k in range(ids.shape[1])), 2)
+        return status
+
+    def live_roll(self, job: Job, sample: int) -> bytes:
+        """The piano roll of one sample of a job so far (primer and continuation in their colours)."""
+        from perceiver_ar_music.generation import sample_notes
+        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
+
+        request: Request = job.request
+        if not 0 <= sample < request.args.num_samples:
+            raise UserError(f"no sample {sample} in this job")
+        ids = job.progress.ids() if isinstance(job.progress, Progress) else np.zeros((0, request.args.num_samples), np.int64)
+        sequence = np.concatenate([request.prompt, ids[:, sample]])
+        sequence = sequence[sequence != self.vocab.eos_id]
+        notes, primer_notes, boundary = sample_notes(sequence, len(request.prompt), self.vocab, request.guards[0])
+        return png_bytes(piano_roll_image(notes, boundary if primer_notes else None))
+
+    def close(self) -> None:
+        self.queue.close(timeout=30)
+
+
+def primer_label(ref: str | None) -> str:
+    """How the page names a primer."""
+    if not ref:
+        return "none"
+    return "the bundled example" if ref == EXAMPLE else ref

@@ -1,0 +1,271 @@
+// The studio page: pick a primer, set generate's settings, follow a job live, list the takes.
+// Every text from the server goes in with textContent; files are fetched by name from /files/.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { config: null, primer: { ref: null, label: "none" }, job: null, polling: null, shown: new Set() };
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = { error: `${response.status} ${response.statusText}` }; }
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function showError(id, message) {
+  const el = $(id);
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// ----- settings: generate's flags, from /api/config -----
+function buildSettings() {
+  const form = $("settings");
+  for (const field of state.config.fields) {
+    if (field.name === "primer_seconds") continue;  // shown with the primer
+    const input = el("input", { name: field.name, id: "setting-" + field.name, title: field.help });
+    if (field.kind === "bool") {
+      input.type = "checkbox";
+      input.checked = Boolean(field.default);
+    } else {
+      input.type = "number";
+      input.step = field.kind === "int" ? "1" : "any";
+      if (field.default !== null) input.value = String(field.default);
+      const placeholder = state.config.placeholders[field.name];
+      input.placeholder = placeholder !== undefined ? String(placeholder) : "off";
+    }
+    form.append(el("label", { title: field.help }, el("span", {}, field.flag), input));
+  }
+}
+
+function settingsValues() {
+  const values = {};
+  for (const input of $("settings").querySelectorAll("input")) {
+    values[input.name] = input.type === "checkbox" ? input.checked : input.value.trim();
+  }
+  values.primer_seconds = $("primer-seconds").value.trim();
+  return values;
+}
+
+// ----- the primer -----
+function primerQuery() {
+  const params = new URLSearchParams({ primer: state.primer.ref || "" });
+  const seconds = $("primer-seconds").value.trim();
+  if (seconds) params.set("seconds", seconds);
+  return params.toString();
+}
+
+async function showPrimer() {
+  showError("primer-error", "");
+  const img = $("primer-roll");
+  if (!state.primer.ref) {
+    $("primer-info").textContent = "The model starts from nothing.";
+    img.hidden = true;
+    return;
+  }
+  try {
+    const info = await api("/api/primer?" + primerQuery());
+    $("primer-info").textContent =
+      `${state.primer.label}: ${info.notes} notes, ${info.seconds} s (${info.tokens} tokens)`;
+    img.src = "/api/primer/roll.png?" + primerQuery();
+    img.hidden = false;
+  } catch (error) {
+    $("primer-info").textContent = "";
+    img.hidden = true;
+    showError("primer-error", error.message);
+  }
+}
+
+function setPrimer(ref, label, source) {
+  state.primer = { ref, label };
+  document.querySelector(`input[name=primer-source][value=${source}]`).checked = true;
+  if (source === "take") {
+    $("take-label").textContent = label;
+    $("take-choice").hidden = false;
+  }
+  showPrimer();
+}
+
+async function uploadPrimer(file) {
+  showError("primer-error", "");
+  state.primer = { ref: null, label: "none" };
+  try {
+    const info = await api("/api/primer", {
+      method: "POST", body: file,
+      headers: { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) },
+    });
+    setPrimer(info.primer, file.name, "upload");
+  } catch (error) {
+    $("primer-info").textContent = "";
+    $("primer-roll").hidden = true;
+    showError("primer-error", error.message);
+  }
+}
+
+function onPrimerSource(event) {
+  const source = event.target.value;
+  if (source === "none") setPrimer(null, "none", "none");
+  else if (source === "example") setPrimer("example", "the bundled example", "example");
+  else if (source === "upload" && $("primer-file").files.length) uploadPrimer($("primer-file").files[0]);
+}
+
+// ----- a job -----
+async function generate() {
+  showError("generate-error", "");
+  try {
+    const status = await api("/api/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ primer: state.primer.ref, settings: settingsValues() }),
+    });
+    startJob(status);
+  } catch (error) {
+    showError("generate-error", error.message);
+  }
+}
+
+function startJob(status) {
+  state.job = status.job;
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  const live = $("live");
+  live.replaceChildren();
+  for (let k = 0; k < status.num_samples; k++) {
+    live.append(el("div", { className: "roll" }, el("img", { alt: `Sample ${k + 1} so far`, dataset: { sample: k } })));
+  }
+  showStatus(status);
+  poll();
+}
+
+function showStatus(status) {
+  let text = "";
+  if (status.state === "queued") {
+    text = status.position > 0 ? `waiting in the queue: ${status.position} ahead` : "waiting";
+  } else if (status.state === "running" || status.state === "done") {
+    text = `${status.tokens} tokens · ${Math.round(status.tokens_per_second)} tokens/s · ` +
+      `${status.music_seconds.toFixed(1)} s of music`;
+    if (status.state === "running" && status.stopping) text += " · stopping";
+    if (status.state === "done") text += ` · done: ${status.takes.join(", ")}`;
+  } else if (status.state === "cancelled") {
+    text = "cancelled";
+  }
+  $("status").textContent = text;
+  $("status").dataset.state = status.state;
+  if (status.state === "failed") showError("generate-error", status.error);
+}
+
+function refreshLiveRolls(job) {
+  for (const img of $("live").querySelectorAll("img")) {
+    if (img.dataset.loading === "1") continue;  // one request per roll at a time
+    img.dataset.loading = "1";
+    img.onload = img.onerror = () => { img.dataset.loading = "0"; };
+    img.src = `/api/jobs/${job}/roll/${img.dataset.sample}.png?t=${Date.now()}`;
+  }
+}
+
+async function poll() {
+  const job = state.job;
+  let status;
+  try {
+    status = await api(`/api/jobs/${job}`);
+  } catch (error) {
+    showError("generate-error", error.message);
+    return finishJob();
+  }
+  if (job !== state.job) return;
+  showStatus(status);
+  if (status.state === "running") refreshLiveRolls(job);
+  if (["done", "failed", "cancelled"].includes(status.state)) {
+    finishJob();
+    if (status.state === "done") await loadTakes();
+    return;
+  }
+  state.polling = setTimeout(poll, 400);
+}
+
+function finishJob() {
+  $("generate").disabled = false;
+  $("stop").disabled = true;
+  $("live").replaceChildren();
+}
+
+async function stop() {
+  if (state.job) {
+    try { await api(`/api/jobs/${state.job}/stop`, { method: "POST" }); } catch (error) { showError("generate-error", error.message); }
+  }
+}
+
+// ----- takes -----
+function takeCard(take) {
+  const card = el("article", { className: "take", id: take.name, dataset: { name: take.name } });
+  const from = take.primer ? `continues ${take.primer_label}` + (take.primer_seconds ? ` (first ${take.primer_seconds} s)` : "") : "from nothing";
+  card.append(el("h3", {}, take.name));
+  card.append(el("p", { className: "muted" },
+    `${from}; ${take.new_tokens} new tokens, ${take.new_seconds} s of new music; stopped by ${take.stopped_by}; ${take.created}`));
+  if (take.audio) {
+    card.append(el("audio", { controls: true, preload: "metadata", src: "/files/" + encodeURIComponent(take.audio) }));
+  } else {
+    card.append(el("p", { className: "no-audio" }, take.audio_note || "no audio"));
+  }
+  card.append(el("div", { className: "roll" },
+    el("img", { src: "/files/" + encodeURIComponent(take.roll), alt: `Piano roll of ${take.name}` })));
+  const stats = el("dl", { className: "stats" });
+  for (const [label, value] of take.stats) stats.append(el("div", {}, el("dt", {}, label), el("dd", {}, value)));
+  card.append(stats);
+  const actions = el("div", { className: "actions" });
+  const cont = el("button", { type: "button", className: "continue" }, "Continue this take");
+  cont.onclick = () => { $("primer-seconds").value = ""; setPrimer(take.midi, take.name, "take"); generate(); };
+  const use = el("button", { type: "button", className: "use-primer" }, "Use as primer");
+  use.onclick = () => { setPrimer(take.midi, take.name, "take"); $("primer-panel").scrollIntoView({ behavior: "smooth" }); };
+  actions.append(cont, use, el("a", { href: "/files/" + encodeURIComponent(take.midi), download: take.midi }, "MIDI"));
+  if (take.audio) {
+    actions.append(el("a", { href: "/files/" + encodeURIComponent(take.audio), download: take.audio },
+      take.audio.split(".").pop().toUpperCase()));
+  }
+  card.append(actions);
+  return card;
+}
+
+async function loadTakes() {
+  const { takes } = await api("/api/takes");
+  const list = $("takes");
+  for (const take of takes) {  // oldest first, each new one on top
+    if (state.shown.has(take.name)) continue;
+    state.shown.add(take.name);
+    list.prepend(takeCard(take));
+  }
+  $("no-takes").hidden = takes.length > 0;
+}
+
+async function main() {
+  state.config = await api("/api/config");
+  $("checkpoint").textContent = `model: ${state.config.checkpoint} · audio: ${state.config.audio_format}`;
+  for (const [name, colour] of Object.entries(state.config.colours || {})) {
+    document.documentElement.style.setProperty("--" + name, colour);
+  }
+  $("example-choice").hidden = !state.config.example;
+  buildSettings();
+  for (const radio of document.querySelectorAll("input[name=primer-source]")) radio.addEventListener("change", onPrimerSource);
+  $("primer-file").addEventListener("change", () => {
+    if ($("primer-file").files.length) uploadPrimer($("primer-file").files[0]);
+  });
+  $("primer-seconds").addEventListener("change", showPrimer);
+  $("generate").addEventListener("click", generate);
+  $("stop").addEventListener("click", stop);
+  await showPrimer();
+  await loadTakes();
+  document.body.dataset.ready = "1";
+}
+
+main().catch((error) => showError("generate-error", error.message));

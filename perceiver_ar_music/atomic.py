@@ -95,6 +95,32 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def staged_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `target`; on success its files join `target`.
+
+    For outputs written into a folder that may already hold other files (which are kept): a
+    failure leaves `target` as it was (not even created), success moves every new file in,
+    each by an atomic rename (a file of the same name is replaced).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if not target.exists():
+            os.replace(tmp, target)
+        else:
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, target / item.name)
+            _fsync_dir(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def os_error_text(exc: OSError) -> str:
     """One line for a file-system error: its reason and the path it concerns."""
     reason = exc.strerror or exc.__class__.__name__

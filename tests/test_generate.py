@@ -65,7 +65,7 @@ def notes_of(path: Path, track: str | None = None) -> list[tuple[int, float]]:
 def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoint, primer, tokenizer, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
     assert run_generate("--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "150",
-                        "--num-samples", "2", "--seed", "0", "--constrain", "--out", "out") == 0
+                        "--num-samples", "2", "--seed", "0", "--constrain", "--audio-format", "wav", "--out", "out") == 0
     out = tmp_path / "out"
     for i in (1, 2):
         stem = out / f"sample-{i:02d}"
@@ -191,8 +191,10 @@ def test_unwritable_output_and_bad_numbers_are_one_line(tmp_path, checkpoint, ca
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert run_generate("--checkpoint", str(checkpoint), "--out", str(blocker / "sub")) == 2
-    assert "cannot write" in capsys.readouterr().err
-    for bad in (["--length", "0"], ["--top-p", "0"], ["--temperature", "-1"], ["--reset-latents", "999"]):
+    assert "--out" in capsys.readouterr().err
+    for bad in (["--length", "0"], ["--top-p", "0"], ["--temperature", "-1"], ["--reset-latents", "999"],
+                ["--temperature", "nan"], ["--seconds", "nan"], ["--primer-seconds", "nan"], ["--seed", str(2**70)],
+                ["--length", "1e12"], ["--sample-rate", "0"], ["--max-note-seconds", "-1"], ["--max-polyphony", "-2"]):
         assert_clean_failure(capsys, tmp_path / "o", "--checkpoint", str(checkpoint), *bad)
 
 

@@ -3,83 +3,86 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
-from perceiver_ar_music.note_limits import FALLBACK_MAX_NOTE_SECONDS, FALLBACK_MAX_POLYPHONY
+from perceiver_ar_music.atomic import staged_folder
+from perceiver_ar_music.cli_types import bounded_int, finite_float
+from perceiver_ar_music.cli_types import seed as seed_type
 from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.note_limits import FALLBACK_MAX_NOTE_SECONDS, FALLBACK_MAX_POLYPHONY
 
-HELP = "continue a MIDI primer with a trained model; write MIDI, WAV, piano rolls and an index.html"
+HELP = "continue a MIDI primer with a trained model; write MIDI, audio, piano rolls, statistics and an index.html"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
 DEFAULT_LENGTH = 2048
 SECONDS_ONLY_CAP = 100_000  # token cap when only --seconds limits the length
 DEFAULT_CONSTRAIN = False  # the grammar mask (see the README: measured, guards do the work)
+MAX_LENGTH = 10_000_000  # tokens per sample (about 30 hours of music)
+MAX_SAMPLES = 1024
+MAX_SECONDS = 100 * 3600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, DEFAULT_SAMPLE_RATE
+
+    seconds = finite_float(min=0, min_inclusive=False, max=MAX_SECONDS)
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT, metavar="DIR",
                         help="checkpoint or run folder (default: the bundled model, checkpoints/default)")
     parser.add_argument("--primer", type=Path, metavar="FILE.mid", help="MIDI file to continue (default: start from nothing)")
-    parser.add_argument("--primer-seconds", type=float, metavar="S", help="keep only the primer's first S seconds")
-    parser.add_argument("--length", type=int, metavar="N",
+    parser.add_argument("--primer-seconds", type=seconds, metavar="S", help="keep only the primer's first S seconds")
+    parser.add_argument("--length", type=bounded_int(1, MAX_LENGTH), metavar="N",
                         help=f"tokens to generate per sample (default: {DEFAULT_LENGTH}; the cap with --seconds)")
-    parser.add_argument("--seconds", type=float, metavar="S", help="stop once every sample has S seconds of new music")
-    parser.add_argument("--num-samples", type=int, default=1, metavar="K", help="samples generated together as one batch")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default: 1.0)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1: off; default 0.95)")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
+    parser.add_argument("--seconds", type=seconds, metavar="S", help="stop once every sample has S seconds of new music")
+    parser.add_argument("--num-samples", type=bounded_int(1, MAX_SAMPLES), default=1, metavar="K",
+                        help="samples generated together as one batch")
+    parser.add_argument("--temperature", type=finite_float(min=0, max=100), default=1.0, help="0 for greedy (default: 1.0)")
+    parser.add_argument("--top-k", type=bounded_int(0, None), default=0, help="keep the k most likely tokens (0: off)")
+    parser.add_argument("--top-p", type=finite_float(min=0, max=1, min_inclusive=False), default=0.95,
+                        help="nucleus sampling mass (1: off; default 0.95)")
+    parser.add_argument("--min-p", type=finite_float(min=0, max=1, max_inclusive=False), default=0.0,
+                        help="drop tokens below min-p x the top probability")
     parser.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSTRAIN,
                         help="mask impossible events: a note-off for a silent pitch, a note-on for a sounding "
                         f"one, a missing velocity (default: {'on' if DEFAULT_CONSTRAIN else 'off'})")
     guards = parser.add_argument_group(
         "note guards", "on by default, with limits from the checkpoint's training data (fallbacks "
         f"{FALLBACK_MAX_NOTE_SECONDS:g} s and {FALLBACK_MAX_POLYPHONY} notes for checkpoints without them)")
-    guards.add_argument("--max-note-seconds", type=float, metavar="S",
+    guards.add_argument("--max-note-seconds", type=finite_float(min=0, max=MAX_SECONDS), metavar="S",
                         help="release a note that has sounded S seconds of music (0: off)")
-    guards.add_argument("--max-polyphony", type=int, metavar="P", help="no note-on while P notes sound (0: off)")
+    guards.add_argument("--max-polyphony", type=bounded_int(0, 128), metavar="P", help="no note-on while P notes sound (0: off)")
     guards.add_argument("--no-guards", action="store_true", help="switch both guards off")
-    parser.add_argument("--reset-latents", type=int, metavar="N", help="latents kept at a cache reset (default: half)")
+    parser.add_argument("--reset-latents", type=bounded_int(1, None), metavar="N", help="latents kept at a cache reset (default: half)")
     parser.add_argument("--no-cache", action="store_true", help="the slow reference path: one full forward per token")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decoding step: fewer, fused kernels per token after a one-off compilation")
-    parser.add_argument("--seed", type=int, help="make the samples reproducible")
+    parser.add_argument("--seed", type=seed_type, help="make the samples reproducible")
     parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: out/generate-<time>)")
-    parser.add_argument("--no-audio", action="store_true", help="skip the WAV rendering")
-    parser.add_argument("--soundfont", type=Path, metavar="SF2", help="soundfont for the WAV (default: a system piano/GM one, else pretty_midi's)")
-    parser.add_argument("--sample-rate", type=int, default=44_100, metavar="HZ")
+    parser.add_argument("--audio-format", choices=list(AUDIO_FORMATS), default=DEFAULT_AUDIO_FORMAT,
+                        help=f"audio of each sample (default: {DEFAULT_AUDIO_FORMAT}, compressed)")
+    parser.add_argument("--no-audio", action="store_true", help="skip the audio rendering")
+    parser.add_argument("--soundfont", type=Path, metavar="SF2", help="soundfont for the audio (default: a system piano/GM one, else pretty_midi's)")
+    parser.add_argument("--sample-rate", type=bounded_int(8_000, 192_000), default=DEFAULT_SAMPLE_RATE, metavar="HZ")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from perceiver_ar_music.atomic import check_writable_dir
     from perceiver_ar_music.checkpoint import load_model
     from perceiver_ar_music.distributed import DistInfo, pick_device
-    from perceiver_ar_music.generation import continue_ids, load_primer, sample_notes, sampling_rules, write_sample_midi
-    from perceiver_ar_music.music_stats import music_stats
-    from perceiver_ar_music.pianoroll import draw_piano_roll
-    from perceiver_ar_music.render import AudioUnavailable, check_soundfont, render_midi
-    from perceiver_ar_music.report import SampleEntry, write_index
+    from perceiver_ar_music.generation import continue_ids, load_primer, sampling_rules
+    from perceiver_ar_music.render import check_soundfont
     from perceiver_ar_music.sampling import SamplingConfig
     from perceiver_ar_music.tokenizer import load_tokenizer
 
     # 1. Check everything the user gave before writing anything.
     length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
-    if length < 1 or args.num_samples < 1:
-        raise UserError("--length and --num-samples must be at least 1")
-    for flag, value in (("--seconds", args.seconds), ("--primer-seconds", args.primer_seconds)):
-        if value is not None and not 0 < value < float("inf"):
-            raise UserError(f"{flag} must be a positive number of seconds")
-    if not math.isfinite(args.temperature):
-        raise UserError("--temperature must be a finite number >= 0")
-    try:
-        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     soundfont = check_soundfont(args.soundfont) if args.soundfont and not args.no_audio else args.soundfont
+    out = args.out or Path("out") / time.strftime("generate-%Y%m%d-%H%M%S")
+    check_writable_dir(out, "--out")
     device = pick_device(args.device, DistInfo())
     loaded = load_model(args.checkpoint, device=device)
     tokenizer = load_tokenizer(loaded.tokenizer_path)
@@ -89,18 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reset_latents is not None and not 1 <= args.reset_latents <= loaded.config.num_latents:
         raise UserError(f"--reset-latents must be in 1..{loaded.config.num_latents}")
     max_note_seconds, max_polyphony = guard_settings(args, loaded.meta)
-
     primer_ids = load_primer(tokenizer, args.primer, args.primer_seconds)
     prompt = np.concatenate(([vocab.bos_id], primer_ids)).astype(np.int64)
-
-    out = args.out or Path("out") / time.strftime("generate-%Y%m%d-%H%M%S")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
     # 2. Sample.
     rules = sampling_rules(vocab, device, constrain=args.constrain, max_note_seconds=max_note_seconds,
@@ -114,32 +107,7 @@ def run(args: argparse.Namespace) -> int:
         compile_decoder=args.compile,
     )
 
-    # 3. Write MIDI, piano rolls, audio and the page.
-    entries, audio_note = [], None
-    for index, sequence in enumerate(result.sequences, start=1):
-        name = f"sample-{index:02d}"
-        stem = out / name
-        notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, max_note_seconds)
-        write_sample_midi(notes, primer_notes, boundary, stem.with_suffix(".mid"))
-        draw_piano_roll(notes, boundary if primer_notes else None, stem.with_suffix(".png"))
-        audio = None
-        if not args.no_audio and audio_note is None:
-            try:
-                render_midi(stem.with_suffix(".mid"), stem.with_suffix(".wav"), soundfont=soundfont, sample_rate=args.sample_rate)
-                audio = Path(name + ".wav")  # the page links relative to its folder
-            except AudioUnavailable as exc:
-                audio_note = str(exc)
-                print(f"perceiver-music generate: {audio_note}")
-        new_tokens = len(sequence) - result.prompt_len
-        entries.append(SampleEntry(
-            title=f"Sample {index}",
-            midi=Path(name + ".mid"),
-            audio=audio,
-            audio_note=audio_note or "audio skipped (--no-audio)",
-            piano_roll=Path(name + ".png"),
-            stats=music_stats(notes[primer_notes:]) if len(notes) > primer_notes else None,
-            description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
-        ))
+    # 3. Write MIDI, piano rolls, audio, statistics and the page: all or nothing.
     details = {
         "checkpoint": str(loaded.path),
         "primer": str(args.primer) if args.primer else "none (started from BOS)",
@@ -152,9 +120,56 @@ def run(args: argparse.Namespace) -> int:
         "speed": f"{result.tokens_per_second:.0f} tokens/s on {device}",
         "stopped by": result.stopped_by,
     }
-    page = write_index(out, entries, "perceiver-music samples", details)
-    print(f"wrote {len(entries)} sample(s) to {out} ({result.tokens_per_second:.0f} tokens/s); open {page}")
+    audio_format = None if args.no_audio else args.audio_format
+    with staged_folder(out) as stage:
+        count = write_outputs(stage, result, vocab, details, max_note_seconds=max_note_seconds,
+                              audio_format=audio_format, soundfont=soundfont, sample_rate=args.sample_rate)
+    print(f"wrote {count} sample(s) to {out} ({result.tokens_per_second:.0f} tokens/s); open {out / 'index.html'}")
     return 0
+
+
+def write_outputs(
+    out: Path, result, vocab, details: dict, *, max_note_seconds: float | None,
+    audio_format: str | None, soundfont: Path | None, sample_rate: int,
+) -> int:
+    """Per sample a MIDI file, a piano roll, audio (when `audio_format`), its statistics; then
+    `stats.json` and `index.html`. Returns the number of samples."""
+    from perceiver_ar_music.generation import sample_notes, write_sample_midi
+    from perceiver_ar_music.music_stats import sample_report, write_stats_json
+    from perceiver_ar_music.pianoroll import draw_piano_roll
+    from perceiver_ar_music.render import AudioUnavailable, render_midi
+    from perceiver_ar_music.report import SampleEntry, write_index
+
+    entries, reports, audio_note = [], {}, None
+    for index, sequence in enumerate(result.sequences, start=1):
+        name = f"sample-{index:02d}"
+        stem = out / name
+        notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, max_note_seconds)
+        write_sample_midi(notes, primer_notes, boundary, stem.with_suffix(".mid"))
+        draw_piano_roll(notes, boundary if primer_notes else None, stem.with_suffix(".png"))
+        audio = None
+        if audio_format is not None and audio_note is None:
+            try:
+                render_midi(stem.with_suffix(".mid"), stem.with_suffix("." + audio_format), soundfont=soundfont,
+                            sample_rate=sample_rate)
+                audio = Path(f"{name}.{audio_format}")  # the page links relative to its folder
+            except AudioUnavailable as exc:
+                audio_note = str(exc)
+                print(f"perceiver-music generate: {audio_note}")
+        report = reports[name] = sample_report(notes, primer_notes, boundary)
+        new_tokens = len(sequence) - result.prompt_len
+        entries.append(SampleEntry(
+            title=f"Sample {index}",
+            midi=Path(name + ".mid"),
+            audio=audio,
+            audio_note=audio_note or "audio skipped (--no-audio)",
+            piano_roll=Path(name + ".png"),
+            stats=report.continuation,
+            description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
+        ))
+    write_stats_json(out / "stats.json", reports, details)
+    write_index(out, entries, "perceiver-music samples", details)
+    return len(entries)
 
 
 def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, int | None]:
@@ -162,10 +177,6 @@ def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, 
     None where a guard is off."""
     from perceiver_ar_music.generation import guard_defaults
 
-    if args.max_note_seconds is not None and not args.max_note_seconds >= 0:
-        raise UserError("--max-note-seconds must be >= 0 (0: off)")
-    if args.max_polyphony is not None and args.max_polyphony < 0:
-        raise UserError("--max-polyphony must be >= 0 (0: off)")
     if args.no_guards:
         return None, None
     default_seconds, default_polyphony = guard_defaults(meta)

@@ -221,3 +221,24 @@ def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the
     ids = np.array([note, tenth, note, tenth, tenth, note, tenth])
     assert through_seconds(ids, vocab, 0.3).tolist() == [note, tenth, note, tenth, tenth]
     assert through_seconds(ids, vocab, 9.0).tolist() == ids.tolist()
+
+
+def test_progress_off_a_terminal_is_a_line_every_few_seconds(tokenizer, capsys, monkeypatch):
+    """In a log or a pipe: no bar redraws, one line per LOG_EVERY_S and a last one at the end."""
+    from perceiver_ar_music import generation
+
+    tenth = torch.tensor([tokenizer.vocab.shift_id[10]])
+
+    def lines_written(every_s: float) -> list[str]:
+        monkeypatch.setattr(generation, "LOG_EVERY_S", every_s)
+        progress = generation.MusicProgress(400, tokenizer.vocab, batch=1, seconds_budget=None, check_every=16)
+        for step in range(400):
+            progress(step, tenth)
+        progress.close()
+        return capsys.readouterr().err.strip().splitlines()
+
+    rare = lines_written(3600.0)
+    assert rare == ["generating: 400/400 tokens, " + rare[0].split(", ", 1)[1]] and rare[0].endswith("music 40.0s (done)")
+    assert "\r" not in "".join(rare)
+    often = lines_written(0.0)
+    assert len(often) == 400 // 16 + 1 and often[0].startswith("generating: 16/400 tokens")

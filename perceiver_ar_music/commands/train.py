@@ -196,9 +196,11 @@ def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
     if train_config != saved_train:
         changes = {k: v for k, v in train_config.to_dict().items() if saved_train.to_dict()[k] != v}
         print(f"resuming with changed settings: {changes}", flush=True)
-    run_config = {**run_config, "train": train_config.to_dict(),
-                  "data": {**run_config["data"], "prepared": str(data.root)}}
-    write_json_atomic(run_dir / RUN_CONFIG_NAME, run_config)
+    updated = {**run_config, "train": train_config.to_dict(),
+               "data": {**run_config["data"], "prepared": str(data.root)}}
+    if updated != run_config:
+        write_json_atomic(run_dir / RUN_CONFIG_NAME, updated)
+    run_config = updated
     return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": str(checkpoint)}
 
 

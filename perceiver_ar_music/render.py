@@ -40,6 +40,7 @@ AUDIO_FORMATS: dict[str, tuple[str, str]] = {
     "wav": ("WAV", "PCM_16"),
 }
 DEFAULT_AUDIO_FORMAT = "ogg"
+WRITE_BLOCK_FRAMES = 65_536
 
 # Standard places of a General MIDI soundfont, best piano first; the first that exists wins.
 SYSTEM_SOUNDFONTS = (
@@ -224,6 +225,17 @@ def to_pcm16(samples: np.ndarray, peak_dbfs: float = PEAK_DBFS) -> np.ndarray:
     return np.rint(samples, out=samples).astype(np.int16)
 
 
+def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int, audio_format: str) -> None:
+    """Write (frames, channels) samples in `audio_format` (a key of ``AUDIO_FORMATS``), block by
+    block: libsndfile 1.2's Vorbis encoder crashes on a few minutes of audio written in one call."""
+    import soundfile
+
+    container, subtype = AUDIO_FORMATS[audio_format]
+    with soundfile.SoundFile(path, "w", sample_rate, samples.shape[1], subtype=subtype, format=container) as out:
+        for start in range(0, len(samples), WRITE_BLOCK_FRAMES):
+            out.write(samples[start : start + WRITE_BLOCK_FRAMES])
+
+
 def render_midi(
     midi_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -233,9 +245,7 @@ def render_midi(
     tail_seconds: float = DEFAULT_TAIL_SECONDS,
 ) -> RenderedAudio:
     """Render `midi_path` to `out_path` atomically, in the format its suffix names (``output_format``)."""
-    import soundfile
-
-    container, subtype = AUDIO_FORMATS[output_format(out_path)]
+    audio_format = output_format(out_path)
     if not 8_000 <= sample_rate <= 192_000:
         raise UserError(f"sample rate must be between 8000 and 192000 Hz, got {sample_rate}")
     if not 0 <= tail_seconds <= 60:
@@ -247,5 +257,5 @@ def render_midi(
         raise UserError(f"FluidSynth rendered silence: does {sf2} have the instruments the file uses?")
     samples = to_pcm16(samples)
     with atomic_path(out_path) as tmp:
-        soundfile.write(tmp, samples, sample_rate, subtype=subtype, format=container)
+        write_audio(tmp, samples, sample_rate, audio_format)
     return RenderedAudio(Path(out_path), len(samples) / sample_rate, sample_rate, sf2)

@@ -319,3 +319,12 @@ def test_mido_parser_errors_are_one_line(tmp_path):
     mid.save(str(tmp_path / "b.mid"))
     message = one_line_error(lambda: render.read_events(tmp_path / "b.mid"))
     assert "b.mid: unreadable MIDI (can't merge tracks" in message
+
+
+def test_minutes_of_audio_write_in_every_format(tmp_path):
+    """libsndfile 1.2's Vorbis encoder crashes the process on 4 minutes written in one call."""
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal((44_100 * 240, 2)) * 300).astype(np.int16)
+    for fmt in render.AUDIO_FORMATS:
+        render.write_audio(tmp_path / f"long.{fmt}", samples, 44_100, fmt)
+        assert soundfile.info(str(tmp_path / f"long.{fmt}")).frames == len(samples)

@@ -456,3 +456,17 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     if os.environ.get("STUDIO_SCREENSHOT"):
         browser.js("document.getElementById('primer-error').hidden = true")
         browser.screenshot(Path(os.environ["STUDIO_SCREENSHOT"]))
+
+
+def test_the_package_exports_the_model_lazily():
+    """`from perceiver_ar_music import PerceiverAR`, as from the port; importing the package alone
+    does not import torch (so `perceiver-music --help` stays quick)."""
+    import sys
+
+    code = ("import sys, perceiver_ar_music; assert 'torch' not in sys.modules; "
+            "from perceiver_ar_music import PerceiverAR; from perceiver_ar_music.model import PerceiverAR as M; "
+            "assert PerceiverAR is M; import perceiver_ar_music as p; assert 'PerceiverAR' in p.__all__; "
+            "print(hasattr(p, 'NoSuchThing'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

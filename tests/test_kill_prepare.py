@@ -14,7 +14,10 @@ import pytest
 from perceiver_ar_music.prepared import PreparedData
 from tests.midi_factory import write_performance
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG"),
+    pytest.mark.slow,  # two interpreter starts and a full small preparation: 10-15 s on a busy 2-core machine
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,8 +53,8 @@ def prepare_command(data: Path, out: Path) -> list[str]:
 def test_kill_9_leaves_no_worker_and_no_lock(tmp_path: Path) -> None:
     data = tmp_path / "midi"
     data.mkdir()
-    for index in range(30):
-        write_performance(data / f"piece{index:02d}.mid", seed=index, num_notes=200)
+    for index in range(24):
+        write_performance(data / f"piece{index:02d}.mid", seed=index, num_notes=120)
     out = tmp_path / "prepared"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(prepare_command(data, out), cwd=REPO, env=env,
@@ -78,4 +81,4 @@ def test_kill_9_leaves_no_worker_and_no_lock(tmp_path: Path) -> None:
     again = subprocess.run(prepare_command(data, out), cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr[-500:]
-    assert PreparedData.open(out).manifest["totals"]["num_files"] == 30
+    assert PreparedData.open(out).manifest["totals"]["num_files"] == 24

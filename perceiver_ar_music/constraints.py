@@ -24,7 +24,7 @@ import torch
 
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
 
-_SILENT = torch.iinfo(torch.long).max // 2  # the onset of a silent pitch, for `amend`'s minimum
+SILENT = torch.iinfo(torch.long).max // 4  # the onset of a silent pitch (above any clock)
 
 
 class NoteRules:
@@ -33,6 +33,10 @@ class NoteRules:
 
     One instance per generation run. Calling it with the sequences so far (b, L) (which extend the
     ones of the previous call) returns the (b, V) mask of tokens allowed next.
+
+    State: `onset` (b, pitches + 1), the grid step at which each pitch started sounding, SILENT
+    for a silent pitch; the last column takes the writes of ids that are not notes, so that one
+    update serves every token without a branch. `clock` (b,): grid steps of music so far.
     """
 
     def __init__(
@@ -49,20 +53,26 @@ class NoteRules:
         if max_note_steps is not None and max_note_steps < 1:
             raise ValueError("max_note_steps must be at least 1")
         self.grammar, self.max_polyphony, self.max_note_steps = grammar, max_polyphony, max_note_steps
-        self.kind = torch.tensor(vocab.kind, device=device)
-        self.pitch = torch.tensor(vocab.pitch, device=device).clamp_min(0)
-        self.shift = torch.tensor(vocab.shift_steps, device=device)
+        kind = torch.tensor(vocab.kind, device=device)
         self.pitches = max(vocab.pitch) + 1
+        pitch = torch.tensor(vocab.pitch, device=device)
+        column = torch.where(pitch >= 0, pitch, self.pitches)  # non-note ids write the spare column
+        self.is_note_on = kind == NOTE_ON
+        self.column_of_id = column
+        self.shift = torch.tensor(vocab.shift_steps, device=device)
+        # per id: the most grid steps a note may already have sounded before this id is emitted
+        self.age_limit = (max_note_steps or 0) - self.shift
         self.note_off_of = torch.zeros(self.pitches, dtype=torch.long, device=device)
-        for pitch, idx in vocab.note_off_id.items():
-            self.note_off_of[pitch] = idx
-        self.note_on = self.kind == NOTE_ON
-        self.note_off = self.kind == NOTE_OFF
-        self.velocity_only = self.kind == VELOCITY
-        self.base_allowed = (self.kind == TIME_SHIFT) | self.note_on | self.note_off
+        for p, idx in vocab.note_off_id.items():
+            self.note_off_of[p] = idx
+        self.note_on = self.is_note_on
+        self.note_off = kind == NOTE_OFF
+        self.velocity_only = kind == VELOCITY
+        self.base_allowed = (kind == TIME_SHIFT) | self.note_on | self.note_off
         self.base_allowed[vocab.eos_id] = True
-        self.onset: torch.Tensor | None = None  # (b, pitches) grid step of each sounding note, -1: silent
-        self.clock: torch.Tensor | None = None  # (b,) grid steps of music so far
+        self.no_note_on = self.base_allowed & ~self.note_on  # the polyphony cap reached
+        self.onset: torch.Tensor | None = None
+        self.clock: torch.Tensor | None = None
         self.velocity_due: torch.Tensor | None = None  # (b,) the last token was a NoteOn
         self.seen = 0
 
@@ -80,34 +90,38 @@ class NoteRules:
         """Update the state with the tokens of `sequences` (b, L) not seen yet."""
         if self.onset is None:
             b, device = sequences.shape[0], sequences.device
-            self.onset = torch.full((b, self.pitches), -1, dtype=torch.long, device=device)
+            self.onset = torch.full((b, self.pitches + 1), SILENT, dtype=torch.long, device=device)
             self.clock = torch.zeros(b, dtype=torch.long, device=device)
             self.velocity_due = torch.zeros(b, dtype=torch.bool, device=device)
-            self.rows = torch.arange(b, device=device)
+            self.row_start = torch.arange(b, device=device) * (self.pitches + 1)  # in onset.view(-1)
         for t in range(self.seen, sequences.shape[1]):
             self._update(sequences[:, t])
         self.seen = sequences.shape[1]
 
     def _update(self, token: torch.Tensor) -> None:
-        kind, pitch = self.kind[token], self.pitch[token]
-        is_on = kind == NOTE_ON
-        current = self.onset[self.rows, pitch]
-        self.onset[self.rows, pitch] = torch.where(is_on, self.clock, torch.where(kind == NOTE_OFF, -1, current))
+        self.velocity_due = self.is_note_on[token]
+        # a NoteOn (also of a sounding pitch: the decoder cuts the old note) starts now; a NoteOff
+        # silences its pitch; any other id writes the spare column
+        value = torch.where(self.velocity_due, self.clock, SILENT)
+        self.onset.view(-1).scatter_(0, self.row_start + self.column_of_id[token], value)
         self.clock += self.shift[token]
-        self.velocity_due = is_on
+
+    def sounding(self) -> torch.Tensor:
+        """(b, pitches) whether each pitch sounds."""
+        return self.onset[:, : self.pitches] < SILENT
 
     def allowed(self) -> torch.Tensor:
         """The mask for the current state."""
-        allowed = self.base_allowed.expand(self.onset.shape[0], -1)
+        allowed = self.base_allowed
         if self.grammar:
-            sounding_ids = self.onset[:, self.pitch] >= 0  # (b, V): the pitch of a note id sounds
-            allowed = allowed & ~(self.note_on & sounding_ids) & ~(self.note_off & ~sounding_ids)
+            sounding_ids = self.onset[:, self.column_of_id] < SILENT  # (b, V): a note id's pitch sounds
+            allowed = allowed & torch.where(self.note_on, ~sounding_ids, torch.where(self.note_off, sounding_ids, True))
         if self.max_polyphony is not None:
-            full = (self.onset >= 0).sum(dim=1, keepdim=True) >= self.max_polyphony
-            allowed = allowed & ~(self.note_on & full)
+            full = self.sounding().sum(dim=1, keepdim=True) >= self.max_polyphony
+            allowed = torch.where(full, allowed & self.no_note_on, allowed)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
-        return allowed
+        return allowed.expand(self.onset.shape[0], -1)
 
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """The drawn tokens (b,) that follow `sequences` (b, L), with a TimeShift that would carry
@@ -115,8 +129,8 @@ class NoteRules:
         if self.max_note_steps is None:
             return new
         self.observe(sequences)
-        oldest, pitch = torch.where(self.onset >= 0, self.onset, _SILENT).min(dim=1)
-        too_long = self.clock + self.shift[new] - oldest > self.max_note_steps
+        oldest, pitch = self.onset[:, : self.pitches].min(dim=1)
+        too_long = self.clock - oldest > self.age_limit[new]
         return torch.where(too_long, self.note_off_of[pitch], new)
 
 

@@ -37,21 +37,22 @@ DEFAULT_WINDOW_S = 30.0
 BAND_PERCENTILES = (10.0, 90.0)  # the reference band of ``compare``
 STATS_FORMAT = "perceiver-ar-music/stats"
 
-# The figures compared with a reference and tracked over windows: (key, label, format).
+# The figures compared with a reference and tracked over windows: (key, short label, format).
 FIGURES: tuple[tuple[str, str, str], ...] = (
     ("notes_per_second", "notes/s", "{:.2f}"),
-    ("mean_polyphony", "polyphony mean", "{:.2f}"),
-    ("max_polyphony", "polyphony max", "{:.0f}"),
-    ("note_length_p50_s", "note length p50 (s)", "{:.2f}"),
-    ("note_length_p90_s", "note length p90 (s)", "{:.2f}"),
-    ("note_length_p99_s", "note length p99 (s)", "{:.2f}"),
-    ("long_note_fraction", f"notes > {LONG_NOTE_S:g} s (%)", "pct"),
+    ("mean_polyphony", "poly mean", "{:.2f}"),
+    ("max_polyphony", "poly max", "{:.0f}"),
+    ("note_length_p50_s", "len p50 s", "{:.2f}"),
+    ("note_length_p90_s", "len p90 s", "{:.2f}"),
+    ("note_length_p99_s", "len p99 s", "{:.2f}"),
+    ("long_note_fraction", f">{LONG_NOTE_S:g} s %", "pct"),
     ("pitch_range", "pitch range", "{:.0f}"),
     ("pitch_std", "pitch sd", "{:.1f}"),
-    ("velocity_std", "velocity sd", "{:.1f}"),
-    ("silence_fraction", "silence (%)", "pct"),
+    ("velocity_std", "vel sd", "{:.1f}"),
+    ("silence_fraction", "silence %", "pct"),
 )
 FIGURE_KEYS = tuple(key for key, _, _ in FIGURES)
+FIGURE_LABELS = {key: label for key, label, _ in FIGURES}
 
 
 def format_figure(key: str, value: float | None) -> str:

@@ -2,7 +2,10 @@
 
 One self-contained page (HTML and inline CSS, no scripts, no external resources): the run's
 details, then per sample an audio player (or a note saying why there is no audio), its piano
-roll, links to its files and its statistics. All text is HTML-escaped and every file is linked
+roll, links to its files and its statistics: with a full ``SampleReport``, a table of the primer,
+the continuation and the continuation's windows side by side (with an inline SVG sparkline of
+each figure over the windows), the drift from the first window to the last, the distance to
+reference figures and memorisation. All text is HTML-escaped and every file is linked
 by a relative, URL-quoted path, so the folder can be moved, zipped or served as it is.
 """
 
@@ -16,7 +19,7 @@ from typing import Mapping, Sequence
 from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
-from perceiver_ar_music.music_stats import MusicStats
+from perceiver_ar_music.music_stats import FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, format_figure
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
 INDEX_NAME = "index.html"
@@ -35,6 +38,7 @@ class SampleEntry:
     piano_roll: PathLike | None = None
     stats: MusicStats | Mapping[str, object] | None = None
     description: str = ""
+    report: SampleReport | None = None  # primer vs continuation and windows (music_stats.sample_report)
 
 
 def write_index(
@@ -114,8 +118,75 @@ def _sample_section(out_dir: Path, number: int, sample: SampleEntry) -> str:
         ]
         pairs = "".join(f"<div><dt>{_text(key)}</dt><dd>{_text(value)}</dd></div>" for key, value in rows)
         lines.append(f'<dl class="stats">{pairs}</dl>')
+    if sample.report is not None:
+        lines.append(report_table(sample.report))
     lines.append("</section>")
     return "\n".join(lines)
+
+
+def report_table(report: SampleReport) -> str:
+    """The figures of a sample report as an HTML table (parts and windows as rows) and notes."""
+    head = "".join(f"<th>{_text(FIGURE_LABELS[key])}</th>" for key in FIGURE_KEYS)
+    rows: list[tuple[str, str, list[str]]] = []  # (css class, label, cells)
+    if report.primer is not None:
+        rows.append(("part", "primer", _cells(report.primer.as_dict())))
+    if report.continuation is not None:
+        rows.append(("part", "continuation", _cells(report.continuation.as_dict())))
+    for window in report.windows:
+        rows.append(("window", f"{window.start_s:.0f}–{window.end_s:.0f} s", _cells(window.stats.as_dict())))
+    if len(report.windows) > 1:
+        rows.append(("ratio", "last / first window", _ratios(report.drift)))
+        trend = [_sparkline([float(getattr(w.stats, key)) for w in report.windows]) for key in FIGURE_KEYS]
+        rows.append(("trend", "over the windows", trend))
+    if report.reference is not None:
+        rows.append(("reference", "reference median", _cells(report.reference.median)))
+        for part, comparison in report.vs_reference.items():
+            rows.append(("ratio", f"{part} / reference", _ratios(comparison.ratio)))
+    body = "".join(
+        f'<tr class="{kind}"><th>{_text(label)}</th>'
+        + "".join(f"<td>{cell if kind == 'trend' else _text(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for kind, label, cells in rows
+    )
+    parts = [f'<div class="figures"><table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table></div>']
+    notes = []
+    for part, comparison in report.vs_reference.items():
+        if comparison.outside:
+            outside = ", ".join(FIGURE_LABELS[key] for key in comparison.outside)
+            notes.append(f"{part} outside the reference's 10th–90th percentile band: {outside}")
+    memo = report.memorization
+    if memo is not None:
+        for part in ("primer", "continuation"):
+            match = memo.get(part)
+            if match:
+                notes.append(
+                    f"{part}: longest passage copied from the reference: {match['notes']} notes, "
+                    f"{match['seconds']:.1f} s, from {match['name']} at {match['piece_start_s']:.1f} s"
+                    if match["notes"] else f"{part}: no passage of {memo['min_notes']}+ notes copied from the reference"
+                )
+    parts += [f'<p class="figure-note">{_text(note)}</p>' for note in notes]
+    return "\n".join(parts)
+
+
+def _cells(values: Mapping[str, object]) -> list[str]:
+    return [format_figure(key, values.get(key)) for key in FIGURE_KEYS]  # type: ignore[arg-type]
+
+
+def _ratios(ratios: Mapping[str, float | None]) -> list[str]:
+    return ["–" if ratios.get(key) is None else f"{ratios[key]:.2f}×" for key in FIGURE_KEYS]
+
+
+def _sparkline(values: Sequence[float], width: int = 64, height: int = 18) -> str:
+    """An inline SVG polyline of `values` scaled to their own range (a flat line when constant)."""
+    low, high = min(values), max(values)
+    span = high - low or 1.0
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - (v - low) / span * (height - 4):.1f}" for i, v in enumerate(values))
+    return (
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_text(" → ".join(f"{v:.3g}" for v in values))}">'
+        f'<polyline points="{points}" fill="none" stroke="currentColor" stroke-width="1.5"/></svg>'
+    )
 
 
 def _text(value: object) -> str:
@@ -178,4 +249,13 @@ audio {{ width: 100%; max-width: 640px; display: block; margin: 6px 0; }}
   border-bottom: 1px solid var(--line); padding: 2px 0; }}
 .stats dt {{ color: var(--muted); }}
 .stats dd {{ margin: 0; font-variant-numeric: tabular-nums; text-align: right; }}
+.figures {{ overflow-x: auto; margin: 10px 0 0; }}
+.figures table {{ font-size: 0.85em; }}
+.figures td {{ text-align: right; padding: 1px 0 1px 12px; }}
+.figures thead th {{ text-align: right; padding-left: 12px; }}
+.figures tr.part th, .figures tr.part td {{ font-weight: 600; }}
+.figures tr.window th {{ padding-left: 12px; }}
+.figures tr.ratio td, .figures tr.reference td {{ color: var(--muted); }}
+.figures .spark {{ color: var(--accent); vertical-align: middle; }}
+.figure-note {{ color: var(--muted); font-size: 0.9em; margin: 4px 0; }}
 """

@@ -156,3 +156,28 @@ def test_page_loads_in_chromium(tmp_path):
     widths = [int(img["data-width"]) for img in page.all("img")]
     assert len(widths) == 3 and min(widths) > 100
     assert "Chromium check" in "".join(page.text)
+
+
+def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tmp_path):
+    from perceiver_ar_music.music_stats import reference_figures, sample_report
+
+    primer = [(60 + i % 5, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(20)]
+    continuation = [(70 + i % 3, 10 + 0.25 * i, 10 + 0.25 * i + 5.0 * (i % 10 == 0), 80) for i in range(100)]
+    notes = np.array(primer + continuation, dtype=np.float64)
+    reference = reference_figures([music_stats(notes[:20]), music_stats(notes[20:])], EVIL)
+    memo = {"min_notes": 12, "primer": {"notes": 20, "seconds": 9.9, "name": EVIL, "piece_start_s": 1.5},
+            "continuation": {"notes": 0}}
+    report = sample_report(notes, 20, 10.0, window_s=10.0, reference=reference, memorization=memo)
+    (tmp_path / "a.mid").write_bytes(b"MThd")
+    text = write_index(tmp_path, [SampleEntry("A", "a.mid", report=report, stats=report.continuation)], "t").read_text()
+    page = Page(text)
+    table = text[text.index('<div class="figures">'):]
+    joined = "".join(page.text)
+    for label in ("primer", "continuation", "10–20 s", "20–30 s", "30–38 s", "last / first window", "reference median",
+                  "continuation / reference", "notes/s", "silence %", "len p99 s"):
+        assert label in joined, label
+    assert table.count("<svg") == 11 and "<polyline" in table  # one sparkline per figure
+    assert "copied from the reference: 20 notes" in joined and EVIL in joined  # escaped, as text
+    assert "no passage of 12+ notes" in joined
+    assert not page.all("script") and "<script>" not in text
+    assert "10.0" in joined  # the continuation's >4 s share: 10 of 100 notes

@@ -2,8 +2,9 @@
 """Do a model's samples look like its training music? Statistics of samples vs held-out pieces.
 
 Generates K continuations of a primer (or from nothing) with the cached sampler and compares the
-medians of note density, pitch range and spread, note length, polyphony, velocity spread and
-silence with those of the pieces of a prepared split. Used for the bundled model's card.
+medians of the figures of ``music_stats.FIGURES`` (note density, polyphony, note-length
+percentiles and the share over 4 s, pitch range and spread, velocity spread, silence) with those
+of the pieces of a prepared split. Used for the bundled model's card.
 
     python scripts/sample_stats.py --checkpoint checkpoints/default --data data/music21-prepared
 """
@@ -22,18 +23,12 @@ from perceiver_ar_music.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.constraints import PerformanceGrammar  # noqa: E402
 from perceiver_ar_music.events import ids_to_notes  # noqa: E402
 from perceiver_ar_music.generation import continue_ids, sample_notes  # noqa: E402
-from perceiver_ar_music.music_stats import music_stats  # noqa: E402
+from perceiver_ar_music.music_stats import (  # noqa: E402
+    FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
+)
 from perceiver_ar_music.prepared import PreparedData  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
-
-KEYS = ["notes_per_second", "pitch_min", "pitch_max", "pitch_std", "note_length_mean_s",
-        "mean_polyphony", "max_polyphony", "velocity_std", "silence_fraction"]
-
-
-def medians(rows: list[dict]) -> dict[str, float]:
-    return {k: float(np.median([r[k] for r in rows])) for k in KEYS}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +46,7 @@ def main() -> None:
     tok = load_tokenizer(loaded.tokenizer_path)
     vocab = tok.vocab
     data = PreparedData.open(args.data, expected_tokenizer_hash=loaded.tokenizer_hash)
-    reference = medians([music_stats(ids_to_notes(p, vocab)).as_dict() for p in data.pieces(args.split)])
+    reference = reference_figures(music_stats(ids_to_notes(p, vocab)) for p in data.pieces(args.split)).median
     primer = tok.encode_file(args.primer).ids.astype(np.int64) if args.primer else np.zeros(0, np.int64)
     prompt = np.concatenate(([vocab.bos_id], primer))
     table = {f"{args.split} pieces": reference}
@@ -64,13 +59,13 @@ def main() -> None:
         for seq in result.sequences:
             notes, primer_notes, _ = sample_notes(seq, result.prompt_len, vocab)
             if len(notes) > primer_notes:
-                rows.append(music_stats(notes[primer_notes:]).as_dict())
+                rows.append(music_stats(notes[primer_notes:]))
         name = f"samples, top-p {args.top_p}" + (", --constrain" if constrain else "")
-        table[name] = medians(rows)
+        table[name] = reference_figures(rows).median
     print("| median of | " + " | ".join(table) + " |")
     print("|---|" + "---|" * len(table))
-    for key in KEYS:
-        print(f"| {key} | " + " | ".join(f"{col[key]:.2f}" for col in table.values()) + " |")
+    for key in FIGURE_KEYS:
+        print(f"| {FIGURE_LABELS[key]} | " + " | ".join(format_figure(key, col[key]) for col in table.values()) + " |")
 
 
 if __name__ == "__main__":

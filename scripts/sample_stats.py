@@ -53,7 +53,7 @@ def main() -> None:
     for constrain in (False, True):
         result = continue_ids(
             loaded.model, prompt, vocab, args.length, args.samples, SamplingConfig(top_p=args.top_p),
-            seed=args.seed, allowed_tokens=PerformanceGrammar(vocab) if constrain else None, progress=False,
+            seed=args.seed, rules=PerformanceGrammar(vocab) if constrain else None, progress=False,
         )
         rows = []
         for seq in result.sequences:

@@ -55,6 +55,19 @@ FIGURE_KEYS = tuple(key for key, _, _ in FIGURES)
 FIGURE_LABELS = {key: label for key, label, _ in FIGURES}
 
 
+POLYPHONY_KEYS = ("mean_polyphony", "max_polyphony", "silence_fraction")  # defined without onsets too
+
+
+def formatted_figures(values: Mapping[str, object]) -> list[str]:
+    """FIGURES of a stats dict as the tables show them; '-' for figures of the notes struck when
+    there are none (a window where notes only ring on)."""
+    no_notes = values.get("note_count") == 0
+    return [
+        format_figure(key, None if no_notes and key not in POLYPHONY_KEYS else values.get(key))  # type: ignore[arg-type]
+        for key in FIGURE_KEYS
+    ]
+
+
 def format_figure(key: str, value: float | None) -> str:
     """One figure as the tables show it ('-' for a missing value)."""
     if value is None:

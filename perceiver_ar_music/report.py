@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
-from perceiver_ar_music.music_stats import FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, format_figure
+from perceiver_ar_music.music_stats import FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, formatted_figures
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
 INDEX_NAME = "index.html"
@@ -169,7 +169,7 @@ def report_table(report: SampleReport) -> str:
 
 
 def _cells(values: Mapping[str, object]) -> list[str]:
-    return [format_figure(key, values.get(key)) for key in FIGURE_KEYS]  # type: ignore[arg-type]
+    return formatted_figures(values)
 
 
 def _ratios(ratios: Mapping[str, float | None]) -> list[str]:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from perceiver_ar_music.music_stats import (
-    MusicStats, compare, music_stats, reference_figures, sample_report, windowed_stats, write_stats_json,
+    FIGURE_KEYS, MusicStats, compare, formatted_figures, music_stats, reference_figures, sample_report,
+    windowed_stats, write_stats_json,
 )
 
 
@@ -204,3 +205,12 @@ def test_compare_ratios_and_band():
     assert "pitch_range" in wide.outside and wide.ratio["silence_fraction"] is None  # median 0
     with pytest.raises(ValueError):
         reference_figures([music_stats(np.zeros((0, 4)))])
+
+
+def test_formatted_figures_hide_note_figures_of_a_window_without_onsets():
+    ringing = windowed_stats(notes((60, 0, 12, 64), (62, 11, 12, 64)), 5.0)[1].stats.as_dict()
+    cells = dict(zip(FIGURE_KEYS, formatted_figures(ringing)))
+    assert cells["notes_per_second"] == "-" and cells["note_length_p99_s"] == "-" and cells["pitch_range"] == "-"
+    assert cells["mean_polyphony"] == "1.00" and cells["silence_fraction"] == "0.0"
+    full = dict(zip(FIGURE_KEYS, formatted_figures(music_stats(notes((60, 0, 5, 64), (64, 0, 1, 64))).as_dict())))
+    assert full["long_note_fraction"] == "50.0" and full["pitch_range"] == "4" and full["note_length_p50_s"] == "3.00"

@@ -184,7 +184,7 @@ def _prepared_reference(folder: Path, split: str):
 
     names = [entry["path"] for entry in data.files(split)]
     index = ReferenceIndex(pieces(), names)
-    figures = reference_figures(stats, source=f"{folder} ({split}, {len(names)} pieces)")
+    figures = reference_figures(stats, source=f"{folder}, split {split}")
     return figures, index, data.tokenizer_path
 
 
@@ -204,9 +204,9 @@ def _table(rows: list[tuple[str, list[str]]]) -> str:
 
 
 def _cells(values) -> list[str]:
-    from perceiver_ar_music.music_stats import FIGURE_KEYS, format_figure
+    from perceiver_ar_music.music_stats import FIGURE_KEYS, formatted_figures
 
-    return [format_figure(key, None if values is None else values.get(key)) for key in FIGURE_KEYS]
+    return ["-"] * len(FIGURE_KEYS) if values is None else formatted_figures(values)
 
 
 def _ratio_cells(ratios) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.events import END, START, note_steps_and_open
 from perceiver_ar_music.sampling import SamplingConfig, StepCallback, generate
 from perceiver_ar_music.vocab import NOTE_ON, EventVocab
+
+if TYPE_CHECKING:
+    from perceiver_ar_music.music_stats import SampleReport
 
 LOG_EVERY_S = 5.0  # seconds between progress lines when the output is not a terminal
 OPEN_NOTE_FALLBACK_S = 0.5  # length of a note left sounding at the end, when no note ended
@@ -126,6 +130,18 @@ class MusicProgress:
         self.bar.close()
         if self.lines:
             self._line(slowest, final=True)
+
+
+def load_for_generation(checkpoint: Path, device: torch.device | str):
+    """(LoadedModel, tokenizer) of a checkpoint, refusing a tokenizer.json that does not match."""
+    from perceiver_ar_music.checkpoint import load_model
+    from perceiver_ar_music.tokenizer import load_tokenizer
+
+    loaded = load_model(checkpoint, device=device)
+    tokenizer = load_tokenizer(loaded.tokenizer_path)
+    if tokenizer.hash != loaded.tokenizer_hash or len(tokenizer.vocab) != loaded.config.num_tokens:
+        raise UserError(f"{loaded.path}: its tokenizer.json does not match the model (mismatching tokenizer)")
+    return loaded, tokenizer
 
 
 def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> np.ndarray:
@@ -287,3 +303,48 @@ def write_sample_midi(notes: np.ndarray, primer_notes: int, boundary_s: float, p
         midi.text_events.append(pretty_midi.Text("continuation starts", float(boundary_s)))
     with atomic_path(Path(path)) as tmp:
         midi.write(str(tmp))
+
+
+@dataclass
+class SampleFiles:
+    """What `write_sample_files` wrote for one sample (file names relative to its folder)."""
+
+    notes: np.ndarray
+    primer_notes: int
+    boundary_s: float
+    midi: str
+    piano_roll: str
+    audio: str | None  # None when not rendered: see audio_note
+    audio_note: str | None
+    report: "SampleReport"
+    audio_unavailable: bool = False  # no audio can be rendered here at all (e.g. no FluidSynth)
+
+
+def write_sample_files(
+    folder: Path, name: str, sequence: np.ndarray, prompt_len: int, vocab: EventVocab, *,
+    max_note_seconds: float | None, audio_format: str | None, soundfont: Path | None = None,
+    sample_rate: int | None = None,
+) -> SampleFiles:
+    """One sample as `name.mid` (primer and continuation tracks), `name.png` (its piano roll) and,
+    with an `audio_format`, `name.<format>`, plus its statistics (`music_stats.sample_report`).
+    Audio that cannot be rendered (no FluidSynth, a silent sample) is left out with a note."""
+    from perceiver_ar_music.music_stats import sample_report
+    from perceiver_ar_music.pianoroll import draw_piano_roll
+    from perceiver_ar_music.render import DEFAULT_SAMPLE_RATE, AudioUnavailable, render_midi
+
+    notes, primer_notes, boundary = sample_notes(sequence, prompt_len, vocab, max_note_seconds)
+    midi, roll = f"{name}.mid", f"{name}.png"
+    write_sample_midi(notes, primer_notes, boundary, folder / midi)
+    draw_piano_roll(notes, boundary if primer_notes else None, folder / roll)
+    audio, audio_note, unavailable = None, None, False
+    if audio_format is not None:
+        try:
+            render_midi(folder / midi, folder / f"{name}.{audio_format}", soundfont=soundfont,
+                        sample_rate=sample_rate or DEFAULT_SAMPLE_RATE)
+            audio = f"{name}.{audio_format}"
+        except AudioUnavailable as exc:
+            audio_note, unavailable = str(exc), True
+        except UserError as exc:  # e.g. a sample without notes
+            audio_note = str(exc).replace(str(folder / midi), midi)
+    return SampleFiles(notes, primer_notes, boundary, midi, roll, audio, audio_note,
+                       sample_report(notes, primer_notes, boundary), unavailable)

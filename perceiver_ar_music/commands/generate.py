@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perceiver_ar_music.atomic import staged_folder
 from perceiver_ar_music.cli_types import bounded_int, finite_float
 from perceiver_ar_music.cli_types import seed as seed_type
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.note_limits import FALLBACK_MAX_NOTE_SECONDS, FALLBACK_MAX_POLYPHONY
+
+if TYPE_CHECKING:
+    from perceiver_ar_music.checkpoint import LoadedModel
+    from perceiver_ar_music.sampling import SamplingConfig
 
 HELP = "continue a MIDI primer with a trained model; write MIDI, audio, piano rolls, statistics and an index.html"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
@@ -70,28 +75,18 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from perceiver_ar_music.atomic import check_writable_dir
-    from perceiver_ar_music.checkpoint import load_model
     from perceiver_ar_music.distributed import DistInfo, pick_device
-    from perceiver_ar_music.generation import continue_ids, load_primer, sampling_rules
+    from perceiver_ar_music.generation import continue_ids, load_for_generation, load_primer, sampling_rules
     from perceiver_ar_music.render import check_soundfont
-    from perceiver_ar_music.sampling import SamplingConfig
-    from perceiver_ar_music.tokenizer import load_tokenizer
 
     # 1. Check everything the user gave before writing anything.
-    length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
     soundfont = check_soundfont(args.soundfont) if args.soundfont and not args.no_audio else args.soundfont
     out = args.out or Path("out") / time.strftime("generate-%Y%m%d-%H%M%S")
     check_writable_dir(out, "--out")
     device = pick_device(args.device, DistInfo())
-    loaded = load_model(args.checkpoint, device=device)
-    tokenizer = load_tokenizer(loaded.tokenizer_path)
-    if tokenizer.hash != loaded.tokenizer_hash or len(tokenizer.vocab) != loaded.config.num_tokens:
-        raise UserError(f"{loaded.path}: its tokenizer.json does not match the model (mismatching tokenizer)")
+    loaded, tokenizer = load_for_generation(args.checkpoint, device)
     vocab = tokenizer.vocab
-    if args.reset_latents is not None and not 1 <= args.reset_latents <= loaded.config.num_latents:
-        raise UserError(f"--reset-latents must be in 1..{loaded.config.num_latents}")
-    max_note_seconds, max_polyphony = guard_settings(args, loaded.meta)
+    length, sampling, (max_note_seconds, max_polyphony) = sampling_settings(args, loaded)
     primer_ids = load_primer(tokenizer, args.primer, args.primer_seconds)
     prompt = np.concatenate(([vocab.bos_id], primer_ids)).astype(np.int64)
 
@@ -134,42 +129,49 @@ def write_outputs(
 ) -> int:
     """Per sample a MIDI file, a piano roll, audio (when `audio_format`), its statistics; then
     `stats.json` and `index.html`. Returns the number of samples."""
-    from perceiver_ar_music.generation import sample_notes, write_sample_midi
-    from perceiver_ar_music.music_stats import sample_report, write_stats_json
-    from perceiver_ar_music.pianoroll import draw_piano_roll
-    from perceiver_ar_music.render import AudioUnavailable, render_midi
+    from perceiver_ar_music.generation import write_sample_files
+    from perceiver_ar_music.music_stats import write_stats_json
     from perceiver_ar_music.report import SampleEntry, write_index
 
-    entries, reports, audio_note = [], {}, None
+    entries, reports, unavailable = [], {}, None
     for index, sequence in enumerate(result.sequences, start=1):
         name = f"sample-{index:02d}"
-        stem = out / name
-        notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, max_note_seconds)
-        write_sample_midi(notes, primer_notes, boundary, stem.with_suffix(".mid"))
-        draw_piano_roll(notes, boundary if primer_notes else None, stem.with_suffix(".png"))
-        audio = None
-        if audio_format is not None and audio_note is None:
-            try:
-                render_midi(stem.with_suffix(".mid"), stem.with_suffix("." + audio_format), soundfont=soundfont,
-                            sample_rate=sample_rate)
-                audio = Path(f"{name}.{audio_format}")  # the page links relative to its folder
-            except AudioUnavailable as exc:
-                audio_note = str(exc)
-                print(f"perceiver-music generate: {audio_note}")
-        report = reports[name] = sample_report(notes, primer_notes, boundary)
+        files = write_sample_files(out, name, sequence, result.prompt_len, vocab, max_note_seconds=max_note_seconds,
+                                   audio_format=audio_format if unavailable is None else None,
+                                   soundfont=soundfont, sample_rate=sample_rate)
+        if files.audio_unavailable:  # said once; no audio for the rest
+            unavailable = files.audio_note
+            print(f"perceiver-music generate: {unavailable}")
+        elif files.audio_note:
+            print(f"perceiver-music generate: {name}: {files.audio_note}")
+        reports[name] = files.report
         new_tokens = len(sequence) - result.prompt_len
         entries.append(SampleEntry(
             title=f"Sample {index}",
-            midi=Path(name + ".mid"),
-            audio=audio,
-            audio_note=audio_note or "audio skipped (--no-audio)",
-            piano_roll=Path(name + ".png"),
-            stats=report.continuation,
+            midi=Path(files.midi),  # the page links relative to its folder
+            audio=Path(files.audio) if files.audio else None,
+            audio_note=files.audio_note or unavailable or "audio skipped (--no-audio)",
+            piano_roll=Path(files.piano_roll),
+            stats=files.report.continuation,
             description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
         ))
     write_stats_json(out / "stats.json", reports, details)
     write_index(out, entries, "perceiver-music samples", details)
     return len(entries)
+
+
+def sampling_settings(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> tuple[int, SamplingConfig, tuple[float | None, int | None]]:
+    """(tokens to generate, sampling config, (max note seconds, max polyphony)) from generate's
+    parsed flags and the loaded checkpoint (the studio uses it too)."""
+    from perceiver_ar_music.sampling import SamplingConfig
+
+    length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
+    if args.reset_latents is not None and not 1 <= args.reset_latents <= loaded.config.num_latents:
+        raise UserError(f"--reset-latents must be in 1..{loaded.config.num_latents}")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
+    return length, sampling, guard_settings(args, loaded.meta)
 
 
 def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, int | None]:

@@ -75,18 +75,14 @@ class Studio:
         audio_format: str | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
-        from perceiver_ar_music.checkpoint import load_model
         from perceiver_ar_music.distributed import DistInfo, pick_device
+        from perceiver_ar_music.generation import load_for_generation
         from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, check_soundfont
-        from perceiver_ar_music.tokenizer import load_tokenizer
 
         self.soundfont = check_soundfont(soundfont) if soundfont is not None else None
         self.audio_format = audio_format or DEFAULT_AUDIO_FORMAT
         self.device = pick_device(device, DistInfo())
-        self.loaded = load_model(checkpoint, device=self.device)
-        self.tokenizer = load_tokenizer(self.loaded.tokenizer_path)
-        if self.tokenizer.hash != self.loaded.tokenizer_hash or len(self.tokenizer.vocab) != self.loaded.config.num_tokens:
-            raise UserError(f"{self.loaded.path}: its tokenizer.json does not match the model (mismatching tokenizer)")
+        self.loaded, self.tokenizer = load_for_generation(checkpoint, self.device)
         self.vocab = self.tokenizer.vocab
         self.parser = studio_settings.generate_parser()
         self.store = TakeStore(out, max_upload_bytes)
@@ -176,8 +172,7 @@ class Studio:
     # ----- generation -----
     def submit(self, form: dict) -> Job:
         """Check a request from the page completely, then queue it."""
-        from perceiver_ar_music.commands.generate import DEFAULT_LENGTH, SECONDS_ONLY_CAP, guard_settings
-        from perceiver_ar_music.sampling import SamplingConfig
+        from perceiver_ar_music.commands.generate import sampling_settings
 
         form = dict(form)
         primer = form.pop("primer", None)
@@ -186,14 +181,7 @@ class Studio:
         args = studio_settings.parse_settings(form.pop("settings", {}) or {}, self.parser)
         if form:
             raise UserError(f"unknown field: {sorted(form)[0]!r}")
-        length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
-        if length < 1 or args.num_samples < 1:
-            raise UserError("--length and --num-samples must be at least 1")
-        try:
-            sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        guards = guard_settings(args, self.loaded.meta)
+        length, sampling, guards = sampling_settings(args, self.loaded)
         primer_ids = self.primer_ids(primer, args.primer_seconds)
         prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
         return self.queue.submit(Request(args, primer or None, prompt, length, sampling, guards))
@@ -224,24 +212,14 @@ class Studio:
 
     def _write_take(self, name: str, sequence: np.ndarray, prompt_len: int, request: Request, index: int,
                     stopped_by: str, tokens_per_second: float) -> dict:
-        from perceiver_ar_music.generation import sample_notes, write_sample_midi
-        from perceiver_ar_music.music_stats import music_stats
-        from perceiver_ar_music.pianoroll import draw_piano_roll
-        from perceiver_ar_music.render import AudioUnavailable, render_midi
+        from perceiver_ar_music.generation import write_sample_files
 
-        folder = self.store.folder
-        notes, primer_notes, boundary = sample_notes(sequence, prompt_len, self.vocab, request.guards[0])
-        write_sample_midi(notes, primer_notes, boundary, folder / f"{name}.mid")
-        draw_piano_roll(notes, boundary if primer_notes else None, folder / f"{name}.png")
-        audio, audio_note = None, self.audio_unavailable
-        if audio_note is None:
-            try:
-                render_midi(folder / f"{name}.mid", folder / f"{name}.{self.audio_format}", soundfont=self.soundfont)
-                audio = f"{name}.{self.audio_format}"
-            except AudioUnavailable as exc:
-                audio_note = self.audio_unavailable = str(exc)
-            except UserError as exc:  # e.g. a take without notes
-                audio_note = str(exc).replace(str(folder / f"{name}.mid"), f"{name}.mid")
+        files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab,
+                                   max_note_seconds=request.guards[0], soundfont=self.soundfont,
+                                   audio_format=self.audio_format if self.audio_unavailable is None else None)
+        audio, audio_note = files.audio, files.audio_note or self.audio_unavailable
+        if files.audio_unavailable:
+            self.audio_unavailable = files.audio_note
         new = np.asarray(sequence[prompt_len:])
         take = {
             "name": name,
@@ -253,14 +231,14 @@ class Studio:
             "settings": {dest: getattr(request.args, dest) for dest in studio_settings.SETTINGS if hasattr(request.args, dest)},
             "new_tokens": int(len(new)),
             "new_seconds": round(float(self.vocab.seconds(new.tolist())), 2),
-            "boundary_seconds": round(float(boundary), 2) if primer_notes else None,
+            "boundary_seconds": round(float(files.boundary_s), 2) if files.primer_notes else None,
             "stopped_by": stopped_by,
             "tokens_per_second": round(float(tokens_per_second), 1),
-            "midi": f"{name}.mid",
-            "roll": f"{name}.png",
+            "midi": files.midi,
+            "roll": files.piano_roll,
             "audio": audio,
             "audio_note": audio_note,
-            "stats": music_stats(notes[primer_notes:]).rows() if len(notes) > primer_notes else [],
+            "stats": files.report.continuation.rows() if files.report.continuation else [],
             "checkpoint": str(self.loaded.path),
         }
         self.store.save_take(take)

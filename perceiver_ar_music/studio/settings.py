@@ -88,10 +88,6 @@ def parse_settings(form: Mapping[str, Any], parser: argparse.ArgumentParser | No
         args = parser.parse_args(argv)
     except argparse.ArgumentError as exc:
         raise UserError(str(exc)) from None
-    for dest in ("seconds", "primer_seconds"):  # as `generate` checks them
-        value = getattr(args, dest, None)
-        if value is not None and not 0 < value < float("inf"):
-            raise UserError(f"argument --{dest.replace('_', '-')}: must be a positive number of seconds")
     if args.num_samples > MAX_SAMPLES:
         raise UserError(f"argument --num-samples: at most {MAX_SAMPLES} samples per request in the studio")
     return args

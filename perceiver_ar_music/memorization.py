@@ -1,21 +1,22 @@
 """How much of a note sequence is copied from reference data: the longest shared passage.
 
 Matching is on what survives a change of tempo and dynamics: the sequence of pitches in onset
-order, with the notes of one onset (a chord: onsets less than ``CHORD_S`` apart, i.e. on the same step
-of the 10 ms grid) in ascending pitch order. A threshold wider than the grid would make the order
-depend on the tempo (a gap just under it, played slower, lands just over it).
-Timing and velocity are ignored, so a training piece played faster, slower or softer still
-matches; a transposed one does not.
+order, with the notes of one onset (a chord: onsets less than ``CHORD_S`` apart, i.e. on the same
+step of the 10 ms grid) in ascending pitch order. Timing and velocity are ignored, so a training
+piece played slower, faster or softer still matches; a transposed one does not. Played faster, the
+notes of a rolled chord (a few ms apart) can land on one step and so be reordered; a passage
+therefore also continues through a block of up to ``BLOCK`` notes that holds the same pitches in
+another order.
 
-Search: every run of ``min_notes`` successive pitches of the reference (a shingle; none crosses
-a piece boundary) is hashed once (a 64-bit linear hash) and the hashes sorted. A query's
-shingles are looked up with a binary search; hits that continue each other on one diagonal
-(query position i, reference position j, then i+1, j+1, ...) form a shared passage of
-``run + min_notes - 1`` notes. The longest candidates are then extended note by note in both
-directions and checked against the pitches themselves, so a hash collision cannot report a
-false match and a passage interrupted by a very common shingle (more than ``MAX_OCCURRENCES``
-places in the reference, e.g. one note repeated, whose hits are not expanded) is still found
-whole. Passages shorter than ``min_notes`` are not reported (length 0).
+Search: every run of ``min_notes`` successive pitches of the reference (a shingle; none crosses a
+piece boundary) is hashed once, as a multiset (a sum of random 64-bit keys per pitch, one cumulative
+sum for all shingles, blind to order within the shingle), and the hashes sorted. A query's shingles
+are looked up with a binary search; hits that continue each other on one diagonal (query position
+i, reference position j, then i+1, j+1, ...) are runs. The ``CANDIDATES`` longest runs are then
+extended note by note in both directions and checked against the pitches themselves, so a hash
+collision cannot report a false match and a passage interrupted by a very common shingle (more than
+``MAX_OCCURRENCES`` places in the reference, e.g. one note repeated, whose hits are not expanded)
+is still found whole. Passages shorter than ``min_notes`` are not reported (length 0).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ MIN_NOTES = 12
 CHORD_S = 0.005  # below one 10 ms step of the grid: only onsets on the same step form a chord
 MAX_OCCURRENCES = 500  # shingles found more often than this are not expanded into hits
 CANDIDATES = 32  # longest diagonal runs extended and verified per query
-_MULTIPLIERS = np.random.default_rng(0x5EED).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+BLOCK = 8  # the most notes of one reordered chord that a passage continues through
+_PITCH_KEYS = np.random.default_rng(0x5EED).integers(0, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
 def canonical_order(notes: np.ndarray, chord_s: float = CHORD_S) -> np.ndarray:
@@ -48,15 +50,33 @@ def canonical_order(notes: np.ndarray, chord_s: float = CHORD_S) -> np.ndarray:
 
 
 def shingle_hashes(pitches: np.ndarray, k: int) -> np.ndarray:
-    """A uint64 hash of every run of `k` successive values (len(pitches) - k + 1 of them)."""
-    if not 1 <= k <= len(_MULTIPLIERS):
-        raise ValueError(f"shingle length must be in 1..{len(_MULTIPLIERS)}, not {k}")
-    count = len(pitches) - k + 1
-    hashes = np.zeros(max(count, 0), dtype=np.uint64)
-    values = np.asarray(pitches).astype(np.uint64)
-    for offset in range(k):  # uint64 arithmetic wraps around: the hash is modulo 2**64
-        hashes += values[offset : offset + count] * _MULTIPLIERS[offset]
-    return hashes
+    """An order-blind uint64 hash of every run of `k` successive pitches (len(pitches) - k + 1)."""
+    if k < 1:
+        raise ValueError(f"shingle length must be at least 1, not {k}")
+    keys = _PITCH_KEYS[np.asarray(pitches, dtype=np.uint8)]
+    totals = np.zeros(len(keys) + 1, dtype=np.uint64)
+    np.cumsum(keys, out=totals[1:])  # uint64 arithmetic wraps around: the sums are modulo 2**64
+    return totals[k:] - totals[: max(len(keys) + 1 - k, 0)]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading notes `a` and `b` share, where a block of up to BLOCK notes may hold the
+    same pitches in another order (the shortest such block is taken at each difference)."""
+    length, done = min(len(a), len(b)), 0
+    while done < length:
+        chunk = min(length - done, 1024)
+        same = a[done : done + chunk] == b[done : done + chunk]
+        if same.all():
+            done += chunk
+            continue
+        done += int(np.argmin(same))
+        for size in range(2, min(BLOCK, length - done) + 1):
+            if np.array_equal(np.sort(a[done : done + size]), np.sort(b[done : done + size])):
+                done += size
+                break
+        else:
+            return done
+    return done
 
 
 @dataclass(frozen=True)
@@ -177,18 +197,15 @@ class ReferenceIndex:
         return [(int(query_pos[s]), int(query_pos[s] + diagonal[s])) for s in longest]
 
     def _extend(self, query: np.ndarray, i: int, j: int) -> tuple[int, int, int]:
-        """The maximal passage through query[i] == reference[j] on their diagonal, within j's piece."""
+        """The longest passage through query[i] ~ reference[j] on their diagonal, within j's piece:
+        (length, its first query position, its first reference position)."""
         piece = int(np.searchsorted(self.bounds, j, side="right") - 1)
         first, last = int(self.bounds[piece]), int(self.bounds[piece + 1])
-        ahead = min(len(query) - i, last - j)
-        same = query[i : i + ahead] == self.pitches[j : j + ahead]
-        forward = int(np.argmin(same)) if not same.all() else ahead
-        if forward == 0:
-            return 0, i, j
         behind = min(i, j - first)
-        same = query[i - behind : i][::-1] == self.pitches[j - behind : j][::-1]
-        backward = int(np.argmin(same)) if not same.all() else behind
-        return forward + backward, i - backward, j - backward
+        back = agreement(query[i - behind : i][::-1], self.pitches[j - behind : j][::-1])
+        forward = agreement(query[i:], self.pitches[j:last])
+        whole = agreement(query[i - back :], self.pitches[j - back : last])  # one pass from the clean start
+        return max(back + forward, whole), i - back, j - back
 
 
 @dataclass(frozen=True)
@@ -226,20 +243,8 @@ def memorization_report(notes: np.ndarray, primer_notes: int, index: ReferenceIn
         from_primer = ReferenceIndex([primer], ["primer"], index.min_notes, index.chord_s)
         in_primer = from_primer.longest_match(continuation).notes
         if continuation_match is not None and continuation_match.notes:
-            passage = index.pitches[_slice(index, continuation_match)]
-            replays = _occurs_in(passage, primer[canonical_order(primer, index.chord_s), 0].astype(np.uint8))
+            order = canonical_order(continuation, index.chord_s)
+            start = int(continuation_match.query_note)
+            passage = continuation[order[start : start + continuation_match.notes]]
+            replays = from_primer.longest_match(passage).notes >= continuation_match.notes
     return MemorizationReport(index.min_notes, len(index), primer_match, continuation_match, in_primer, replays)
-
-
-def _slice(index: ReferenceIndex, match: Match) -> slice:
-    start = int(index.bounds[match.piece]) + int(match.piece_note)
-    return slice(start, start + match.notes)
-
-
-def _occurs_in(passage: np.ndarray, sequence: np.ndarray) -> bool:
-    """Whether `passage` occurs as a contiguous run in `sequence`."""
-    if not 0 < len(passage) <= len(sequence):
-        return False
-    k = min(len(passage), 64)
-    hits = np.flatnonzero(shingle_hashes(sequence, k) == shingle_hashes(passage[:k], k)[0])
-    return any(np.array_equal(sequence[s : s + len(passage)], passage) for s in hits if s + len(passage) <= len(sequence))

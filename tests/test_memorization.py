@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from perceiver_ar_music.memorization import (
-    MIN_NOTES, ReferenceIndex, canonical_order, memorization_report, shingle_hashes,
+    MIN_NOTES, ReferenceIndex, agreement, canonical_order, memorization_report, shingle_hashes,
 )
 
 STEP = 0.01
@@ -134,8 +134,37 @@ def test_report_keeps_the_primer_apart(reference):
     assert only_generated.primer is None and only_generated.continuation.notes == 25
 
 
-def test_shingle_hashes_are_positional():
-    values = np.array([1, 2, 3, 1, 2, 3, 3, 2, 1], dtype=np.uint8)
+def test_shingle_hashes_are_order_blind_multisets():
+    values = np.array([1, 2, 3, 3, 2, 1, 1, 2, 4], dtype=np.uint8)
     hashes = shingle_hashes(values, 3)
-    assert len(hashes) == 7 and hashes[0] == hashes[3] and hashes[0] != hashes[6]
+    assert len(hashes) == 7 and hashes[0] == hashes[3] and hashes[4] == hashes[5] and hashes[0] != hashes[6]
     assert len(shingle_hashes(values[:2], 3)) == 0
+
+
+def test_agreement_passes_reordered_blocks_only():
+    a = np.array([60, 64, 67, 72, 50, 55, 59, 40], dtype=np.uint8)
+    b = np.array([60, 67, 64, 72, 59, 50, 55, 41], dtype=np.uint8)
+    assert agreement(a, b) == 7  # two reordered chords, then a different note
+    assert agreement(a, a) == 8 and agreement(a[:3], b[:2]) == 1
+    assert agreement(np.array([1, 2, 3], np.uint8), np.array([1, 3, 4], np.uint8)) == 1
+
+
+def test_rolled_chords_played_faster_still_match():
+    """Rolled chords (notes 10 ms apart) played at half the duration land on one grid step and are
+    put in pitch order: the passage is found whole through the reordered chords."""
+    rng = np.random.default_rng(4)
+    rows, t = [], 0.0
+    for _ in range(150):
+        chord = rng.choice(np.arange(40, 90), size=int(rng.integers(1, 5)), replace=False)
+        for offset, pitch in enumerate(chord):  # in random pitch order, 10 ms apart
+            rows.append((pitch, t + 0.01 * offset, t + 0.5, 64))
+        t += float(rng.integers(15, 40)) * STEP
+    piece = np.array(rows)
+    index = ReferenceIndex([piece, performance(rng, 300)])
+    faster = restyled(piece[100:400], 0.5, 0, 3.0)
+    onsets = np.round(faster[:, 1] / STEP).astype(int)
+    assert len(np.unique(onsets)) < len(onsets) - 50  # many chord notes now share a step
+    assert not np.array_equal(faster[canonical_order(faster), 0], piece[canonical_order(piece), 0][100:400])
+    match = index.longest_match(faster)
+    assert len(faster) > 250 and match.piece == 0
+    assert match.notes >= len(faster) - 4 and abs(match.piece_note - 100) <= 4  # chords at the edges may be cut

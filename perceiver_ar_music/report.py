@@ -176,7 +176,7 @@ def _ratios(ratios: Mapping[str, float | None]) -> list[str]:
     return ["–" if ratios.get(key) is None else f"{ratios[key]:.2f}×" for key in FIGURE_KEYS]
 
 
-def _sparkline(values: Sequence[float], width: int = 64, height: int = 18) -> str:
+def _sparkline(values: Sequence[float], width: int = 44, height: int = 16) -> str:
     """An inline SVG polyline of `values` scaled to their own range (a flat line when constant)."""
     low, high = min(values), max(values)
     span = high - low or 1.0
@@ -250,9 +250,9 @@ audio {{ width: 100%; max-width: 640px; display: block; margin: 6px 0; }}
 .stats dt {{ color: var(--muted); }}
 .stats dd {{ margin: 0; font-variant-numeric: tabular-nums; text-align: right; }}
 .figures {{ overflow-x: auto; margin: 10px 0 0; }}
-.figures table {{ font-size: 0.85em; }}
-.figures td {{ text-align: right; padding: 1px 0 1px 12px; }}
-.figures thead th {{ text-align: right; padding-left: 12px; }}
+.figures table {{ font-size: 0.82em; }}
+.figures td {{ text-align: right; padding: 1px 0 1px 9px; white-space: nowrap; }}
+.figures thead th {{ text-align: right; padding-left: 9px; }}
 .figures tr.part th, .figures tr.part td {{ font-weight: 600; }}
 .figures tr.window th {{ padding-left: 12px; }}
 .figures tr.ratio td, .figures tr.reference td {{ color: var(--muted); }}

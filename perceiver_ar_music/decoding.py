@@ -25,8 +25,7 @@ import functools
 import warnings
 
 import torch
-import torch.nn.functional as F
-from perceiver_ar_music.model import PerceiverAR, lower_right_causal_attention, merge_heads
+from perceiver_ar_music.model import PerceiverAR
 
 
 class ReferenceDecoder:
@@ -170,11 +169,9 @@ class CachedDecoder:
 
     def _project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of new tokens at positions self.length onwards."""
-        model = self.model
         positions = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
-        h = model.token_emb(tokens)
-        cos, sin = model.rotary.cos_sin(positions, h.dtype)
-        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+        h = self.model.token_emb(tokens)
+        k, v = self.model.cross_attn.keys_values(h, self.model.rotation(positions, h.dtype))
         return k, v, positions
 
     def _store(self, tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
@@ -205,48 +202,33 @@ class CachedDecoder:
 
     def _rebuild(self, num_latents: int) -> torch.Tensor:
         """Recompute the latent stack for the last `num_latents` positions from the cached context."""
-        model = self.model
         k_ctx, v_ctx, ids = self._window()
-        window_len = ids.shape[1]
-        n = min(num_latents, window_len)
+        n = min(num_latents, ids.shape[1])
         positions = torch.arange(self.length - n, self.length, device=ids.device)
-        h = model.token_emb(ids[:, -n:])
-        cos, sin = model.rotary.cos_sin(positions, h.dtype)
-        q = model.cross_attn.queries(h, model.rotary, cos, sin)
-        out = lower_right_causal_attention(q, k_ctx, v_ctx, 0.0)
-        x = h + model.cross_attn.to_out(merge_heads(out))
-        x = x + model.cross_ff(x)
-        for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
-            q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
-            cache_k[:, :, :n] = k
-            cache_v[:, :, :n] = v
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + layer.attn.to_out(merge_heads(out))
-            x = x + layer.ff(x)
         self.num_cached = n
-        return model.to_logits(model.norm_out(x[:, -1]))
+        return self._latents(ids[:, -n:], positions, k_ctx, v_ctx, index=0)
 
     def _decode_one(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """One new latent: cross-attend to the whole window, then the cached latent stack."""
+        window = min(self.length, self.model.config.max_seq_len)
+        positions = torch.tensor([position], device=tokens.device)
+        index, self.num_cached = self.num_cached, self.num_cached + 1
+        return self._latents(tokens, positions, self.cross_k[:, :, :window], self.cross_v[:, :, :window], index)
+
+    def _latents(
+        self, ids: torch.Tensor, positions: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, index: int
+    ) -> torch.Tensor:
+        """Latents for `ids` at `positions` (bottom-right causal onto the context keys/values),
+        cached from latent slot `index` on; returns the next token's logits."""
         model = self.model
-        window = min(self.length, model.config.max_seq_len)
-        pos = torch.tensor([position], device=tokens.device)
-        h = model.token_emb(tokens)
-        cos, sin = model.rotary.cos_sin(pos, h.dtype)
-        q = model.cross_attn.queries(h, model.rotary, cos, sin)
-        out = F.scaled_dot_product_attention(q, self.cross_k[:, :, :window], self.cross_v[:, :, :window])
-        x = h + model.cross_attn.to_out(merge_heads(out))
-        x = x + model.cross_ff(x)
-        index = self.num_cached
-        for layer, cache_k, cache_v in zip(model.layers, self.latent_k, self.latent_v):
-            q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
-            cache_k[:, :, index : index + 1] = k
-            cache_v[:, :, index : index + 1] = v
-            out = F.scaled_dot_product_attention(q, cache_k[:, :, : index + 1], cache_v[:, :, : index + 1])
-            x = x + layer.attn.to_out(merge_heads(out))
-            x = x + layer.ff(x)
-        self.num_cached += 1
-        return model.to_logits(model.norm_out(x[:, -1]))
+        h = model.token_emb(ids)
+        rot = model.rotation(positions, h.dtype)
+        x = model.cross_stage(h, rot, k_ctx, v_ctx)
+        x = model.latent_stack(x, rot, caches=self._latent_caches(), index=index)
+        return model.head(x[:, -1])
+
+    def _latent_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(zip(self.latent_k, self.latent_v))
 
     def _static_step(self) -> torch.Tensor:
         """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records)."""
@@ -309,28 +291,19 @@ def static_step(
     Unfilled slots are masked rather than sliced off.
     """
     h = model.token_emb(tokens)
-    cos, sin = model.rotary.cos_sin(position, h.dtype)
-    k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
+    rot = model.rotation(position, h.dtype)
+    k, v = model.cross_attn.keys_values(h, rot)
     slot = position % cross_k.shape[2]
     cross_k.index_copy_(2, slot, k)
     cross_v.index_copy_(2, slot, v)
     cross_ids.index_copy_(1, slot, tokens)
-    q = model.cross_attn.queries(h, model.rotary, cos, sin)
     filled = (slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
-    out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=filled)
-    x = h + model.cross_attn.to_out(merge_heads(out))
-    x = x + model.cross_ff(x)
+    x = model.cross_stage(h, rot, cross_k, cross_v, mask=filled)
     visible = (latent_range <= index).view(1, 1, 1, -1)
-    for layer, cache_k, cache_v in zip(model.layers, latent_k, latent_v):
-        q, k, v = layer.attn.qkv(x, model.rotary, cos, sin)
-        cache_k.index_copy_(2, index, k)
-        cache_v.index_copy_(2, index, v)
-        out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
-        x = x + layer.attn.to_out(merge_heads(out))
-        x = x + layer.ff(x)
+    x = model.latent_stack(x, rot, mask=visible, caches=list(zip(latent_k, latent_v)), index=index)
     position.add_(1)
     index.add_(1)
-    return model.to_logits(model.norm_out(x[:, -1]))
+    return model.head(x[:, -1])
 
 
 @functools.cache

@@ -130,103 +130,75 @@ class Rotary(nn.Module):
         angles = positions.to(torch.float64).unsqueeze(-1) * self.inv_freq.to(positions.device)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate x (..., L, dim_head) by tables (..., L, rotary_dim // 2) broadcast over heads."""
-        if self.rotary_dim == 0:
-            return x
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x may be bf16, the tables fp32
-        half = self.rotary_dim // 2
-        x1, x2, rest = x[..., :half], x[..., half : self.rotary_dim], x[..., self.rotary_dim :]
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first channels of x (..., L, dim_head) by tables (..., L, r) broadcast over heads
+    (r = rotary_dim // 2, so the tables' width says how many channels rotate)."""
+    half = cos.shape[-1]
+    if half == 0:
+        return x
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x may be bf16, the tables fp32
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
-# Blocks
+# Speed choices
 
-# Compiled for one row (batch-1 decoding), a linear layer is a multiply-reduce over each weight
-# row, which reads the weight once at memory speed; GEMM kernels are tuned for matrices.
-ROW_LINEAR_AS_REDUCTION = True
+
+@dataclass(frozen=True)
+class Kernels:
+    """Kernel choices that change no result beyond rounding (not saved with the weights).
+
+    row_linear_as_reduction: under torch.compile, a linear layer applied to one row (batch-1
+    decoding) runs as a multiply-reduce over the weight rows, which reads the weight once at
+    memory speed (GEMM kernels are tuned for matrices). Eager calls always use F.linear.
+    flash_when_compiled: under torch.compile on a GPU that takes it, bottom-right causal attention
+    with more keys than queries calls the flash kernel directly (see `attention`).
+    """
+
+    row_linear_as_reduction: bool = True
+    flash_when_compiled: bool = True
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) with the single-row fast path above."""
+    """nn.Linear (same parameters and state dict) with the compiled single-row path of `Kernels`."""
+
+    row_reduction = True  # set per model by PerceiverAR.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ROW_LINEAR_AS_REDUCTION and torch.compiler.is_compiling() and x.numel() == x.shape[-1] and self.bias is None:
+        if self.row_reduction and torch.compiler.is_compiling() and x.numel() == x.shape[-1] and self.bias is None:
             # fp32 products and sum, as a GEMM accumulates; the compiler fuses the casts.
             return (x.unsqueeze(-2).float() * self.weight.float()).sum(-1).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
 
 
-class FeedForward(nn.Module):
-    """Pre-norm MLP with a squared-ReLU hidden layer."""
-
-    def __init__(self, dim: int, mult: int, dropout: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.up = Linear(dim, dim * mult, bias=False)
-        self.down = Linear(dim * mult, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.relu(self.up(self.norm(x))).square()))
+# ----------------------------------------------------------------------------------------------
+# Attention: the one call path
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    return rearrange(x, "b n (h d) -> b h n d", h=heads)
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+    dropout: float = 0.0, flash_when_compiled: bool = True,
+) -> torch.Tensor:
+    """Attention of q (b, h, n, d) onto k, v (b, h, m, d) through SDPA.
 
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    return rearrange(x, "b h n d -> b n (h d)")
-
-
-class CrossAttention(nn.Module):
-    """Latent queries attend to every input position up to their own."""
-
-    def __init__(self, cfg: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = cfg.heads * cfg.dim_head
-        self.heads = cfg.heads
-        self.norm_q = nn.LayerNorm(cfg.dim)
-        self.norm_kv = nn.LayerNorm(cfg.dim)
-        self.to_q = Linear(cfg.dim, inner, bias=False)
-        self.to_kv = Linear(cfg.dim, 2 * inner, bias=False)
-        self.to_out = Linear(inner, cfg.dim, bias=False)
-
-    def keys_values(self, h: torch.Tensor, rot: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated keys and values (b, h, n, d) of input embeddings h (b, n, dim)."""
-        k, v = self.to_kv(self.norm_kv(h)).chunk(2, dim=-1)
-        return rot.rotate(split_heads(k, self.heads), cos, sin), split_heads(v, self.heads)
-
-    def queries(self, h: torch.Tensor, rot: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotated queries (b, h, n, d) projected from the latents' own embeddings."""
-        return rot.rotate(split_heads(self.to_q(self.norm_q(h)), self.heads), cos, sin)
-
-
-class SelfAttention(nn.Module):
-    """Pre-norm causal self-attention over the latents."""
-
-    def __init__(self, cfg: PerceiverARConfig) -> None:
-        super().__init__()
-        inner = cfg.heads * cfg.dim_head
-        self.heads = cfg.heads
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.to_qkv = Linear(cfg.dim, 3 * inner, bias=False)
-        self.to_out = Linear(inner, cfg.dim, bias=False)
-
-    def qkv(self, x: torch.Tensor, rot: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
-        return rot.rotate(q, cos, sin), rot.rotate(k, cos, sin), v
-
-
-class LatentBlock(nn.Module):
-    """One self-attention + MLP block of the latent stack."""
-
-    def __init__(self, cfg: PerceiverARConfig) -> None:
-        super().__init__()
-        self.attn = SelfAttention(cfg)
-        self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+    With a boolean keep-`mask` that mask decides; without one the mask is bottom-right causal
+    (query i sees keys 0..m - n + i; with m == n the ordinary causal mask; one query sees every
+    key). Compiled on a GPU with the flash kernel (Ampere or newer, bf16/fp16) and
+    `flash_when_compiled`, m > n calls that kernel directly: its causal mask is bottom-right
+    aligned, and unlike CausalBias it traces without a graph break.
+    """
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    n, m = q.shape[-2], k.shape[-2]
+    if n == m:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    if n == 1:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    if flash_when_compiled and torch.compiler.is_compiling() and _flash_lower_right_ok(q):
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=lower_right_causal(n, m, q.device), dropout_p=dropout)
 
 
 def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) -> Any:
@@ -241,25 +213,6 @@ def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) ->
     if device.type == "cpu":
         return _cached_cpu_lower_right(num_queries, num_keys)
     return causal_lower_right(num_queries, num_keys)
-
-
-COMPILE_WITH_FLASH = True  # compiled bottom-right attention calls the flash kernel where it can
-
-
-def lower_right_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Attention of q (b, h, n, d) onto k, v (b, h, m, d), m >= n, under the bottom-right causal mask.
-
-    With m == n that is the ordinary causal mask. Compiled on a GPU with the flash kernel (Ampere
-    or newer, bf16/fp16), this calls that kernel directly: its causal mask is bottom-right aligned
-    (CausalBias dispatches to the same call), and unlike CausalBias it traces without a graph
-    break, so compiled training keeps flash attention instead of a kernel that reads a mask.
-    """
-    if q.shape[-2] == k.shape[-2]:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-    if torch.compiler.is_compiling() and COMPILE_WITH_FLASH and _flash_lower_right_ok(q):
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
-    mask = lower_right_causal(q.shape[-2], k.shape[-2], q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def _flash_lower_right_ok(q: torch.Tensor) -> bool:
@@ -299,6 +252,129 @@ def causal_keep_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_real: torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------
+# Layers: each owns its math, one forward for training, prefill and one-token decoding
+
+
+Rotation = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) tables from Rotary.cos_sin
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return rearrange(x, "b n (h d) -> b h n d", h=heads)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "b h n d -> b n (h d)")
+
+
+class FeedForward(nn.Module):
+    """Pre-norm MLP with a squared-ReLU hidden layer."""
+
+    def __init__(self, dim: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = Linear(dim, dim * mult, bias=False)
+        self.down = Linear(dim * mult, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.relu(self.up(self.norm(x))).square()))
+
+
+class CrossAttention(nn.Module):
+    """Latent queries attend to input keys/values (bottom-right causal unless a mask is given).
+
+    The keys/values come in as arguments: projected from the whole input in training and at a
+    prefill (`keys_values`), or the cached decoder's ring buffer when decoding.
+    """
+
+    def __init__(self, cfg: PerceiverARConfig) -> None:
+        super().__init__()
+        inner = cfg.heads * cfg.dim_head
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.dropout
+        self.flash_when_compiled = True  # set per model by PerceiverAR.set_kernels
+        self.norm_q = nn.LayerNorm(cfg.dim)
+        self.norm_kv = nn.LayerNorm(cfg.dim)
+        self.to_q = Linear(cfg.dim, inner, bias=False)
+        self.to_kv = Linear(cfg.dim, 2 * inner, bias=False)
+        self.to_out = Linear(inner, cfg.dim, bias=False)
+
+    def keys_values(self, h: torch.Tensor, rot: Rotation) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values (b, h, n, d) of input embeddings h (b, n, dim)."""
+        k, v = self.to_kv(self.norm_kv(h)).chunk(2, dim=-1)
+        return rotate(split_heads(k, self.heads), *rot), split_heads(v, self.heads)
+
+    def queries(self, h: torch.Tensor, rot: Rotation) -> torch.Tensor:
+        """Rotated queries (b, h, n, d) projected from the latents' own embeddings."""
+        return rotate(split_heads(self.to_q(self.norm_q(h)), self.heads), *rot)
+
+    def forward(
+        self, h: torch.Tensor, rot: Rotation, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention output (b, n, dim) of latent embeddings h (b, n, dim) onto keys/values k, v."""
+        dropout = self.attn_dropout if self.training else 0.0
+        out = attention(self.queries(h, rot), k, v, mask, dropout, self.flash_when_compiled)
+        return self.to_out(merge_heads(out))
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm causal self-attention over the latents, with an optional key/value cache.
+
+    Without a cache, keys/values are the input's own. With `cache=(k, v)` (b, h, N, d), the new
+    keys/values are written at latent slot `index` onwards and the queries attend to the cache:
+    an int index slices the filled slots (prefill, eager decoding); a device tensor index (1,)
+    writes one slot and attends to the whole cache under `mask` (the fixed-shape step).
+    """
+
+    def __init__(self, cfg: PerceiverARConfig) -> None:
+        super().__init__()
+        inner = cfg.heads * cfg.dim_head
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.dropout
+        self.flash_when_compiled = True  # set per model by PerceiverAR.set_kernels
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.to_qkv = Linear(cfg.dim, 3 * inner, bias=False)
+        self.to_out = Linear(inner, cfg.dim, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None, index: int | torch.Tensor = 0,
+    ) -> torch.Tensor:
+        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
+        q, k = rotate(q, *rot), rotate(k, *rot)
+        if cache is not None:
+            cache_k, cache_v = cache
+            if isinstance(index, int):
+                end = index + k.shape[-2]
+                cache_k[:, :, index:end] = k
+                cache_v[:, :, index:end] = v
+                k, v = cache_k[:, :, :end], cache_v[:, :, :end]
+            else:
+                cache_k.index_copy_(2, index, k)
+                cache_v.index_copy_(2, index, v)
+                k, v = cache_k, cache_v
+        dropout = self.attn_dropout if self.training else 0.0
+        return self.to_out(merge_heads(attention(q, k, v, mask, dropout, self.flash_when_compiled)))
+
+
+class LatentBlock(nn.Module):
+    """One self-attention + MLP block of the latent stack (arguments as in `SelfAttention`)."""
+
+    def __init__(self, cfg: PerceiverARConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None, index: int | torch.Tensor = 0,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attn(x, rot, mask, cache, index))
+        return x + self.ff(x)
+
+
+# ----------------------------------------------------------------------------------------------
 # The model
 
 
@@ -307,10 +383,13 @@ class PerceiverAR(nn.Module):
 
     Construct from a `PerceiverARConfig` or from keyword arguments (the seed port's names work:
     `num_tokens, dim, depth, heads, dim_head, max_seq_len, cross_attn_seq_len | num_latents,
-    cross_attn_dropout, ff_mult, dropout`).
+    cross_attn_dropout, ff_mult, dropout`). `kernels` picks speed paths (see `Kernels`).
+
+    The stages, each usable alone (the cached decoder calls them with its caches): `token_emb`,
+    `rotation`, `cross_attn.keys_values`, `cross_stage`, `latent_stack`, `head`.
     """
 
-    def __init__(self, config: PerceiverARConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: PerceiverARConfig | None = None, kernels: Kernels | None = None, **kwargs: Any) -> None:
         super().__init__()
         if config is None:
             config = PerceiverARConfig.from_dict(kwargs)
@@ -327,6 +406,16 @@ class PerceiverAR(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim)
         self.to_logits = Linear(cfg.dim, cfg.num_tokens, bias=False)
         self._init_weights()
+        self.set_kernels(kernels or Kernels())
+
+    def set_kernels(self, kernels: Kernels) -> None:
+        """Choose the speed paths of every layer (takes effect at the next call or compilation)."""
+        self.kernels = kernels
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.row_reduction = kernels.row_linear_as_reduction
+            elif isinstance(module, (CrossAttention, SelfAttention)):
+                module.flash_when_compiled = kernels.flash_when_compiled
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -361,7 +450,12 @@ class PerceiverAR(nn.Module):
         """
         latents, positions = self.cross_attend(tokens, padding_mask, num_latents)
         latent_real = None if padding_mask is None else padding_mask[:, -latents.shape[1] :]
-        return self.latent_stack(latents, positions, latent_real)
+        mask = None if latent_real is None else causal_keep_mask(positions, positions, latent_real)
+        return self.head(self.latent_stack(latents, self.rotation(positions, latents.dtype), mask))
+
+    def rotation(self, positions: torch.Tensor, dtype: torch.dtype) -> Rotation:
+        """Rotary (cos, sin) tables for absolute `positions` (see Rotary.cos_sin)."""
+        return self.rotary.cos_sin(positions, dtype)
 
     def cross_attend(
         self,
@@ -369,7 +463,7 @@ class PerceiverAR(nn.Module):
         padding_mask: torch.Tensor | None = None,
         num_latents: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cross-attention stage: latent states (b, n, dim) and their positions (n,)."""
+        """Tokens -> latent states (b, n, dim) after the cross-attention stage, and their positions (n,)."""
         b, length = tokens.shape
         cfg = self.config
         if not 1 <= length <= cfg.max_seq_len:
@@ -383,43 +477,36 @@ class PerceiverAR(nn.Module):
         prefix = length - n
         if self.training and cfg.cross_attn_dropout > 0 and prefix > 0:
             kv_h, kv_pos, kv_real = self._drop_prefix(h, prefix, padding_mask)
-
-        q_pos = positions[prefix:]
-        cos_k, sin_k = self.rotary.cos_sin(kv_pos, h.dtype)
-        cos_q, sin_q = self.rotary.cos_sin(q_pos, h.dtype)
+        cos_k, sin_k = self.rotation(kv_pos, h.dtype)
         if kv_pos.dim() == 2:  # per-example key positions: broadcast the tables over heads
             cos_k, sin_k = cos_k[:, None], sin_k[:, None]
-        k, v = self.cross_attn.keys_values(kv_h, self.rotary, cos_k, sin_k)
-        latents = h[:, prefix:]
-        q = self.cross_attn.queries(latents, self.rotary, cos_q, sin_q)
-        if kv_real is not None:
-            out = self._sdpa(q, k, v, causal_keep_mask(q_pos, kv_pos, kv_real), False, self._attn_dropout())
-        else:
-            out = lower_right_causal_attention(q, k, v, self._attn_dropout())
-        x = latents + self.cross_dropout(self.cross_attn.to_out(merge_heads(out)))
-        return x + self.cross_ff(x), q_pos
+        k, v = self.cross_attn.keys_values(kv_h, (cos_k, sin_k))
+        q_pos = positions[prefix:]
+        mask = None if kv_real is None else causal_keep_mask(q_pos, kv_pos, kv_real)
+        return self.cross_stage(h[:, prefix:], self.rotation(q_pos, h.dtype), k, v, mask), q_pos
+
+    def cross_stage(
+        self, h: torch.Tensor, rot: Rotation, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Latent embeddings h (b, n, dim) at rotation `rot` -> latent states: cross-attention onto
+        k, v (bottom-right causal unless `mask`), with a residual from h, then the MLP."""
+        x = h + self.cross_dropout(self.cross_attn(h, rot, k, v, mask))
+        return x + self.cross_ff(x)
 
     def latent_stack(
-        self, x: torch.Tensor, positions: torch.Tensor, latent_real: torch.Tensor | None = None
+        self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
+        caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None, index: int | torch.Tensor = 0,
     ) -> torch.Tensor:
-        """The causal self-attention stack over latent states x (b, n, dim) at `positions` -> logits."""
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
-        mask = None if latent_real is None else causal_keep_mask(positions, positions, latent_real)
-        for layer in self.layers:
-            q, k, v = layer.attn.qkv(x, self.rotary, cos, sin)
-            out = self._sdpa(q, k, v, mask, mask is None, self._attn_dropout())
-            x = x + layer.dropout(layer.attn.to_out(merge_heads(out)))
-            x = x + layer.ff(x)
+        """The causal self-attention stack over latent states x (b, n, dim) -> final states.
+
+        `caches` (one (k, v) per layer) and `index` as in `SelfAttention`."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rot, mask, None if caches is None else caches[i], index)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The output head: final norm and logits."""
         return self.to_logits(self.norm_out(x))
-
-    def _attn_dropout(self) -> float:
-        return self.config.dropout if self.training else 0.0
-
-    @staticmethod
-    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, is_causal: bool, dropout: float) -> torch.Tensor:
-        if is_causal and mask is None:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
     def _drop_prefix(
         self, h: torch.Tensor, prefix: int, padding_mask: torch.Tensor | None

@@ -37,11 +37,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music import model as model_module  # noqa: E402
 from perceiver_ar_music.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
 from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
 from perceiver_ar_music.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss, lower_right_causal, lower_right_causal_attention  # noqa: E402
+from perceiver_ar_music.model import Kernels, PerceiverAR, PerceiverARConfig, attention, lm_loss, lower_right_causal  # noqa: E402
 from perceiver_ar_music.presets import resolve  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
 
@@ -67,6 +66,7 @@ class Check:
             small = PerceiverARConfig.from_dict({**small.to_dict(), **shrink, "depth": 1})
         self.maestro, self.small, self.small_train = maestro, small, small_train
         self.decode_mode = "graph" if self.cuda else "static"
+        self.kernels = Kernels()  # the compiled-flash check turns flash_when_compiled off if it fails
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -197,7 +197,7 @@ def check_compiled_flash(c: Check) -> None:
         ok = _compiled_flash(c)
     finally:
         if not ok:
-            model_module.COMPILE_WITH_FLASH = False
+            c.kernels = Kernels(flash_when_compiled=False)
             row("compiled training attention", "explicit mask fallback (the flash path failed)")
 
 
@@ -208,8 +208,8 @@ def _compiled_flash(c: Check) -> bool:
     q, k, v = (torch.randn(b, h, length, d, device=c.dev, dtype=dtype, requires_grad=True) for length in (n, m, m))
     mask = lower_right_causal(n, m, torch.device("cpu")).to(c.dev)
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    eager = lower_right_causal_attention(q, k, v, 0.0)
-    compiled_fn = torch.compile(lambda q, k, v: lower_right_causal_attention(q, k, v, 0.0), fullgraph=True)
+    eager = attention(q, k, v)
+    compiled_fn = torch.compile(lambda q, k, v: attention(q, k, v), fullgraph=True)
     compiled = compiled_fn(q, k, v)
     grads_compiled = torch.autograd.grad(compiled.float().square().sum(), (q, k, v))
     grads_ref = torch.autograd.grad(reference.square().sum(), (q, k, v))
@@ -309,7 +309,7 @@ def bench_generation(c: Check) -> None:
         if c.elapsed() > c.args.budget_s * 0.5:
             row(f"ours generate, {name}, batch {batch}", "skipped (time budget)")
             continue
-        model_module.ROW_LINEAR_AS_REDUCTION = linear
+        model.set_kernels(Kernels(row_linear_as_reduction=linear, flash_when_compiled=c.kernels.flash_when_compiled))
         p = prompt.expand(batch, -1).contiguous()
         warm = c.timed(lambda: generate(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
         seconds = c.timed(lambda: generate(model, p, count, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
@@ -317,7 +317,7 @@ def bench_generation(c: Check) -> None:
         row(f"ours generate, {name}, batch {batch}", f"{rate:.0f} tok/s ({count} new tokens, {seconds:.2f} s; {label}; warm-up {warm:.1f} s)",
             tok_s=rate, seconds=seconds, tokens=count, batch=batch, warmup_s=warm)
     best = max((k for k in rates if k[1] == 1), key=rates.get)[0]
-    model_module.ROW_LINEAR_AS_REDUCTION = parse_gen_variant(best, c)[3]
+    model.set_kernels(Kernels(row_linear_as_reduction=parse_gen_variant(best, c)[3], flash_when_compiled=c.kernels.flash_when_compiled))
     row("fastest decoder at batch 1", best)
 
     # Where a token's time goes: one replayed step, one reset (rebuild of N' latents), the prefill.
@@ -409,7 +409,7 @@ def sweep_long_context(c: Check) -> None:
         c.reset_peak()
         try:
             torch.manual_seed(6)
-            model = PerceiverAR(cfg).to(c.dev).train()
+            model = PerceiverAR(cfg, c.kernels).to(c.dev).train()
             optimizer = adamw(c, model, 1e-4)
             batch = torch.randint(3, VOCAB, (1, context + 1), device=c.dev)
             step = make_step(c, model, model, batch, cfg.num_latents, optimizer)
@@ -447,7 +447,7 @@ def check_small_compiled_training(c: Check) -> None:
     g = torch.Generator().manual_seed(7)
     corpus = synthetic_corpus(400_000 if not c.tiny else 20_000, g).to(c.dev)
     torch.manual_seed(7)
-    model = PerceiverAR(cfg).to(c.dev).train()
+    model = PerceiverAR(cfg, c.kernels).to(c.dev).train()
     compiled = torch.compile(model)
     optimizer = adamw(c, model, tc.lr)
     warmup = max(1, steps // 10)
@@ -550,7 +550,7 @@ def bench_training(c: Check) -> None:
 def time_training_variant(c: Check, cfg: PerceiverARConfig, name: str, batch: int, peak: float | None) -> float | None:
     """Seconds per step of one variant ("ours eager", "ours compiled", "port"), with a row."""
     torch.manual_seed(4)
-    model = (port_model(cfg) if name == "port" else PerceiverAR(cfg)).to(c.dev).train()
+    model = (port_model(cfg) if name == "port" else PerceiverAR(cfg, c.kernels)).to(c.dev).train()
     forward = torch.compile(model) if name == "ours compiled" else model
     data = torch.randint(3, VOCAB, (batch, cfg.max_seq_len + 1), device=c.dev)
     step = make_step(c, model, forward, data, cfg.num_latents, adamw(c, model, 1e-4))

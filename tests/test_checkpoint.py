@@ -207,3 +207,32 @@ def test_recover_run_dir_after_a_kill_between_renames(tmp_path: Path, tokenizer_
     ckpt.recover_run_dir(run)
     assert sorted(p.name for p in run.iterdir()) == ["best", "ckpt-4"]
     assert load_model(run).meta["step"] == 1
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_bundled_checkpoint_loads_bit_exactly_with_its_known_outputs() -> None:
+    """State-dict names and the layer math are kept: every stored tensor lands unchanged, and the
+    logits equal those the model gave before the layers were refactored (issue 14)."""
+    from safetensors.torch import load_file
+
+    from perceiver_ar_music.decoding import CachedDecoder
+
+    folder = ROOT / "checkpoints" / "default"
+    model = load_model(folder).model
+    stored = load_file(str(folder / "model.safetensors"))
+    state = model.state_dict()
+    assert state.keys() == stored.keys()
+    assert all(torch.equal(state[name], stored[name]) for name in stored)
+    seq = torch.randint(3, model.config.num_tokens, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(seq)[0, -1]
+        decoder = CachedDecoder(model, mode="dynamic")
+        cached = decoder.prefill(seq[:, :30])
+        for t in range(30, 40):
+            cached = decoder.step(seq[:, t])
+    known = torch.tensor([-11.257027, -9.172098, -7.909591, -11.257027])  # computed at commit e6e2c73
+    torch.testing.assert_close(full[:4], known, rtol=0, atol=1e-4)
+    torch.testing.assert_close(cached[0, :4], known, rtol=0, atol=1e-4)
+    assert abs(float(full.sum()) - -2150.8618) < 1e-2

@@ -47,7 +47,8 @@ def slow_sliding_reference(model, seq, length, latent_windows):
         x, _ = model.cross_attend(seq[:, start : j + 1], num_latents=1)
         states.append(x)
     x = torch.cat(states, dim=1)
-    return model.latent_stack(x, torch.tensor(sorted(latent_windows)))[:, -1]
+    rot = model.rotation(torch.tensor(sorted(latent_windows)), x.dtype)
+    return model.head(model.latent_stack(x, rot))[:, -1]
 
 
 def test_identical_to_reference_at_every_step_while_the_sequence_fits_the_latents():

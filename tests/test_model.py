@@ -241,8 +241,8 @@ def test_bf16_autocast_keeps_queries_keys_and_values_in_one_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = model.token_emb(tokens)
         cos, sin = model.rotary.cos_sin(torch.arange(24), h.dtype)
-        k, v = model.cross_attn.keys_values(h, model.rotary, cos, sin)
-        q = model.cross_attn.queries(h[:, -8:], model.rotary, cos[-8:], sin[-8:])
+        k, v = model.cross_attn.keys_values(h, (cos, sin))
+        q = model.cross_attn.queries(h[:, -8:], (cos[-8:], sin[-8:]))
         assert q.dtype == k.dtype == v.dtype == torch.bfloat16
         logits = model(tokens)
     assert torch.isfinite(logits.float()).all()
@@ -260,3 +260,31 @@ def test_rotary_frequencies_stay_float64_when_the_weights_are_cast():
     torch.testing.assert_close(cos[0], expected, rtol=0, atol=1e-6)
     model.half().float()
     assert model.rotary.inv_freq.dtype == torch.float64
+
+
+def test_kernels_are_explicit_per_model_choices():
+    """The speed paths are chosen per model (not module globals) and change no result."""
+    from perceiver_ar_music.model import CrossAttention, Kernels, Linear
+
+    plain = PerceiverAR(**SMALL, kernels=Kernels(row_linear_as_reduction=False, flash_when_compiled=False))
+    default = PerceiverAR(**SMALL)
+    assert default.kernels == Kernels()
+    assert all(not m.row_reduction for m in plain.modules() if isinstance(m, Linear))
+    assert all(m.row_reduction for m in default.modules() if isinstance(m, Linear))
+    assert not plain.cross_attn.flash_when_compiled and isinstance(plain.cross_attn, CrossAttention)
+    default.set_kernels(Kernels(row_linear_as_reduction=False))
+    assert not default.to_logits.row_reduction and default.layers[0].attn.flash_when_compiled
+
+
+def test_compiled_row_linear_reduction_matches_the_gemm():
+    from perceiver_ar_music.model import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(32, 16, bias=False)
+    x = torch.randn(1, 1, 32)
+    compiled = torch.compile(layer, fullgraph=True)
+    reduced = compiled(x)
+    layer.row_reduction = False
+    torch._dynamo.reset()
+    assert torch.allclose(reduced, torch.compile(layer, fullgraph=True)(x), atol=1e-5)
+    assert torch.allclose(reduced, F.linear(x, layer.weight), atol=1e-5)

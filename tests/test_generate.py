@@ -82,6 +82,12 @@ def test_generate_with_a_primer_writes_midi_wav_png_and_html(tmp_path, checkpoin
         assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "index.html").read_text()
     assert page.count("<audio") == 2 and "sample-02.png" in page
+    assert page.count('<div class="figures">') == 2  # primer vs continuation and windows, per sample
+    stats = json.loads((out / "stats.json").read_text())
+    assert sorted(stats["samples"]) == ["sample-01", "sample-02"] and "note guards" in stats["details"]
+    for sample in stats["samples"].values():
+        assert sample["primer"]["note_count"] == len(notes_of(primer)) and sample["continuation"]["note_count"] > 0
+        assert sample["windows"] and sample["windows"][0]["start_s"] == pytest.approx(sample["boundary_s"])
     links = re.findall(r'(?:src|href)="([^"#]+)"', page)
     assert len(links) >= 8 and all((out / link).is_file() for link in links), links  # relative to the page
     first = notes_of(out / "sample-01.mid", "continuation")

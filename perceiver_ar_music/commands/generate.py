@@ -152,7 +152,7 @@ def write_outputs(
             audio=Path(files.audio) if files.audio else None,
             audio_note=files.audio_note or unavailable or "audio skipped (--no-audio)",
             piano_roll=Path(files.piano_roll),
-            stats=files.report.continuation,
+            report=files.report,
             description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
         ))
     write_stats_json(out / "stats.json", reports, details)

@@ -8,12 +8,16 @@ The token format is miditok MIDILike's, which the tokenizer produces:
 - ``TimeShift`` advances the clock by a whole number of grid steps (10 ms, at most 1 s each);
 - at one instant the NoteOffs come first, then the (NoteOn, Velocity) pairs, both in note order.
 
-``ids_to_notes`` is the reference reading of any id sequence (it never raises):
+``note_steps_and_open`` is THE note decoder, used by every command and by the tokenizer
+(``ids_to_note_steps``, ``ids_to_notes`` and ``PerformanceTokenizer.decode_notes`` are views of
+it). Its rule for any id sequence (it never raises):
 a NoteOn takes the velocity of the Velocity token right after it, or else the last velocity
 seen (``DEFAULT_VELOCITY`` before any); a NoteOn of a pitch already sounding ends the previous
 note there; a NoteOff of a silent pitch is ignored; notes still sounding at the end are released
 at the end time (the sum of all time shifts); PAD/BOS/EOS and ids outside the vocabulary are
-ignored. Notes may have zero length (a NoteOff at the instant of its NoteOn).
+ignored. Same-pitch notes therefore never overlap (the encoder's re-strike convention, so
+encoding then decoding is the identity on encoded ids). Notes may have zero length (a NoteOff at
+the instant of its NoteOn); the MIDI writers lengthen those (the tokenizer to one grid step).
 
 Notes are float arrays of shape (N, 4) with columns ``PITCH, START, END, VELOCITY``
 (times in seconds), in the order of their NoteOns.
@@ -191,7 +195,12 @@ def _with_time_shifts(event_ids: np.ndarray, event_steps: np.ndarray, end_step: 
 
 
 def nearest_velocity_ids(velocities: np.ndarray, table: VocabTables) -> np.ndarray:
-    """The Velocity id of the closest bin (a tie goes to the louder bin, as in miditok)."""
+    """The Velocity id of the closest bin to each velocity (a tie goes to the louder bin, as in
+    miditok): the one velocity lookup. Integer velocities are a table lookup (beyond 0..127 the
+    nearest bin is the end bin either way)."""
+    velocities = np.asarray(velocities)
+    if np.issubdtype(velocities.dtype, np.integer):
+        return table.midi_velocity_ids[np.clip(velocities, 0, 127)]
     return _nearest_bins(velocities, table.velocity_values, table.velocity_ids)
 
 
@@ -200,14 +209,6 @@ def _nearest_bins(velocities: np.ndarray, values: np.ndarray, ids: np.ndarray) -
     lower = np.maximum(upper - 1, 0)
     take_lower = np.abs(velocities - values[lower]) < np.abs(velocities - values[upper])
     return ids[np.where(take_lower, lower, upper)]
-
-
-def _velocity_ids(velocity: np.ndarray, table: VocabTables) -> np.ndarray:
-    """``nearest_velocity_ids``, by table lookup for integer velocities (beyond 0..127 the
-    nearest bin is the end bin either way)."""
-    if np.issubdtype(velocity.dtype, np.integer):
-        return table.midi_velocity_ids[np.clip(velocity, 0, 127)]
-    return nearest_velocity_ids(velocity, table)
 
 
 def _validated_notes(notes: np.ndarray, table: VocabTables) -> np.ndarray:
@@ -243,7 +244,7 @@ def encode_grid_notes(
     event_ids = np.empty(3 * count, dtype=np.int64)
     times[0::3], times[1::3], times[2::3] = start, start, end
     event_ids[0::3] = table.note_on[pitch]
-    event_ids[1::3] = _velocity_ids(np.asarray(velocity), table)
+    event_ids[1::3] = nearest_velocity_ids(velocity, table)
     event_ids[2::3] = table.note_off[pitch]
     order = np.argsort(times, kind="stable")
     times, event_ids = times[order], event_ids[order]  # (frees the unsorted arrays early)

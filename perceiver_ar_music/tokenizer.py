@@ -9,7 +9,7 @@ fixed number of milliseconds.
 The encoder (``events.encode_grid_notes``, shared with ``events.notes_to_ids``) is a vectorized
 numpy re-implementation that produces the same ids as miditok's MIDILike on the same normalized
 score (``reference_score`` + ``miditok`` give the slow reference; the tests compare them). The
-decoder is our own and accepts any id sequence.
+decoder is ``events.ids_to_note_steps`` (one rule for every command) and accepts any id sequence.
 
 Normalization before encoding (all in ``quantize_notes``):
 - onsets and offsets are rounded to the grid; time starts at 0 s of the file, so leading
@@ -36,7 +36,7 @@ from perceiver_ar_music import events
 from perceiver_ar_music.atomic import atomic_path, write_bytes_atomic
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.midi_load import MidiReadError, PerformanceNotes, performance_notes, read_score
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
+from perceiver_ar_music.vocab import EventVocab
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -53,7 +53,6 @@ __all__ = [
 PRESET_DIR = Path(__file__).resolve().parent.parent / "tokenization"  # in a source checkout
 DEFAULT_PRESET = "performance"
 SECONDS_PER_BEAT = 0.5  # the constant 120 qpm grid that carries wall-clock time
-DEFAULT_VELOCITY = 64  # for a NoteOn with no Velocity after it and none before
 VERSION_KEYS = ("miditok_version", "symusic_version", "hf_tokenizers_version")
 # miditok options that this event stream does not carry; a preset must leave them off.
 UNSUPPORTED_OPTIONS = (
@@ -155,12 +154,6 @@ def _check_supported(config) -> None:
         raise UserError(f"tokenizer config lacks special tokens: {', '.join(sorted(missing))}")
 
 
-def nearest_velocity_ids(vocab: EventVocab) -> np.ndarray:
-    """Id of the nearest velocity bin for every MIDI velocity 0..127 (ties go to the louder bin,
-    as miditok's ``np_get_closest``)."""
-    return events.tables(vocab).midi_velocity_ids
-
-
 def quantize_notes(notes: PerformanceNotes, seconds_per_step: float, pitch_ok: np.ndarray) -> GridNotes:
     """Round notes onto the grid and resolve same-pitch overlaps (see the module docstring)."""
     inside = pitch_ok[notes.pitch]
@@ -199,8 +192,6 @@ class PerformanceTokenizer:
         self.vocab = EventVocab.from_token_map(miditok_tokenizer.vocab, seconds_per_beat=SECONDS_PER_BEAT)
         self._table = events.tables(self.vocab)
         self._pitch_ok = self._table.note_on >= 0
-        self._kind = list(self.vocab.kind)
-        self._size = len(self.vocab)
         self.hash = hashlib.sha256(_canonical_json(self._format_dict()).encode()).hexdigest()
 
     # ----- the format as data -----
@@ -268,39 +259,15 @@ class PerformanceTokenizer:
     def decode_notes(self, ids: Iterable[int] | np.ndarray) -> list[tuple[int, int, int, int]]:
         """Notes ``(start_step, end_step, pitch, velocity)`` of ANY id sequence, sorted.
 
-        A NoteOn takes the Velocity token right after it (else the last velocity seen, else 64);
-        a NoteOff ends the oldest sounding note of its pitch (FIFO, as miditok) and is ignored
-        when none sounds; notes still sounding at the end are released there; every note lasts
-        at least one step. Specials (PAD/BOS/EOS) and out-of-range ids are ignored.
+        The one note decoder, ``events.ids_to_note_steps`` (its module docstring has the rule: a
+        re-struck pitch ends the sounding note, a NoteOff of a silent pitch is ignored), with
+        every note lengthened to at least one step, as it is written to MIDI (a zero-length note
+        would vanish).
         """
-        seq = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
-        size, kind = self._size, self._kind
-        pitch_of, velocity_of, steps_of = self.vocab.pitch, self.vocab.velocity, self.vocab.shift_steps
-        sounding: dict[int, list[tuple[int, int]]] = {}
-        notes: list[tuple[int, int, int, int]] = []
-        now, last_velocity = 0, DEFAULT_VELOCITY
-        for position, token in enumerate(seq):
-            if not 0 <= token < size:
-                continue
-            token_kind = kind[token]
-            if token_kind == TIME_SHIFT:
-                now += steps_of[token]
-            elif token_kind == VELOCITY:
-                last_velocity = velocity_of[token]
-            elif token_kind == NOTE_ON:
-                following = seq[position + 1] if position + 1 < len(seq) else -1
-                if 0 <= following < size and kind[following] == VELOCITY:
-                    last_velocity = velocity_of[following]
-                sounding.setdefault(pitch_of[token], []).append((now, last_velocity))
-            elif token_kind == NOTE_OFF:
-                queue = sounding.get(pitch_of[token])
-                if queue:
-                    start, velocity = queue.pop(0)
-                    notes.append((start, max(now, start + 1), pitch_of[token], velocity))
-        for pitch, queue in sounding.items():
-            notes.extend((start, max(now, start + 1), pitch, velocity) for start, velocity in queue)
-        notes.sort()
-        return notes
+        notes = events.ids_to_note_steps(np.asarray(ids, dtype=np.int64).reshape(-1), self.vocab)
+        start, pitch, velocity = notes[:, events.START], notes[:, events.PITCH], notes[:, events.VELOCITY_COLUMN]
+        end = np.maximum(notes[:, events.END], start + 1)
+        return sorted(zip(start.tolist(), end.tolist(), pitch.tolist(), velocity.tolist()))
 
     def decode(self, ids: Iterable[int] | np.ndarray):
         """A symusic Score (tpq = steps per beat, 120 qpm, one piano track) of ANY id sequence."""

@@ -250,3 +250,16 @@ def test_bad_notes_raise_one_clear_error(notes, message):
 def test_seconds_follow_the_vocabulary_grid():
     ids = [ON[60], VEL[63], SHIFT[37], OFF[60]]
     assert math.isclose(ids_to_notes(ids, VOCAB)[0, END], 0.37)
+
+
+def test_note_steps_and_open_marks_the_notes_still_sounding_at_the_end():
+    """generation.sample_notes ends these cleanly when sampling stops mid-note."""
+    from perceiver_ar_music.events import note_steps_and_open
+
+    ids = [ON[60], VEL[79], ON[64], SHIFT[10], OFF[60], ON[67], SHIFT[5], ON[67], SHIFT[2]]
+    notes, still_sounding = note_steps_and_open(ids, VOCAB)
+    assert notes.tolist() == [[60, 0, 10, 79], [64, 0, 17, 79], [67, 10, 15, 79], [67, 15, 17, 79]]
+    assert still_sounding.tolist() == [False, True, False, True]  # a re-strike ended the first 67
+    assert np.array_equal(notes, ids_to_note_steps(ids, VOCAB))
+    empty, none_open = note_steps_and_open([], VOCAB)
+    assert empty.shape == (0, 4) and none_open.shape == (0,)

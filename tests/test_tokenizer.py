@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from perceiver_ar_music import events
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.midi_load import PerformanceNotes, read_score
@@ -21,7 +22,6 @@ from perceiver_ar_music.tokenizer import (
     EncodedPiece,
     MidiReadError,
     load_tokenizer,
-    nearest_velocity_ids,
     quantize_notes,
 )
 from perceiver_ar_music.vocab import NOTE_ON
@@ -149,8 +149,10 @@ def test_velocity_bins_match_miditok(tok):
 
     velocities = np.arange(128)
     expected = np_get_closest(tok.miditok.velocities, velocities)
-    got = np.array([tok.vocab.velocity[i] for i in nearest_velocity_ids(tok.vocab)])
-    np.testing.assert_array_equal(got, expected)
+    table = events.tables(tok.vocab)
+    for given in (velocities, velocities.astype(np.float64)):  # the table lookup and the search
+        got = np.array([tok.vocab.velocity[i] for i in events.nearest_velocity_ids(given, table)])
+        np.testing.assert_array_equal(got, expected)
 
 
 # ----- reading MIDI -----
@@ -405,10 +407,11 @@ def test_decode_edge_cases(tok):
         (5, 25, 62, 99),  # never released: ends at the end
     ]
     assert tok.decode_notes([on[70], velocity_100, off[70]]) == [(0, 1, 70, 99)]  # at least one step
-    # NoteOffs end the oldest sounding note of their pitch.
+    # The one rule (events): a re-struck pitch ends its sounding note; a NoteOff of a silent
+    # pitch is ignored. Same-pitch notes never overlap.
     assert tok.decode_notes([on[60], shift[1], on[60], shift[2], off[60], shift[3], off[60]]) == [
-        (0, 3, 60, 64),
-        (1, 6, 60, 64),
+        (0, 1, 60, 64),
+        (1, 3, 60, 64),
     ]
     empty = tok.decode([])
     assert sum(len(track.notes) for track in empty.tracks) == 0
@@ -430,6 +433,18 @@ def test_decode_never_fails(tok, ids):
         assert 0 <= pitch <= 127 and 1 <= velocity <= 127
     score = tok.decode(np.array(ids, dtype=np.int64))
     assert sum(len(track.notes) for track in score.tracks) == len(notes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_IDS)
+def test_the_tokenizer_decodes_with_the_one_note_decoder(tok, ids):
+    """`tokenize --roundtrip` and `generate` read the same ids as the same notes."""
+    steps = events.ids_to_note_steps(ids, tok.vocab)
+    expected = sorted(
+        (int(start), max(int(end), int(start) + 1), int(pitch), int(velocity))
+        for pitch, start, end, velocity in steps.tolist()
+    )
+    assert tok.decode_notes(ids) == expected
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -132,12 +132,13 @@ class MusicProgress:
             self._line(slowest, final=True)
 
 
-def load_for_generation(checkpoint: Path, device: torch.device | str):
-    """(LoadedModel, tokenizer) of a checkpoint, refusing a tokenizer.json that does not match."""
+def load_for_generation(checkpoint: Path, device: torch.device | str, dtype: torch.dtype | None = None):
+    """(LoadedModel, tokenizer) of a checkpoint (weights in `dtype`, see `checkpoint.load_model`),
+    refusing a tokenizer.json that does not match."""
     from perceiver_ar_music.checkpoint import load_model
     from perceiver_ar_music.tokenizer import load_tokenizer
 
-    loaded = load_model(checkpoint, device=device)
+    loaded = load_model(checkpoint, device=device, dtype=dtype)
     tokenizer = load_tokenizer(loaded.tokenizer_path)
     if tokenizer.hash != loaded.tokenizer_hash or len(tokenizer.vocab) != loaded.config.num_tokens:
         raise UserError(f"{loaded.path}: its tokenizer.json does not match the model (mismatching tokenizer)")
@@ -203,18 +204,14 @@ def continue_ids(
 
     `rules` (see `sampling_rules`) mask and amend tokens while sampling. `on_step(step, new)` is
     called after every token (new: (num_samples,)); returning True stops sampling and keeps
-    what was made. On CUDA the model is converted to bf16 in place (see below); elsewhere it
-    runs as it is.
+    what was made. The model runs as it is: its precision is chosen where it is loaded
+    (`checkpoint.load_model(..., dtype=...)`; the CLI loads bf16 on CUDA).
     """
     import time
 
     device = next(model.parameters()).device
     batch = torch.as_tensor(prompt.astype(np.int64), device=device)[None].expand(num_samples, -1).contiguous()
     bar = MusicProgress(None if seconds else num_tokens, vocab, num_samples, seconds, show=progress)
-    if device.type == "cuda":
-        # bf16 weights, not autocast: autocast re-casts every weight at every decode step, which
-        # measured 8x slower per token on an H200 (49.6 vs 6.0 ms/step, 164M-parameter model).
-        model = model.to(torch.bfloat16)
     callback: StepCallback = bar
     if on_step is not None:
         def callback(step: int, new: torch.Tensor) -> bool:

@@ -236,3 +236,17 @@ def test_the_bundled_checkpoint_loads_bit_exactly_with_its_known_outputs() -> No
     torch.testing.assert_close(full[:4], known, rtol=0, atol=1e-4)
     torch.testing.assert_close(cached[0, :4], known, rtol=0, atol=1e-4)
     assert abs(float(full.sum()) - -2150.8618) < 1e-2
+
+
+def test_precision_is_chosen_at_load_time(tmp_path: Path, tokenizer_file) -> None:
+    from perceiver_ar_music.checkpoint import inference_dtype
+
+    assert inference_dtype("cpu") == torch.float32 and inference_dtype(torch.device("cuda")) == torch.bfloat16
+    model = random_model()
+    save_checkpoint(tmp_path / "ck", model, tokenizer_file[0], tokenizer_hash=tokenizer_file[1])
+    as_stored = load_model(tmp_path / "ck").model
+    half = load_model(tmp_path / "ck", dtype=torch.bfloat16).model
+    assert {p.dtype for p in as_stored.parameters()} == {torch.float32}
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.rotary.inv_freq.dtype == torch.float64 and not half.training
+    assert all(torch.equal(a.to(torch.bfloat16), b) for a, b in zip(as_stored.parameters(), half.parameters()))

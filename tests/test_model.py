@@ -249,7 +249,7 @@ def test_bf16_autocast_keeps_queries_keys_and_values_in_one_dtype():
 
 
 def test_rotary_frequencies_stay_float64_when_the_weights_are_cast():
-    """Generation casts the model to bf16 on CUDA: the rotary angles must keep full precision."""
+    """The CLI loads the model in bf16 on CUDA: the rotary angles must keep full precision."""
     model = PerceiverAR(num_tokens=20, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=4096, num_latents=8)
     before = model.rotary.inv_freq.clone()
     model.to(torch.bfloat16)

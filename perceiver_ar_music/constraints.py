@@ -70,7 +70,8 @@ class NoteRules:
         self.velocity_only = kind == VELOCITY
         self.base_allowed = (kind == TIME_SHIFT) | self.note_on | self.note_off
         self.base_allowed[vocab.eos_id] = True
-        self.no_note_on = self.base_allowed & ~self.note_on  # the polyphony cap reached
+        self.anything = torch.ones_like(self.note_on)  # without the grammar, only the cap masks
+        self.not_note_on = ~self.note_on
         self.onset: torch.Tensor | None = None
         self.clock: torch.Tensor | None = None
         self.velocity_due: torch.Tensor | None = None  # (b,) the last token was a NoteOn
@@ -112,13 +113,13 @@ class NoteRules:
 
     def allowed(self) -> torch.Tensor:
         """The mask for the current state."""
-        allowed = self.base_allowed
+        allowed = self.base_allowed if self.grammar else self.anything
         if self.grammar:
             sounding_ids = self.onset[:, self.column_of_id] < SILENT  # (b, V): a note id's pitch sounds
             allowed = allowed & torch.where(self.note_on, ~sounding_ids, torch.where(self.note_off, sounding_ids, True))
         if self.max_polyphony is not None:
             full = self.sounding().sum(dim=1, keepdim=True) >= self.max_polyphony
-            allowed = torch.where(full, allowed & self.no_note_on, allowed)
+            allowed = torch.where(full, allowed & self.not_note_on, allowed)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
         return allowed.expand(self.onset.shape[0], -1)

@@ -14,7 +14,7 @@ from perceiver_ar_music.music_stats import polyphony
 from perceiver_ar_music.note_limits import NoteLimits, note_limits
 from perceiver_ar_music.sampling import SamplingConfig, generate
 from perceiver_ar_music.tokenizer import load_tokenizer
-from perceiver_ar_music.vocab import NOTE_ON, VELOCITY
+from perceiver_ar_music.vocab import NOTE_ON, TIME_SHIFT, VELOCITY
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,9 @@ def test_polyphony_cap_masks_note_on_at_p(vocab):
     at_cap = NoteRules(vocab, grammar=False, max_polyphony=3)(seq)[0]
     assert not at_cap[kind == NOTE_ON].any()
     assert at_cap[vocab.note_off_id[60]] and at_cap[vocab.shift_id[5]] and at_cap[vocab.eos_id]
+    assert at_cap[kind != NOTE_ON].all()  # without the grammar the cap masks nothing else (velocities too)
     below = NoteRules(vocab, grammar=False, max_polyphony=4)(seq)[0]
-    assert below[kind == NOTE_ON].all()
+    assert below.all()
     # one released: below the cap again; a second row with nothing sounding is unaffected
     released = torch.tensor([ids + off(vocab, 64), [vocab.bos_id] + shift(vocab, 1) * (len(ids))])
     mask = NoteRules(vocab, grammar=False, max_polyphony=3)(released)
@@ -121,11 +122,16 @@ def test_guards_hold_while_sampling_and_the_check_can_fail(vocab):
     prompt = torch.tensor([[vocab.bos_id]] * 2)
     free = generate(model, prompt, 400, seed=0)
     assert longest_and_densest(free[0], vocab)[0] > 300 and longest_and_densest(free[0], vocab)[1] > 6
-    rules = NoteRules(vocab, grammar=True, max_polyphony=6, max_note_steps=300)
-    out = generate(model, prompt, 400, seed=0, allowed_tokens=rules, amend_tokens=rules.amend)
-    for row in out:
-        longest, densest = longest_and_densest(row[:-1], vocab)  # (the last token's state is not checked)
-        assert longest <= 300 and densest <= 6
+    for grammar in (True, False):
+        rules = NoteRules(vocab, grammar=grammar, max_polyphony=6, max_note_steps=300)
+        out = generate(model, prompt, 400, seed=0, allowed_tokens=rules, amend_tokens=rules.amend)
+        kinds = torch.tensor(vocab.kind)
+        for row, free_row in zip(out, free):
+            longest, densest = longest_and_densest(row[:-1], vocab)  # (the last token's state is not checked)
+            assert longest <= 300 and densest <= 6
+            # the guards only hold notes back: velocities and time shifts are written as often as without
+            for kind in (VELOCITY, TIME_SHIFT):
+                assert (kinds[row] == kind).sum() >= 0.5 * (kinds[free_row] == kind).sum() > 10
 
 
 @pytest.mark.parametrize("constrain", [False, True])

@@ -601,3 +601,22 @@ def format_summary(result: PrepareResult) -> str:
     lines.append(f"wrote {result.out_dir} (generation {manifest['generation']}, tokenizer "
                  f"{short_hash(manifest['tokenizer']['hash'])})")
     return "\n".join(lines)
+
+
+PREPARED_CACHE_NAME = ".perceiver-prepared"  # where `train`/`evaluate` prepare a MIDI folder
+
+
+def ensure_prepared(data: str | Path, cache: str | Path | None = None, tokenizer: str | None = None,
+                    progress: bool = True) -> Path:
+    """A prepared folder for `data`: itself if it has a manifest, else a preparation of the MIDI
+    folder into `cache` (default ``DATA/.perceiver-prepared``), made or updated incrementally."""
+    data = Path(data)
+    if (data / MANIFEST_NAME).is_file():
+        return data
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a folder")
+    out = Path(cache) if cache is not None else data / PREPARED_CACHE_NAME
+    print(f"preparing {data} into {out} (reused on later runs)", flush=True)
+    result = prepare(data, out, tokenizer_spec=tokenizer, progress=progress)
+    print(format_summary(result), flush=True)
+    return out

@@ -41,13 +41,12 @@ from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.evaluate import autocast, score_windows
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
 from perceiver_ar_music.note_limits import note_limits
-from perceiver_ar_music.prepared import MANIFEST_NAME, PreparedData
+from perceiver_ar_music.prepared import PreparedData
 from perceiver_ar_music.presets import TrainConfig
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler
 
 RUN_CONFIG_NAME = "run_config.json"
 METRICS_NAME = "metrics.jsonl"
-PREPARED_CACHE_NAME = ".perceiver-prepared"
 
 
 class TrainingDiverged(UserError):
@@ -57,24 +56,6 @@ class TrainingDiverged(UserError):
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def ensure_prepared(data: str | Path, cache: str | Path | None = None, tokenizer: str | None = None,
-                    progress: bool = True) -> Path:
-    """A prepared folder for `data`: itself if it has a manifest, else a preparation of the MIDI
-    folder into `cache` (default ``DATA/.perceiver-prepared``), made or updated incrementally."""
-    data = Path(data)
-    if (data / MANIFEST_NAME).is_file():
-        return data
-    if not data.is_dir():
-        raise UserError(f"--data {data} is not a folder")
-    from perceiver_ar_music.prepare import format_summary, prepare
-
-    out = Path(cache) if cache is not None else data / PREPARED_CACHE_NAME
-    print(f"preparing {data} into {out} (reused on later runs)", flush=True)
-    result = prepare(data, out, tokenizer_spec=tokenizer, progress=progress)
-    print(format_summary(result), flush=True)
-    return out
 
 
 def _ignore_interrupts(_worker_id: int) -> None:

@@ -96,7 +96,8 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.prepared import PreparedData
     from perceiver_ar_music.presets import resolve
-    from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME, ensure_prepared
+    from perceiver_ar_music.prepare import ensure_prepared
+    from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME
 
     if not args.data:
         raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
@@ -165,7 +166,8 @@ def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
     from perceiver_ar_music.model import PerceiverARConfig
     from perceiver_ar_music.prepared import PreparedData
     from perceiver_ar_music.presets import TrainConfig, override
-    from perceiver_ar_music.train import RUN_CONFIG_NAME, ensure_prepared
+    from perceiver_ar_music.prepare import ensure_prepared
+    from perceiver_ar_music.train import RUN_CONFIG_NAME
 
     run_dir = _find_run_dir(args)
     run_config = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None

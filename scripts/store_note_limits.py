@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Store the note guards' limits in a checkpoint trained before `train` stored them itself.
+
+`train` writes `note_limits` (note-duration and polyphony percentiles of its training pieces) into
+every checkpoint's meta.json; `generate` and the studio take the guards' defaults from there. This
+computes the same figures from the prepared data the checkpoint was trained on and adds them.
+
+    python scripts/store_note_limits.py --checkpoint checkpoints/default --data data/music21-prepared
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perceiver_ar_music.atomic import write_json_atomic  # noqa: E402
+from perceiver_ar_music.checkpoint import META_NAME, find_checkpoint, read_json  # noqa: E402
+from perceiver_ar_music.note_limits import note_limits  # noqa: E402
+from perceiver_ar_music.prepared import PreparedData  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the prepared data it was trained on")
+    parser.add_argument("--split", default="train")
+    args = parser.parse_args()
+
+    checkpoint = find_checkpoint(args.checkpoint)
+    meta = read_json(checkpoint / META_NAME)
+    data = PreparedData.open(args.data, expected_tokenizer_hash=meta.get("tokenizer_hash"))
+    limits = note_limits(data.pieces(args.split), data.vocab)
+    meta["note_limits"] = limits
+    write_json_atomic(checkpoint / META_NAME, meta)
+    print(json.dumps(limits, indent=1))
+
+
+if __name__ == "__main__":
+    main()

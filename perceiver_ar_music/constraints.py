@@ -35,8 +35,8 @@ class NoteRules:
     ones of the previous call) returns the (b, V) mask of tokens allowed next.
 
     State: `onset` (b, pitches + 1), the grid step at which each pitch started sounding, SILENT
-    for a silent pitch; the last column takes the writes of ids that are not notes, so that one
-    update serves every token without a branch. `clock` (b,): grid steps of music so far.
+    for a silent pitch; the last column takes the writes of ids that are not notes (always SILENT),
+    so that one update serves every token without a branch. `clock` (b,): grid steps of music.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class NoteRules:
         self.shift = torch.tensor(vocab.shift_steps, device=device)
         # per id: the most grid steps a note may already have sounded before this id is emitted
         self.age_limit = (max_note_steps or 0) - self.shift
-        self.note_off_of = torch.zeros(self.pitches, dtype=torch.long, device=device)
+        self.note_off_of = torch.zeros(self.pitches + 1, dtype=torch.long, device=device)  # (+ the spare)
         for p, idx in vocab.note_off_id.items():
             self.note_off_of[p] = idx
         self.note_on = self.is_note_on
@@ -104,7 +104,8 @@ class NoteRules:
         # a NoteOn (also of a sounding pitch: the decoder cuts the old note) starts now; a NoteOff
         # silences its pitch; any other id writes the spare column
         value = torch.where(self.velocity_due, self.clock, SILENT)
-        self.onset.view(-1).scatter_(0, self.row_start + self.column_of_id[token], value)
+        index = self.column_of_id[token] if len(token) == 1 else self.row_start + self.column_of_id[token]
+        self.onset.view(-1).scatter_(0, index, value)
         self.clock += self.shift[token]
 
     def sounding(self) -> torch.Tensor:
@@ -117,8 +118,8 @@ class NoteRules:
         if self.grammar:
             sounding_ids = self.onset[:, self.column_of_id] < SILENT  # (b, V): a note id's pitch sounds
             allowed = allowed & torch.where(self.note_on, ~sounding_ids, torch.where(self.note_off, sounding_ids, True))
-        if self.max_polyphony is not None:
-            full = self.sounding().sum(dim=1, keepdim=True) >= self.max_polyphony
+        if self.max_polyphony is not None:  # (the spare column is always SILENT: no slice needed)
+            full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.max_polyphony
             allowed = torch.where(full, allowed & self.not_note_on, allowed)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
@@ -130,7 +131,7 @@ class NoteRules:
         if self.max_note_steps is None:
             return new
         self.observe(sequences)
-        oldest, pitch = self.onset[:, : self.pitches].min(dim=1)
+        oldest, pitch = self.onset.min(dim=1)  # all silent: the spare column, never too long
         too_long = self.clock - oldest > self.age_limit[new]
         return torch.where(too_long, self.note_off_of[pitch], new)
 

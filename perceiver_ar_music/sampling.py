@@ -143,7 +143,7 @@ def generate(
                 recent = tokens[:, max(0, length - sampling.repetition_window) : length]
                 logits = apply_repetition_penalty(logits, recent, sampling.repetition_penalty, penalized_tokens)
             if allowed_tokens is not None:
-                logits = logits.masked_fill(~allowed_tokens(tokens[:, :length]), torch.finfo(logits.dtype).min)
+                logits = torch.where(allowed_tokens(tokens[:, :length]), logits, torch.finfo(logits.dtype).min)
             new = next_token(logits, sampling, generator)
             if amend_tokens is not None:
                 new = amend_tokens(new, tokens[:, :length])

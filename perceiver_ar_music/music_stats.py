@@ -33,6 +33,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 LONG_NOTE_S = 4.0  # notes held longer than this count as long (the drones)
+TIME_TOLERANCE_S = 1e-6  # lengths are grid steps x 0.01 s in floating point: 400 steps may read 4.000000000000001
 DEFAULT_WINDOW_S = 30.0
 BAND_PERCENTILES = (10.0, 90.0)  # the reference band of ``compare``
 STATS_FORMAT = "perceiver-ar-music/stats"
@@ -174,7 +175,7 @@ def _span_stats(notes: np.ndarray, span_start: float, span_end: float, sounding:
         note_length_p90_s=p90,
         note_length_p99_s=p99,
         note_length_max_s=float(length.max()),
-        long_note_fraction=float(np.count_nonzero(length > LONG_NOTE_S) / len(notes)),
+        long_note_fraction=float(np.count_nonzero(length > LONG_NOTE_S + TIME_TOLERANCE_S) / len(notes)),
         **shared,
     )
 

@@ -123,6 +123,8 @@ def test_length_percentiles_long_notes_and_pitch_range():
     assert stats.pitch_range == 27
     # exactly 4 s is not over 4 s
     assert music_stats(notes((60, 0, 4, 64), (62, 0, 4.01, 64))).long_note_fraction == 0.5
+    # 400 grid steps of 10 ms, as the decoder computes them (523 * 0.01 - 123 * 0.01 > 4.0 in floats)
+    assert music_stats(notes((60, 123 * 0.01, 523 * 0.01, 64))).long_note_fraction == 0.0
 
 
 def test_windows_by_onset_with_polyphony_inside_the_window():

@@ -66,6 +66,14 @@ def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _directory_beside(target: Path, suffix: str) -> Path:
+    """A fresh hidden directory in `target`'s folder (created), with the usual permissions."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target`.
@@ -74,9 +82,7 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     so at every instant either the old or the new complete directory exists under a known name.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = _directory_beside(target, ".tmp")
     try:
         yield tmp
         _fsync_dir(tmp)
@@ -104,9 +110,7 @@ def staged_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     each by an atomic rename (a file of the same name is replaced).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = _directory_beside(target, ".partial")
     try:
         yield tmp
         _fsync_dir(tmp)

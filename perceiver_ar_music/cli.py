@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"perceiver-music {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system said no (disk full, permissions, ...): nothing half-written
+        from perceiver_ar_music.atomic import os_error_text
+
+        print(f"perceiver-music {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"perceiver-music {args.command}: interrupted", file=sys.stderr)
         return 130

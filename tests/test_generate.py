@@ -248,3 +248,27 @@ def test_progress_off_a_terminal_is_a_line_every_few_seconds(tokenizer, capsys, 
     assert "\r" not in "".join(rare)
     often = lines_written(0.0)
     assert len(often) == 400 // 16 + 1 and often[0].startswith("generating: 16/400 tokens")
+
+
+def test_outputs_are_all_or_nothing_and_other_files_in_out_are_kept(tmp_path, checkpoint, monkeypatch, capsys):
+    from perceiver_ar_music import report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "sample-01.mid").write_bytes(b"an earlier take")
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_index", broken)
+    assert run_generate("--checkpoint", str(checkpoint), "--length", "20", "--no-audio", "--seed", "0", "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "perceiver-music generate: error: No space left on device"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "sample-01.mid"]  # untouched
+    assert (out / "sample-01.mid").read_bytes() == b"an earlier take"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
+    monkeypatch.undo()
+    assert run_generate("--checkpoint", str(checkpoint), "--length", "20", "--no-audio", "--seed", "0", "--out", str(out)) == 0
+    assert {"notes.txt", "sample-01.mid", "sample-01.png", "stats.json", "index.html"} <= {p.name for p in out.iterdir()}
+    assert (out / "sample-01.mid").read_bytes() != b"an earlier take"

@@ -257,9 +257,17 @@ def raw_request(url: str, method: str, path: str, body: bytes | None = None, hea
     return response.status, data, response
 
 
-def test_files_are_served_by_name_only(studio_url, tmp_path):
+@pytest.fixture
+def planted_take(studio_url):
+    """A take file in the shared studio's folder, removed again (later tests count takes from 1)."""
+    path = studio_url[1].store.folder / "take-0999.png"
+    path.write_bytes(b"\x89PNG" + bytes(100))
+    yield path
+    path.unlink()
+
+
+def test_files_are_served_by_name_only(studio_url, planted_take, tmp_path):
     url, studio = studio_url
-    (studio.store.folder / "take-0999.png").write_bytes(b"\x89PNG" + bytes(100))
     secret = studio.store.folder.parent / "secret.png"
     secret.write_bytes(b"TOPSECRET")
     for path in ["/files/../secret.png", "/files/%2e%2e/secret.png", "/files/..%2fsecret.png", "/files//etc/passwd",

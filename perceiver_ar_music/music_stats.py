@@ -207,6 +207,10 @@ class WindowStats:
     end_s: float
     stats: MusicStats
 
+    def label(self, dash: str = "-") -> str:
+        """Its span for tables, to a tenth of a second ('10-40 s', '40-40.3 s')."""
+        return f"{self.start_s:.1f}".removesuffix(".0") + dash + f"{self.end_s:.1f}".removesuffix(".0") + " s"
+
     def as_dict(self) -> dict[str, float | int]:
         return {"index": self.index, "start_s": self.start_s, "end_s": self.end_s, **self.stats.as_dict()}
 
@@ -286,11 +290,17 @@ def compare(stats: MusicStats, reference: ReferenceFigures) -> Comparison:
 # ----------------------------------------------------------------------------- generated samples
 
 
+def full_windows(windows: list[WindowStats], window_s: float) -> list[WindowStats]:
+    """The windows that span enough music to compare: all but a last one shorter than half of
+    `window_s` (the tail where the last notes ring out)."""
+    return [w for i, w in enumerate(windows) if i < len(windows) - 1 or w.end_s - w.start_s >= window_s / 2]
+
+
 def drift(windows: list[WindowStats], window_s: float) -> dict[str, float | None]:
     """Per figure, the last window's value / the first window's (None where the first is 0 or
     there is only one window). The last window counts only if it spans at least half of
     `window_s`; otherwise the one before it is used."""
-    full = [w for i, w in enumerate(windows) if i < len(windows) - 1 or w.end_s - w.start_s >= window_s / 2]
+    full = full_windows(windows, window_s)
     if len(full) < 2:
         return {key: None for key in FIGURE_KEYS}
     first, last = full[0].stats, full[-1].stats

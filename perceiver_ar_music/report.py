@@ -19,7 +19,9 @@ from typing import Mapping, Sequence
 from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
-from perceiver_ar_music.music_stats import FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, formatted_figures
+from perceiver_ar_music.music_stats import (
+    FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, formatted_figures, full_windows,
+)
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
 INDEX_NAME = "index.html"
@@ -133,10 +135,11 @@ def report_table(report: SampleReport) -> str:
     if report.continuation is not None:
         rows.append(("part", "continuation", _cells(report.continuation.as_dict())))
     for window in report.windows:
-        rows.append(("window", f"{window.start_s:.0f}–{window.end_s:.0f} s", _cells(window.stats.as_dict())))
-    if len(report.windows) > 1:
+        rows.append(("window", window.label("–"), _cells(window.stats.as_dict())))
+    compared = full_windows(report.windows, report.window_s)  # (not the short tail where notes ring out)
+    if len(compared) > 1:
         rows.append(("ratio", "last / first window", _ratios(report.drift)))
-        trend = [_sparkline([float(getattr(w.stats, key)) for w in report.windows]) for key in FIGURE_KEYS]
+        trend = [_sparkline([float(getattr(w.stats, key)) for w in compared]) for key in FIGURE_KEYS]
         rows.append(("trend", "over the windows", trend))
     if report.reference is not None:
         rows.append(("reference", "reference median", _cells(report.reference.median)))

@@ -36,7 +36,7 @@ from perceiver_ar_music.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.generation import (  # noqa: E402
     continue_ids, guard_defaults, load_primer, sample_notes, sampling_rules,
 )
-from perceiver_ar_music.music_stats import LONG_NOTE_S, sample_report  # noqa: E402
+from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, sample_report  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 
@@ -63,13 +63,13 @@ def window_table(report, max_note_seconds: float | None) -> list[str]:
     if report.primer is not None:
         lines.append(row("primer", report.primer))
     for w in report.windows:
-        lines.append(row(f"{w.start_s - report.boundary_s:.0f}-{w.end_s - report.boundary_s:.0f} s", w.stats))
+        lines.append(row(w.label(), w.stats))
     return lines
 
 
 def targets(report, max_note_seconds: float | None, max_polyphony: int | None) -> dict[str, bool]:
     """Issue 11's targets for one continuation (every full window)."""
-    windows = [w.stats for w in report.windows if w.end_s - w.start_s >= report.window_s / 2] or [w.stats for w in report.windows]
+    windows = [w.stats for w in full_windows(report.windows, report.window_s) or report.windows]
     primer_poly = report.primer.mean_polyphony if report.primer else None
     drift = report.drift
     result = {

@@ -216,3 +216,13 @@ def test_formatted_figures_hide_note_figures_of_a_window_without_onsets():
     assert cells["mean_polyphony"] == "1.00" and cells["silence_fraction"] == "0.0"
     full = dict(zip(FIGURE_KEYS, formatted_figures(music_stats(notes((60, 0, 5, 64), (64, 0, 1, 64))).as_dict())))
     assert full["long_note_fraction"] == "50.0" and full["pitch_range"] == "4" and full["note_length_p50_s"] == "3.00"
+
+
+def test_full_windows_leave_out_only_a_short_last_window():
+    from perceiver_ar_music.music_stats import full_windows
+
+    table = notes((60, 0, 1, 64), (62, 10, 11, 64), (64, 20, 20.5, 64), (65, 20.2, 21.2, 64))
+    windows = windowed_stats(table, 10.0)  # [0, 10) [10, 20) [20, 21.2]: the last spans 1.2 s
+    assert [w.label() for w in windows] == ["0-10 s", "10-20 s", "20-21.2 s"]
+    assert full_windows(windows, 10.0) == windows[:2]
+    assert full_windows(windows[:2], 10.0) == windows[:2] and full_windows(windows, 2.0) == windows

@@ -173,7 +173,7 @@ def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tm
     page = Page(text)
     table = text[text.index('<div class="figures">'):]
     joined = "".join(page.text)
-    for label in ("primer", "continuation", "10–20 s", "20–30 s", "30–38 s", "last / first window", "reference median",
+    for label in ("primer", "continuation", "10–20 s", "20–30 s", "30–37.5 s", "last / first window", "reference median",
                   "continuation / reference", "notes/s", "silence %", "len p99 s"):
         assert label in joined, label
     assert table.count("<svg") == 11 and "<polyline" in table  # one sparkline per figure

@@ -228,7 +228,7 @@ def _sample_table(name: str, report) -> str:
     if has_primer and report.continuation:
         rows.append(("  / primer", _ratio_cells(report.vs_primer())))
     for window in report.windows:
-        rows.append((f"  {window.start_s:.0f}-{window.end_s:.0f} s", _cells(window.stats.as_dict())))
+        rows.append((f"  {window.label()}", _cells(window.stats.as_dict())))
     if len(report.windows) > 1:
         rows.append(("  last / first", _ratio_cells(report.drift)))
     if report.reference is not None:

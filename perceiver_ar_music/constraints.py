@@ -57,7 +57,7 @@ class NoteRules:
         self.pitches = max(vocab.pitch) + 1
         pitch = torch.tensor(vocab.pitch, device=device)
         column = torch.where(pitch >= 0, pitch, self.pitches)  # non-note ids write the spare column
-        self.is_note_on = kind == NOTE_ON
+        self.note_on = kind == NOTE_ON
         self.column_of_id = column
         self.shift = torch.tensor(vocab.shift_steps, device=device)
         # per id: the most grid steps a note may already have sounded before this id is emitted
@@ -65,7 +65,6 @@ class NoteRules:
         self.note_off_of = torch.zeros(self.pitches + 1, dtype=torch.long, device=device)  # (+ the spare)
         for p, idx in vocab.note_off_id.items():
             self.note_off_of[p] = idx
-        self.note_on = self.is_note_on
         self.note_off = kind == NOTE_OFF
         self.velocity_only = kind == VELOCITY
         self.base_allowed = (kind == TIME_SHIFT) | self.note_on | self.note_off
@@ -100,17 +99,13 @@ class NoteRules:
         self.seen = sequences.shape[1]
 
     def _update(self, token: torch.Tensor) -> None:
-        self.velocity_due = self.is_note_on[token]
+        self.velocity_due = self.note_on[token]
         # a NoteOn (also of a sounding pitch: the decoder cuts the old note) starts now; a NoteOff
         # silences its pitch; any other id writes the spare column
         value = torch.where(self.velocity_due, self.clock, SILENT)
         index = self.column_of_id[token] if len(token) == 1 else self.row_start + self.column_of_id[token]
         self.onset.view(-1).scatter_(0, index, value)
         self.clock += self.shift[token]
-
-    def sounding(self) -> torch.Tensor:
-        """(b, pitches) whether each pitch sounds."""
-        return self.onset[:, : self.pitches] < SILENT
 
     def allowed(self) -> torch.Tensor:
         """The mask for the current state."""

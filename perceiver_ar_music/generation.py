@@ -3,8 +3,8 @@
 The pieces the `generate` command (and the studio) string together, each usable on its own:
 - `load_primer` / `truncate_to_seconds`: a MIDI file -> performance ids, optionally only its
   first S seconds;
-- `sampling_rules` / `guard_defaults`: the grammar and note guards applied while sampling, with
-  the limits stored with a checkpoint;
+- `sampling_rules`: the grammar and note guards applied while sampling (their default limits:
+  `note_limits.NoteLimits.from_meta` of a checkpoint);
 - `continue_ids`: the cached (or reference) sampler with progress in tokens/s and seconds of
   music (a bar in a terminal, a line every few seconds elsewhere), an optional seconds budget,
   a per-step hook and stopping on EOS;
@@ -25,7 +25,6 @@ import torch
 
 from perceiver_ar_music.atomic import atomic_path
 from perceiver_ar_music.constraints import NoteRules
-from perceiver_ar_music.note_limits import NoteLimits
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.events import END, START, note_steps_and_open
 from perceiver_ar_music.sampling import SamplingConfig, StepCallback, generate
@@ -163,24 +162,16 @@ def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> n
     return ids
 
 
-def guard_defaults(meta: dict) -> tuple[float, int]:
-    """(max note seconds, max polyphony) for a checkpoint: the limits of its training data when
-    stored with it (`note_limits` in meta.json), else `constraints`' fallbacks."""
-    limits = NoteLimits.from_meta(meta)
-    return limits.max_note_seconds, limits.max_polyphony
-
-
 def sampling_rules(
     vocab: EventVocab, device: torch.device | str, *, constrain: bool,
     max_note_seconds: float | None, max_polyphony: int | None,
 ) -> NoteRules | None:
     """The rules to sample with: the grammar when `constrain`, the guards whose limit is set
     (None or 0 switches one off); None when no rule is on."""
-    steps = round(max_note_seconds / vocab.seconds_per_step) if max_note_seconds else None
-    if not constrain and not steps and not max_polyphony:
+    steps = max(1, round(max_note_seconds / vocab.seconds_per_step)) if max_note_seconds else None
+    if not constrain and steps is None and not max_polyphony:
         return None
-    return NoteRules(vocab, device, grammar=constrain, max_polyphony=max_polyphony or None,
-                     max_note_steps=max(steps, 1) if steps else None)
+    return NoteRules(vocab, device, grammar=constrain, max_polyphony=max_polyphony or None, max_note_steps=steps)
 
 
 def continue_ids(

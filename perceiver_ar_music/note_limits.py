@@ -8,7 +8,7 @@ Pure numpy, so the CLI can show the fallbacks without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -25,13 +25,10 @@ POLYPHONY_PERCENTILE = 99.9
 
 @dataclass(frozen=True)
 class NoteLimits:
-    """Guard limits; None switches a guard off."""
+    """The guards' default limits for a checkpoint."""
 
-    max_note_seconds: float | None = FALLBACK_MAX_NOTE_SECONDS
-    max_polyphony: int | None = FALLBACK_MAX_POLYPHONY
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)
+    max_note_seconds: float = FALLBACK_MAX_NOTE_SECONDS
+    max_polyphony: int = FALLBACK_MAX_POLYPHONY
 
     @classmethod
     def from_meta(cls, meta: dict) -> "NoteLimits":

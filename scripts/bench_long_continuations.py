@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from perceiver_ar_music.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.generation import (  # noqa: E402
-    continue_ids, guard_defaults, load_primer, sample_notes, sampling_rules,
+    continue_ids, load_primer, sample_notes, sampling_rules,
 )
+from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, sample_report  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
@@ -112,7 +113,8 @@ def main() -> None:
     loaded = load_model(args.checkpoint)
     tokenizer = load_tokenizer(loaded.tokenizer_path)
     vocab = tokenizer.vocab
-    max_note_seconds, max_polyphony = guard_defaults(loaded.meta)
+    defaults = NoteLimits.from_meta(loaded.meta)
+    max_note_seconds, max_polyphony = defaults.max_note_seconds, defaults.max_polyphony
     print(f"checkpoint {loaded.path} (step {loaded.meta.get('step')}); guards: notes <= {max_note_seconds:g} s, "
           f"polyphony <= {max_polyphony} ({'from its training data' if 'note_limits' in loaded.meta else 'fallbacks'})")
     index = None

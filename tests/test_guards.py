@@ -155,6 +155,8 @@ def test_sampling_rules_switches(vocab):
     assert sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=0, max_polyphony=0) is None
     rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=3.0, max_polyphony=None)
     assert rules.max_note_steps == 300 and not rules.masks
+    # a limit below one grid step is the shortest limit, not off
+    assert sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=0.004, max_polyphony=None).max_note_steps == 1
     rules = sampling_rules(vocab, "cpu", constrain=True, max_note_seconds=None, max_polyphony=8)
     assert rules.max_note_steps is None and rules.max_polyphony == 8 and rules.masks
 

@@ -178,13 +178,13 @@ def sampling_settings(
 def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, int | None]:
     """(max note seconds, max polyphony) from the flags, defaulting to the checkpoint's limits;
     None where a guard is off."""
-    from perceiver_ar_music.generation import guard_defaults
+    from perceiver_ar_music.note_limits import NoteLimits
 
     if args.no_guards:
         return None, None
-    default_seconds, default_polyphony = guard_defaults(meta)
-    seconds = default_seconds if args.max_note_seconds is None else args.max_note_seconds
-    polyphony = default_polyphony if args.max_polyphony is None else args.max_polyphony
+    defaults = NoteLimits.from_meta(meta)
+    seconds = defaults.max_note_seconds if args.max_note_seconds is None else args.max_note_seconds
+    polyphony = defaults.max_polyphony if args.max_polyphony is None else args.max_polyphony
     return seconds or None, polyphony or None
 
 

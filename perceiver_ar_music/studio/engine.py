@@ -93,10 +93,11 @@ class Studio:
     # ----- what the page needs to know -----
     def config(self) -> dict:
         from perceiver_ar_music.commands.generate import DEFAULT_LENGTH
-        from perceiver_ar_music.generation import guard_defaults
+        from perceiver_ar_music.note_limits import NoteLimits
         from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
-        note_seconds, polyphony = guard_defaults(self.loaded.meta)
+        defaults = NoteLimits.from_meta(self.loaded.meta)
+        note_seconds, polyphony = defaults.max_note_seconds, defaults.max_polyphony
         return {
             "fields": studio_settings.fields(self.parser),
             "placeholders": {"length": DEFAULT_LENGTH, "max_note_seconds": note_seconds, "max_polyphony": polyphony},

@@ -380,9 +380,10 @@ def test_a_crash_at_any_step_leaves_valid_data(tmp_path: Path, monkeypatch, step
 FILESYSTEM_STEPS = ((tempfile, "mkstemp"), (os, "fsync"), (os, "replace"), (os, "unlink"))
 
 
-def _run_killed_at(step: int, data_dir: Path, out: Path) -> bool:
+def _run_killed_at(step: int, data_dir: Path, out: Path, **options) -> bool:
     """Run `prepare` in a forked child that SIGKILLs itself at its `step`-th filesystem operation
-    (temp file creation, fsync, rename, delete); True if it was killed before finishing."""
+    (temp file creation, fsync, rename, delete); True if it was killed before finishing.
+    `options` go to `prepare` (default: the split ratios of these tests)."""
     pid = os.fork()
     if pid == 0:  # the child: no cleanup code runs after the kill, as with a real power cut
         count = 0
@@ -400,7 +401,7 @@ def _run_killed_at(step: int, data_dir: Path, out: Path) -> bool:
         try:
             for module, name in FILESYSTEM_STEPS:
                 setattr(module, name, counted(getattr(module, name)))
-            prepare(data_dir, out, workers=1, progress=False, split_ratios=RATIOS)
+            prepare(data_dir, out, workers=1, progress=False, **(options or {"split_ratios": RATIOS}))
             code = 0
         finally:
             os._exit(code)
@@ -583,34 +584,6 @@ def test_unwritable_out_is_refused_before_tokenizing(tmp_path: Path, capsys, whe
     assert count_encodes == []
 
 
-def _killed_during_tokenizer_change(step: int, data_dir: Path, out: Path, spec: str) -> bool:
-    """Like `_run_killed_at`, with another tokenizer than the folder's."""
-    pid = os.fork()
-    if pid == 0:
-        count = 0
-
-        def counted(original):
-            def wrapper(*args, **kwargs):
-                nonlocal count
-                count += 1
-                if count == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return original(*args, **kwargs)
-            return wrapper
-
-        code = 1
-        try:
-            for module, name in FILESYSTEM_STEPS:
-                setattr(module, name, counted(getattr(module, name)))
-            prepare(data_dir, out, workers=1, progress=False, tokenizer_spec=spec)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, "prepare failed in the child"
-    return os.WIFSIGNALED(status)
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_kill_during_a_tokenizer_change_leaves_a_matching_tokenizer(tmp_path: Path) -> None:
     data_dir = plain_tree(tmp_path / "plain", count=3)
@@ -623,7 +596,7 @@ def test_a_kill_during_a_tokenizer_change_leaves_a_matching_tokenizer(tmp_path: 
     for step in range(1, 60):
         out = tmp_path / f"out{step}"
         shutil.copytree(pristine, out)
-        killed = _killed_during_tokenizer_change(step, data_dir, out, spec)
+        killed = _run_killed_at(step, data_dir, out, tokenizer_spec=spec)
         data = PreparedData.open(out)
         assert load_tokenizer(data.tokenizer_path).hash == data.tokenizer_hash, f"killed at step {step}"
         seen.add(data.tokenizer_hash)

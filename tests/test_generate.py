@@ -14,13 +14,12 @@ import soundfile
 import torch
 
 from perceiver_ar_music import render
-from perceiver_ar_music.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.generation import truncate_to_seconds
-from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.tokenizer import load_tokenizer
 from perceiver_ar_music.vocab import NOTE_ON
 from tests import midi_factory
+from tests.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,16 +31,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer) -> Path:
-    """A tiny random model that rarely ends a piece (EOS pushed down) and prefers time shifts."""
-    torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(tokenizer.vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96, num_latents=48)
-    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
-    with torch.no_grad():
-        model.to_logits.weight[tokenizer.vocab.eos_id] = 0
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    tok_json = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(tok_json)
-    return save_checkpoint(path, model, tok_json, meta={"step": 0})
+    """A tiny random model that rarely ends a piece (EOS pushed down)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,17 @@ holds its primer, plain MIDI files, data folders, and every bad input (one line,
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from perceiver_ar_music.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.events import ids_to_notes
-from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.music_stats import music_stats
 from perceiver_ar_music.prepare import prepare
 from perceiver_ar_music.prepared import PreparedData
 from perceiver_ar_music.tokenizer import load_tokenizer
 from tests import midi_factory
+from tests.tiny_checkpoint import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +33,7 @@ def world(tmp_path_factory, tokenizer):
     primer = midi_dir / "piece-3.mid"
     prepare(midi_dir, root / "prepared", workers=1, progress=False)
 
-    torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(tokenizer.vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96, num_latents=48)
-    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
-    with torch.no_grad():
-        model.to_logits.weight[tokenizer.vocab.eos_id] = 0
-    tok_json = root / "tokenizer.json"
-    tokenizer.save(tok_json)
-    checkpoint = save_checkpoint(root / "ckpt", model, tok_json, meta={"step": 0})
+    checkpoint = write_tiny_checkpoint(root / "ckpt", tokenizer)
     out = root / "generated"
     assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--primer", str(primer),
                  "--length", "200", "--num-samples", "2", "--seed", "0", "--no-audio", "--out", str(out)]) == 0

@@ -21,12 +21,9 @@ from pathlib import Path
 
 import pretty_midi
 import pytest
-import torch
 
-from perceiver_ar_music.checkpoint import save_checkpoint
 from perceiver_ar_music.commands import generate as generate_command
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, QueueFull
@@ -34,6 +31,7 @@ from perceiver_ar_music.studio.server import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
 from perceiver_ar_music.tokenizer import load_tokenizer
 from tests import midi_factory
+from tests.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"
@@ -213,15 +211,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """A tiny random model (as in test_generate), or STUDIO_CHECKPOINT for the screenshot."""
     if os.environ.get("STUDIO_CHECKPOINT"):
         return Path(os.environ["STUDIO_CHECKPOINT"])
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(tokenizer.vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96, num_latents=48)
-    torch.nn.init.normal_(model.to_logits.weight, std=0.3)
-    with torch.no_grad():
-        model.to_logits.weight[tokenizer.vocab.eos_id] = 0
-    tok_json = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(tok_json)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, tok_json, meta={"step": 0})
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), load_tokenizer())
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ The bundled default model is trained on this: no download needed, only the `musi
 Pieces are taken in a fixed order, so the corpus is reproducible; existing files are kept, so an
 interrupted run resumes. Unparseable pieces are skipped with a one-line note.
 
-    python scripts/make_music21_corpus.py --out data/music21-midi [--palestrina 300] [--workers 2]
+    python scripts/make_music21_corpus.py --out data/music21-midi [--palestrina 1318] [--workers 2]
+
+`corpus.tsv` in the output folder lists every piece written (MIDI path, music21 corpus path).
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ import signal
 import sys
 from pathlib import Path
 
-# Composers with few pieces: all of them. Bach (433, mostly chorales) is the core of the corpus.
-# (The string quartets of Beethoven, Mozart and Haydn are left out: slow to convert, not piano.)
+# Every polyphonic collection of the corpus (the folk-song collections are single melodies: left
+# out). Bach (433, mostly chorales) and Palestrina (1,318 mass movements) are its core; the string
+# quartets of Beethoven, Haydn, Mozart and Schumann and the keyboard pieces add other textures.
+# The first eleven were the whole corpus of the first bundled models: their file names, and so
+# their train/validation/test split, are unchanged.
 COMPOSERS = [
     "bach", "handel", "chopin", "joplin", "schubert", "cpebach", "weber", "verdi",
     "monteverdi", "josquin", "trecento",
+    "beethoven", "haydn", "mozart", "schumann_robert", "schumann_clara", "schoenberg", "beach",
+    "corelli", "ciconia", "luca", "lusitano", "liliuokalani", "johnson_j_r", "webern",
 ]
-TIMEOUT_S = 60  # a piece that takes longer to convert is skipped
+PALESTRINA_PIECES = 1318
+TIMEOUT_S = 180  # a piece that takes longer to convert is skipped (a string quartet takes ~30 s)
 
 
 def corpus_paths(palestrina: int) -> list[tuple[str, str]]:
@@ -35,6 +43,15 @@ def corpus_paths(palestrina: int) -> list[tuple[str, str]]:
         pairs += [(composer, str(p)) for p in sorted(corpus.getComposer(composer), key=str)]
     pairs += [("palestrina", str(p)) for p in sorted(corpus.getComposer("palestrina"), key=str)[:palestrina]]
     return pairs
+
+
+def unique_jobs(pairs: list[tuple[str, str]], out: Path) -> list[tuple[str, str, str]]:
+    """One job per target file: a piece stored twice (`.krn` and `.mxl`) is converted once."""
+    jobs: dict[str, tuple[str, str, str]] = {}
+    for composer, path in pairs:
+        target = str(out / target_name(composer, path))
+        jobs.setdefault(target, (composer, path, target))
+    return list(jobs.values())
 
 
 def target_name(composer: str, path: str) -> str:
@@ -58,6 +75,8 @@ def convert(job: tuple[str, str, str]) -> str | None:
         from music21 import converter
 
         score = converter.parse(path)
+        if hasattr(score, "mergeScores"):  # an Opus: the .abc pieces store one voice per tune
+            score = score.mergeScores()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         score.write("midi", fp=str(tmp))
@@ -76,15 +95,20 @@ def _timed_out(signum, frame) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--palestrina", type=int, default=300, help="how many Palestrina pieces (of 1318)")
+    parser.add_argument("--palestrina", type=int, default=PALESTRINA_PIECES,
+                        help="how many Palestrina pieces, in corpus order (the first bundled models: 300)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    jobs = [(c, p, str(args.out / target_name(c, p))) for c, p in corpus_paths(args.palestrina)]
+    jobs = unique_jobs(corpus_paths(args.palestrina), args.out)
     with multiprocessing.Pool(args.workers) as pool:
         errors = [e for e in pool.imap_unordered(convert, jobs, chunksize=4) if e]
     for line in errors:
         print(line, file=sys.stderr)
-    written = sum(1 for _, _, out in jobs if Path(out).exists())
+    listed = [(out, path) for _, path, out in jobs if Path(out).exists()]
+    written = len(listed)
+    root = str(args.out) + os.sep
+    manifest = "".join(f"{out.removeprefix(root)}\t{path.split('/corpus/')[-1]}\n" for out, path in listed)
+    (args.out / "corpus.tsv").write_text(manifest)
     print(f"{written} MIDI files in {args.out} ({len(errors)} skipped)")
     return 0 if written else 2
 

@@ -239,13 +239,6 @@ def load_weights(model: PerceiverAR, checkpoint: Path) -> None:
     model.load_state_dict(read_weights(model, checkpoint))
 
 
-def inference_dtype(device: str | torch.device) -> torch.dtype:
-    """The CLI's weight precision for sampling on `device`: bf16 on CUDA (bf16 weights, not
-    autocast: autocast re-casts every weight at every decode step, measured 8x slower per token on
-    an H200, 49.6 vs 6.0 ms/step for the 164M model), float32 elsewhere."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
     """Load the model of a checkpoint folder or run folder (see `find_checkpoint`) in eval mode,
     its weights on `device` in `dtype` (None: as stored, float32). The rotary tables stay float64."""

@@ -47,25 +47,6 @@ def from_environment() -> DistInfo:
         raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
 
 
-def pick_device(requested: str, info: DistInfo) -> torch.device:
-    """The device to train on: 'auto' is this process's GPU (``cuda:<local rank>``) if any, else CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"unknown device '{requested}' (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for, but no CUDA GPU is available")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps was asked for, but MPS is not available")
-    return device
-
-
 def init_process_group(info: DistInfo, device: torch.device) -> None:
     """Join the job's process group (NCCL for CUDA devices, gloo otherwise) when world size > 1."""
     if info.enabled and not dist.is_initialized():

@@ -14,7 +14,6 @@ Two scoring methods:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
@@ -23,18 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perceiver_ar_music.devices import autocast
 from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.vocab import EventVocab
 from perceiver_ar_music.windows import EvalWindows, framed_slice
 
 METHODS = ("strided", "exact")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing (fp32) elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,8 @@ from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.augment import AugmentConfig
 from perceiver_ar_music.distributed import DistInfo
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.evaluate import autocast, score_windows
+from perceiver_ar_music.devices import allow_tf32, autocast, pick_device
+from perceiver_ar_music.evaluate import score_windows
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
 from perceiver_ar_music.note_limits import note_limits
 from perceiver_ar_music.prepared import PreparedData
@@ -167,13 +168,6 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepStats(nats_sum / tc.grad_accum, targets, grad_norm)
-
-
-def configure_backends(device: torch.device) -> None:
-    """TF32 matmuls on CUDA (bf16 autocast does the rest); CPU stays full fp32."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # ----------------------------------------------------------------------------- stopping
@@ -323,9 +317,9 @@ class Trainer:
     def __init__(self, run: TrainRun, info: DistInfo, stop: StopRequest) -> None:
         self.run_spec, self.info, self.stop = run, info, stop
         self.cfg, self.tc = run.model_config, run.train_config
-        self.device = distributed.pick_device(run.device, info)
+        self.device = pick_device(run.device, info.local_rank)
         distributed.init_process_group(info, self.device)
-        configure_backends(self.device)
+        allow_tf32(self.device)
         self.data = PreparedData.open(run.data_dir)
         if self.cfg.num_tokens != len(self.data.vocab):
             raise UserError(f"the model has {self.cfg.num_tokens} token ids but the data's vocabulary has "

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.evaluate import autocast  # noqa: E402
+from perceiver_ar_music.devices import autocast  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR, lm_loss  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
 

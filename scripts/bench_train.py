@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.distributed import DistInfo, pick_device  # noqa: E402
+from perceiver_ar_music.devices import allow_tf32, pick_device  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR  # noqa: E402
 from perceiver_ar_music.presets import PRESETS, resolve  # noqa: E402
-from perceiver_ar_music.train import configure_backends, make_optimizer, optimizer_step  # noqa: E402
+from perceiver_ar_music.train import make_optimizer, optimizer_step  # noqa: E402
 
 PAD_ID = 0
 
@@ -105,8 +105,8 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device, DistInfo())
-    configure_backends(device)
+    device = pick_device(args.device)
+    allow_tf32(device)
     precision = "bf16 autocast, TF32, fused AdamW" if device.type == "cuda" else "fp32"
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {machine(device)}")

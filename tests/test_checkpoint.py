@@ -239,7 +239,7 @@ def test_the_bundled_checkpoint_loads_bit_exactly_with_its_known_outputs() -> No
 
 
 def test_precision_is_chosen_at_load_time(tmp_path: Path, tokenizer_file) -> None:
-    from perceiver_ar_music.checkpoint import inference_dtype
+    from perceiver_ar_music.devices import inference_dtype
 
     assert inference_dtype("cpu") == torch.float32 and inference_dtype(torch.device("cuda")) == torch.bfloat16
     model = random_model()

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.atomic import check_writable_file, os_error_text, write_json_atomic
     from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.distributed import DistInfo, pick_device
+    from perceiver_ar_music.devices import pick_device
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.evaluate import evaluate_pieces, format_evaluation
     from perceiver_ar_music.prepared import PreparedData
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         check_writable_file(args.json, "--json")  # before the scoring, not after it
-    device = pick_device(args.device, DistInfo())
+    device = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=device)
     prepared = ensure_prepared(args.data, args.prepared_cache, tokenizer=str(loaded.tokenizer_path))
     data = PreparedData.open(prepared, expected_tokenizer_hash=loaded.tokenizer_hash)

@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from perceiver_ar_music.atomic import check_writable_dir
-    from perceiver_ar_music.checkpoint import inference_dtype
-    from perceiver_ar_music.distributed import DistInfo, pick_device
+    from perceiver_ar_music.devices import inference_dtype, pick_device
     from perceiver_ar_music.generation import continue_ids, load_for_generation, load_primer, sampling_rules
     from perceiver_ar_music.render import check_soundfont
 
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     soundfont = check_soundfont(args.soundfont) if args.soundfont and not args.no_audio else args.soundfont
     out = args.out or Path("out") / time.strftime("generate-%Y%m%d-%H%M%S")
     check_writable_dir(out, "--out")
-    device = pick_device(args.device, DistInfo())
+    device = pick_device(args.device)
     loaded, tokenizer = load_for_generation(args.checkpoint, device, dtype=inference_dtype(device))
     vocab = tokenizer.vocab
     length, sampling, (max_note_seconds, max_polyphony) = sampling_settings(args, loaded)

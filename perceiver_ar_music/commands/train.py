@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from perceiver_ar_music import distributed
+    from perceiver_ar_music.devices import pick_device
     from perceiver_ar_music.atomic import os_error_text
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.model import PerceiverARConfig
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.train import TrainRun, train
 
     info = distributed.from_environment()
-    device = distributed.pick_device(args.device, info)
+    device = pick_device(args.device, info.local_rank)
     distributed.init_process_group(info, device)
     try:
         plan = distributed.run_on_main(info, lambda: _resume_plan(args) if args.resume is not None else _fresh_plan(args))

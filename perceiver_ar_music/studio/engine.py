@@ -75,14 +75,13 @@ class Studio:
         audio_format: str | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
-        from perceiver_ar_music.checkpoint import inference_dtype
-        from perceiver_ar_music.distributed import DistInfo, pick_device
+        from perceiver_ar_music.devices import inference_dtype, pick_device
         from perceiver_ar_music.generation import load_for_generation
         from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, check_soundfont
 
         self.soundfont = check_soundfont(soundfont) if soundfont is not None else None
         self.audio_format = audio_format or DEFAULT_AUDIO_FORMAT
-        self.device = pick_device(device, DistInfo())
+        self.device = pick_device(device)
         self.loaded, self.tokenizer = load_for_generation(checkpoint, self.device, dtype=inference_dtype(self.device))
         self.vocab = self.tokenizer.vocab
         self.parser = studio_settings.generate_parser()

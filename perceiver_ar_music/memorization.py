@@ -29,7 +29,7 @@ import numpy as np
 from perceiver_ar_music.music_stats import checked_notes
 
 if TYPE_CHECKING:
-    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.token_store import PreparedData
 
 MIN_NOTES = 12
 CHORD_S = 0.005  # below one 10 ms step of the grid: only onsets on the same step form a chord

@@ -42,8 +42,8 @@ from perceiver_ar_music.devices import allow_tf32, autocast, pick_device
 from perceiver_ar_music.evaluate import score_windows
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
 from perceiver_ar_music.note_limits import note_limits
-from perceiver_ar_music.prepared import PreparedData
 from perceiver_ar_music.presets import TrainConfig
+from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler
 
 RUN_CONFIG_NAME = "run_config.json"

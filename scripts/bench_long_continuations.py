@@ -120,7 +120,7 @@ def main() -> None:
     index = None
     if args.reference:
         from perceiver_ar_music.memorization import ReferenceIndex
-        from perceiver_ar_music.prepared import PreparedData
+        from perceiver_ar_music.token_store import PreparedData
 
         index = ReferenceIndex.from_prepared(PreparedData.open(args.reference), "train")
 

@@ -92,7 +92,7 @@ def main() -> int:
         end_to_end = time.perf_counter() - started
 
         started = time.perf_counter()
-        from perceiver_ar_music.prepare import prepare
+        from perceiver_ar_music.store_builder import prepare
         from perceiver_ar_music.tokenizer import load_tokenizer
 
         load_tokenizer()

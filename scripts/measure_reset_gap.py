@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perceiver_ar_music.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
 from perceiver_ar_music.evaluate import exact_nll  # noqa: E402
-from perceiver_ar_music.prepared import PreparedData  # noqa: E402
+from perceiver_ar_music.token_store import PreparedData  # noqa: E402
 
 
 @torch.no_grad()

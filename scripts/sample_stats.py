@@ -26,7 +26,7 @@ from perceiver_ar_music.generation import continue_ids, sample_notes  # noqa: E4
 from perceiver_ar_music.music_stats import (  # noqa: E402
     FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
 )
-from perceiver_ar_music.prepared import PreparedData  # noqa: E402
+from perceiver_ar_music.token_store import PreparedData  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 

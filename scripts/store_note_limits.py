@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perceiver_ar_music.atomic import write_json_atomic  # noqa: E402
 from perceiver_ar_music.checkpoint import META_NAME, find_checkpoint, read_json  # noqa: E402
 from perceiver_ar_music.note_limits import note_limits  # noqa: E402
-from perceiver_ar_music.prepared import PreparedData  # noqa: E402
+from perceiver_ar_music.token_store import PreparedData  # noqa: E402
 
 
 def main() -> None:

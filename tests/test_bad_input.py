@@ -15,8 +15,8 @@ import torch
 from perceiver_ar_music.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.prepare import prepare
-from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.store_builder import prepare
+from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.presets import TrainConfig
 from tests.test_download import fake_files, make_zip, serve
 from tests.test_train import MICRO, write_corpus

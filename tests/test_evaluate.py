@@ -16,7 +16,7 @@ from perceiver_ar_music.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.evaluate import evaluate_pieces, exact_nll, strided_nll
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.windows import EvalWindows
 from tests.test_train import one_thread, prepared_corpus, write_corpus  # noqa: F401 (fixture)
 

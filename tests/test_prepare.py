@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_ar_music import prepare as prepare_module
+from perceiver_ar_music import store_builder
 from perceiver_ar_music.cli import main as cli_main
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.prepare import (
+from perceiver_ar_music.store_builder import (
     find_midi_files,
     hashed_split,
     load_metadata,
     parse_split_ratios,
     prepare,
 )
-from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.tokenizer import PerformanceTokenizer, load_tokenizer
 from tests import midi_factory
 
@@ -326,8 +326,8 @@ def test_a_different_tokenizer_re_tokenizes_everything(tmp_path: Path, capsys) -
 
 
 def _crash_after(monkeypatch, name: str, calls: int = 1) -> None:
-    """Make `prepare_module.<name>` do its job `calls` times, then die as a killed process would."""
-    original = getattr(prepare_module, name)
+    """Make `store_builder.<name>` do its job `calls` times, then die as a killed process would."""
+    original = getattr(store_builder, name)
     seen = []
 
     def wrapper(*args, **kwargs):
@@ -336,7 +336,7 @@ def _crash_after(monkeypatch, name: str, calls: int = 1) -> None:
         seen.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_module, name, wrapper)
+    monkeypatch.setattr(store_builder, name, wrapper)
 
 
 RATIOS = (0.5, 0.25, 0.25)
@@ -525,7 +525,7 @@ def test_a_second_concurrent_prepare_is_refused(tmp_path: Path) -> None:
 def test_the_same_folder_is_refused_within_one_process(tmp_path: Path, monkeypatch) -> None:
     data_dir = plain_tree(tmp_path / "plain", count=2)
     out = tmp_path / "out"
-    original = prepare_module._prepare_locked
+    original = store_builder._prepare_locked
     inner: list[str] = []
 
     def nested(*args, **kwargs):
@@ -534,7 +534,7 @@ def test_the_same_folder_is_refused_within_one_process(tmp_path: Path, monkeypat
         inner.append(str(caught.value))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_module, "_prepare_locked", nested)
+    monkeypatch.setattr(store_builder, "_prepare_locked", nested)
     prepare(data_dir, out, workers=1, progress=False)
     assert len(inner) == 1
 
@@ -546,7 +546,7 @@ def test_the_lock_is_not_held_by_pool_workers(tmp_path: Path, monkeypatch) -> No
 
     out = tmp_path / "out"
     out.mkdir()
-    with prepare_module._exclusive_lock(out):
+    with store_builder._exclusive_lock(out):
         child = multiprocessing.get_context("fork").Process(target=time_sleep, args=(30,))
         child.start()
     try:

@@ -25,7 +25,7 @@ from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.prepared import PreparedData
+from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.presets import PRESETS, TrainConfig, resolve
 from perceiver_ar_music.train import (
     StopRequest,
@@ -53,7 +53,7 @@ def write_corpus(folder: Path, files: int, notes: int) -> Path:
 
 def prepared_corpus(root: Path, files: int = 10, notes: int = 120) -> Path:
     """Synthetic performances prepared into train/validation/test (each split non-empty)."""
-    from perceiver_ar_music.prepare import prepare
+    from perceiver_ar_music.store_builder import prepare
 
     midi = write_corpus(root / "midi", files, notes)
     prepare(midi, root / "prepared", workers=1, split_ratios=(0.6, 0.2, 0.2), progress=False)

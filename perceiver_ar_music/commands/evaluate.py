@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.devices import pick_device
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.evaluate import evaluate_pieces, format_evaluation
-    from perceiver_ar_music.prepared import PreparedData
-    from perceiver_ar_music.prepare import ensure_prepared
+    from perceiver_ar_music.store_builder import ensure_prepared
+    from perceiver_ar_music.token_store import PreparedData
 
     if args.json:
         check_writable_file(args.json, "--json")  # before the scoring, not after it

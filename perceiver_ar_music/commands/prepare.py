@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.prepare import format_summary, parse_split_ratios, prepare
+    from perceiver_ar_music.store_builder import format_summary, parse_split_ratios, prepare
 
     result = prepare(
         args.data,

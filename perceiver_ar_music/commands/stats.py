@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if path.is_dir() and not (path / "manifest.json").exists() and not list(path.glob(GENERATED_GLOB)):
             collections[str(path)] = reference_figures(_collection_stats(path, tokenizer), source=str(path))
         elif path.is_dir() and (path / "manifest.json").exists():
-            from perceiver_ar_music.prepared import PreparedData
+            from perceiver_ar_music.token_store import PreparedData
 
             data = PreparedData.open(path)
             collections[str(path)] = reference_figures(_prepared_stats(data, data.splits), source=str(path))
@@ -141,7 +141,7 @@ def _collection_stats(folder: Path, tokenizer):
     from perceiver_ar_music.events import ids_to_notes
     from perceiver_ar_music.midi_load import MidiReadError
     from perceiver_ar_music.music_stats import music_stats
-    from perceiver_ar_music.prepare import find_midi_files
+    from perceiver_ar_music.store_builder import find_midi_files
 
     files = find_midi_files(folder)
     if not files:
@@ -171,7 +171,7 @@ def _prepared_reference(folder: Path, split: str):
     from perceiver_ar_music.events import ids_to_notes
     from perceiver_ar_music.memorization import ReferenceIndex
     from perceiver_ar_music.music_stats import music_stats, reference_figures
-    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.token_store import PreparedData
 
     data = PreparedData.open(folder)
     stats = []

@@ -94,9 +94,9 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     from perceiver_ar_music.atomic import check_writable_dir, write_json_atomic
     from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.token_store import PreparedData
     from perceiver_ar_music.presets import resolve
-    from perceiver_ar_music.prepare import ensure_prepared
+    from perceiver_ar_music.store_builder import ensure_prepared
     from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME
 
     if not args.data:
@@ -164,9 +164,9 @@ def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
     from perceiver_ar_music.atomic import write_json_atomic
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.model import PerceiverARConfig
-    from perceiver_ar_music.prepared import PreparedData
+    from perceiver_ar_music.token_store import PreparedData
     from perceiver_ar_music.presets import TrainConfig, override
-    from perceiver_ar_music.prepare import ensure_prepared
+    from perceiver_ar_music.store_builder import ensure_prepared
     from perceiver_ar_music.train import RUN_CONFIG_NAME
 
     run_dir = _find_run_dir(args)

@@ -1,4 +1,5 @@
-"""Dataset preparation: a folder of MIDI performances -> uint16 token files plus a manifest.
+"""Build a prepared folder (the token store `token_store` reads): a folder of MIDI performances ->
+uint16 token files plus a manifest.
 
 The pipeline finds ``.mid``/``.midi`` files, assigns each a split (from MAESTRO metadata when
 present, else from a hash of its relative path), tokenizes new or changed files in worker
@@ -41,7 +42,7 @@ import numpy as np
 
 from perceiver_ar_music.atomic import atomic_path, check_writable_dir, os_error_text, write_json_atomic
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.prepared import (
+from perceiver_ar_music.token_store import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,

@@ -1,4 +1,5 @@
-"""Read a folder written by ``perceiver-music prepare``: token arrays per split plus their manifest.
+"""The token store: read a prepared folder (written by `store_builder`): token arrays per split
+plus their manifest.
 
 Layout of a prepared folder::
 

@@ -28,7 +28,7 @@ SILENT = torch.iinfo(torch.long).max // 4  # the onset of a silent pitch (above 
 
 
 class NoteRules:
-    """Stateful rules for `sampling.generate`: `allowed_tokens=rules, amend_tokens=rules.amend`
+    """Stateful rules for `sampling.sample_ids`: `allowed_tokens=rules, amend_tokens=rules.amend`
     (`allowed_tokens` may be left out when `masks` is False).
 
     One instance per generation run. Calling it with the sequences so far (b, L) (which extend the

@@ -365,7 +365,7 @@ def sample_report(
     memorization: Mapping[str, object] | None = None,
 ) -> SampleReport:
     """The report of one sample: `notes` in onset order, the first `primer_notes` of them the
-    primer's, the continuation starting at `boundary_s` (``generation.sample_notes`` gives all
+    primer's, the continuation starting at `boundary_s` (``continuation.sample_notes`` gives all
     three). Windows of `window_s` seconds start at the boundary."""
     notes = checked_notes(notes)
     if not 0 <= primer_notes <= len(notes):

@@ -1,6 +1,6 @@
-"""Sampling: logit filters (temperature, top-k, top-p, min-p, repetition penalty) and `generate`.
+"""Sampling: logit filters (temperature, top-k, top-p, min-p, repetition penalty) and `sample_ids`.
 
-`generate` continues a batch of equal-length prompts with the cached decoder (or the reference
+`sample_ids` continues a batch of equal-length prompts with the cached decoder (or the reference
 path), any number of tokens past the model's context, reproducibly for a given seed.
 """
 
@@ -14,7 +14,7 @@ import torch
 from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model import PerceiverAR
 
-# Called after every step with (step index, new tokens (b,)); returning True stops generation.
+# Called after every step with (step index, new tokens (b,)); returning True stops sampling.
 StepCallback = Callable[[int, torch.Tensor], "bool | None"]
 # Returns a (b, V) bool mask of tokens allowed next, given the sequences so far (b, L).
 AllowedTokens = Callable[[torch.Tensor], torch.Tensor]
@@ -97,7 +97,7 @@ def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gener
 
 
 @torch.no_grad()
-def generate(
+def sample_ids(
     model: PerceiverAR,
     prompt: torch.Tensor,
     num_tokens: int,
@@ -118,7 +118,7 @@ def generate(
 
     use_cache=False runs the slow reference path (a full forward per token); `decode_mode` picks
     the cached decoder's mode and `compile_decoder` compiles its step (see `CachedDecoder`).
-    With `eos_id`, a sequence that emitted EOS keeps emitting EOS, and generation stops once all
+    With `eos_id`, a sequence that emitted EOS keeps emitting EOS, and sampling stops once all
     have: that is checked every `EOS_CHECK_EVERY` steps (a check waits for the device) and the
     output is cut where the last sequence ended. `allowed_tokens` masks impossible tokens before
     each draw and `amend_tokens` may replace the drawn token before it is emitted (see

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
 
 
 def main() -> None:
@@ -35,14 +35,14 @@ def main() -> None:
     sampling = SamplingConfig(top_p=0.95)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     start = time.perf_counter()
-    generate(model, prompt, 32, sampling, seed=0, compile_decoder=True)
+    sample_ids(model, prompt, 32, sampling, seed=0, compile_decoder=True)
     print(f"first compiled call (32 tokens, compilation included): {time.perf_counter() - start:.1f} s")
     for mode, compiled in (("dynamic", False), ("static", False), ("static", True)):
         for batch in (1, 4):
             p = prompt.expand(batch, -1).contiguous()
-            generate(model, p, 32, sampling, seed=0, decode_mode=mode, compile_decoder=compiled)  # warm-up
+            sample_ids(model, p, 32, sampling, seed=0, decode_mode=mode, compile_decoder=compiled)  # warm-up
             start = time.perf_counter()
-            generate(model, p, args.tokens, sampling, seed=0, decode_mode=mode, compile_decoder=compiled)
+            sample_ids(model, p, args.tokens, sampling, seed=0, decode_mode=mode, compile_decoder=compiled)
             rate = args.tokens * batch / (time.perf_counter() - start)
             print(f"{mode}{' + compile' if compiled else ''}, batch {batch}: {rate:.0f} tok/s")
 

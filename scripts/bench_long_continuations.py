@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.generation import (  # noqa: E402
+from perceiver_ar_music.continuation import (  # noqa: E402
     continue_ids, load_primer, sample_notes, sampling_rules,
 )
 from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402

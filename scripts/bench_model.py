@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.devices import autocast  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR, lm_loss  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -134,7 +134,7 @@ def main() -> None:
     gen_model.eval()
 
     def ours_generate() -> None:
-        generate(gen_model, prompt, args.gen_tokens, sampling, seed=0)
+        sample_ids(gen_model, prompt, args.gen_tokens, sampling, seed=0)
 
     gen_s = statistics.median(time_calls(ours_generate, 1, device))
     results["ours_gen_tokens_per_s"] = args.gen_tokens * args.gen_batch / gen_s

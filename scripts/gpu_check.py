@@ -42,7 +42,7 @@ from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
 from perceiver_ar_music.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
 from perceiver_ar_music.model import Kernels, PerceiverAR, PerceiverARConfig, attention, lm_loss, lower_right_causal  # noqa: E402
 from perceiver_ar_music.presets import resolve  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, generate  # noqa: E402
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
 
 VOCAB = 391
 ROWS: list[tuple[str, str]] = []
@@ -236,9 +236,9 @@ def check_cached_decoding(c: Check) -> None:
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 here
     try:
-        reference = generate(model, prompt, 240, greedy, use_cache=False)
+        reference = sample_ids(model, prompt, 240, greedy, use_cache=False)
         for mode in ("dynamic", c.decode_mode):
-            tokens = generate(model, prompt, 240, greedy, decode_mode=mode)
+            tokens = sample_ids(model, prompt, 240, greedy, decode_mode=mode)
             same = torch.equal(tokens, reference)
             detail = ""
             if not same:  # where the paths part, and how close the top two logits were there
@@ -311,8 +311,8 @@ def bench_generation(c: Check) -> None:
             continue
         model.set_kernels(Kernels(row_linear_as_reduction=linear, flash_when_compiled=c.kernels.flash_when_compiled))
         p = prompt.expand(batch, -1).contiguous()
-        warm = c.timed(lambda: generate(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
-        seconds = c.timed(lambda: generate(model, p, count, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
+        warm = c.timed(lambda: sample_ids(model, p, 64, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
+        seconds = c.timed(lambda: sample_ids(model, p, count, sampling, seed=0, decode_mode=mode, compile_decoder=compiled))
         rates[(spec, batch)] = rate = count * batch / seconds
         row(f"ours generate, {name}, batch {batch}", f"{rate:.0f} tok/s ({count} new tokens, {seconds:.2f} s; {label}; warm-up {warm:.1f} s)",
             tok_s=rate, seconds=seconds, tokens=count, batch=batch, warmup_s=warm)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perceiver_ar_music.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.constraints import PerformanceGrammar  # noqa: E402
 from perceiver_ar_music.events import ids_to_notes  # noqa: E402
-from perceiver_ar_music.generation import continue_ids, sample_notes  # noqa: E402
+from perceiver_ar_music.continuation import continue_ids, sample_notes  # noqa: E402
 from perceiver_ar_music.music_stats import (  # noqa: E402
     FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
 )

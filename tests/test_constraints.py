@@ -6,7 +6,7 @@ import torch
 
 from perceiver_ar_music.constraints import PerformanceGrammar
 from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import generate
+from perceiver_ar_music.sampling import sample_ids
 from perceiver_ar_music.tokenizer import load_tokenizer
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, VELOCITY
 
@@ -42,10 +42,10 @@ def test_constrained_sampling_never_breaks_the_grammar():
     vocab = load_tokenizer().vocab
     model = random_model(len(vocab))
     prompt = torch.tensor([[vocab.bos_id, vocab.note_on_id[60], vocab.velocity.index(63)]] * 3)
-    free = generate(model, prompt, 300, seed=0)
+    free = sample_ids(model, prompt, 300, seed=0)
     assert any(violations(row[1:].tolist(), vocab) for row in free)  # the check can fail
     grammar = PerformanceGrammar(vocab)
-    out = generate(model, prompt, 300, seed=0, allowed_tokens=grammar, eos_id=vocab.eos_id)
+    out = sample_ids(model, prompt, 300, seed=0, allowed_tokens=grammar, eos_id=vocab.eos_id)
     for row in out:
         ids = row[1:].tolist()
         if vocab.eos_id in ids:

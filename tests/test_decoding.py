@@ -9,7 +9,7 @@ import torch
 
 from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import SamplingConfig, generate
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids
 
 M, N = 24, 8  # context and latents of the test model
 MODE = "dynamic"  # the decoding mode under test (set by the fixture below)
@@ -130,8 +130,8 @@ def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
     model = model_in(torch.float32)
     prompt = torch.randint(0, 50, (2, 2))
     greedy = SamplingConfig(temperature=0)
-    cached = generate(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
-    reference = generate(model, prompt, N - 2, greedy, use_cache=False)
+    cached = sample_ids(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
+    reference = sample_ids(model, prompt, N - 2, greedy, use_cache=False)
     assert cached.shape == (2, N)
     assert torch.equal(cached, reference)
 

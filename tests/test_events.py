@@ -253,7 +253,7 @@ def test_seconds_follow_the_vocabulary_grid():
 
 
 def test_note_steps_and_open_marks_the_notes_still_sounding_at_the_end():
-    """generation.sample_notes ends these cleanly when sampling stops mid-note."""
+    """continuation.sample_notes ends these cleanly when sampling stops mid-note."""
     from perceiver_ar_music.events import note_steps_and_open
 
     ids = [ON[60], VEL[79], ON[64], SHIFT[10], OFF[60], ON[67], SHIFT[5], ON[67], SHIFT[2]]

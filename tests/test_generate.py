@@ -15,7 +15,7 @@ import torch
 
 from perceiver_ar_music import render
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.generation import truncate_to_seconds
+from perceiver_ar_music.continuation import truncate_to_seconds
 from perceiver_ar_music.tokenizer import load_tokenizer
 from perceiver_ar_music.vocab import NOTE_ON
 from tests import midi_factory
@@ -206,7 +206,7 @@ def test_bundled_primer_and_model_generate_out_of_the_box(tmp_path):
 
 
 def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the_budget(tokenizer):
-    from perceiver_ar_music.generation import MusicProgress, through_seconds
+    from perceiver_ar_music.continuation import MusicProgress, through_seconds
 
     vocab = tokenizer.vocab
     tenth = vocab.shift_id[10]  # a 0.1 s time shift
@@ -222,13 +222,13 @@ def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the
 
 def test_progress_off_a_terminal_is_a_line_every_few_seconds(tokenizer, capsys, monkeypatch):
     """In a log or a pipe: no bar redraws, one line per LOG_EVERY_S and a last one at the end."""
-    from perceiver_ar_music import generation
+    from perceiver_ar_music import continuation
 
     tenth = torch.tensor([tokenizer.vocab.shift_id[10]])
 
     def lines_written(every_s: float) -> list[str]:
-        monkeypatch.setattr(generation, "LOG_EVERY_S", every_s)
-        progress = generation.MusicProgress(400, tokenizer.vocab, batch=1, seconds_budget=None, check_every=16)
+        monkeypatch.setattr(continuation, "LOG_EVERY_S", every_s)
+        progress = continuation.MusicProgress(400, tokenizer.vocab, batch=1, seconds_budget=None, check_every=16)
         for step in range(400):
             progress(step, tenth)
         progress.close()

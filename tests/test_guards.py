@@ -8,11 +8,11 @@ import torch
 
 from perceiver_ar_music.constraints import NoteRules
 from perceiver_ar_music.events import END, START, ids_to_note_steps
-from perceiver_ar_music.generation import release_open_notes, sample_notes, sampling_rules
+from perceiver_ar_music.continuation import release_open_notes, sample_notes, sampling_rules
 from perceiver_ar_music.model import PerceiverAR
 from perceiver_ar_music.music_stats import polyphony
 from perceiver_ar_music.note_limits import NoteLimits, note_limits
-from perceiver_ar_music.sampling import SamplingConfig, generate
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids
 from perceiver_ar_music.tokenizer import load_tokenizer
 from perceiver_ar_music.vocab import NOTE_ON, TIME_SHIFT, VELOCITY
 
@@ -120,11 +120,11 @@ def longest_and_densest(ids, vocab) -> tuple[int, int]:
 def test_guards_hold_while_sampling_and_the_check_can_fail(vocab):
     model = biased_model(vocab, hold=True)
     prompt = torch.tensor([[vocab.bos_id]] * 2)
-    free = generate(model, prompt, 400, seed=0)
+    free = sample_ids(model, prompt, 400, seed=0)
     assert longest_and_densest(free[0], vocab)[0] > 300 and longest_and_densest(free[0], vocab)[1] > 6
     for grammar in (True, False):
         rules = NoteRules(vocab, grammar=grammar, max_polyphony=6, max_note_steps=300)
-        out = generate(model, prompt, 400, seed=0, allowed_tokens=rules, amend_tokens=rules.amend)
+        out = sample_ids(model, prompt, 400, seed=0, allowed_tokens=rules, amend_tokens=rules.amend)
         kinds = torch.tensor(vocab.kind)
         for row, free_row in zip(out, free):
             longest, densest = longest_and_densest(row[:-1], vocab)  # (the last token's state is not checked)
@@ -142,8 +142,8 @@ def test_greedy_cached_equals_reference_with_guards(vocab, constrain):
     outs = []
     for use_cache in (True, False):
         rules = NoteRules(vocab, grammar=constrain, max_polyphony=3, max_note_steps=60)
-        outs.append(generate(model, prompt, 50, SamplingConfig(temperature=0), use_cache=use_cache,
-                             allowed_tokens=rules if rules.masks else None, amend_tokens=rules.amend))
+        outs.append(sample_ids(model, prompt, 50, SamplingConfig(temperature=0), use_cache=use_cache,
+                               allowed_tokens=rules if rules.masks else None, amend_tokens=rules.amend))
     assert outs[0].shape[1] == prompt.shape[1] + 50
     assert torch.equal(outs[0], outs[1])
     new = outs[0][0, prompt.shape[1]:]

@@ -1,4 +1,4 @@
-"""Logit filters and the generate loop: reproducibility, stopping, masks, long continuations."""
+"""Logit filters and the sampling loop (`sample_ids`): reproducibility, stopping, masks, long continuations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import SamplingConfig, apply_repetition_penalty, filter_logits, generate
+from perceiver_ar_music.sampling import SamplingConfig, apply_repetition_penalty, filter_logits, sample_ids
 
 
 def tiny_model() -> PerceiverAR:
@@ -51,16 +51,16 @@ def test_same_seed_same_music_other_seed_other_music():
     model = tiny_model()
     prompt = torch.ones(3, 2, dtype=torch.long)
     cfg = SamplingConfig(temperature=1.0, top_p=0.95)
-    a = generate(model, prompt, 20, cfg, seed=7)
-    b = generate(model, prompt, 20, cfg, seed=7)
-    c = generate(model, prompt, 20, cfg, seed=8)
+    a = sample_ids(model, prompt, 20, cfg, seed=7)
+    b = sample_ids(model, prompt, 20, cfg, seed=7)
+    c = sample_ids(model, prompt, 20, cfg, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a[0], a[1])  # batch rows are independent samples
 
 
 def test_continues_far_past_the_context_with_resets():
     model = tiny_model()
-    out = generate(model, torch.ones(2, 3, dtype=torch.long), 100, SamplingConfig(top_k=5), seed=0)
+    out = sample_ids(model, torch.ones(2, 3, dtype=torch.long), 100, SamplingConfig(top_k=5), seed=0)
     assert out.shape == (2, 103)
     assert ((out >= 0) & (out < 30)).all()
 
@@ -73,7 +73,7 @@ def test_eos_stops_when_every_sequence_has_ended():
         model.norm_out.bias.zero_()
         model.norm_out.bias[0] = 1.0
         model.to_logits.weight[2, 0] = 50.0
-    out = generate(model, torch.ones(2, 1, dtype=torch.long), 50, eos_id=2, seed=0)
+    out = sample_ids(model, torch.ones(2, 1, dtype=torch.long), 50, eos_id=2, seed=0)
     assert out.shape == (2, 2) and (out[:, 1] == 2).all()
 
 
@@ -87,7 +87,7 @@ def test_allowed_tokens_mask_is_respected_and_callback_sees_every_step():
         seen.append(new.clone())
         return step == 9  # stop after 10 tokens
 
-    out = generate(
+    out = sample_ids(
         model, torch.ones(1, 2, dtype=torch.long), 50, seed=1,
         allowed_tokens=lambda seqs: allowed.expand(seqs.shape[0], -1), callback=callback,
     )
@@ -97,7 +97,7 @@ def test_allowed_tokens_mask_is_respected_and_callback_sees_every_step():
 
 def test_generate_restores_training_mode():
     model = tiny_model().train()
-    generate(model, torch.ones(1, 1, dtype=torch.long), 3)
+    sample_ids(model, torch.ones(1, 1, dtype=torch.long), 3)
     assert model.training
 
 
@@ -113,7 +113,7 @@ def test_eos_output_ends_exactly_where_the_last_sequence_ended(ends):
             mask[r, 2 if generated >= end else 5] = True
         return mask
 
-    out = generate(model, torch.ones(2, 1, dtype=torch.long), 60, eos_id=2, seed=0, allowed_tokens=allowed)
+    out = sample_ids(model, torch.ones(2, 1, dtype=torch.long), 60, eos_id=2, seed=0, allowed_tokens=allowed)
     assert out.shape[1] == 1 + max(ends) + 1
     for r, end in enumerate(ends):
         assert (out[r, 1 : 1 + end] == 5).all() and out[r, 1 + end] == 2

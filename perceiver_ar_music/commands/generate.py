@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from perceiver_ar_music.atomic import check_writable_dir
     from perceiver_ar_music.devices import inference_dtype, pick_device
-    from perceiver_ar_music.generation import continue_ids, load_for_generation, load_primer, sampling_rules
+    from perceiver_ar_music.continuation import continue_ids, load_for_generation, load_primer, sampling_rules
     from perceiver_ar_music.render import check_soundfont
 
     # 1. Check everything the user gave before writing anything.
@@ -129,7 +129,7 @@ def write_outputs(
 ) -> int:
     """Per sample a MIDI file, a piano roll, audio (when `audio_format`), its statistics; then
     `stats.json` and `index.html`. Returns the number of samples."""
-    from perceiver_ar_music.generation import write_sample_files
+    from perceiver_ar_music.continuation import write_sample_files
     from perceiver_ar_music.music_stats import write_stats_json
     from perceiver_ar_music.report import SampleEntry, write_index
 

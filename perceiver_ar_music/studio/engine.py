@@ -1,8 +1,8 @@
 """The studio's work: one loaded model, primers, sampling with live progress, and writing takes.
 
 A request is checked completely when it arrives (settings by `generate`'s parser, the primer by
-`generation.load_primer`), so the page shows a mistake at once; the queue then samples it with
-`generation.continue_ids` and writes each sample as a take (MIDI, piano roll, audio, details).
+`continuation.load_primer`), so the page shows a mistake at once; the queue then samples it with
+`continuation.continue_ids` and writes each sample as a take (MIDI, piano roll, audio, details).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Studio:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         from perceiver_ar_music.devices import inference_dtype, pick_device
-        from perceiver_ar_music.generation import load_for_generation
+        from perceiver_ar_music.continuation import load_for_generation
         from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, check_soundfont
 
         self.soundfont = check_soundfont(soundfont) if soundfont is not None else None
@@ -112,7 +112,7 @@ class Studio:
     # ----- primers -----
     def primer_ids(self, ref: str | None, seconds: float | None) -> np.ndarray:
         """The primer's ids (no BOS), or of its first `seconds`; a UserError as `generate` words it."""
-        from perceiver_ar_music.generation import load_primer
+        from perceiver_ar_music.continuation import load_primer
         from perceiver_ar_music.vocab import NOTE_ON
 
         if not ref:
@@ -138,7 +138,7 @@ class Studio:
                 "seconds": round(float(self.vocab.seconds(ids.tolist())), 2)}
 
     def primer_notes(self, ids: np.ndarray) -> np.ndarray:
-        from perceiver_ar_music.generation import sample_notes
+        from perceiver_ar_music.continuation import sample_notes
 
         prompt = np.concatenate(([self.vocab.bos_id], ids)).astype(np.int64)
         return sample_notes(prompt, len(prompt), self.vocab)[0]
@@ -153,7 +153,7 @@ class Studio:
         label = Path(filename or "upload.mid").name[:80]
 
         def check(path: Path) -> None:
-            from perceiver_ar_music.generation import load_primer
+            from perceiver_ar_music.continuation import load_primer
             from perceiver_ar_music.vocab import NOTE_ON
 
             try:
@@ -188,7 +188,7 @@ class Studio:
         return self.queue.submit(Request(args, primer or None, prompt, length, sampling, guards))
 
     def _run(self, job: Job) -> list[str]:
-        from perceiver_ar_music.generation import continue_ids, sampling_rules
+        from perceiver_ar_music.continuation import continue_ids, sampling_rules
 
         request: Request = job.request
         args = request.args
@@ -213,7 +213,7 @@ class Studio:
 
     def _write_take(self, name: str, sequence: np.ndarray, prompt_len: int, request: Request, index: int,
                     stopped_by: str, tokens_per_second: float) -> dict:
-        from perceiver_ar_music.generation import write_sample_files
+        from perceiver_ar_music.continuation import write_sample_files
 
         files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab,
                                    max_note_seconds=request.guards[0], soundfont=self.soundfont,
@@ -247,7 +247,7 @@ class Studio:
 
     def job_status(self, job: Job) -> dict:
         """What the page shows while a job waits, runs, and when it has finished."""
-        from perceiver_ar_music.generation import music_clock
+        from perceiver_ar_music.continuation import music_clock
 
         status = {"job": job.id, "state": job.state, "position": self.queue.position(job), "error": job.error,
                   "takes": job.result or [], "tokens": 0, "tokens_per_second": 0.0, "music_seconds": 0.0,
@@ -264,7 +264,7 @@ class Studio:
 
     def live_roll(self, job: Job, sample: int) -> bytes:
         """The piano roll of one sample of a job so far (primer and continuation in their colours)."""
-        from perceiver_ar_music.generation import sample_notes
+        from perceiver_ar_music.continuation import sample_notes
         from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
 
         request: Request = job.request

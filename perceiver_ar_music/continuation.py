@@ -27,7 +27,7 @@ from perceiver_ar_music.atomic import atomic_path
 from perceiver_ar_music.constraints import NoteRules
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.events import END, START, note_steps_and_open
-from perceiver_ar_music.sampling import SamplingConfig, StepCallback, generate
+from perceiver_ar_music.sampling import SamplingConfig, StepCallback, sample_ids
 from perceiver_ar_music.vocab import NOTE_ON, EventVocab
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def continue_ids(
             return bool(on_step(step, new)) or stop_for_budget
     start = time.perf_counter()
     try:
-        out = generate(
+        out = sample_ids(
             model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
             eos_id=vocab.eos_id, allowed_tokens=rules if rules is not None and rules.masks else None,
             amend_tokens=rules.amend if rules is not None else None, callback=callback,

@@ -1,13 +1,14 @@
 """Model and optimizer presets as data, and the resolved run configuration saved with a run.
 
 A preset is a model shape (`PerceiverARConfig` fields) plus training defaults (`TrainConfig`).
-Every field can be overridden; the resolved pair is written to ``run_config.json`` in the run
-folder and read back by ``--resume``. Importing this module does not import torch.
+Every field can be overridden; the resolved pair, with the run's name and data, is one `RunConfig`:
+written to ``run_config.json`` in the run folder, read back by ``--resume`` and handed to the
+trainer as it is. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -87,21 +88,21 @@ PRESETS: dict[str, Preset] = {
     "maestro": Preset(
         "paper-like MAESTRO model (context 4096, 2048 latents, 12 layers, width 1024, 16 heads x 64)",
         dict(dim=1024, depth=12, heads=16, dim_head=64, max_seq_len=4096, num_latents=2048,
-                          cross_attn_dropout=0.5, dropout=0.1),
+             cross_attn_dropout=0.5, dropout=0.1),
         TrainConfig(batch_size=8, grad_accum=2, lr=2e-4, warmup_steps=2000, max_steps=100_000,
                     eval_every=1000, eval_windows=256, save_every=1000),
     ),
     "small": Preset(
         "one consumer GPU (context 2048, 1024 latents, width 512, 8 layers, 8 heads; 28.5M parameters)",
         dict(dim=512, depth=8, heads=8, dim_head=64, max_seq_len=2048, num_latents=1024,
-                          cross_attn_dropout=0.5, dropout=0.1),
+             cross_attn_dropout=0.5, dropout=0.1),
         TrainConfig(batch_size=16, lr=3e-4, warmup_steps=1000, max_steps=50_000,
                     eval_every=1000, eval_windows=512, save_every=1000),
     ),
     "tiny": Preset(
         "CPU tests and demos (context 256, 128 latents, width 128, 3 layers)",
         dict(dim=128, depth=3, heads=4, dim_head=32, max_seq_len=256, num_latents=128,
-                          cross_attn_dropout=0.25, dropout=0.0),
+             cross_attn_dropout=0.25, dropout=0.0),
         TrainConfig(batch_size=8, lr=1e-3, warmup_steps=20, max_steps=300, weight_decay=0.01,
                     eval_every=50, eval_windows=64, save_every=50, log_every=5),
     ),
@@ -115,13 +116,33 @@ def resolve(preset: str, model_overrides: dict[str, Any], train_overrides: dict[
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})")
     base = PRESETS[preset]
-    return override(PerceiverARConfig.from_dict(base.model), base.train, model_overrides, train_overrides)
+    model = PerceiverARConfig.from_dict({**base.model, **_set(model_overrides)})
+    return model, replace(base.train, **_set(train_overrides))
 
 
-def override(
-    model: "PerceiverARConfig", train: TrainConfig, model_overrides: dict[str, Any], train_overrides: dict[str, Any]
-) -> tuple["PerceiverARConfig", TrainConfig]:
-    """`model` and `train` with the non-None overrides applied; ValueError if the result is invalid."""
-    model_changes = {k: v for k, v in model_overrides.items() if v is not None}
-    train_changes = {k: v for k, v in train_overrides.items() if v is not None}
-    return replace(model, **model_changes), replace(train, **train_changes)
+def _set(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run, resolved: ``run_config.json`` as data, given to the trainer as it is."""
+
+    run_name: str
+    model: "PerceiverARConfig"
+    train: TrainConfig
+    preset: str | None = None
+    data: dict[str, str] = field(default_factory=dict)  # source, prepared (the folder), tokenizer_hash
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_name": self.run_name, "preset": self.preset, "model": self.model.to_dict(),
+                "train": self.train.to_dict(), "data": dict(self.data), "created": self.created}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Read back `to_dict`'s output; KeyError, TypeError or ValueError if it is not one."""
+        from perceiver_ar_music.model import PerceiverARConfig
+
+        return cls(data["run_name"], PerceiverARConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"]),
+                   data.get("preset"), dict(data["data"]), data.get("created", ""))

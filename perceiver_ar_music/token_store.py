@@ -133,6 +133,10 @@ class PreparedData:
             present = ", ".join(self.splits) or "none"
             raise UserError(f"{self.root} has no split '{split}' (splits present: {present})")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (handed to other processes) without its memory maps: they are mapped again on use."""
+        return {**self.__dict__, "_maps": {}}
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.manifest['splits'][s]['num_files']}" for s in self.splits)
         return f"PreparedData({str(self.root)!r}, tokenizer={short_hash(self.tokenizer_hash)}, {sizes})"

@@ -36,13 +36,13 @@ from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music import distributed
 from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.augment import AugmentConfig
+from perceiver_ar_music.devices import allow_tf32, autocast
 from perceiver_ar_music.distributed import DistInfo
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.devices import allow_tf32, autocast, pick_device
 from perceiver_ar_music.evaluate import score_windows
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
 from perceiver_ar_music.note_limits import note_limits
-from perceiver_ar_music.presets import TrainConfig
+from perceiver_ar_music.presets import RunConfig, TrainConfig
 from perceiver_ar_music.token_store import PreparedData
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler
 
@@ -284,15 +284,13 @@ def read_trainer_state(checkpoint: Path) -> tuple[Progress, int, list[dict[str, 
 
 @dataclass
 class TrainRun:
-    """Everything one training run needs (the command line resolves it)."""
+    """Everything one training run needs, resolved once by the command line: its config, its
+    data (opened), its device (picked). With DDP the caller has joined the process group."""
 
     run_dir: Path
-    run_name: str
-    model_config: PerceiverARConfig
-    train_config: TrainConfig
-    data_dir: Path  # a prepared folder
-    run_config: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints as is
-    device: str = "auto"
+    config: RunConfig  # saved in checkpoints as is
+    data: PreparedData
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compile: bool = False
     workers: int = 0
     resume_from: Path | None = None  # a resumable checkpoint folder
@@ -316,16 +314,17 @@ class Trainer:
 
     def __init__(self, run: TrainRun, info: DistInfo, stop: StopRequest) -> None:
         self.run_spec, self.info, self.stop = run, info, stop
-        self.cfg, self.tc = run.model_config, run.train_config
-        self.device = pick_device(run.device, info.local_rank)
-        distributed.init_process_group(info, self.device)
+        if info.enabled and not torch.distributed.is_initialized():
+            raise RuntimeError("join the process group first (distributed.init_process_group)")
+        self.cfg, self.tc = run.config.model, run.config.train
+        self.device = run.device
         allow_tf32(self.device)
-        self.data = PreparedData.open(run.data_dir)
+        self.data = run.data
         if self.cfg.num_tokens != len(self.data.vocab):
             raise UserError(f"the model has {self.cfg.num_tokens} token ids but the data's vocabulary has "
                             f"{len(self.data.vocab)}")
         if "train" not in self.data.manifest["splits"]:
-            raise UserError(f"{run.data_dir} has no training pieces")
+            raise UserError(f"{self.data.root} has no training pieces")
         self.tokenizer_path = self.data.tokenizer_path
         self.pad_id = self.data.vocab.pad_id
         # the sampler's note guards take their limits from the training data (rank 0 writes them)
@@ -452,7 +451,7 @@ class Trainer:
     def _meta(self, val_nats: float | None) -> dict[str, Any]:
         """meta.json fields; `val_nats` is the validation loss at this step (None if not validated)."""
         return {
-            "run_name": self.run_spec.run_name,
+            "run_name": self.run_spec.config.run_name,
             "step": self.progress.step,
             "val_nats": val_nats,
             "val_bits": None if val_nats is None else val_nats / math.log(2),
@@ -496,7 +495,7 @@ class Trainer:
             "progress": vars(self.progress),
             "world_size": self.info.world_size,
             "rng": rng,
-            "run_config": self.run_spec.run_config,
+            "run_config": self.run_spec.config.to_dict(),
         }
         path = self.run_spec.run_dir / f"ckpt-{self.progress.step}"
         ckpt.save_checkpoint(path, self.model, self.tokenizer_path, tokenizer_hash=self.data.tokenizer_hash,
@@ -617,7 +616,7 @@ class Trainer:
         tc, cfg, info = self.tc, self.cfg, self.info
         effective = tc.batch_size * tc.grad_accum * info.world_size
         start = f"resuming at step {self.progress.step} from {self.resumed_from}" if self.resumed_from else "new run"
-        print(f"{self.run_spec.run_name}: {start}; {self.model.num_params() / 1e6:.1f}M parameters on {self.device}"
+        print(f"{self.run_spec.config.run_name}: {start}; {self.model.num_params() / 1e6:.1f}M parameters on {self.device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}, "
               f"{'bf16 autocast' if self.device.type == 'cuda' else 'fp32'}{', compiled' if self.run_spec.compile else ''}; "
               f"{effective} windows of {cfg.max_seq_len} tokens per step ({cfg.num_latents} scored each); "
@@ -636,11 +635,12 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.tc.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
-                    disable=not (self.info.is_main and self.run_spec.progress), desc=self.run_spec.run_name)
+                    disable=not (self.info.is_main and self.run_spec.progress), desc=self.run_spec.config.run_name)
 
 
 def train(run: TrainRun, info: DistInfo | None = None, stop: StopRequest | None = None,
           on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Train (or resume) one run in this process. `on_step(step)` is called after every step."""
+    """Train (or resume) one run in this process (with DDP, after joining the process group).
+    `on_step(step)` is called after every step."""
     trainer = Trainer(run, info or DistInfo(), stop or StopRequest())
     return trainer.run(on_step)

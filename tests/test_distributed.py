@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music import distributed
+from perceiver_ar_music.devices import pick_device
 from perceiver_ar_music.train import train
 from tests.test_train import MICRO_FLAGS, make_run, metrics, one_thread, prepared_corpus, subprocess_env  # noqa: F401
 
@@ -41,7 +42,10 @@ def ddp_worker(rank: int, world_size: int, port: int, data: str, out: str) -> No
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        result = train(make_run(Path(out) / "ddp", Path(data), grad_accum=1, **SETTINGS), distributed.from_environment())
+        info = distributed.from_environment()
+        device = pick_device("auto", info.local_rank)
+        distributed.init_process_group(info, device)
+        result = train(make_run(Path(out) / "ddp", Path(data), grad_accum=1, device=device, **SETTINGS), info)
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, Path(out) / f"rank{rank}.safetensors")
     finally:
         distributed.destroy_process_group()
@@ -54,10 +58,10 @@ def test_two_processes_stay_in_sync_and_match_one_process_with_accumulation(tmp_
 
     single = train(make_run(tmp_path / "single", corpus, grad_accum=2, **SETTINGS)).model.state_dict()
     initial = make_run(tmp_path / "x", corpus, **SETTINGS)
-    torch.manual_seed(initial.train_config.seed)
+    torch.manual_seed(initial.config.train.seed)
     from perceiver_ar_music.model import PerceiverAR
 
-    start = PerceiverAR(initial.model_config).state_dict()
+    start = PerceiverAR(initial.config.model).state_dict()
     for name in rank0:
         assert not torch.equal(rank0[name], start[name]) or name.startswith("rotary"), name  # it trained
         torch.testing.assert_close(rank0[name], single[name], rtol=1e-5, atol=1e-6)

@@ -23,10 +23,11 @@ import torch
 
 from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music.cli import main
+from perceiver_ar_music.devices import pick_device
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.presets import PRESETS, RunConfig, TrainConfig, resolve
 from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.presets import PRESETS, TrainConfig, resolve
 from perceiver_ar_music.train import (
     StopRequest,
     TrainingDiverged,
@@ -75,13 +76,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def make_run(run_dir: Path, data: Path, max_steps: int = 6, resume_from: Path | None = None, model=None, **train_fields) -> TrainRun:
+def make_run(run_dir: Path, data: Path, max_steps: int = 6, resume_from: Path | None = None, model=None,
+             device: torch.device | None = None, **train_fields) -> TrainRun:
     model_fields = {**MICRO, "cross_attn_dropout": 0.25, "dropout": 0.1, **(model or {})}
     fields = dict(batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=2, max_steps=max_steps, eval_every=3,
                   eval_windows=4, save_every=100, log_every=1, seed=3)
     fields.update(train_fields)
-    return TrainRun(run_dir=run_dir, run_name=run_dir.name, model_config=PerceiverARConfig(**model_fields),
-                    train_config=TrainConfig(**fields), data_dir=data, progress=False, resume_from=resume_from)
+    config = RunConfig(run_dir.name, PerceiverARConfig(**model_fields), TrainConfig(**fields))
+    return TrainRun(run_dir=run_dir, config=config, data=PreparedData.open(data), device=device or pick_device(),
+                    progress=False, resume_from=resume_from)
 
 
 def metrics(run_dir: Path) -> list[dict]:

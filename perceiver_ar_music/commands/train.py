@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from perceiver_ar_music.cli_types import bounded_int, finite_float, seed
+
+if TYPE_CHECKING:
+    from perceiver_ar_music.presets import RunConfig
+    from perceiver_ar_music.token_store import PreparedData
 
 HELP = "train a Perceiver AR on a MIDI or prepared folder (presets maestro, small, tiny), or --resume a run"
 
@@ -84,19 +88,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     obs.add_argument("--log-every", type=_COUNT, metavar="STEPS", help="steps between metrics.jsonl rows")
 
 
+class Plan(NamedTuple):
+    """What rank 0 resolves and hands to every process: the run folder, its config, its data."""
+
+    run_dir: Path
+    config: "RunConfig"
+    data: "PreparedData"
+    resume_from: Path | None  # the checkpoint to resume from
+
+
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None}
 
 
-def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve a new run on rank 0: prepare the data, create the run folder and its config."""
+def _fresh_plan(args: argparse.Namespace) -> Plan:
+    """Resolve a new run on rank 0: prepare and open the data, create the run folder and its config."""
     from dataclasses import replace
 
     from perceiver_ar_music.atomic import check_writable_dir, write_json_atomic
     from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.presets import resolve
+    from perceiver_ar_music.presets import RunConfig, resolve
     from perceiver_ar_music.store_builder import ensure_prepared
+    from perceiver_ar_music.token_store import PreparedData
     from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME
 
     if not args.data:
@@ -111,29 +124,24 @@ def _fresh_plan(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"run folder {run_dir} already exists: add --resume to continue it, or choose another --name")
         restart = True  # killed before its first checkpoint: nothing to lose
     check_writable_dir(run_dir, "the run folder")
-    model_overrides = _overrides(args, MODEL_FLAGS)
     try:
-        model_config, train_config = resolve(args.preset, model_overrides, _overrides(args, TRAIN_FLAGS))
+        model_config, train_config = resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS))
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from None
     prepared = ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress)
     data = PreparedData.open(prepared)
-    model_config = replace(model_config, num_tokens=len(data.vocab))
-    run_config = {
-        "run_name": name,
-        "preset": args.preset,
-        "model": model_config.to_dict(),
-        "train": train_config.to_dict(),
-        "data": {"source": str(Path(args.data).resolve()), "prepared": str(prepared.resolve()),
-                 "tokenizer_hash": data.tokenizer_hash},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    config = RunConfig(
+        run_name=name, preset=args.preset, model=replace(model_config, num_tokens=len(data.vocab)), train=train_config,
+        data={"source": str(Path(args.data).resolve()), "prepared": str(prepared.resolve()),
+              "tokenizer_hash": data.tokenizer_hash},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     if restart:
         print(f"starting {run_dir} again: it has no checkpoint yet", flush=True)
         (run_dir / METRICS_NAME).unlink(missing_ok=True)  # rows of steps that were never saved
-    write_json_atomic(run_dir / RUN_CONFIG_NAME, run_config)
-    return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": None}
+    write_json_atomic(run_dir / RUN_CONFIG_NAME, config.to_dict())
+    return Plan(run_dir, config, data, None)
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -158,63 +166,59 @@ def _find_run_dir(args: argparse.Namespace) -> Path:
     return max(runs, key=lambda p: (p / RUN_CONFIG_NAME).stat().st_mtime)
 
 
-def _resume_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve a resumed run on rank 0: its saved config with the allowed overrides."""
+def _resume_plan(args: argparse.Namespace) -> Plan:
+    """Resolve a resumed run on rank 0: its saved config with the allowed overrides, its data opened."""
+    from dataclasses import replace
+
     from perceiver_ar_music import checkpoint as ckpt
     from perceiver_ar_music.atomic import write_json_atomic
     from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.model import PerceiverARConfig
-    from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.presets import TrainConfig, override
+    from perceiver_ar_music.presets import RunConfig
     from perceiver_ar_music.store_builder import ensure_prepared
+    from perceiver_ar_music.token_store import PreparedData
     from perceiver_ar_music.train import RUN_CONFIG_NAME
 
     run_dir = _find_run_dir(args)
-    run_config = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
-    if run_config is None:
+    saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
+    if saved is None:
         raise UserError(f"{run_dir} is not a run folder (no {RUN_CONFIG_NAME})")
     checkpoint = ckpt.latest_resumable(run_dir)
     if checkpoint is None:
         raise UserError(f"{run_dir} has no resumable checkpoint yet: start it again without --resume "
                         f"(the same --name works)")
     try:
-        saved_model = PerceiverARConfig.from_dict(run_config["model"])
-        saved_train = TrainConfig.from_dict(run_config["train"])
-        tokenizer_hash = run_config["data"]["tokenizer_hash"]
-        prepared = run_config["data"]["prepared"]
+        config = RunConfig.from_dict(saved)
+        tokenizer_hash, prepared = config.data["tokenizer_hash"], config.data["prepared"]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{run_dir / RUN_CONFIG_NAME} is corrupt ({exc})") from None
     changed = [f"--{dest.replace('_', '-')}" for dest, field in MODEL_FLAGS.items()
-               if getattr(args, dest) is not None and getattr(args, dest) != getattr(saved_model, field)]
+               if getattr(args, dest) is not None and getattr(args, dest) != getattr(config.model, field)]
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change when resuming (the model's shape is fixed)")
     try:
-        _, train_config = override(saved_model, saved_train, {}, _overrides(args, TRAIN_FLAGS))
+        train_config = replace(config.train, **_overrides(args, TRAIN_FLAGS))
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from None
     if args.data:
         prepared = str(ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress).resolve())
     data = PreparedData.open(prepared, expected_tokenizer_hash=tokenizer_hash)
-    if train_config != saved_train:
-        changes = {k: v for k, v in train_config.to_dict().items() if saved_train.to_dict()[k] != v}
+    if train_config != config.train:
+        old = config.train.to_dict()
+        changes = {k: v for k, v in train_config.to_dict().items() if old[k] != v}
         print(f"resuming with changed settings: {changes}", flush=True)
-    updated = {**run_config, "train": train_config.to_dict(),
-               "data": {**run_config["data"], "prepared": str(data.root)}}
-    if updated != run_config:
-        write_json_atomic(run_dir / RUN_CONFIG_NAME, updated)
-    run_config = updated
-    return {"run_dir": str(run_dir), "run_config": run_config, "resume_from": str(checkpoint)}
+    updated = replace(config, train=train_config, data={**config.data, "prepared": str(data.root)})
+    if updated != config:
+        write_json_atomic(run_dir / RUN_CONFIG_NAME, {**saved, **updated.to_dict()})
+    return Plan(run_dir, updated, data, checkpoint)
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
 
     from perceiver_ar_music import distributed
-    from perceiver_ar_music.devices import pick_device
     from perceiver_ar_music.atomic import os_error_text
+    from perceiver_ar_music.devices import pick_device
     from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.model import PerceiverARConfig
-    from perceiver_ar_music.presets import TrainConfig
     from perceiver_ar_music.train import TrainRun, train
 
     info = distributed.from_environment()
@@ -222,19 +226,14 @@ def run(args: argparse.Namespace) -> int:
     distributed.init_process_group(info, device)
     try:
         plan = distributed.run_on_main(info, lambda: _resume_plan(args) if args.resume is not None else _fresh_plan(args))
-        run_config = plan["run_config"]
-        workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
         spec = TrainRun(
-            run_dir=Path(plan["run_dir"]),
-            run_name=run_config["run_name"],
-            model_config=PerceiverARConfig.from_dict(run_config["model"]),
-            train_config=TrainConfig.from_dict(run_config["train"]),
-            data_dir=Path(run_config["data"]["prepared"]),
-            run_config=run_config,
-            device=str(device),
+            run_dir=plan.run_dir,
+            config=plan.config,
+            data=plan.data,
+            device=device,
             compile=args.compile,
-            workers=workers,
-            resume_from=Path(plan["resume_from"]) if plan["resume_from"] else None,
+            workers=args.workers if args.workers is not None else (4 if device.type == "cuda" else 0),
+            resume_from=plan.resume_from,
             progress=not args.no_progress,
         )
         result = train(spec, info)

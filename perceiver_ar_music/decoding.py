@@ -25,6 +25,7 @@ import functools
 import warnings
 
 import torch
+
 from perceiver_ar_music.model import PerceiverAR
 
 
@@ -62,10 +63,9 @@ class CachedDecoder:
     - "graph": the static step captured once as a CUDA graph and replayed per token, which removes
       the per-kernel launch cost that bounds batch-1 decoding on a GPU (CUDA only, no autocast).
     None chooses "graph" on CUDA without autocast, else "static" with `compile=True`, else
-    "dynamic". Resets and the prefill
-    always run eagerly (they happen once every N - N' tokens). `compile=True` runs the fixed-shape
-    step through torch.compile (static and graph modes), which fuses its many small kernels at
-    the price of a compilation on first use.
+    "dynamic". Resets and the prefill always run eagerly (they happen once every N - N' tokens).
+    `compile=True` runs the fixed-shape step through torch.compile (static and graph modes), which
+    fuses its many small kernels at the price of a compilation on first use.
     """
 
     MODES = ("dynamic", "static", "graph")
@@ -123,15 +123,13 @@ class CachedDecoder:
             logits = self._rebuild(self.reset_latents)
             self._set_counters()
             return logits
-        if self.mode == "graph":
+        if self.mode != "dynamic":  # the fixed-shape step, replayed as a graph or run as it is
             self._token_in.copy_(tokens)
-            self._graph.replay()
-            self.length += 1
-            self.num_cached += 1
-            return self._logits_out.clone()
-        if self.mode == "static":
-            self._token_in.copy_(tokens)
-            logits = self._static_step()
+            if self.mode == "graph":
+                self._graph.replay()
+                logits = self._logits_out.clone()
+            else:
+                logits = self._static_step()
             self.length += 1
             self.num_cached += 1
             return logits
@@ -194,11 +192,7 @@ class CachedDecoder:
         if self.length <= m:
             return self.cross_k[:, :, : self.length], self.cross_v[:, :, : self.length], self.cross_ids[:, : self.length]
         shift = -(self.length % m)  # the oldest slot moves to the front
-        return (
-            self.cross_k.roll(shift, dims=2),
-            self.cross_v.roll(shift, dims=2),
-            self.cross_ids.roll(shift, dims=1),
-        )
+        return self.cross_k.roll(shift, dims=2), self.cross_v.roll(shift, dims=2), self.cross_ids.roll(shift, dims=1)
 
     def _rebuild(self, num_latents: int) -> torch.Tensor:
         """Recompute the latent stack for the last `num_latents` positions from the cached context."""
@@ -224,11 +218,8 @@ class CachedDecoder:
         h = model.token_emb(ids)
         rot = model.rotation(positions, h.dtype)
         x = model.cross_stage(h, rot, k_ctx, v_ctx)
-        x = model.latent_stack(x, rot, caches=self._latent_caches(), index=index)
+        x = model.latent_stack(x, rot, caches=list(zip(self.latent_k, self.latent_v)), index=index)
         return model.head(x[:, -1])
-
-    def _latent_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(zip(self.latent_k, self.latent_v))
 
     def _static_step(self) -> torch.Tensor:
         """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records)."""
@@ -272,17 +263,9 @@ class CachedDecoder:
 
 
 def static_step(
-    model: PerceiverAR,
-    tokens: torch.Tensor,
-    position: torch.Tensor,
-    index: torch.Tensor,
-    cross_k: torch.Tensor,
-    cross_v: torch.Tensor,
-    cross_ids: torch.Tensor,
-    slot_range: torch.Tensor,
-    latent_range: torch.Tensor,
-    latent_k: list[torch.Tensor],
-    latent_v: list[torch.Tensor],
+    model: PerceiverAR, tokens: torch.Tensor, position: torch.Tensor, index: torch.Tensor,
+    cross_k: torch.Tensor, cross_v: torch.Tensor, cross_ids: torch.Tensor,
+    slot_range: torch.Tensor, latent_range: torch.Tensor, latent_k: list[torch.Tensor], latent_v: list[torch.Tensor],
 ) -> torch.Tensor:
     """One cached decoding step in fixed shapes: no Python state, so it can be graphed and compiled.
 

@@ -280,7 +280,22 @@ class FeedForward(nn.Module):
         return self.dropout(self.down(F.relu(self.up(self.norm(x))).square()))
 
 
-class CrossAttention(nn.Module):
+class MultiHead(nn.Module):
+    """What both attentions share: the head count, attention dropout and the one attention call."""
+
+    def __init__(self, cfg: PerceiverARConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.dropout
+        self.flash_when_compiled = True  # set per model by PerceiverAR.set_kernels
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`attention` of heads q onto k, v (dropout in training), heads merged: (b, n, inner)."""
+        dropout = self.attn_dropout if self.training else 0.0
+        return merge_heads(attention(q, k, v, mask, dropout, self.flash_when_compiled))
+
+
+class CrossAttention(MultiHead):
     """Latent queries attend to input keys/values (bottom-right causal unless a mask is given).
 
     The keys/values come in as arguments: projected from the whole input in training and at a
@@ -288,11 +303,8 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, cfg: PerceiverARConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         inner = cfg.heads * cfg.dim_head
-        self.heads = cfg.heads
-        self.attn_dropout = cfg.dropout
-        self.flash_when_compiled = True  # set per model by PerceiverAR.set_kernels
         self.norm_q = nn.LayerNorm(cfg.dim)
         self.norm_kv = nn.LayerNorm(cfg.dim)
         self.to_q = Linear(cfg.dim, inner, bias=False)
@@ -312,12 +324,10 @@ class CrossAttention(nn.Module):
         self, h: torch.Tensor, rot: Rotation, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Attention output (b, n, dim) of latent embeddings h (b, n, dim) onto keys/values k, v."""
-        dropout = self.attn_dropout if self.training else 0.0
-        out = attention(self.queries(h, rot), k, v, mask, dropout, self.flash_when_compiled)
-        return self.to_out(merge_heads(out))
+        return self.to_out(self.attend(self.queries(h, rot), k, v, mask))
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(MultiHead):
     """Pre-norm causal self-attention over the latents, with an optional key/value cache.
 
     Without a cache, keys/values are the input's own. With `cache=(k, v)` (b, h, N, d), the new
@@ -327,11 +337,8 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, cfg: PerceiverARConfig) -> None:
-        super().__init__()
+        super().__init__(cfg)
         inner = cfg.heads * cfg.dim_head
-        self.heads = cfg.heads
-        self.attn_dropout = cfg.dropout
-        self.flash_when_compiled = True  # set per model by PerceiverAR.set_kernels
         self.norm = nn.LayerNorm(cfg.dim)
         self.to_qkv = Linear(cfg.dim, 3 * inner, bias=False)
         self.to_out = Linear(inner, cfg.dim, bias=False)
@@ -353,8 +360,7 @@ class SelfAttention(nn.Module):
                 cache_k.index_copy_(2, index, k)
                 cache_v.index_copy_(2, index, v)
                 k, v = cache_k, cache_v
-        dropout = self.attn_dropout if self.training else 0.0
-        return self.to_out(merge_heads(attention(q, k, v, mask, dropout, self.flash_when_compiled)))
+        return self.to_out(self.attend(q, k, v, mask))
 
 
 class LatentBlock(nn.Module):
@@ -414,14 +420,12 @@ class PerceiverAR(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.row_reduction = kernels.row_linear_as_reduction
-            elif isinstance(module, (CrossAttention, SelfAttention)):
+            elif isinstance(module, MultiHead):
                 module.flash_when_compiled = kernels.flash_when_compiled
 
     def _init_weights(self) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.Embedding):
+            if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
         # Residual outputs scaled down with depth; the output head starts at zero (uniform logits).
         scale = 0.02 / math.sqrt(2 * (self.config.depth + 1))
@@ -464,7 +468,7 @@ class PerceiverAR(nn.Module):
         num_latents: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens -> latent states (b, n, dim) after the cross-attention stage, and their positions (n,)."""
-        b, length = tokens.shape
+        length = tokens.shape[1]
         cfg = self.config
         if not 1 <= length <= cfg.max_seq_len:
             raise ValueError(f"input length {length} is outside 1..max_seq_len={cfg.max_seq_len}")

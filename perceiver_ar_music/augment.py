@@ -1,4 +1,4 @@
-"""Token-level data augmentation: transposition and time stretch of performance-event ids.
+"""Token-level data augmentation: transposition, time stretch and velocities of performance-event ids.
 
 Both work directly on id sequences (any crop of a piece, with or without BOS/EOS), keep the order
 of all non-time-shift tokens, and are deterministic given a ``numpy.random.Generator``.
@@ -11,6 +11,12 @@ of all non-time-shift tokens, and are deterministic given a ``numpy.random.Gener
   start of the sequence), rounds it to the grid, and re-differences: each time is off by at most
   half a step (5 ms) with no drift. Gaps are re-split into maximal shifts (100, 100, ..., rest),
   so the sequence length changes.
+- Velocity variation (off unless ``velocity_windows > 0``) moves every Velocity token of a share
+  of the windows by one random shift per window plus normal noise per note (MIDI units, clipped
+  to 1..127, then the nearest bin): same length, every other id kept. It is for corpora that
+  carry no dynamics (score-derived MIDI plays every note at one velocity), so that a primer with
+  dynamics, as a user's own MIDI has, is not out of distribution. The windows left alone keep the
+  corpus' own velocities, so a model still predicts them when its context shows them.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perceiver_ar_music.events import as_id_array, encode_timed_events, tables
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
+from perceiver_ar_music.events import as_id_array, encode_timed_events, nearest_velocity_ids, tables
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,17 @@ class AugmentConfig:
     max_transpose: int = 3  # semitones, both ways
     min_stretch: float = 0.95
     max_stretch: float = 1.05
+    velocity_windows: float = 0.0  # share of windows whose velocities are varied (0: never)
+    max_velocity_shift: int = 24  # MIDI velocity units, both ways: one shift per varied window
+    velocity_noise: float = 12.0  # MIDI velocity units: std of each note's own change
 
     def __post_init__(self) -> None:
         if self.max_transpose < 0:
             raise ValueError(f"max_transpose must be >= 0, got {self.max_transpose}")
         if not 0 < self.min_stretch <= self.max_stretch:
             raise ValueError(f"need 0 < min_stretch <= max_stretch, got {self.min_stretch}, {self.max_stretch}")
+        if not (0 <= self.velocity_windows <= 1 and 0 <= self.max_velocity_shift <= 127 and 0 <= self.velocity_noise <= 127):
+            raise ValueError("need velocity_windows in [0, 1], max_velocity_shift and velocity_noise in [0, 127]")
 
     def sample_stretch(self, rng: np.random.Generator) -> float:
         """A stretch factor drawn uniformly from [min_stretch, max_stretch]."""
@@ -45,6 +56,30 @@ class AugmentConfig:
         """A transposition drawn uniformly from the allowed shifts for `ids` (see the module doc)."""
         low, high = transpose_bounds(ids, vocab, self.max_transpose)
         return int(rng.integers(low, high + 1))
+
+
+    def vary_velocities(self, ids: np.ndarray, vocab: EventVocab, rng: np.random.Generator) -> np.ndarray:
+        """`ids`, or (in a `velocity_windows` share of the calls) `ids` with varied velocities.
+        Draws nothing from `rng` when `velocity_windows` is 0, so other draws are unchanged."""
+        if self.velocity_windows == 0 or rng.random() >= self.velocity_windows:
+            return ids
+        shift = int(rng.integers(-self.max_velocity_shift, self.max_velocity_shift + 1))
+        return jitter_velocities(ids, shift, self.velocity_noise, vocab, rng)
+
+
+def jitter_velocities(
+    ids: np.ndarray, shift: float, noise: float, vocab: EventVocab, rng: np.random.Generator
+) -> np.ndarray:
+    """`ids` with every Velocity token moved by `shift` plus normal noise of std `noise` per token
+    (MIDI units, clipped to 1..127, then the nearest bin); every other id and the length kept."""
+    table = tables(vocab)
+    array = np.asarray(ids)
+    ids64 = as_id_array(array)
+    is_velocity = table.kinds_of(ids64) == VELOCITY
+    values = table.velocity[ids64[is_velocity]] + shift + rng.normal(0.0, noise, int(is_velocity.sum()))
+    out = ids64.copy()
+    out[is_velocity] = nearest_velocity_ids(np.clip(np.rint(values), 1, 127).astype(np.int64), table)
+    return out.astype(_result_dtype(array), copy=False)
 
 
 def _note_mask(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:

@@ -30,9 +30,12 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     z_loss: float = 1e-4
-    augment: bool = True  # random transposition and time stretch of training windows
+    augment: bool = True  # random transposition, time stretch (and velocities) of training windows
     max_transpose: int = 3  # semitones, both ways
     stretch: float = 0.05  # time stretch factor drawn from [1 - stretch, 1 + stretch]
+    velocity_windows: float = 0.0  # share of windows whose velocities are varied (for corpora without dynamics)
+    velocity_shift: int = 24  # in those windows: one random shift, MIDI units both ways
+    velocity_noise: float = 12.0  # and each note's own change, std in MIDI units
     eval_every: int = 1000  # steps between validations (and best-checkpoint updates)
     eval_windows: int = 512  # validation windows scored each time, evenly spread; 0: all
     save_every: int = 1000  # steps between checkpoints
@@ -54,6 +57,9 @@ class TrainConfig:
             (self.z_loss >= 0, "z-loss must be >= 0"),
             (self.max_transpose >= 0, "max transpose must be >= 0"),
             (0 <= self.stretch < 1, "stretch must be in [0, 1)"),
+            (0 <= self.velocity_windows <= 1, "velocity windows must be in [0, 1]"),
+            (0 <= self.velocity_shift <= 127 and 0 <= self.velocity_noise <= 127,
+             "velocity shift and noise must be in [0, 127]"),
             (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
              "eval, save and log intervals must be >= 1 step"),
             (self.eval_windows >= 0, "eval windows must be >= 0 (0: all)"),

@@ -68,7 +68,8 @@ def _ignore_interrupts(_worker_id: int) -> None:
 def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,
                  start: int, workers: int, device: torch.device) -> DataLoader:
     """Endless augmented training windows for this rank, from sample position `start` on."""
-    augment = (AugmentConfig(tc.max_transpose, 1.0 - tc.stretch, 1.0 + tc.stretch) if tc.augment else None)
+    augment = (AugmentConfig(tc.max_transpose, 1.0 - tc.stretch, 1.0 + tc.stretch, tc.velocity_windows,
+                             tc.velocity_shift, tc.velocity_noise) if tc.augment else None)
     dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=augment, seed=tc.seed)
     return DataLoader(
         dataset,

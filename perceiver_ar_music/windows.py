@@ -68,7 +68,7 @@ class TrainWindows(Dataset):
     """Random training windows: a piece chosen with probability proportional to its framed length
     (so every token is equally likely), then the (up to) ``seq_len + 1`` tokens ending at a
     uniformly drawn position, left-padded when that is near the piece's start, optionally
-    time-stretched and transposed (``AugmentConfig``). See the module doc for indexing.
+    time-stretched, transposed and (optionally) given other velocities (``AugmentConfig``). See the module doc for indexing.
     """
 
     def __init__(
@@ -125,6 +125,7 @@ class TrainWindows(Dataset):
             factor = self.augment.sample_stretch(rng)
             tokens = self._stretched_crop(piece, start, factor, end + 1 - start)
             tokens = transpose(tokens, self.augment.sample_transpose(tokens, self.vocab, rng), self.vocab)
+            tokens = self.augment.vary_velocities(tokens, self.vocab, rng)
         return _left_padded(tokens, window_len, self.vocab.pad_id)
 
     def _slice(self, piece: np.ndarray, start: int, stop: int) -> np.ndarray:

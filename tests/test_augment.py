@@ -1,4 +1,4 @@
-"""Transposition and time stretch on token ids: the music changes exactly as intended."""
+"""Transposition, time stretch and velocities on token ids: the music changes exactly as intended."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music.augment import AugmentConfig, time_stretch, transpose, transpose_bounds
+from perceiver_ar_music.augment import AugmentConfig, jitter_velocities, time_stretch, transpose, transpose_bounds
 from perceiver_ar_music.events import END, PITCH, START, VELOCITY_COLUMN, ids_to_note_steps, notes_to_ids
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
 from perceiver_ar_music.tokenizer import load_tokenizer
@@ -157,7 +157,8 @@ def test_sampling_is_deterministic_given_the_generator():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_transpose": -1}, {"min_stretch": 0.0}, {"min_stretch": 1.1, "max_stretch": 1.0}]
+    "kwargs", [{"max_transpose": -1}, {"min_stretch": 0.0}, {"min_stretch": 1.1, "max_stretch": 1.0},
+               {"velocity_windows": 1.5}, {"max_velocity_shift": -1}, {"velocity_noise": 200.0}]
 )
 def test_bad_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
@@ -181,3 +182,42 @@ def test_augmenting_a_4k_window_is_fast():
         transpose(time_stretch(ids, 1.03, VOCAB), 1, VOCAB)
     per_window = (time.perf_counter() - started) / 50
     assert per_window < 0.01  # measured well under 1 ms; generous for a loaded CI machine
+
+
+def _velocities(ids: list[int] | np.ndarray) -> list[int]:
+    return [VOCAB.velocity[i] for i in ids if VOCAB.velocity[i] >= 0]
+
+
+@given(CROPS, st.integers(-40, 40), st.floats(0, 30), st.integers(0, 2**31))
+@settings(max_examples=150, deadline=None)
+def test_velocity_jitter_changes_only_velocity_tokens(ids, shift, noise, seed):
+    out = jitter_velocities(np.array(ids, dtype=np.uint16), shift, noise, VOCAB, np.random.default_rng(seed))
+    assert out.dtype == np.uint16 and len(out) == len(ids)
+    is_velocity = np.array([VOCAB.velocity[i] >= 0 for i in ids], dtype=bool)
+    assert out[~is_velocity].tolist() == np.array(ids, dtype=np.int64)[~is_velocity].tolist()
+    assert all(VOCAB.velocity[i] >= 0 for i in out[is_velocity])
+
+
+def test_velocity_jitter_shifts_to_the_nearest_bin_and_clips():
+    bins = sorted(_velocities(VELOCITY_IDS))
+    ids = [VOCAB.note_on_id[60], VELOCITY_IDS[bins.index(min(bins, key=lambda v: abs(v - 91)))], VOCAB.shift_id[5]]
+    rng = np.random.default_rng(0)
+    assert jitter_velocities(ids, 0, 0.0, VOCAB, rng).tolist() == ids  # nothing to do: the same ids
+    up = _velocities(jitter_velocities(ids, 20, 0.0, VOCAB, rng))[0]
+    assert up == min(bins, key=lambda v: (abs(v - (_velocities(ids)[0] + 20)), -v))
+    assert _velocities(jitter_velocities(ids, 127, 0.0, VOCAB, rng)) == [max(bins)]
+    assert _velocities(jitter_velocities(ids, -127, 0.0, VOCAB, rng)) == [min(bins)]
+    noisy = [_velocities(jitter_velocities(ids, 0, 12.0, VOCAB, np.random.default_rng(s)))[0] for s in range(200)]
+    assert 4 <= np.std(noisy) <= 20 and len(set(noisy)) > 5
+
+
+def test_velocity_variation_draws_nothing_when_off_and_varies_the_configured_share():
+    ids = np.array([VOCAB.note_on_id[60], VELOCITY_IDS[20], VOCAB.shift_id[5]] * 30, dtype=np.uint16)
+    off, rng = AugmentConfig(), np.random.default_rng(3)
+    assert off.vary_velocities(ids, VOCAB, rng) is ids
+    assert rng.random() == np.random.default_rng(3).random()  # the stream is untouched
+    always = AugmentConfig(velocity_windows=1.0)
+    assert always.vary_velocities(ids, VOCAB, np.random.default_rng(1)).tolist() != ids.tolist()
+    half = AugmentConfig(velocity_windows=0.5)
+    varied = sum(half.vary_velocities(ids, VOCAB, np.random.default_rng(s)).tolist() != ids.tolist() for s in range(200))
+    assert 70 <= varied <= 130

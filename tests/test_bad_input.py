@@ -67,6 +67,8 @@ ROWS: list[tuple[str, str]] = [
     ("train --data {prepared} --out {out} --seed " + BIG, "--seed"),
     ("train --data {prepared} --out {out} --batch-size 0", "--batch-size"),
     ("train --data {prepared} --out {out} --stretch inf", "--stretch"),
+    ("train --data {prepared} --out {out} --velocity-windows 1.5", "--velocity-windows"),
+    ("train --data {prepared} --out {out} --velocity-noise nan", "--velocity-noise"),
     ("evaluate --checkpoint {good} --data {prepared} --batch-size 1e12", "--batch-size"),
     ("evaluate --checkpoint {good} --data {prepared} --max-pieces -1", "--max-pieces"),
     ("generate --checkpoint {good} --out {out} --temperature nan", "--temperature"),

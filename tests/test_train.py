@@ -293,7 +293,8 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     midi = write_corpus(tmp_path / "midi", files=6, notes=60)
     out = tmp_path / "runs"
     common = ["--data", str(midi), "--preset", "tiny", *MICRO_FLAGS, "--out", str(out)]
-    assert run_cli(*common, "--max-steps", "2", "--eval-every", "2", "--name", "first") == 0
+    assert run_cli(*common, "--max-steps", "2", "--eval-every", "2", "--name", "first",
+                   "--velocity-windows", "0.5", "--velocity-noise", "8") == 0
     text = capsys.readouterr().out
     assert "tokenized 6 files" in text and "finished 2 steps" in text
     prepared = midi / ".perceiver-prepared"
@@ -302,6 +303,7 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     config = json.loads((run / "run_config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["dim"] == 32 and config["model"]["num_tokens"] == 391
     assert config["train"]["max_steps"] == 2 and config["train"]["lr"] == PRESETS["tiny"].train.lr
+    assert (config["train"]["velocity_windows"], config["train"]["velocity_noise"], config["train"]["velocity_shift"]) == (0.5, 8.0, 24)
     assert config["data"]["prepared"] == str(prepared.resolve())
     assert ckpt.load_model(run).meta["step"] == 2
 

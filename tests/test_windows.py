@@ -142,6 +142,20 @@ def test_identity_augmentation_gives_the_plain_windows():
         assert identity.window(index).tolist() == plain.window(index).tolist()
 
 
+def test_velocity_variation_changes_only_the_velocities_of_the_same_windows():
+    base = AugmentConfig(max_transpose=3, min_stretch=0.9, max_stretch=1.1)
+    plain = TrainWindows(PIECES, VOCAB, 64, base, seed=2)
+    varied = TrainWindows(PIECES, VOCAB, 64, AugmentConfig(3, 0.9, 1.1, velocity_windows=0.5), seed=2)
+    changed = 0
+    for index in range(60):
+        a, b = plain.window(index), varied.window(index)
+        is_velocity = np.array([VOCAB.velocity[t] >= 0 for t in a], dtype=bool)
+        assert a[~is_velocity].tolist() == b[~is_velocity].tolist()
+        assert all(VOCAB.velocity[t] >= 0 for t in b[is_velocity])
+        changed += a[is_velocity].tolist() != b[is_velocity].tolist()
+    assert 15 <= changed <= 45  # about half of the windows
+
+
 def _events(tokens: np.ndarray) -> np.ndarray:
     return tokens[np.array([VOCAB.kind[t] for t in tokens]) != TIME_SHIFT]
 

@@ -24,6 +24,7 @@ TRAIN_FLAGS = {
     "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
     "warmup": "warmup_steps", "max_steps": "max_steps", "weight_decay": "weight_decay", "clip": "grad_clip",
     "z_loss": "z_loss", "augment": "augment", "max_transpose": "max_transpose", "stretch": "stretch",
+    "velocity_windows": "velocity_windows", "velocity_shift": "velocity_shift", "velocity_noise": "velocity_noise",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed",
 }
@@ -75,9 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--clip", type=finite_float(0, 1e6), metavar="NORM", help="gradient norm clip (0: off)")
     opt.add_argument("--z-loss", type=finite_float(0, 1), metavar="C", help="z-loss coefficient")
     opt.add_argument("--no-augment", dest="augment", action="store_const", const=False,
-                     help="no random transposition / time stretch of training windows")
+                     help="no random transposition / time stretch / velocities of training windows")
     opt.add_argument("--max-transpose", type=bounded_int(0, 24), metavar="SEMITONES", help="augmentation transposition range")
     opt.add_argument("--stretch", type=_FRACTION, metavar="F", help="augmentation time stretch in [1-F, 1+F]")
+    opt.add_argument("--velocity-windows", type=finite_float(0, 1), metavar="P",
+                     help="share of windows whose velocities are varied (default 0; for corpora without dynamics)")
+    opt.add_argument("--velocity-shift", type=bounded_int(0, 127), metavar="V",
+                     help="those windows' velocities move together by up to +-V (MIDI units)")
+    opt.add_argument("--velocity-noise", type=finite_float(0, 127), metavar="STD",
+                     help="and each note's by normal noise of this std (MIDI units)")
     opt.add_argument("--seed", type=seed)
 
     obs = parser.add_argument_group("evaluation and checkpoints (default: the preset's)")

@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Judge a checkpoint as a bundled model: test NLL, and what its samples sound like, by the numbers.
+
+Runs the package's own commands (so the card can quote them) and summarises their JSON:
+
+1. ``evaluate --split test`` on the prepared corpus and on the first bundled models' corpus (the
+   eleven composers and the first 300 Palestrina pieces of ``corpus.tsv``, linked into
+   ``<midi>-v1`` and prepared once: the split hashes the path, so its test pieces are the ones
+   the first models' cards were scored on, a subset of today's);
+2. ``generate --no-guards`` of K samples of ``--seconds`` of music, from nothing and continuing
+   the Quickstart's primer;
+3. ``stats`` of both against the validation pieces (figures) and the training pieces
+   (memorisation: the longest passage a sample copies from them).
+
+It then checks the bundled model's targets (issue 12): notes per second and mean polyphony within
+25% of the validation medians, at most 1% of notes over 4 s, no drift (the last full 30 s window
+within 25% of the first, in density and polyphony), and writes ``summary.json`` and
+``summary.md`` to ``--out``.
+
+    python scripts/judge_model.py --checkpoint checkpoints/default --data data/music21-prepared \\
+        --midi data/music21-midi --out out/judge/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.25  # density and polyphony: within 25% of the validation medians, and over time
+MAX_LONG_NOTES = 0.01  # share of notes over 4 s
+PRIMER = ROOT / "examples" / "primer.mid"
+FIRST_COMPOSERS = ("bach", "handel", "chopin", "joplin", "schubert", "cpebach", "weber", "verdi",
+                   "monteverdi", "josquin", "trecento")  # the first bundled models' corpus, with
+FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
+
+
+def first_corpus(midi: Path, log: list[str]) -> Path:
+    """Prepare (once) the first bundled models' corpus from the MIDI folder's ``corpus.tsv``."""
+    view, prepared = midi.with_name(midi.name + "-v1"), midi.with_name(midi.name.replace("-midi", "") + "-v1-prepared")
+    rows = [line.split("\t") for line in (midi / "corpus.tsv").read_text().splitlines()]
+    palestrina = sorted(path for name, path in rows if name.startswith("palestrina/"))[:FIRST_PALESTRINA]
+    keep = {name for name, path in rows if name.split("/")[0] in FIRST_COMPOSERS or path in palestrina}
+    for name in sorted(keep):
+        link = view / name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((midi / name).resolve())
+    run(["prepare", "--data", str(view), "--out", str(prepared), "--no-progress"], log)
+    return prepared
+
+
+def run(args: list[str], log: list[str]) -> None:
+    """Run one perceiver-music command (same interpreter), echo and record it."""
+    line = "perceiver-music " + shlex.join(args)
+    print(f"$ {line}", flush=True)
+    log.append(line)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "perceiver_ar_music", *args], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    print(f"  ({time.monotonic() - start:.0f} s)", flush=True)
+
+
+def set_summary(train_stats: dict, validation_stats: dict) -> dict:
+    """Figures of one set of samples (from nothing, or one primer's continuations)."""
+    reference = validation_stats["details"]["reference"]["median"]
+    samples = validation_stats["samples"]
+    continuations = [s["continuation"] for s in samples.values() if s["continuation"]]
+    notes = sum(c["note_count"] for c in continuations)
+    long_notes = sum(c["long_note_fraction"] * c["note_count"] for c in continuations)
+    drifts = [s["drift"] for s in samples.values()]
+    memo = [s["memorization"] or {} for s in train_stats["samples"].values()]
+    copied = [(m.get("continuation") or {}).get("notes", 0) for m in memo]
+    copied_s = [(m.get("continuation") or {}).get("seconds", 0.0) for m in memo]
+    out = {
+        "samples": len(continuations),
+        "notes_per_second": median(c["notes_per_second"] for c in continuations),
+        "mean_polyphony": median(c["mean_polyphony"] for c in continuations),
+        "note_length_mean_s": median(c["note_length_mean_s"] for c in continuations),
+        "max_polyphony": median(c["max_polyphony"] for c in continuations),
+        "long_note_fraction": long_notes / notes if notes else 0.0,
+        "drift_notes_per_second": _median_or_none(d["notes_per_second"] for d in drifts),
+        "drift_mean_polyphony": _median_or_none(d["mean_polyphony"] for d in drifts),
+        "longest_copy_notes": max(copied, default=0),
+        "longest_copy_seconds": max(copied_s, default=0.0),
+        "reference_notes_per_second": reference["notes_per_second"],
+        "reference_mean_polyphony": reference["mean_polyphony"],
+    }
+    out["checks"] = {
+        "density": abs(out["notes_per_second"] / out["reference_notes_per_second"] - 1) <= TOLERANCE,
+        "polyphony": abs(out["mean_polyphony"] / out["reference_mean_polyphony"] - 1) <= TOLERANCE,
+        "long_notes": out["long_note_fraction"] <= MAX_LONG_NOTES,
+        "no_drift": all(v is not None and abs(v - 1) <= TOLERANCE
+                        for v in (out["drift_notes_per_second"], out["drift_mean_polyphony"])),
+    }
+    return out
+
+
+def _median_or_none(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return median(kept) if kept else None
+
+
+def markdown(summary: dict) -> str:
+    """The card's table: one column per set of samples, the validation medians beside them."""
+    lines = [f"Checkpoint `{summary['checkpoint']}`", ""]
+    for name, result in summary["test"].items():
+        lines.append(f"- test on `{name}`: {result['nats_per_token']:.4f} nats/token, "
+                     f"{result['nats_per_note']:.2f} nats/note, {result['nats_per_second']:.2f} nats/second "
+                     f"({result['targets']} tokens, {result['pieces']} pieces)")
+    sets = summary["sets"]
+    first = next(iter(sets.values()))
+    lines += ["", "| | validation pieces (median) | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+    rows = [
+        ("notes per second", "notes_per_second", "reference_notes_per_second", "{:.2f}"),
+        ("mean polyphony", "mean_polyphony", "reference_mean_polyphony", "{:.2f}"),
+        ("max polyphony", "max_polyphony", None, "{:.0f}"),
+        ("mean note length (s)", "note_length_mean_s", None, "{:.2f}"),
+        ("notes over 4 s", "long_note_fraction", None, "{:.1%}"),
+        ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", None, "{:.2f}"),
+        ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", None, "{:.2f}"),
+        ("longest passage copied from training (notes)", "longest_copy_notes", None, "{:d}"),
+        ("longest passage copied from training (s)", "longest_copy_seconds", None, "{:.1f}"),
+    ]
+    for label, key, ref, fmt in rows:
+        reference = fmt.format(first[ref]) if ref else ""
+        cells = ["-" if s[key] is None else fmt.format(s[key]) for s in sets.values()]
+        lines.append(f"| {label} | {reference} | " + " | ".join(cells) + " |")
+    checks = " | ".join(", ".join(k for k, ok in s["checks"].items() if not ok) or "all met" for s in sets.values())
+    lines.append(f"| targets missed | | {checks} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the prepared corpus (test, validation, train)")
+    parser.add_argument("--midi", type=Path, help="the corpus' MIDI folder (with corpus.tsv): also score the "
+                        "test pieces of the first bundled models' corpus")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--primer-seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = str(args.checkpoint)
+    log: list[str] = []
+    summary: dict = {"checkpoint": ckpt, "commands": log, "test": {}, "sets": {}}
+    for data in [args.data] + ([first_corpus(args.midi, log)] if args.midi else []):
+        target = out / f"test-{data.name}.json"
+        run(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--split", "test", "--json", str(target)], log)
+        result = json.loads(target.read_text())
+        summary["test"][str(data)] = {key: result.get(key) for key in
+                                      ("nats_per_token", "nats_per_note", "nats_per_second", "targets", "pieces")}
+    common = ["--checkpoint", ckpt, "--seconds", f"{args.seconds:g}", "--length", "100000",
+              "--num-samples", str(args.samples), "--no-guards", "--seed", str(args.seed), "--no-audio", "--no-progress"]
+    primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
+    for name, extra in (("from nothing", []), ("primer continuations", primer)):
+        folder = out / name.replace(" ", "-")
+        run(["generate", *common, *extra, "--out", str(folder)], log)
+        stats = {}
+        for split in ("validation", "train"):
+            target = out / f"stats-{folder.name}-{split}.json"
+            run(["stats", str(folder), "--reference", str(args.data), "--split", split, "--window", "30",
+                 "--json", str(target)], log)
+            stats[split] = json.loads(target.read_text())
+        summary["sets"][name] = set_summary(stats["train"], stats["validation"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown(summary)
+    (out / "summary.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -405,6 +405,15 @@ def metric_rows(path: Path) -> int:
 
 
 def test_signal_handling_in_process() -> None:
+    # As in a terminal: Ctrl-C raises KeyboardInterrupt (a shell's background job inherits SIGINT ignored).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_signal_handling()
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def _check_signal_handling() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stop = StopRequest()
     with stop_on_signals(stop):

@@ -47,6 +47,9 @@ def first_corpus(midi: Path, log: list[str]) -> Path:
     rows = [line.split("\t") for line in (midi / "corpus.tsv").read_text().splitlines()]
     palestrina = sorted(path for name, path in rows if name.startswith("palestrina/"))[:FIRST_PALESTRINA]
     keep = {name for name, path in rows if name.split("/")[0] in FIRST_COMPOSERS or path in palestrina}
+    for link in view.rglob("*.mid") if view.exists() else []:  # pieces the corpus no longer has
+        if str(link.relative_to(view)) not in keep:
+            link.unlink()
     for name in sorted(keep):
         link = view / name
         if not link.exists():
@@ -165,7 +168,10 @@ def main() -> int:
     primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
     for name, extra in (("from nothing", []), ("primer continuations", primer)):
         folder = out / name.replace(" ", "-")
-        run(["generate", *common, *extra, "--out", str(folder)], log)
+        if (folder / "stats.json").exists():  # samples from an earlier run of this judge: kept
+            log.append("perceiver-music " + shlex.join(["generate", *common, *extra, "--out", str(folder)]))
+        else:
+            run(["generate", *common, *extra, "--out", str(folder)], log)
         stats = {}
         for split in ("validation", "train"):
             target = out / f"stats-{folder.name}-{split}.json"

@@ -11,15 +11,15 @@
 # The model card there records both runs' numbers and the commands that measured them.
 #
 # Time on the development machine (2 cores, AMD EPYC, torch 2.13 CPU): corpus about 40 min (music21
-# parses the string quartets slowly), prepare about 2 min, the two trainings about 100 min together.
+# parses the string quartets slowly), prepare about 2 min, the two trainings about 87 min together.
 # Re-running after an interruption resumes what is done: the corpus skips converted files (all of it once it
 # has finished), prepare
 # keeps what it prepared, and each training resumes its run folder (same schedule).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-STEPS_A=${STEPS_A:-7500}   # planned from the measured step time: 0.78 s/step at 1 thread with B alongside
-STEPS_B=${STEPS_B:-4100}   # 1.45 s/step: both end after about 100 minutes
+STEPS_A=${STEPS_A:-6600}   # planned from the measured step time: 0.78 s/step at 1 thread with B alongside
+STEPS_B=${STEPS_B:-3600}   # 1.45 s/step: both end after about 87 minutes
 start=$(date +%s)
 
 "$PY" -c "import music21" 2>/dev/null || "$PY" -m pip install -q music21

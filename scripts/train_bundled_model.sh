@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model (checkpoints/default/) from scratch, offline, on a CPU.
 #
-#   bash scripts/train_bundled_model.sh     # about 2 h 20 min on the 2-core development CPU (see below)
+#   bash scripts/train_bundled_model.sh     # about 1 h 50 min on the 2-core development CPU (see below)
 #
 # 1. music21's public-domain corpus -> MIDI (data/music21-midi, its piece list in corpus.tsv),
 # 2. prepare it (data/music21-prepared), 3. train two sizes side by side, one CPU thread each, one
@@ -10,8 +10,8 @@
 # best/ checkpoint: train keeps the lowest-validation step there) to checkpoints/default/.
 # The model card there records both runs' numbers and the commands that measured them.
 #
-# Time on the development machine (2 cores, AMD EPYC, torch 2.13 CPU): corpus about 40 min (music21
-# parses the string quartets slowly), prepare about 2 min, the two trainings about 87 min together.
+# Time on the development machine (2 cores, Intel Xeon, torch 2.13 CPU): corpus about 20 min (music21
+# parses the string quartets slowly), prepare a few seconds, the two trainings 88 min together (measured 2026-12-03).
 # Re-running after an interruption resumes what is done: the corpus skips converted files (all of it once it
 # has finished), prepare
 # keeps what it prepared, and each training resumes its run folder (same schedule).

@@ -36,8 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25  # density and polyphony: within 25% of the validation medians, and over time
 MAX_LONG_NOTES = 0.01  # share of notes over 4 s
 PRIMER = ROOT / "examples" / "primer.mid"
-FIRST_COMPOSERS = ("bach", "handel", "chopin", "joplin", "schubert", "cpebach", "weber", "verdi",
-                   "monteverdi", "josquin", "trecento")  # the first bundled models' corpus, with
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_music21_corpus import COMPOSERS  # noqa: E402
+
+FIRST_COMPOSERS = tuple(COMPOSERS[:11])  # the first bundled models' corpus (the list's first eleven), with
 FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
 
 

@@ -15,7 +15,8 @@ Three levels, one set of figures (``MusicStats``):
   sounding in it, also one struck in an earlier window. A window's ``duration_s`` is its span: the
   last one ends at the music's last release, so it may be shorter than ``window_s``.
 - ``sample_report(notes, primer_notes, boundary_s)``: a generated sample, its primer and its
-  continuation side by side and the continuation in windows from the boundary, optionally
+  continuation side by side (the primer over its own time, up to the boundary, though a note of it
+  the continuation releases keeps its full length) and the continuation in windows from the boundary, optionally
   compared with reference figures (``reference_figures``: medians over the pieces of a data set).
 
 How far a sample is from the reference (``compare``): per figure the ratio value / reference
@@ -356,6 +357,16 @@ class SampleReport:
         }
 
 
+def _primer_stats(primer: np.ndarray, boundary_s: float) -> MusicStats:
+    """The primer's figures over its own time, from its first onset to the boundary. A primer note
+    still sounding there is released by the continuation: its length counts in full, but the time
+    after the boundary is the continuation's, so it neither thins the primer's density nor adds to
+    its polyphony."""
+    start = float(primer[:, 1].min())
+    end = float(boundary_s) if boundary_s > start else float(primer[:, 2].max())
+    return _span_stats(primer, start, end, primer)
+
+
 def sample_report(
     notes: np.ndarray,
     primer_notes: int,
@@ -371,7 +382,7 @@ def sample_report(
     if not 0 <= primer_notes <= len(notes):
         raise ValueError(f"primer_notes must be in 0..{len(notes)}, not {primer_notes}")
     primer, continuation = notes[:primer_notes], notes[primer_notes:]
-    primer_stats = music_stats(primer) if len(primer) else None
+    primer_stats = _primer_stats(primer, boundary_s) if len(primer) else None
     continuation_stats = music_stats(continuation) if len(continuation) else None
     vs_reference = {}
     if reference is not None:

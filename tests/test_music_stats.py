@@ -186,6 +186,17 @@ def test_sample_report_primer_continuation_windows_drift_and_json(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]  # no temporary file left
 
 
+def test_primer_figures_end_at_the_boundary_when_the_continuation_releases_a_primer_note():
+    primer = [(60 + i % 5, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(19)] + [(48, 9.5, 30.0, 70)]
+    continuation = [(72, 10 + 0.5 * i, 10 + 0.5 * i + 0.4, 80) for i in range(40)]
+    report = sample_report(notes(*primer, *continuation), 20, 10.0)
+    assert report.primer.notes_per_second == pytest.approx(20 / 10)  # not 20 notes over 30 s
+    assert report.primer.duration_s == pytest.approx(10.0)
+    assert report.primer.note_length_max_s == pytest.approx(20.5)  # the held note keeps its length
+    assert report.primer.max_polyphony == 1 and report.primer.long_note_fraction == pytest.approx(1 / 20)
+    assert report.primer.silence_fraction == pytest.approx(19 * 0.1 / 10)  # the gaps after each short note
+
+
 def test_report_without_primer_or_continuation():
     table = notes((60, 0, 1, 64), (62, 1, 2, 64))
     only_primer = sample_report(table, 2, 2.0)

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from perceiver_ar_music.augment import AugmentConfig
+
+_AUGMENT = AugmentConfig()  # the home of the augmentation ranges' defaults
+
 if TYPE_CHECKING:
     from perceiver_ar_music.model import PerceiverARConfig
 
@@ -31,11 +35,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     z_loss: float = 1e-4
     augment: bool = True  # random transposition, time stretch (and velocities) of training windows
-    max_transpose: int = 3  # semitones, both ways
+    max_transpose: int = _AUGMENT.max_transpose  # semitones, both ways
     stretch: float = 0.05  # time stretch factor drawn from [1 - stretch, 1 + stretch]
-    velocity_windows: float = 0.0  # share of windows whose velocities are varied (for corpora without dynamics)
-    velocity_shift: int = 24  # in those windows: one random shift, MIDI units both ways
-    velocity_noise: float = 12.0  # and each note's own change, std in MIDI units
+    velocity_windows: float = _AUGMENT.velocity_windows  # share of windows whose velocities are varied (for corpora without dynamics)
+    velocity_shift: int = _AUGMENT.max_velocity_shift  # in those windows: one random shift, MIDI units both ways
+    velocity_noise: float = _AUGMENT.velocity_noise  # and each note's own change, std in MIDI units
     eval_every: int = 1000  # steps between validations (and best-checkpoint updates)
     eval_windows: int = 512  # validation windows scored each time, evenly spread; 0: all
     save_every: int = 1000  # steps between checkpoints

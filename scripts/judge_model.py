@@ -80,6 +80,7 @@ def set_summary(train_stats: dict, validation_stats: dict) -> dict:
     notes = sum(c["note_count"] for c in continuations)
     long_notes = sum(c["long_note_fraction"] * c["note_count"] for c in continuations)
     drifts = [s["drift"] for s in samples.values()]
+    vs_primer = [s["continuation_vs_primer"] for s in samples.values() if s["primer"] and s["continuation"]]
     memo = [s["memorization"] or {} for s in train_stats["samples"].values()]
     copied = [(m.get("continuation") or {}).get("notes", 0) for m in memo]
     copied_s = [(m.get("continuation") or {}).get("seconds", 0.0) for m in memo]
@@ -92,6 +93,8 @@ def set_summary(train_stats: dict, validation_stats: dict) -> dict:
         "long_note_fraction": long_notes / notes if notes else 0.0,
         "drift_notes_per_second": _median_or_none(d["notes_per_second"] for d in drifts),
         "drift_mean_polyphony": _median_or_none(d["mean_polyphony"] for d in drifts),
+        "vs_primer_notes_per_second": _median_or_none(v["notes_per_second"] for v in vs_primer),
+        "vs_primer_mean_polyphony": _median_or_none(v["mean_polyphony"] for v in vs_primer),
         "longest_copy_notes": max(copied, default=0),
         "longest_copy_seconds": max(copied_s, default=0.0),
         "reference_notes_per_second": reference["notes_per_second"],
@@ -114,7 +117,7 @@ def _median_or_none(values) -> float | None:
 
 def markdown(summary: dict) -> str:
     """The card's table: one column per set of samples, the validation medians beside them."""
-    lines = [f"Checkpoint `{summary['checkpoint']}`", ""]
+    lines = [f"Checkpoint `{summary['checkpoint']}`" + (f", sampling `{summary['sampling']}`" if summary.get("sampling") else ""), ""]
     for name, result in summary["test"].items():
         lines.append(f"- test on `{name}`: {result['nats_per_token']:.4f} nats/token, "
                      f"{result['nats_per_note']:.2f} nats/note, {result['nats_per_second']:.2f} nats/second "
@@ -130,6 +133,8 @@ def markdown(summary: dict) -> str:
         ("notes over 4 s", "long_note_fraction", None, "{:.1%}"),
         ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", None, "{:.2f}"),
         ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", None, "{:.2f}"),
+        ("notes/s, continuation / primer", "vs_primer_notes_per_second", None, "{:.2f}"),
+        ("polyphony, continuation / primer", "vs_primer_mean_polyphony", None, "{:.2f}"),
         ("longest passage copied from training (notes)", "longest_copy_notes", None, "{:d}"),
         ("longest passage copied from training (s)", "longest_copy_seconds", None, "{:.1f}"),
     ]
@@ -153,27 +158,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--primer-seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampling", default="", metavar="ARGS",
+                        help="extra generate arguments for every sample, e.g. \"--temperature 0.9 --top-p 0.9\"")
+    parser.add_argument("--no-test", action="store_true", help="skip the test NLL (a sampling study)")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(args.checkpoint)
     log: list[str] = []
-    summary: dict = {"checkpoint": ckpt, "commands": log, "test": {}, "sets": {}}
-    for data in [args.data] + ([first_corpus(args.midi, log)] if args.midi else []):
+    summary: dict = {"checkpoint": ckpt, "sampling": args.sampling, "commands": log, "test": {}, "sets": {}}
+    for data in [] if args.no_test else [args.data] + ([first_corpus(args.midi, log)] if args.midi else []):
         target = out / f"test-{data.name}.json"
         run(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--split", "test", "--json", str(target)], log)
         result = json.loads(target.read_text())
         summary["test"][str(data)] = {key: result.get(key) for key in
                                       ("nats_per_token", "nats_per_note", "nats_per_second", "targets", "pieces")}
     common = ["--checkpoint", ckpt, "--seconds", f"{args.seconds:g}", "--length", "100000",
-              "--num-samples", str(args.samples), "--no-guards", "--seed", str(args.seed), "--no-audio", "--no-progress"]
+              "--num-samples", str(args.samples), "--no-guards", "--seed", str(args.seed), "--no-audio", "--no-progress", *shlex.split(args.sampling)]
     primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
     for name, extra in (("from nothing", []), ("primer continuations", primer)):
         folder = out / name.replace(" ", "-")
-        if (folder / "stats.json").exists():  # samples from an earlier run of this judge: kept
-            log.append("perceiver-music " + shlex.join(["generate", *common, *extra, "--out", str(folder)]))
+        command, made_by = ["generate", *common, *extra, "--out", str(folder)], folder / "judge-command.txt"
+        if (folder / "stats.json").exists() and made_by.exists() and made_by.read_text() == shlex.join(command):
+            log.append("perceiver-music " + shlex.join(command))  # samples of an earlier run, same command: kept
         else:
-            run(["generate", *common, *extra, "--out", str(folder)], log)
+            run(command, log)
+            made_by.write_text(shlex.join(command))
         stats = {}
         for split in ("validation", "train"):
             target = out / f"stats-{folder.name}-{split}.json"

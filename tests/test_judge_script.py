@@ -1,0 +1,88 @@
+"""scripts/judge_model.py's summary of `stats` JSON: the figures, the targets and the card's table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perceiver_ar_music.music_stats import music_stats, reference_figures, sample_report, write_stats_json
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the judge imports the corpus script's composer list
+_spec = importlib.util.spec_from_file_location("judge_model", ROOT / "scripts" / "judge_model.py")
+judge = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(judge)
+
+
+def voices(start: float, seconds: float, per_second: float, count: int, length: float) -> list[tuple]:
+    """`count` voices striking together `per_second` times a second, each note `length` long."""
+    step = 1.0 / per_second
+    return [(60 + 3 * v, start + i * step, start + i * step + length, 80)
+            for i in range(int(seconds * per_second)) for v in range(count)]
+
+
+def table(rows: list[tuple]) -> np.ndarray:
+    return np.array(sorted(rows, key=lambda r: (r[1], r[0])), dtype=np.float64)
+
+
+def write_stats(path: Path, samples: dict[str, tuple[list, list]], reference, copied: int) -> dict:
+    """A `stats --json` file of (primer, continuation) note lists, as the command writes it."""
+    reports = {}
+    for name, (primer, continuation) in samples.items():
+        memo = {"continuation": {"notes": copied, "seconds": copied * 0.5}}
+        reports[name] = sample_report(table(primer + continuation), len(primer), 10.0 if primer else 0.0,
+                                      window_s=30.0, reference=reference, memorization=memo)
+    write_stats_json(path, reports, {"reference": reference.as_dict()})
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def reference():
+    """Pieces of four voices, one chord a second: 4 notes/s, polyphony 4 (a fraction less: gaps)."""
+    return reference_figures([music_stats(table(voices(0, 60, 1.0, 4, 0.9))) for _ in range(3)], "test")
+
+
+def test_a_continuation_like_the_data_meets_every_target(tmp_path, reference):
+    primer = voices(0, 10, 1.0, 4, 0.9)
+    samples = {f"sample-0{i}": (primer, voices(10, 120, 1.0, 4, 0.9)) for i in range(1, 4)}
+    stats = write_stats(tmp_path / "s.json", samples, reference, copied=7)
+    summary = judge.set_summary(stats, stats)
+    assert summary["samples"] == 3
+    assert summary["notes_per_second"] == pytest.approx(reference.median["notes_per_second"], rel=0.02)
+    assert summary["long_note_fraction"] == 0.0 and summary["longest_copy_notes"] == 7
+    assert summary["vs_primer_notes_per_second"] == pytest.approx(1.0, rel=0.02)
+    assert summary["vs_primer_mean_polyphony"] == pytest.approx(1.0, rel=0.02)
+    assert all(summary["checks"].values()), summary["checks"]
+
+
+def test_dense_stacked_held_drifting_samples_miss_each_target(tmp_path, reference):
+    primer = voices(0, 10, 1.0, 4, 0.9)
+    dense = voices(10, 60, 2.0, 4, 0.45) + voices(70, 60, 4.0, 4, 0.2)  # 8 then 16 notes/s: drift
+    held = [(30 + k, 10 + 2 * k, 130.0, 60) for k in range(24)]  # 24 notes held to the end
+    stats = write_stats(tmp_path / "s.json", {"sample-01": (primer, dense + held)}, reference, copied=0)
+    summary = judge.set_summary(stats, stats)
+    assert summary["checks"] == {"density": False, "polyphony": False, "long_notes": False, "no_drift": False}
+    assert summary["long_note_fraction"] == pytest.approx(24 / (len(dense) + 24))
+    assert summary["vs_primer_notes_per_second"] > 2
+
+
+def test_the_card_table_names_the_sampling_and_the_missed_targets(tmp_path, reference):
+    primer = voices(0, 10, 1.0, 4, 0.9)
+    good = write_stats(tmp_path / "good.json", {"sample-01": (primer, voices(10, 120, 1.0, 4, 0.9))}, reference, 3)
+    nothing = write_stats(tmp_path / "nothing.json", {"sample-01": ([], voices(0, 120, 4.0, 4, 0.2))}, reference, 3)
+    summary = {"checkpoint": "checkpoints/default", "sampling": "--top-p 0.9",
+               "test": {"data/x": {"nats_per_token": 0.9, "nats_per_note": 3.1, "nats_per_second": 10.4,
+                                   "targets": 100, "pieces": 2}},
+               "sets": {"from nothing": judge.set_summary(nothing, nothing),
+                        "primer continuations": judge.set_summary(good, good)}}
+    text = judge.markdown(summary)
+    assert text.startswith("Checkpoint `checkpoints/default`, sampling `--top-p 0.9`")
+    assert "0.9000 nats/token" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["notes/s, continuation / primer"].rstrip(" |").endswith("| - | 1.00")  # no primer: a dash
+    assert rows["targets missed"].endswith("| density | all met |")

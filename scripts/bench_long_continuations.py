@@ -38,6 +38,7 @@ from perceiver_ar_music.continuation import (  # noqa: E402
 )
 from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, sample_report  # noqa: E402
+from perceiver_ar_music.commands.generate import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--primer-seconds", type=float, default=120.0, help="keep each primer's first S seconds")
     parser.add_argument("--length", type=int, default=8192)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="default: generate's --top-p")
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--reference", type=Path, help="prepared training data: report copied passages")
     parser.add_argument("--no-cache-primer", type=int, default=0, help="index of the primer also run with --no-cache")

@@ -27,6 +27,7 @@ from perceiver_ar_music.music_stats import (  # noqa: E402
     FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
 )
 from perceiver_ar_music.token_store import PreparedData  # noqa: E402
+from perceiver_ar_music.commands.generate import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--primer", type=Path, help="MIDI primer (default: start from nothing)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--length", type=int, default=1500)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help="default: generate's --top-p")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

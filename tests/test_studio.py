@@ -162,6 +162,8 @@ def test_settings_defaults_and_checks_are_generates():
     for name, field in fields.items():
         assert field["default"] == parser.get_default(name), name
     assert fields["top_p"]["flag"] == "--top-p" and fields["constrain"]["kind"] == "bool"
+    from perceiver_ar_music.commands.generate import DEFAULT_TOP_P
+    assert fields["top_p"]["default"] == DEFAULT_TOP_P == 0.85  # the sampling study's choice (docs/benchmarks.md)
     assert fields["seed"]["kind"] == "int" and fields["temperature"]["kind"] == "number"
     args = studio_settings.parse_settings({"top_p": "0.5", "seed": 3, "constrain": True, "length": ""})
     assert (args.top_p, args.seed, args.constrain, args.length) == (0.5, 3, True, None)

@@ -110,6 +110,31 @@ def set_summary(train_stats: dict, validation_stats: dict) -> dict:
     return out
 
 
+def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict:
+    """The drift target's yardstick: the same last/first-window ratios over the first `seconds` of
+    every validation piece at least that long (real music thickens too: voices enter one by one)."""
+    import numpy as np
+
+    from perceiver_ar_music.events import ids_to_notes
+    from perceiver_ar_music.music_stats import drift, windowed_stats
+    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.tokenizer import load_tokenizer
+
+    prepared = PreparedData.open(data)
+    vocab = load_tokenizer(prepared.tokenizer_path).vocab
+    ratios = []
+    for ids in prepared.pieces("validation"):
+        notes = ids_to_notes(ids, vocab)
+        if not len(notes) or notes[:, 2].max() < seconds:
+            continue
+        notes = notes[notes[:, 1] < seconds]
+        notes[:, 2] = np.minimum(notes[:, 2], seconds)
+        ratios.append(drift(windowed_stats(notes, window_s, start_s=float(notes[:, 1].min())), window_s))
+    return {"pieces": len(ratios), "seconds": seconds,
+            "notes_per_second": _median_or_none(r["notes_per_second"] for r in ratios),
+            "mean_polyphony": _median_or_none(r["mean_polyphony"] for r in ratios)}
+
+
 def _median_or_none(values) -> float | None:
     kept = [v for v in values if v is not None]
     return median(kept) if kept else None
@@ -131,19 +156,27 @@ def markdown(summary: dict) -> str:
         ("max polyphony", "max_polyphony", None, "{:.0f}"),
         ("mean note length (s)", "note_length_mean_s", None, "{:.2f}"),
         ("notes over 4 s", "long_note_fraction", None, "{:.1%}"),
-        ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", None, "{:.2f}"),
-        ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", None, "{:.2f}"),
+        ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", "drift:notes_per_second", "{:.2f}"),
+        ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "drift:mean_polyphony", "{:.2f}"),
         ("notes/s, continuation / primer", "vs_primer_notes_per_second", None, "{:.2f}"),
         ("polyphony, continuation / primer", "vs_primer_mean_polyphony", None, "{:.2f}"),
         ("longest passage copied from training (notes)", "longest_copy_notes", None, "{:d}"),
         ("longest passage copied from training (s)", "longest_copy_seconds", None, "{:.1f}"),
     ]
     for label, key, ref, fmt in rows:
-        reference = fmt.format(first[ref]) if ref else ""
+        if ref and ref.startswith("drift:"):  # the validation pieces' own drift, when measured
+            value = (summary.get("validation_drift") or {}).get(ref.removeprefix("drift:"))
+            reference = "" if value is None else fmt.format(value)
+        else:
+            reference = fmt.format(first[ref]) if ref else ""
         cells = ["-" if s[key] is None else fmt.format(s[key]) for s in sets.values()]
         lines.append(f"| {label} | {reference} | " + " | ".join(cells) + " |")
     checks = " | ".join(", ".join(k for k, ok in s["checks"].items() if not ok) or "all met" for s in sets.values())
     lines.append(f"| targets missed | | {checks} |")
+    if summary.get("validation_drift"):
+        d = summary["validation_drift"]
+        lines.append(f"\nThe drift rows' reference: the same ratios over the first {d['seconds']:g} s of the "
+                     f"{d['pieces']} validation pieces that long (median).")
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +209,7 @@ def main() -> int:
     common = ["--checkpoint", ckpt, "--seconds", f"{args.seconds:g}", "--length", "100000",
               "--num-samples", str(args.samples), "--no-guards", "--seed", str(args.seed), "--no-audio", "--no-progress", *shlex.split(args.sampling)]
     primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
+    summary["validation_drift"] = validation_drift(args.data, args.seconds)
     for name, extra in (("from nothing", []), ("primer continuations", primer)):
         folder = out / name.replace(" ", "-")
         command, made_by = ["generate", *common, *extra, "--out", str(folder)], folder / "judge-command.txt"

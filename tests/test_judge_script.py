@@ -86,3 +86,39 @@ def test_the_card_table_names_the_sampling_and_the_missed_targets(tmp_path, refe
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["notes/s, continuation / primer"].rstrip(" |").endswith("| - | 1.00")  # no primer: a dash
     assert rows["targets missed"].endswith("| density | all met |")
+
+
+def test_the_validation_pieces_own_drift_is_the_drift_targets_yardstick(tmp_path):
+    import pretty_midi
+
+    from perceiver_ar_music.store_builder import prepare
+
+    def piece(name: str, seconds: float, faster_after: float | None) -> None:
+        midi, piano, t = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0), 0.0
+        while t < seconds:
+            step = 0.5 if faster_after is not None and t >= faster_after else 1.0
+            piano.notes.append(pretty_midi.Note(velocity=80, pitch=60 + int(t) % 12, start=t, end=t + 0.4))
+            t += step
+        midi.instruments.append(piano)
+        midi.write(str(tmp_path / "midi" / name))
+
+    (tmp_path / "midi").mkdir()
+    piece("steady.mid", 150, None)  # 1 note/s throughout: drift 1
+    piece("faster.mid", 150, 30)  # 1 note/s for 30 s, then 2: drift 2
+    piece("short.mid", 60, None)  # shorter than the samples: left out
+    prepare(tmp_path / "midi", tmp_path / "prepared", workers=1, split_ratios=(0, 1, 0), progress=False)
+    drift = judge.validation_drift(tmp_path / "prepared", seconds=120)
+    assert drift["seconds"] == 120
+    assert drift["pieces"] == 2
+    assert drift["notes_per_second"] == pytest.approx(1.5, rel=0.05)
+    assert drift["mean_polyphony"] == pytest.approx(1.0)
+    table = judge.markdown({"checkpoint": "c", "test": {}, "validation_drift": drift, "sets": {"from nothing": FIGURES}})
+    assert f"| drift, notes/s (last 30 s / first) | {drift['notes_per_second']:.2f} | 1.10 |" in table
+    assert "| drift, polyphony (last 30 s / first) | 1.00 | 1.20 |" in table
+
+
+FIGURES = {"samples": 1, "notes_per_second": 2.0, "mean_polyphony": 3.0, "max_polyphony": 4, "note_length_mean_s": 1.0,
+           "long_note_fraction": 0.0, "drift_notes_per_second": 1.1, "drift_mean_polyphony": 1.2,
+           "vs_primer_notes_per_second": None, "vs_primer_mean_polyphony": None, "longest_copy_notes": 0,
+           "longest_copy_seconds": 0.0, "reference_notes_per_second": 2.0, "reference_mean_polyphony": 3.0,
+           "checks": {"density": True}}

@@ -95,6 +95,7 @@ def set_summary(train_stats: dict, validation_stats: dict) -> dict:
         "drift_mean_polyphony": _median_or_none(d["mean_polyphony"] for d in drifts),
         "vs_primer_notes_per_second": _median_or_none(v["notes_per_second"] for v in vs_primer),
         "vs_primer_mean_polyphony": _median_or_none(v["mean_polyphony"] for v in vs_primer),
+        "copy_notes_per_sample": copied,
         "longest_copy_notes": max(copied, default=0),
         "longest_copy_seconds": max(copied_s, default=0.0),
         "reference_notes_per_second": reference["notes_per_second"],
@@ -173,6 +174,10 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {label} | {reference} | " + " | ".join(cells) + " |")
     checks = " | ".join(", ".join(k for k, ok in s["checks"].items() if not ok) or "all met" for s in sets.values())
     lines.append(f"| targets missed | | {checks} |")
+    for name, s in sets.items():
+        if s.get("copy_notes_per_sample"):
+            lines.append(f"\nLongest passage each sample copies from training ({name}, notes): "
+                         + ", ".join(map(str, s["copy_notes_per_sample"])) + ".")
     if summary.get("validation_drift"):
         d = summary["validation_drift"]
         lines.append(f"\nThe drift rows' reference: the same ratios over the first {d['seconds']:g} s of the "

@@ -55,6 +55,7 @@ def test_a_continuation_like_the_data_meets_every_target(tmp_path, reference):
     assert summary["samples"] == 3
     assert summary["notes_per_second"] == pytest.approx(reference.median["notes_per_second"], rel=0.02)
     assert summary["long_note_fraction"] == 0.0 and summary["longest_copy_notes"] == 7
+    assert summary["copy_notes_per_sample"] == [7, 7, 7]
     assert summary["vs_primer_notes_per_second"] == pytest.approx(1.0, rel=0.02)
     assert summary["vs_primer_mean_polyphony"] == pytest.approx(1.0, rel=0.02)
     assert all(summary["checks"].values()), summary["checks"]
@@ -86,6 +87,7 @@ def test_the_card_table_names_the_sampling_and_the_missed_targets(tmp_path, refe
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["notes/s, continuation / primer"].rstrip(" |").endswith("| - | 1.00")  # no primer: a dash
     assert rows["targets missed"].endswith("| density | all met |")
+    assert "Longest passage each sample copies from training (from nothing, notes): 3." in text
 
 
 def test_the_validation_pieces_own_drift_is_the_drift_targets_yardstick(tmp_path):

@@ -39,6 +39,8 @@ PRIMER = ROOT / "examples" / "primer.mid"
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_music21_corpus import COMPOSERS  # noqa: E402
 
+from perceiver_ar_music.atomic import write_text_atomic  # noqa: E402
+
 FIRST_COMPOSERS = tuple(COMPOSERS[:11])  # the first bundled models' corpus (the list's first eleven), with
 FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
 
@@ -151,25 +153,28 @@ def markdown(summary: dict) -> str:
     sets = summary["sets"]
     first = next(iter(sets.values()))
     lines += ["", "| | validation pieces (median) | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+    drift_ref = summary.get("validation_drift") or {}
+    references = {  # the reference column: the validation pieces' medians, and their own drift
+        "notes_per_second": first["reference_notes_per_second"],
+        "mean_polyphony": first["reference_mean_polyphony"],
+        "drift_notes_per_second": drift_ref.get("notes_per_second"),
+        "drift_mean_polyphony": drift_ref.get("mean_polyphony"),
+    }
     rows = [
-        ("notes per second", "notes_per_second", "reference_notes_per_second", "{:.2f}"),
-        ("mean polyphony", "mean_polyphony", "reference_mean_polyphony", "{:.2f}"),
-        ("max polyphony", "max_polyphony", None, "{:.0f}"),
-        ("mean note length (s)", "note_length_mean_s", None, "{:.2f}"),
-        ("notes over 4 s", "long_note_fraction", None, "{:.1%}"),
-        ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", "drift:notes_per_second", "{:.2f}"),
-        ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "drift:mean_polyphony", "{:.2f}"),
-        ("notes/s, continuation / primer", "vs_primer_notes_per_second", None, "{:.2f}"),
-        ("polyphony, continuation / primer", "vs_primer_mean_polyphony", None, "{:.2f}"),
-        ("longest passage copied from training (notes)", "longest_copy_notes", None, "{:d}"),
-        ("longest passage copied from training (s)", "longest_copy_seconds", None, "{:.1f}"),
+        ("notes per second", "notes_per_second", "{:.2f}"),
+        ("mean polyphony", "mean_polyphony", "{:.2f}"),
+        ("max polyphony", "max_polyphony", "{:.0f}"),
+        ("mean note length (s)", "note_length_mean_s", "{:.2f}"),
+        ("notes over 4 s", "long_note_fraction", "{:.1%}"),
+        ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", "{:.2f}"),
+        ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "{:.2f}"),
+        ("notes/s, continuation / primer", "vs_primer_notes_per_second", "{:.2f}"),
+        ("polyphony, continuation / primer", "vs_primer_mean_polyphony", "{:.2f}"),
+        ("longest passage copied from training (notes)", "longest_copy_notes", "{:d}"),
+        ("longest passage copied from training (s)", "longest_copy_seconds", "{:.1f}"),
     ]
-    for label, key, ref, fmt in rows:
-        if ref and ref.startswith("drift:"):  # the validation pieces' own drift, when measured
-            value = (summary.get("validation_drift") or {}).get(ref.removeprefix("drift:"))
-            reference = "" if value is None else fmt.format(value)
-        else:
-            reference = fmt.format(first[ref]) if ref else ""
+    for label, key, fmt in rows:
+        reference = "" if references.get(key) is None else fmt.format(references[key])
         cells = ["-" if s[key] is None else fmt.format(s[key]) for s in sets.values()]
         lines.append(f"| {label} | {reference} | " + " | ".join(cells) + " |")
     checks = " | ".join(", ".join(k for k, ok in s["checks"].items() if not ok) or "all met" for s in sets.values())
@@ -222,7 +227,7 @@ def main() -> int:
             log.append("perceiver-music " + shlex.join(command))  # samples of an earlier run, same command: kept
         else:
             run(command, log)
-            made_by.write_text(shlex.join(command))
+            write_text_atomic(made_by, shlex.join(command))
         stats = {}
         for split in ("validation", "train"):
             target = out / f"stats-{folder.name}-{split}.json"
@@ -230,9 +235,9 @@ def main() -> int:
                  "--json", str(target)], log)
             stats[split] = json.loads(target.read_text())
         summary["sets"][name] = set_summary(stats["train"], stats["validation"])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)
-    (out / "summary.md").write_text(table)
+    write_text_atomic(out / "summary.md", table)
     print(table)
     return 0
 

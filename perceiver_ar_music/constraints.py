@@ -9,9 +9,11 @@ and whether a Velocity is due, and applies up to three rules, each optional:
 - **polyphony cap** (`max_polyphony` P): no NoteOn while P notes sound (a masked token).
 - **maximum note duration** (`max_note_steps` D): when the drawn token is a TimeShift that would
   carry a sounding note past D grid steps, the NoteOff of the oldest sounding note is emitted
-  instead (`amend`); the model then draws again with that note released, so the shift it wanted
-  usually follows. No note sounds longer than D past the prompt (a primer note already older
-  than D is released at the first TimeShift).
+  in its place (`amend`) and the shift is kept back; once no note is too old any more, the kept
+  shift is emitted, whatever the model draws meanwhile. So the guard releases notes without
+  taking time out of the music (a model that draws again after the NoteOff almost never draws a
+  shift: the music would run faster). No note sounds longer than D past the prompt (a primer
+  note already older than D is released at the first TimeShift).
 
 Rules only look at tokens they have not seen yet and keep their state on the tokens' device:
 each step costs a few O(batch x vocabulary) tensor operations and never waits for the device.
@@ -25,6 +27,7 @@ import torch
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
 
 SILENT = torch.iinfo(torch.long).max // 4  # the onset of a silent pitch (above any clock)
+NOTHING = -1  # no shift kept back (see `NoteRules.amend`)
 
 
 class NoteRules:
@@ -74,6 +77,7 @@ class NoteRules:
         self.onset: torch.Tensor | None = None
         self.clock: torch.Tensor | None = None
         self.velocity_due: torch.Tensor | None = None  # (b,) the last token was a NoteOn
+        self.kept: torch.Tensor | None = None  # (b,) the shift held back by `amend`, else NOTHING
         self.seen = 0
 
     @property
@@ -93,6 +97,7 @@ class NoteRules:
             self.onset = torch.full((b, self.pitches + 1), SILENT, dtype=torch.long, device=device)
             self.clock = torch.zeros(b, dtype=torch.long, device=device)
             self.velocity_due = torch.zeros(b, dtype=torch.bool, device=device)
+            self.kept = torch.full((b,), NOTHING, dtype=torch.long, device=device)
             self.row_start = torch.arange(b, device=device) * (self.pitches + 1)  # in onset.view(-1)
         for t in range(self.seen, sequences.shape[1]):
             self._update(sequences[:, t])
@@ -121,14 +126,18 @@ class NoteRules:
         return allowed.expand(self.onset.shape[0], -1)
 
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
-        """The drawn tokens (b,) that follow `sequences` (b, L), with a TimeShift that would carry
-        a note past the maximum duration replaced by the NoteOff of the oldest sounding note."""
+        """The tokens (b,) to emit after `sequences` (b, L) given the drawn ones `new`: a shift
+        kept back by an earlier call replaces the draw; a TimeShift that would carry a note past
+        the maximum duration becomes the NoteOff of the oldest sounding note, and is kept back
+        until every note it would carry too far is released."""
         if self.max_note_steps is None:
             return new
         self.observe(sequences)
+        wanted = torch.where(self.kept != NOTHING, self.kept, new)
         oldest, pitch = self.onset.min(dim=1)  # all silent: the spare column, never too long
-        too_long = self.clock - oldest > self.age_limit[new]
-        return torch.where(too_long, self.note_off_of[pitch], new)
+        too_long = (self.shift[wanted] > 0) & (self.clock - oldest > self.age_limit[wanted])
+        self.kept = torch.where(too_long, wanted, NOTHING)
+        return torch.where(too_long, self.note_off_of[pitch], wanted)
 
 
 class PerformanceGrammar(NoteRules):

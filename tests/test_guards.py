@@ -42,15 +42,33 @@ def rules_after(vocab, ids, **kwargs) -> NoteRules:
 
 def test_a_note_held_past_d_is_released_before_the_shift_that_would_carry_it(vocab):
     ids = [vocab.bos_id, *on(vocab, 60), *shift(vocab, 100), *shift(vocab, 100)]  # 60 sounds 200 steps
-    rules = rules_after(vocab, ids, max_note_steps=250)
     seq = torch.tensor([ids])
     long_shift, short_shift = torch.tensor(shift(vocab, 100)), torch.tensor(shift(vocab, 50))
-    assert rules.amend(long_shift, seq).tolist() == off(vocab, 60)  # 300 > 250: forced NoteOff
-    assert rules.amend(short_shift, seq).tolist() == shift(vocab, 50)  # 250: still allowed
+    guarded = lambda: rules_after(vocab, ids, max_note_steps=250)  # noqa: E731 (a fresh state per draw)
+    assert guarded().amend(long_shift, seq).tolist() == off(vocab, 60)  # 300 > 250: forced NoteOff
+    assert guarded().amend(short_shift, seq).tolist() == shift(vocab, 50)  # 250: still allowed
     note_on = torch.tensor([vocab.note_on_id[62]])
-    assert rules.amend(note_on, seq).tolist() == [vocab.note_on_id[62]]  # no time passes: kept
+    assert guarded().amend(note_on, seq).tolist() == [vocab.note_on_id[62]]  # no time passes: kept
     # without the guard nothing is amended
     assert rules_after(vocab, ids).amend(long_shift, seq).tolist() == shift(vocab, 100)
+
+
+def test_the_shift_the_model_drew_follows_the_forced_note_offs(vocab):
+    """The guard takes no time out of the music: the shift it held back is emitted once the notes
+    it would have carried too far are released, whatever is drawn meanwhile."""
+    ids = [vocab.bos_id, *on(vocab, 60), *on(vocab, 64), *shift(vocab, 100), *shift(vocab, 100), *on(vocab, 67)]
+    rules = NoteRules(vocab, grammar=False, max_note_steps=250)
+    seq = torch.tensor([ids])
+    emitted = []
+    for drawn in (shift(vocab, 80), on(vocab, 72)[:1], on(vocab, 74)[:1], on(vocab, 76)[:1]):
+        token = rules.amend(torch.tensor(drawn), seq)
+        emitted.append(int(token))
+        seq = torch.cat((seq, token[None]), dim=1)
+    # 60 and 64 would sound 280 steps (> 250): both released, then the 80-step shift, then the draws
+    assert emitted == [*off(vocab, 60), *off(vocab, 64), *shift(vocab, 80), vocab.note_on_id[76]]
+    # 67 (80 steps old) is not released; the next long shift releases it
+    assert rules.amend(torch.tensor(shift(vocab, 100)), torch.cat((seq, torch.tensor([on(vocab, 76)[1:]])), 1)).tolist() \
+        == shift(vocab, 100)
 
 
 def test_the_oldest_note_is_released_first_and_rows_are_independent(vocab):
@@ -61,10 +79,14 @@ def test_the_oldest_note_is_released_first_and_rows_are_independent(vocab):
     drawn = torch.tensor(shift(vocab, 100) * 2)
     # row 0: 60 is 200 steps old (300 > 250: released), 64 only 100; row 1: 67 is 200 steps old
     assert rules.amend(drawn, seq).tolist() == [vocab.note_off_id[60], vocab.note_off_id[67]]
-    seq = torch.cat((seq, torch.tensor([[vocab.note_off_id[60], vocab.shift_id[1]],
-                                        [vocab.note_on_id[70], vocab.velocity.index(63)]])), dim=1)
-    # row 0: 64 is 100 old -> fine; row 1: 67 still sounds (the NoteOn of 70 did not end it), 201 old
-    assert rules.amend(drawn, seq).tolist() == [vocab.shift_id[100], vocab.note_off_id[67]]
+    seq = torch.cat((seq, torch.tensor([[vocab.note_off_id[60]], [vocab.note_off_id[67]]])), dim=1)
+    # both rows emit the shift they drew (the new draw is ignored); row 0 then plays on, row 1
+    # strikes 70 and shifts again: 70 is young, nothing else sounds
+    assert rules.amend(torch.tensor(shift(vocab, 1) * 2), seq).tolist() == shift(vocab, 100) * 2
+    seq = torch.cat((seq, torch.tensor([shift(vocab, 100), shift(vocab, 100)])), dim=1)
+    seq = torch.cat((seq, torch.tensor([[vocab.note_on_id[72], vocab.velocity.index(63)], on(vocab, 70)])), dim=1)
+    # row 0: 64 is 200 old, 72 new -> 64 released before 100 more; row 1: nothing too old
+    assert rules.amend(drawn, seq).tolist() == [vocab.note_off_id[64], vocab.shift_id[100]]
 
 
 def test_polyphony_cap_masks_note_on_at_p(vocab):
@@ -132,6 +154,37 @@ def test_guards_hold_while_sampling_and_the_check_can_fail(vocab):
             # the guards only hold notes back: velocities and time shifts are written as often as without
             for kind in (VELOCITY, TIME_SHIFT):
                 assert (kinds[row] == kind).sum() >= 0.5 * (kinds[free_row] == kind).sum() > 10
+
+
+def test_guards_release_notes_without_dropping_the_shifts_drawn(vocab):
+    """Every shift the model draws is emitted, at once or right after the NoteOffs forced in its
+    place: the guarded music lasts as long as the draws say (the old guard dropped the shift and
+    drew again, and models almost never draw a shift right after a NoteOff)."""
+    model = biased_model(vocab, hold=True)
+    prompt = torch.tensor([[vocab.bos_id]] * 2)
+    rules = NoteRules(vocab, grammar=False, max_note_steps=300)
+    steps = []
+
+    def recording(new, sequences):
+        emitted = rules.amend(new, sequences)
+        steps.append((new.clone(), emitted.clone()))
+        return emitted
+
+    sample_ids(model, prompt, 400, seed=0, amend_tokens=recording)
+    is_shift = torch.tensor(vocab.shift_steps) > 0
+    forced = 0
+    for row in range(2):
+        kept = None
+        for drawn, emitted in ((d[row].item(), e[row].item()) for d, e in steps):
+            if kept is not None:  # after a forced NoteOff: more NoteOffs, then exactly the kept shift
+                assert emitted == kept or emitted in vocab.note_off_id.values()
+                kept = None if emitted == kept else kept
+            elif emitted != drawn:
+                assert is_shift[drawn] and emitted in vocab.note_off_id.values()
+                kept, forced = drawn, forced + 1
+            else:
+                assert emitted == drawn
+    assert forced > 5  # the guard acted
 
 
 @pytest.mark.parametrize("constrain", [False, True])

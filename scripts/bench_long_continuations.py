@@ -88,6 +88,49 @@ def targets(report, max_note_seconds: float | None, max_polyphony: int | None) -
     return result
 
 
+def mode_summary(samples: list[dict]) -> list[dict]:
+    """Per primer and rules (cached runs): the median over seeds of each continuation's notes/s,
+    mean polyphony, music length and drift, and the share of all their notes over 4 s. Many seeds
+    make a comparison of rules that one seed's sample cannot: samples of one model differ a lot."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for sample in samples:
+        if sample["cache"] and sample["report"]["continuation"]:
+            groups.setdefault((Path(sample["primer"]).stem, sample["mode"]), []).append(sample["report"])
+    rows = []
+    for (primer, mode), reports in groups.items():
+        parts = [r["continuation"] for r in reports]
+        notes = sum(c["note_count"] for c in parts)
+
+        def median_of(values) -> float | None:
+            kept = [v for v in values if v is not None]
+            return statistics.median(kept) if kept else None
+
+        rows.append({
+            "primer": primer, "mode": mode, "samples": len(reports),
+            "music_s": median_of(c["duration_s"] for c in parts),
+            "notes_per_second": median_of(c["notes_per_second"] for c in parts),
+            "mean_polyphony": median_of(c["mean_polyphony"] for c in parts),
+            "long_note_fraction": sum(c["long_note_fraction"] * c["note_count"] for c in parts) / max(notes, 1),
+            "drift_notes_per_second": median_of(r["drift"]["notes_per_second"] for r in reports),
+            "drift_mean_polyphony": median_of(r["drift"]["mean_polyphony"] for r in reports),
+        })
+    return rows
+
+
+def summary_table(rows: list[dict]) -> list[str]:
+    """The lines of `mode_summary`'s table."""
+    def fmt(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = ["primer | rules | samples | music (s) | notes/s | voices | % notes > 4 s | drift notes/s | drift voices"]
+    for r in rows:
+        lines.append(f"{r['primer']} | {r['mode']} | {r['samples']} | {fmt(r['music_s'], '.0f')} | "
+                     f"{fmt(r['notes_per_second'], '.2f')} | {fmt(r['mean_polyphony'], '.2f')} | "
+                     f"{100 * r['long_note_fraction']:.2f} | {fmt(r['drift_notes_per_second'], '.2f')} | "
+                     f"{fmt(r['drift_mean_polyphony'], '.2f')}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
@@ -166,6 +209,10 @@ def main() -> None:
         print("  targets: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
         results["samples"].append({"primer": str(primer), "seed": seed, "mode": mode, "cache": use_cache,
                                    "seconds": elapsed, "targets": checks, "report": report.as_dict()})
+
+    if results["samples"]:
+        results["summary"] = mode_summary(results["samples"])
+        print("\nmedians over seeds (long notes: share of all notes)\n" + "\n".join(summary_table(results["summary"])))
 
     if args.speed_tokens:
         # The guards' cost: the same primer and seed with and without them, alternated. Their limits

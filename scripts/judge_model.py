@@ -15,7 +15,10 @@ Runs the package's own commands (so the card can quote them) and summarises thei
 It then checks the bundled model's targets (issue 12): notes per second and mean polyphony within
 25% of the validation medians, at most 1% of notes over 4 s, no drift (the last full 30 s window
 within 25% of the first, in density and polyphony), and writes ``summary.json`` and
-``summary.md`` to ``--out``.
+``summary.md`` to ``--out``. With several seeds (``--seed 0 1``) the samples of all of them are
+pooled; every figure comes with a 90% bootstrap interval over the samples, so a target missed by
+a hair can be told from noise. The validation pieces give the yardsticks: their medians, their
+own drift and how much they share with the training pieces (real music repeats formulas too).
 
     python scripts/judge_model.py --checkpoint checkpoints/default --data data/music21-prepared \\
         --midi data/music21-midi --out out/judge/default
@@ -35,6 +38,8 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25  # density and polyphony: within 25% of the validation medians, and over time
 MAX_LONG_NOTES = 0.01  # share of notes over 4 s
+BOOTSTRAP_DRAWS = 2000  # resamples of the samples for each figure's interval
+INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval
 PRIMER = ROOT / "examples" / "primer.mid"
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_music21_corpus import COMPOSERS  # noqa: E402
@@ -74,35 +79,47 @@ def run(args: list[str], log: list[str]) -> None:
     print(f"  ({time.monotonic() - start:.0f} s)", flush=True)
 
 
-def set_summary(train_stats: dict, validation_stats: dict) -> dict:
-    """Figures of one set of samples (from nothing, or one primer's continuations)."""
-    reference = validation_stats["details"]["reference"]["median"]
-    samples = validation_stats["samples"]
-    continuations = [s["continuation"] for s in samples.values() if s["continuation"]]
-    notes = sum(c["note_count"] for c in continuations)
-    long_notes = sum(c["long_note_fraction"] * c["note_count"] for c in continuations)
-    drifts = [s["drift"] for s in samples.values()]
-    vs_primer = [s["continuation_vs_primer"] for s in samples.values() if s["primer"] and s["continuation"]]
-    memo = [s["memorization"] or {} for s in train_stats["samples"].values()]
+def set_summary(train_stats: list[dict], validation_stats: list[dict]) -> dict:
+    """Figures of one set of samples (from nothing, or one primer's continuations), pooled over
+    the `stats` JSON of each seed (against the training pieces, and against the validation
+    pieces), each with its bootstrap interval (`intervals`)."""
+    import numpy as np
+
+    reference = validation_stats[0]["details"]["reference"]["median"]
+    samples = [s for stats in validation_stats for s in stats["samples"].values()]
+    continuations = [s["continuation"] for s in samples if s["continuation"]]
+    notes = np.array([c["note_count"] for c in continuations], dtype=float)
+    long_notes = np.array([c["long_note_fraction"] * c["note_count"] for c in continuations])
+    drifts = [s["drift"] for s in samples]
+    vs_primer = [s["continuation_vs_primer"] for s in samples if s["primer"] and s["continuation"]]
+    memo = [s["memorization"] or {} for stats in train_stats for s in stats["samples"].values()]
     copied = [(m.get("continuation") or {}).get("notes", 0) for m in memo]
     copied_s = [(m.get("continuation") or {}).get("seconds", 0.0) for m in memo]
-    out = {
-        "samples": len(continuations),
-        "notes_per_second": median(c["notes_per_second"] for c in continuations),
-        "mean_polyphony": median(c["mean_polyphony"] for c in continuations),
-        "note_length_mean_s": median(c["note_length_mean_s"] for c in continuations),
-        "max_polyphony": median(c["max_polyphony"] for c in continuations),
-        "long_note_fraction": long_notes / notes if notes else 0.0,
-        "drift_notes_per_second": _median_or_none(d["notes_per_second"] for d in drifts),
-        "drift_mean_polyphony": _median_or_none(d["mean_polyphony"] for d in drifts),
-        "vs_primer_notes_per_second": _median_or_none(v["notes_per_second"] for v in vs_primer),
-        "vs_primer_mean_polyphony": _median_or_none(v["mean_polyphony"] for v in vs_primer),
+    per_sample = {  # the figures that are medians over samples, and what they are medians of
+        "notes_per_second": [c["notes_per_second"] for c in continuations],
+        "mean_polyphony": [c["mean_polyphony"] for c in continuations],
+        "note_length_mean_s": [c["note_length_mean_s"] for c in continuations],
+        "max_polyphony": [c["max_polyphony"] for c in continuations],
+        "drift_notes_per_second": [d["notes_per_second"] for d in drifts],
+        "drift_mean_polyphony": [d["mean_polyphony"] for d in drifts],
+        "vs_primer_notes_per_second": [v["notes_per_second"] for v in vs_primer],
+        "vs_primer_mean_polyphony": [v["mean_polyphony"] for v in vs_primer],
+        "median_copy_notes": copied,
+    }
+    out: dict = {"samples": len(continuations)}
+    out.update({key: _median_or_none(values) for key, values in per_sample.items()})
+    out["long_note_fraction"] = float(long_notes.sum() / notes.sum()) if notes.sum() else 0.0
+    out.update({
         "copy_notes_per_sample": copied,
         "longest_copy_notes": max(copied, default=0),
         "longest_copy_seconds": max(copied_s, default=0.0),
         "reference_notes_per_second": reference["notes_per_second"],
         "reference_mean_polyphony": reference["mean_polyphony"],
-    }
+    })
+    intervals = {key: bootstrap_interval(values, np.median) for key, values in per_sample.items()}
+    intervals["long_note_fraction"] = bootstrap_interval(
+        np.stack([long_notes, notes], axis=1), lambda rows: rows[:, 0].sum() / max(rows[:, 1].sum(), 1.0))
+    out["intervals"] = {key: value for key, value in intervals.items() if value is not None}
     out["checks"] = {
         "density": abs(out["notes_per_second"] / out["reference_notes_per_second"] - 1) <= TOLERANCE,
         "polyphony": abs(out["mean_polyphony"] / out["reference_mean_polyphony"] - 1) <= TOLERANCE,
@@ -111,6 +128,21 @@ def set_summary(train_stats: dict, validation_stats: dict) -> dict:
                         for v in (out["drift_notes_per_second"], out["drift_mean_polyphony"])),
     }
     return out
+
+
+def bootstrap_interval(values, statistic) -> list[float] | None:
+    """The INTERVAL percentiles of `statistic` over BOOTSTRAP_DRAWS resamples (with replacement,
+    fixed seed) of `values` (one entry or row per sample; None entries dropped); None for fewer
+    than two samples."""
+    import numpy as np
+
+    rows = np.asarray([v for v in values if v is not None] if not isinstance(values, np.ndarray) else values, dtype=float)
+    if len(rows) < 2:
+        return None
+    picks = np.random.default_rng(0).integers(0, len(rows), size=(BOOTSTRAP_DRAWS, len(rows)))
+    draws = np.array([statistic(rows[pick]) for pick in picks])
+    low, high = np.percentile(draws, INTERVAL)
+    return [float(low), float(high)]
 
 
 def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict:
@@ -138,6 +170,27 @@ def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict
             "mean_polyphony": _median_or_none(r["mean_polyphony"] for r in ratios)}
 
 
+def validation_copying(data: Path, seconds: float) -> dict:
+    """The copy rows' yardstick: the longest passage that the first `seconds` of each validation
+    piece shares with the training pieces (unseen pieces share cadences and formulas too)."""
+    from perceiver_ar_music.events import ids_to_notes
+    from perceiver_ar_music.memorization import ReferenceIndex
+    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.tokenizer import load_tokenizer
+
+    prepared = PreparedData.open(data)
+    vocab = load_tokenizer(prepared.tokenizer_path).vocab
+    index = ReferenceIndex.from_prepared(prepared, "train")
+    lengths = []
+    for ids in prepared.pieces("validation"):
+        notes = ids_to_notes(ids, vocab)
+        notes = notes[notes[:, 1] < seconds] if len(notes) else notes
+        if len(notes):
+            lengths.append(index.longest_match(notes).notes)
+    return {"pieces": len(lengths), "seconds": seconds, "median_notes": _median_or_none(lengths),
+            "max_notes": max(lengths, default=None)}
+
+
 def _median_or_none(values) -> float | None:
     kept = [v for v in values if v is not None]
     return median(kept) if kept else None
@@ -154,11 +207,14 @@ def markdown(summary: dict) -> str:
     first = next(iter(sets.values()))
     lines += ["", "| | validation pieces (median) | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
     drift_ref = summary.get("validation_drift") or {}
-    references = {  # the reference column: the validation pieces' medians, and their own drift
+    copy_ref = summary.get("validation_copying") or {}
+    references = {  # the reference column: the validation pieces' medians, own drift and copying
         "notes_per_second": first["reference_notes_per_second"],
         "mean_polyphony": first["reference_mean_polyphony"],
         "drift_notes_per_second": drift_ref.get("notes_per_second"),
         "drift_mean_polyphony": drift_ref.get("mean_polyphony"),
+        "median_copy_notes": copy_ref.get("median_notes"),
+        "longest_copy_notes": copy_ref.get("max_notes"),
     }
     rows = [
         ("notes per second", "notes_per_second", "{:.2f}"),
@@ -170,23 +226,39 @@ def markdown(summary: dict) -> str:
         ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "{:.2f}"),
         ("notes/s, continuation / primer", "vs_primer_notes_per_second", "{:.2f}"),
         ("polyphony, continuation / primer", "vs_primer_mean_polyphony", "{:.2f}"),
+        ("passage copied from training, median per sample (notes)", "median_copy_notes", "{:g}"),
         ("longest passage copied from training (notes)", "longest_copy_notes", "{:d}"),
         ("longest passage copied from training (s)", "longest_copy_seconds", "{:.1f}"),
     ]
+
+    def cell(figures: dict, key: str, fmt: str) -> str:
+        if figures.get(key) is None:
+            return "-"
+        interval = (figures.get("intervals") or {}).get(key)
+        text = fmt.format(figures[key])
+        return text + (f" ({fmt.format(interval[0])}-{fmt.format(interval[1])})" if interval else "")
+
     for label, key, fmt in rows:
         reference = "" if references.get(key) is None else fmt.format(references[key])
-        cells = ["-" if s[key] is None else fmt.format(s[key]) for s in sets.values()]
-        lines.append(f"| {label} | {reference} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {reference} | " + " | ".join(cell(s, key, fmt) for s in sets.values()) + " |")
     checks = " | ".join(", ".join(k for k, ok in s["checks"].items() if not ok) or "all met" for s in sets.values())
     lines.append(f"| targets missed | | {checks} |")
     for name, s in sets.items():
         if s.get("copy_notes_per_sample"):
             lines.append(f"\nLongest passage each sample copies from training ({name}, notes): "
                          + ", ".join(map(str, s["copy_notes_per_sample"])) + ".")
+    if summary.get("seeds"):
+        lines.append(f"\nSeeds {', '.join(map(str, summary['seeds']))}, pooled: "
+                     + ", ".join(f"{s['samples']} samples {name}" for name, s in sets.items())
+                     + ". In brackets: 90% bootstrap intervals over the samples.")
     if summary.get("validation_drift"):
         d = summary["validation_drift"]
         lines.append(f"\nThe drift rows' reference: the same ratios over the first {d['seconds']:g} s of the "
                      f"{d['pieces']} validation pieces that long (median).")
+    if copy_ref:
+        lines.append(f"\nThe copy rows' reference: the longest passage the first {copy_ref['seconds']:g} s of "
+                     f"each of the {copy_ref['pieces']} validation pieces shares with the training pieces "
+                     "(median, and the longest of all).")
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +272,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--primer-seconds", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="one or more seeds; the samples of all of them are pooled (default 0)")
     parser.add_argument("--sampling", default="", metavar="ARGS",
                         help="extra generate arguments for every sample, e.g. \"--temperature 0.9 --top-p 0.9\"")
     parser.add_argument("--no-test", action="store_true", help="skip the test NLL (a sampling study)")
@@ -209,7 +282,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(args.checkpoint)
     log: list[str] = []
-    summary: dict = {"checkpoint": ckpt, "sampling": args.sampling, "commands": log, "test": {}, "sets": {}}
+    summary: dict = {"checkpoint": ckpt, "sampling": args.sampling, "seeds": args.seed, "commands": log,
+                     "test": {}, "sets": {}}
     for data in [] if args.no_test else [args.data] + ([first_corpus(args.midi, log)] if args.midi else []):
         target = out / f"test-{data.name}.json"
         run(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--split", "test", "--json", str(target)], log)
@@ -217,23 +291,26 @@ def main() -> int:
         summary["test"][str(data)] = {key: result.get(key) for key in
                                       ("nats_per_token", "nats_per_note", "nats_per_second", "targets", "pieces")}
     common = ["--checkpoint", ckpt, "--seconds", f"{args.seconds:g}", "--length", "100000",
-              "--num-samples", str(args.samples), "--no-guards", "--seed", str(args.seed), "--no-audio", "--no-progress", *shlex.split(args.sampling)]
+              "--num-samples", str(args.samples), "--no-guards", "--no-audio", "--no-progress", *shlex.split(args.sampling)]
     primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
     summary["validation_drift"] = validation_drift(args.data, args.seconds)
+    summary["validation_copying"] = validation_copying(args.data, args.seconds)
     for name, extra in (("from nothing", []), ("primer continuations", primer)):
-        folder = out / name.replace(" ", "-")
-        command, made_by = ["generate", *common, *extra, "--out", str(folder)], folder / "judge-command.txt"
-        if (folder / "stats.json").exists() and made_by.exists() and made_by.read_text() == shlex.join(command):
-            log.append("perceiver-music " + shlex.join(command))  # samples of an earlier run, same command: kept
-        else:
-            run(command, log)
-            write_text_atomic(made_by, shlex.join(command))
-        stats = {}
-        for split in ("validation", "train"):
-            target = out / f"stats-{folder.name}-{split}.json"
-            run(["stats", str(folder), "--reference", str(args.data), "--split", split, "--window", "30",
-                 "--json", str(target)], log)
-            stats[split] = json.loads(target.read_text())
+        stats: dict[str, list[dict]] = {"validation": [], "train": []}
+        for seed in args.seed:  # one folder per seed (one seed: the set's own name)
+            folder = out / (name.replace(" ", "-") + ("" if len(args.seed) == 1 else f"-seed{seed}"))
+            command = ["generate", *common, "--seed", str(seed), *extra, "--out", str(folder)]
+            made_by = folder / "judge-command.txt"
+            if (folder / "stats.json").exists() and made_by.exists() and made_by.read_text() == shlex.join(command):
+                log.append("perceiver-music " + shlex.join(command))  # samples of an earlier run, same command: kept
+            else:
+                run(command, log)
+                write_text_atomic(made_by, shlex.join(command))
+            for split in ("validation", "train"):
+                target = out / f"stats-{folder.name}-{split}.json"
+                run(["stats", str(folder), "--reference", str(args.data), "--split", split, "--window", "30",
+                     "--json", str(target)], log)
+                stats[split].append(json.loads(target.read_text()))
         summary["sets"][name] = set_summary(stats["train"], stats["validation"])
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     table = markdown(summary)

@@ -51,7 +51,7 @@ def test_a_continuation_like_the_data_meets_every_target(tmp_path, reference):
     primer = voices(0, 10, 1.0, 4, 0.9)
     samples = {f"sample-0{i}": (primer, voices(10, 120, 1.0, 4, 0.9)) for i in range(1, 4)}
     stats = write_stats(tmp_path / "s.json", samples, reference, copied=7)
-    summary = judge.set_summary(stats, stats)
+    summary = judge.set_summary([stats], [stats])
     assert summary["samples"] == 3
     assert summary["notes_per_second"] == pytest.approx(reference.median["notes_per_second"], rel=0.02)
     assert summary["long_note_fraction"] == 0.0 and summary["longest_copy_notes"] == 7
@@ -66,7 +66,7 @@ def test_dense_stacked_held_drifting_samples_miss_each_target(tmp_path, referenc
     dense = voices(10, 60, 2.0, 4, 0.45) + voices(70, 60, 4.0, 4, 0.2)  # 8 then 16 notes/s: drift
     held = [(30 + k, 10 + 2 * k, 130.0, 60) for k in range(24)]  # 24 notes held to the end
     stats = write_stats(tmp_path / "s.json", {"sample-01": (primer, dense + held)}, reference, copied=0)
-    summary = judge.set_summary(stats, stats)
+    summary = judge.set_summary([stats], [stats])
     assert summary["checks"] == {"density": False, "polyphony": False, "long_notes": False, "no_drift": False}
     assert summary["long_note_fraction"] == pytest.approx(24 / (len(dense) + 24))
     assert summary["vs_primer_notes_per_second"] > 2
@@ -79,8 +79,8 @@ def test_the_card_table_names_the_sampling_and_the_missed_targets(tmp_path, refe
     summary = {"checkpoint": "checkpoints/default", "sampling": "--top-p 0.9",
                "test": {"data/x": {"nats_per_token": 0.9, "nats_per_note": 3.1, "nats_per_second": 10.4,
                                    "targets": 100, "pieces": 2}},
-               "sets": {"from nothing": judge.set_summary(nothing, nothing),
-                        "primer continuations": judge.set_summary(good, good)}}
+               "sets": {"from nothing": judge.set_summary([nothing], [nothing]),
+                        "primer continuations": judge.set_summary([good], [good])}}
     text = judge.markdown(summary)
     assert text.startswith("Checkpoint `checkpoints/default`, sampling `--top-p 0.9`")
     assert "0.9000 nats/token" in text
@@ -88,6 +88,57 @@ def test_the_card_table_names_the_sampling_and_the_missed_targets(tmp_path, refe
     assert rows["notes/s, continuation / primer"].rstrip(" |").endswith("| - | 1.00")  # no primer: a dash
     assert rows["targets missed"].endswith("| density | all met |")
     assert "Longest passage each sample copies from training (from nothing, notes): 3." in text
+
+
+def test_seeds_are_pooled_and_the_figures_get_bootstrap_intervals(tmp_path, reference):
+    primer = voices(0, 10, 1.0, 4, 0.9)
+    slow = {f"sample-0{i}": (primer, voices(10, 120, 1.0, 4, 0.9)) for i in range(1, 5)}
+    fast = {f"sample-0{i}": (primer, voices(10, 120, 2.0, 4, 0.45)) for i in range(1, 3)}
+    seed0 = write_stats(tmp_path / "seed0.json", slow, reference, copied=5)
+    seed1 = write_stats(tmp_path / "seed1.json", fast, reference, copied=9)
+    pooled = judge.set_summary([seed0, seed1], [seed0, seed1])
+    assert pooled["samples"] == 6 and pooled["copy_notes_per_sample"] == [5, 5, 5, 5, 9, 9]
+    assert pooled["median_copy_notes"] == 5 and pooled["longest_copy_notes"] == 9
+    low, high = pooled["intervals"]["notes_per_second"]
+    assert low == pytest.approx(pooled["notes_per_second"], rel=0.02)  # two thirds of the samples play 4/s
+    assert high == pytest.approx(2 * low, rel=0.02)  # a resample of mostly fast samples: 8/s
+    assert pooled["intervals"]["long_note_fraction"] == [0.0, 0.0]
+    one = write_stats(tmp_path / "one.json", {"s": slow["sample-01"]}, reference, 5)
+    one = judge.set_summary([one], [one])
+    assert "notes_per_second" not in one["intervals"]  # one sample: no interval
+    summary = {"checkpoint": "c", "seeds": [0, 1], "test": {}, "sets": {"primer continuations": pooled},
+               "validation_copying": {"pieces": 3, "seconds": 120, "median_notes": 12, "max_notes": 20}}
+    text = judge.markdown(summary)
+    median = reference.median["notes_per_second"]
+    assert f"| notes per second | {median:.2f} | {pooled['notes_per_second']:.2f} ({low:.2f}-{high:.2f}) |" in text
+    assert "| longest passage copied from training (notes) | 20 | 9 |" in text
+    assert "| passage copied from training, median per sample (notes) | 12 | 5 (5-9) |" in text
+    assert "Seeds 0, 1, pooled: 6 samples primer continuations." in text
+
+
+def test_the_validation_pieces_own_copying_is_the_copy_rows_yardstick(tmp_path):
+    import pretty_midi
+
+    from perceiver_ar_music.store_builder import prepare
+
+    def piece(name: str, pitches: list[int]) -> None:
+        midi, piano = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0)
+        for i, pitch in enumerate(pitches):
+            piano.notes.append(pretty_midi.Note(velocity=80, pitch=pitch, start=0.5 * i, end=0.5 * i + 0.4))
+        midi.instruments.append(piano)
+        midi.write(str(tmp_path / "midi" / name))
+
+    (tmp_path / "midi").mkdir()
+    tune = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60, 59, 57, 55, 57, 59]
+    rng = np.random.default_rng(1)
+    for i in range(12):  # the split hashes the path: enough pieces that both splits get some
+        piece(f"p{i:02d}.mid", tune[:16] + [int(p) for p in rng.integers(40, 90, 30)])
+    prepare(tmp_path / "midi", tmp_path / "prepared", workers=1, split_ratios=(0.5, 0.5, 0), progress=False)
+    copying = judge.validation_copying(tmp_path / "prepared", seconds=120)
+    assert copying["pieces"] >= 1
+    assert copying["median_notes"] == copying["max_notes"] == 16  # the shared opening, nothing more
+    # only the first `seconds` of a piece count: the shared opening lasts 8 s
+    assert judge.validation_copying(tmp_path / "prepared", seconds=5)["max_notes"] == 0
 
 
 def test_the_validation_pieces_own_drift_is_the_drift_targets_yardstick(tmp_path):

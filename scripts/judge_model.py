@@ -136,7 +136,9 @@ def bootstrap_interval(values, statistic) -> list[float] | None:
     than two samples."""
     import numpy as np
 
-    rows = np.asarray([v for v in values if v is not None] if not isinstance(values, np.ndarray) else values, dtype=float)
+    if not isinstance(values, np.ndarray):
+        values = [v for v in values if v is not None]
+    rows = np.asarray(values, dtype=float)
     if len(rows) < 2:
         return None
     picks = np.random.default_rng(0).integers(0, len(rows), size=(BOOTSTRAP_DRAWS, len(rows)))

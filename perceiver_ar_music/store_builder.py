@@ -432,11 +432,32 @@ def _prepare_locked(
 
     if not pieces:
         raise UserError(f"none of the {len(paths)} MIDI files under {data_dir} could be prepared")
+    repeats = held_out_repeats(pieces)
+    if repeats:
+        path, same_as = repeats[0]
+        result.notices.append(
+            f"{len(repeats)} validation/test files are token for token a training file under another path, so they "
+            f"are not unseen (e.g. {path} = {same_as}; all in the manifest's held_out_repeats)")
     generation = previous.manifest["generation"] + 1 if previous else 1
     committed = previous.manifest["tokenizer"] if previous else None
     result.manifest = _commit(out_dir, data_dir, generation, tokenizer, committed, pieces, skipped, metadata,
-                              split_ratios)
+                              split_ratios, repeats)
     return result
+
+
+def held_out_repeats(pieces: dict[str, Piece]) -> list[tuple[str, str]]:
+    """(held-out path, training path) for each validation or test piece whose token ids are those
+    of a training piece: a corpus that holds a piece twice under two paths (music21 lists some
+    Palestrina movements twice) can put one copy in training and the other in test."""
+    def digest(piece: Piece) -> bytes:
+        return hashlib.sha256(np.ascontiguousarray(piece.ids, dtype=TOKEN_DTYPE).tobytes()).digest()
+
+    training: dict[bytes, str] = {}
+    for path in sorted(pieces):
+        if pieces[path].split == "train":
+            training.setdefault(digest(pieces[path]), path)
+    held_out = (path for path in sorted(pieces) if pieces[path].split != "train")
+    return [(path, training[d]) for path in held_out if (d := digest(pieces[path])) in training]
 
 
 def _encode_all(
@@ -488,6 +509,7 @@ def _commit(
     skipped: list[dict[str, str]],
     metadata: Metadata | None,
     split_ratios: Sequence[float],
+    repeats: list[tuple[str, str]],
 ) -> dict[str, Any]:
     """Write the new generation's token files, the tokenizer, then the manifest; drop stale files."""
     by_split: dict[str, list[Piece]] = {}
@@ -530,6 +552,7 @@ def _commit(
         "splits": split_totals,
         "files": files,
         "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "held_out_repeats": [{"path": path, "same_as": same_as} for path, same_as in repeats],
     }
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     _remove_stale(out_dir, {tokenizer_file, *(info["tokens_file"] for info in split_totals.values())})

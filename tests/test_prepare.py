@@ -234,6 +234,31 @@ def test_tree_without_metadata_uses_the_path_hash(tmp_path: Path) -> None:
     assert all(e["split_source"] == "hash" for e in PreparedData.open(tmp_path / "a").manifest["files"])
 
 
+def test_held_out_copies_of_training_files_are_named(tmp_path: Path, capsys) -> None:
+    """A piece held twice under two paths can land in training and in test: prepare says so and
+    records each such pair, on the first run and on a re-run that reuses the tokens."""
+    data_dir = plain_tree(tmp_path / "plain")
+    copies = [f"copies/mass_{i}.mid" for i in range(8)]
+    (data_dir / "copies").mkdir()
+    for name in copies:
+        (data_dir / name).write_bytes((data_dir / "set0" / "piece0.mid").read_bytes())
+    ratios = (0.5, 0.25, 0.25)
+    twins = ["set0/piece0.mid", *copies]
+    in_train = sorted(p for p in twins if hashed_split(p, ratios) == "train")
+    held_out = sorted(p for p in twins if hashed_split(p, ratios) != "train")
+    assert in_train and held_out  # the path hash scatters the copies over the splits
+    expected = [{"path": p, "same_as": in_train[0]} for p in held_out]
+    for _ in range(2):  # the second run reuses every file's tokens
+        assert run_cli("--data", str(data_dir), "--out", str(tmp_path / "out"), "--split-ratios", "2,1,1") == 0
+        assert PreparedData.open(tmp_path / "out").manifest["held_out_repeats"] == expected
+        out = capsys.readouterr().out
+        assert f"note: {len(held_out)} validation/test files are token for token a training file" in out
+        assert f"e.g. {held_out[0]} = {in_train[0]}" in out
+    assert run_cli("--data", str(plain_tree(tmp_path / "distinct")), "--out", str(tmp_path / "d")) == 0
+    assert PreparedData.open(tmp_path / "d").manifest["held_out_repeats"] == []
+    assert "token for token" not in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- incremental re-runs
 
 

@@ -163,6 +163,34 @@ def test_evaluate_command(tmp_path: Path, data: PreparedData, checkpoint: Path, 
     assert report["targets"] == len(data.pieces("validation")[0]) + 1
 
 
+def test_skip_repeats_leaves_out_the_copies_of_training_files(tmp_path: Path, data: PreparedData, checkpoint: Path,
+                                                              capsys) -> None:
+    from perceiver_ar_music.store_builder import hashed_split, prepare
+
+    midi = write_corpus(tmp_path / "midi", files=6, notes=30)
+    (midi / "copies").mkdir()
+    for i in range(12):  # one training piece under other paths: some land in test
+        shutil.copy(midi / "piece00.mid", midi / "copies" / f"c{i:02d}.mid")
+    prepare(midi, tmp_path / "prepared", workers=1, split_ratios=(0.4, 0.3, 0.3), progress=False)
+    prepared = PreparedData.open(tmp_path / "prepared")
+    twins = ["piece00.mid", *(f"copies/c{i:02d}.mid" for i in range(12))]
+    copies_in_test = [p for p in twins if hashed_split(p, (0.4, 0.3, 0.3)) == "test"]
+    assert any(hashed_split(p, (0.4, 0.3, 0.3)) == "train" for p in twins)
+    assert copies_in_test and len(copies_in_test) < len(prepared.files("test"))
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "prepared"), "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["pieces"] == len(prepared.files("test")) and report["repeats_of_training"] == len(copies_in_test)
+    assert f"note: {len(copies_in_test)} of the split's files are token for token training files; scored" in capsys.readouterr().out
+    assert main(args + ["--skip-repeats"]) == 0
+    report = json.loads(out.read_text())
+    assert report["pieces"] == len(prepared.files("test")) - len(copies_in_test) and report["repeats_left_out"]
+    assert "left out (--skip-repeats)" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data.root), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["repeats_of_training"] == 0 and "token for token" not in capsys.readouterr().out
+
+
 def test_evaluate_a_midi_folder(tmp_path: Path, checkpoint: Path, capsys) -> None:
     midi = write_corpus(tmp_path / "midi", files=3, notes=30)
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(midi), "--split", "train"]) == 0

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact", action="store_true",
                         help="score every target with its own full-context window (one forward per token: slow); "
                              "default: the strided approximation")
+    parser.add_argument("--skip-repeats", action="store_true",
+                        help="leave out the split's files that are token for token a training file (the manifest's "
+                             "held_out_repeats, named by prepare): they are not unseen")
     parser.add_argument("--max-pieces", type=bounded_int(1, 10**9), metavar="N", help="score only the split's first N pieces")
     parser.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=8, metavar="N", help="windows per forward (default: 8)")
     parser.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
@@ -43,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     prepared = ensure_prepared(args.data, args.prepared_cache, tokenizer=str(loaded.tokenizer_path))
     data = PreparedData.open(prepared, expected_tokenizer_hash=loaded.tokenizer_hash)
     pieces, entries = data.pieces(args.split), data.files(args.split)
+    repeats = {r["path"] for r in data.manifest.get("held_out_repeats", [])} if args.split != "train" else set()
+    repeated = sum(entry["path"] in repeats for entry in entries)
+    if args.skip_repeats and repeated:
+        kept = [i for i, entry in enumerate(entries) if entry["path"] not in repeats]
+        pieces, entries = [pieces[i] for i in kept], [entries[i] for i in kept]
     if args.max_pieces is not None:
         pieces, entries = pieces[: args.max_pieces], entries[: args.max_pieces]
     result = evaluate_pieces(loaded.model, pieces, entries, data.vocab, split=args.split,
@@ -51,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint {loaded.path}" + (f" (step {step})" if step is not None else "") + f" on {device}"
           + (", bf16 autocast" if device.type == "cuda" else ""))
     print(format_evaluation(result))
+    if repeated:
+        print(f"note: {repeated} of the split's files are token for token training files; "
+              + ("left out (--skip-repeats)" if args.skip_repeats else "scored (--skip-repeats leaves them out)"))
     if args.json:
         try:
             write_json_atomic(args.json, {"checkpoint": str(loaded.path), "step": step, "data": str(data.root),
+                                          "repeats_of_training": repeated, "repeats_left_out": bool(args.skip_repeats and repeated),
                                           **result.to_dict()})
         except OSError as exc:
             raise UserError(f"cannot write --json {args.json}: {os_error_text(exc)}") from None

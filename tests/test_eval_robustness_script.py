@@ -1,0 +1,42 @@
+"""scripts/eval_robustness.py: the validation pieces transposed and played slower or faster."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perceiver_ar_music.events import ids_to_notes
+from perceiver_ar_music.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eval_robustness", ROOT / "scripts" / "eval_robustness.py")
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+
+def piece(vocab, pitches: list[int]) -> np.ndarray:
+    """One note every 0.5 s, each 0.4 s long."""
+    velocity = vocab.velocity.index(63)
+    ids = []
+    for pitch in pitches:
+        ids += [vocab.note_on_id[pitch], velocity, vocab.shift_id[40], vocab.note_off_id[pitch], vocab.shift_id[10]]
+    return np.array(ids)
+
+
+def test_transforms_keep_the_notes_move_pitch_and_time_and_drop_what_does_not_fit():
+    vocab = load_tokenizer().vocab
+    low, high = piece(vocab, [60, 62, 64]), piece(vocab, [120, 125, 127])  # the second cannot go up 5
+    entries = [{"path": "low", "seconds": 1.5}, {"path": "high", "seconds": 1.5}]
+    same, _ = script.transformed([low, high], entries, "as is", vocab)
+    assert [len(p) for p in same] == [len(low), len(high)]
+    up, up_entries = script.transformed([low, high], entries, "transpose +5", vocab)
+    assert [e["path"] for e in up_entries] == ["low"]
+    assert ids_to_notes(up[0], vocab)[:, 0].tolist() == [65, 67, 69]
+    slow, slow_entries = script.transformed([low], entries[:1], "tempo x0.5", vocab)
+    notes, before = ids_to_notes(slow[0], vocab), ids_to_notes(low, vocab)
+    assert notes[:, 0].tolist() == before[:, 0].tolist()
+    assert notes[:, 1] == pytest.approx(2 * before[:, 1]) and notes[:, 2] == pytest.approx(2 * before[:, 2])
+    assert slow_entries[0]["seconds"] == pytest.approx(3.0)

@@ -3,7 +3,7 @@
 # scripts/train_bundled_model.sh) that differ in one setting each, two at a time on one CPU thread
 # each, then their validation loss side by side.
 #
-#   bash scripts/ablate_bundled_recipe.sh          # about 50 min on the 2-core development CPU
+#   bash scripts/ablate_bundled_recipe.sh          # about 55 min on the 2-core development CPU
 #
 # Runs (each one planned schedule of STEPS steps, same seed, same data):
 #   base    the bundled recipe: prefix dropout 0.25, transposition +-3, time stretch 0.95-1.05
@@ -11,6 +11,9 @@
 #   pd50    prefix dropout 0.5
 #   noaug   no transposition and no time stretch
 #   wide    transposition +-6, time stretch 0.90-1.10
+#   notime  transposition +-3, no time stretch
+# then what each costs and buys: validation NLL per note as the pieces are, transposed, and
+# slower and faster (scripts/eval_robustness.py), beside the bundled model.
 # Every run keeps the velocity augmentation (chosen by listening, see the model card) and dropout 0.
 # Needs data/music21-prepared (scripts/train_bundled_model.sh makes it). Runs go to
 # checkpoints/ablate-*; re-running resumes unfinished ones and skips finished ones.
@@ -29,8 +32,9 @@ declare -A RUNS=(
   [pd50]="--cross-attn-dropout 0.5 --max-transpose 3 --stretch 0.05"
   [noaug]="--cross-attn-dropout 0.25 --max-transpose 0 --stretch 0"
   [wide]="--cross-attn-dropout 0.25 --max-transpose 6 --stretch 0.10"
+  [notime]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0"
 )
-ORDER=(base pd0 pd50 noaug wide)
+ORDER=(base pd0 pd50 noaug wide notime)
 
 run() {  # NAME: train (or resume) one run, one thread
   local name=ablate-$1
@@ -63,3 +67,6 @@ for name in names:
     at = " / ".join(f"{val[s]:.4f}" if s in val else "-" for s in (600, 900, steps))
     print(f"{name} | {at} | {min(val.values()):.4f} | {rate:.2f}")
 EOF
+
+OMP_NUM_THREADS=2 "$PY" scripts/eval_robustness.py --data data/music21-prepared --threads 2 --checkpoint \
+  checkpoints/default checkpoints/ablate-base checkpoints/ablate-noaug checkpoints/ablate-notime checkpoints/ablate-wide

@@ -96,15 +96,14 @@ def mode_summary(samples: list[dict]) -> list[dict]:
     for sample in samples:
         if sample["cache"] and sample["report"]["continuation"]:
             groups.setdefault((Path(sample["primer"]).stem, sample["mode"]), []).append(sample["report"])
+    def median_of(values) -> float | None:
+        kept = [v for v in values if v is not None]
+        return statistics.median(kept) if kept else None
+
     rows = []
     for (primer, mode), reports in groups.items():
         parts = [r["continuation"] for r in reports]
         notes = sum(c["note_count"] for c in parts)
-
-        def median_of(values) -> float | None:
-            kept = [v for v in values if v is not None]
-            return statistics.median(kept) if kept else None
-
         rows.append({
             "primer": primer, "mode": mode, "samples": len(reports),
             "music_s": median_of(c["duration_s"] for c in parts),

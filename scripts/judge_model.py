@@ -147,26 +147,32 @@ def bootstrap_interval(values, statistic) -> list[float] | None:
     return [float(low), float(high)]
 
 
-def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict:
-    """The drift target's yardstick: the same last/first-window ratios over the first `seconds` of
-    every validation piece at least that long (real music thickens too: voices enter one by one)."""
+def validation_openings(data: Path, seconds: float):
+    """Per validation piece with notes: its notes cut to its first `seconds` (ends clipped there)
+    and whether it lasts that long. The yardsticks' one reading of the validation pieces."""
     import numpy as np
 
     from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.music_stats import drift, windowed_stats
     from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.tokenizer import load_tokenizer
 
     prepared = PreparedData.open(data)
-    vocab = load_tokenizer(prepared.tokenizer_path).vocab
-    ratios = []
     for ids in prepared.pieces("validation"):
-        notes = ids_to_notes(ids, vocab)
-        if not len(notes) or notes[:, 2].max() < seconds:
+        notes = ids_to_notes(ids, prepared.vocab)
+        if not len(notes):
             continue
+        long_enough = bool(notes[:, 2].max() >= seconds)
         notes = notes[notes[:, 1] < seconds]
         notes[:, 2] = np.minimum(notes[:, 2], seconds)
-        ratios.append(drift(windowed_stats(notes, window_s, start_s=float(notes[:, 1].min())), window_s))
+        yield notes, long_enough
+
+
+def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict:
+    """The drift target's yardstick: the same last/first-window ratios over the first `seconds` of
+    every validation piece at least that long (real music thickens too: voices enter one by one)."""
+    from perceiver_ar_music.music_stats import drift, windowed_stats
+
+    ratios = [drift(windowed_stats(notes, window_s, start_s=float(notes[:, 1].min())), window_s)
+              for notes, long_enough in validation_openings(data, seconds) if long_enough]
     return {"pieces": len(ratios), "seconds": seconds,
             "notes_per_second": _median_or_none(r["notes_per_second"] for r in ratios),
             "mean_polyphony": _median_or_none(r["mean_polyphony"] for r in ratios)}
@@ -175,20 +181,11 @@ def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict
 def validation_copying(data: Path, seconds: float) -> dict:
     """The copy rows' yardstick: the longest passage that the first `seconds` of each validation
     piece shares with the training pieces (unseen pieces share cadences and formulas too)."""
-    from perceiver_ar_music.events import ids_to_notes
     from perceiver_ar_music.memorization import ReferenceIndex
     from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.tokenizer import load_tokenizer
 
-    prepared = PreparedData.open(data)
-    vocab = load_tokenizer(prepared.tokenizer_path).vocab
-    index = ReferenceIndex.from_prepared(prepared, "train")
-    lengths = []
-    for ids in prepared.pieces("validation"):
-        notes = ids_to_notes(ids, vocab)
-        notes = notes[notes[:, 1] < seconds] if len(notes) else notes
-        if len(notes):
-            lengths.append(index.longest_match(notes).notes)
+    index = ReferenceIndex.from_prepared(PreparedData.open(data), "train")
+    lengths = [index.longest_match(notes).notes for notes, _ in validation_openings(data, seconds)]
     return {"pieces": len(lengths), "seconds": seconds, "median_notes": _median_or_none(lengths),
             "max_notes": max(lengths, default=None)}
 

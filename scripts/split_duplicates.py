@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARE = 0.9  # a held-out piece sharing this much of its notes with one training passage is a repeat
+HELD_OUT = ("validation", "test")
 
 
 @dataclass(frozen=True)
@@ -36,24 +37,27 @@ class Repeat:
     training_piece: str
 
 
-def repeats(data: Path, split: str, share: float = SHARE) -> tuple[list[Repeat], list[bool]]:
-    """The pieces of `split` that share at least `share` of their notes with a training passage,
-    and per piece of the split (manifest order) whether it is kept (not a repeat)."""
+def repeats(data: Path, share: float = SHARE) -> dict[str, tuple[list[Repeat], list[bool]]]:
+    """Per held-out split: the pieces that share at least `share` of their notes with a training
+    passage, and per piece of the split (manifest order) whether it is kept (not a repeat)."""
     from perceiver_ar_music.events import ids_to_notes
     from perceiver_ar_music.memorization import ReferenceIndex
     from perceiver_ar_music.token_store import PreparedData
 
     prepared = PreparedData.open(data)
-    index = ReferenceIndex.from_prepared(prepared, "train")
-    found, kept = [], []
-    for entry, ids in zip(prepared.files(split), prepared.pieces(split)):
-        notes = ids_to_notes(ids, prepared.vocab)
-        match = index.longest_match(notes) if len(notes) else None
-        repeat = match is not None and match.notes >= share * len(notes)
-        if repeat:
-            found.append(Repeat(split, entry["path"], len(notes), match.notes, str(match.name)))
-        kept.append(not repeat)
-    return found, kept
+    index = ReferenceIndex.from_prepared(prepared, "train")  # built once for both splits
+    result = {}
+    for split in HELD_OUT:
+        found, kept = [], []
+        for entry, ids in zip(prepared.files(split), prepared.pieces(split)):
+            notes = ids_to_notes(ids, prepared.vocab)
+            match = index.longest_match(notes) if len(notes) else None
+            repeat = match is not None and match.notes >= share * len(notes)
+            if repeat:
+                found.append(Repeat(split, entry["path"], len(notes), match.notes, str(match.name)))
+            kept.append(not repeat)
+        result[split] = (found, kept)
+    return result
 
 
 def main() -> int:
@@ -73,10 +77,9 @@ def main() -> int:
         model = load_model(args.checkpoint).model
     for data in args.data:
         print(f"{data}:")
-        kept_by_split = {}
-        for split in ("validation", "test"):
-            found, kept_by_split[split] = repeats(data, split, args.share)
-            print(f"  {split}: {len(found)} of {len(kept_by_split[split])} pieces repeat a training piece")
+        by_split = repeats(data, args.share)
+        for split, (found, kept) in by_split.items():
+            print(f"  {split}: {len(found)} of {len(kept)} pieces repeat a training piece")
             for r in found:
                 print(f"    {r.path} ({r.notes} notes): {r.shared} in a row from {r.training_piece}")
         if model is not None:
@@ -85,7 +88,7 @@ def main() -> int:
 
             prepared = PreparedData.open(data)
             pieces, entries = prepared.pieces("test"), prepared.files("test")
-            for label, keep in (("all test pieces", [True] * len(pieces)), ("without the repeats", kept_by_split["test"])):
+            for label, keep in (("all test pieces", [True] * len(pieces)), ("without the repeats", by_split["test"][1])):
                 result = evaluate_pieces(model, [p for p, k in zip(pieces, keep) if k],
                                          [e for e, k in zip(entries, keep) if k], prepared.vocab, split="test")
                 print(f"  {label}: {result.pieces} pieces, {result.nats_per_token:.4f} nats/token, "

@@ -40,8 +40,7 @@ def test_copies_of_one_piece_under_other_paths_are_found_and_nothing_else(tmp_pa
     data = PreparedData.open(tmp_path / "prepared")
     in_train = [e["path"] for e in data.files("train")]
     assert any(path.startswith("mass_") for path in in_train)
-    for split in ("validation", "test"):
-        found, kept = script.repeats(tmp_path / "prepared", split)
+    for split, (found, kept) in script.repeats(tmp_path / "prepared").items():
         paths = [e["path"] for e in data.files(split)]
         assert [r.path for r in found] == [p for p in paths if p.startswith("mass_")]
         assert kept == [not p.startswith("mass_") for p in paths]

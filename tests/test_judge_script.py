@@ -175,3 +175,37 @@ FIGURES = {"samples": 1, "notes_per_second": 2.0, "mean_polyphony": 3.0, "max_po
            "vs_primer_notes_per_second": None, "vs_primer_mean_polyphony": None, "longest_copy_notes": 0,
            "longest_copy_seconds": 0.0, "reference_notes_per_second": 2.0, "reference_mean_polyphony": 3.0,
            "checks": {"density": True}}
+
+
+def test_the_primers_collection_is_a_second_yardstick_for_the_continuations(tmp_path):
+    import pretty_midi
+
+    from perceiver_ar_music.store_builder import prepare
+
+    def piece(path: Path, per_second: float, voices_: int) -> None:
+        midi, piano = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0)
+        for i in range(int(60 * per_second)):
+            for v in range(voices_):
+                start = i / per_second
+                piano.notes.append(pretty_midi.Note(velocity=80, pitch=50 + 5 * v, start=start, end=start + 0.9 / per_second))
+        midi.instruments.append(piano)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        midi.write(str(path))
+
+    for i in range(3):
+        piece(tmp_path / "midi" / "bach" / f"b{i}.mid", 2.0, 4)  # 8 notes/s, 4 voices
+        piece(tmp_path / "midi" / "palestrina" / f"p{i}.mid", 1.0, 3)  # 3 notes/s, 3 voices
+    prepare(tmp_path / "midi", tmp_path / "prepared", workers=1, split_ratios=(0, 1, 0), progress=False)
+    style = judge.validation_collection(tmp_path / "prepared", "bach")
+    assert style["pieces"] == 3
+    assert style["notes_per_second"] == pytest.approx(8.0, rel=0.05)
+    assert style["mean_polyphony"] == pytest.approx(4.0, rel=0.1)
+    assert judge.validation_collection(tmp_path / "prepared", "mozart")["pieces"] == 0
+    continuations = dict(FIGURES, notes_per_second=6.5, mean_polyphony=2.8)
+    text = judge.markdown({"checkpoint": "c", "test": {}, "primer_collection": style,
+                           "sets": {"from nothing": FIGURES, "primer continuations": continuations}})
+    line = next(line for line in text.splitlines() if line.startswith("Against the validation pieces"))
+    assert "(bach, 3 pieces: median " in line
+    assert f"play {6.5 / style['notes_per_second']:.2f} times their density" in line
+    assert line.endswith("(density within 25%, polyphony outside 25%).")  # 0.81 and 0.70
+    assert "Against the validation" not in judge.markdown({"checkpoint": "c", "test": {}, "sets": {"from nothing": FIGURES}})

@@ -36,6 +36,7 @@ class AugmentConfig:
     max_transpose: int = 3  # semitones, both ways
     min_stretch: float = 0.95
     max_stretch: float = 1.05
+    stretch_windows: float = 1.0  # share of windows that are stretched; the rest keep their time
     velocity_windows: float = 0.0  # share of windows whose velocities are varied (0: never)
     max_velocity_shift: int = 24  # MIDI velocity units, both ways: one shift per varied window
     velocity_noise: float = 12.0  # MIDI velocity units: std of each note's own change
@@ -45,11 +46,17 @@ class AugmentConfig:
             raise ValueError(f"max_transpose must be >= 0, got {self.max_transpose}")
         if not 0 < self.min_stretch <= self.max_stretch:
             raise ValueError(f"need 0 < min_stretch <= max_stretch, got {self.min_stretch}, {self.max_stretch}")
+        if not 0 <= self.stretch_windows <= 1:
+            raise ValueError(f"need stretch_windows in [0, 1], got {self.stretch_windows}")
         if not (0 <= self.velocity_windows <= 1 and 0 <= self.max_velocity_shift <= 127 and 0 <= self.velocity_noise <= 127):
             raise ValueError("need velocity_windows in [0, 1], max_velocity_shift and velocity_noise in [0, 127]")
 
     def sample_stretch(self, rng: np.random.Generator) -> float:
-        """A stretch factor drawn uniformly from [min_stretch, max_stretch]."""
+        """A stretch factor drawn uniformly from [min_stretch, max_stretch], or (outside a
+        `stretch_windows` share of the calls) 1.0. Draws the same as before when every window is
+        stretched, so runs without the option are unchanged."""
+        if self.stretch_windows < 1 and rng.random() >= self.stretch_windows:
+            return 1.0
         return float(rng.uniform(self.min_stretch, self.max_stretch))
 
     def sample_transpose(self, ids: np.ndarray, vocab: EventVocab, rng: np.random.Generator) -> int:

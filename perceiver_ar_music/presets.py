@@ -37,6 +37,7 @@ class TrainConfig:
     augment: bool = True  # random transposition, time stretch (and velocities) of training windows
     max_transpose: int = _AUGMENT.max_transpose  # semitones, both ways
     stretch: float = 0.05  # time stretch factor drawn from [1 - stretch, 1 + stretch]
+    stretch_windows: float = _AUGMENT.stretch_windows  # share of windows that are stretched (the rest keep the piece's time)
     velocity_windows: float = _AUGMENT.velocity_windows  # share of windows whose velocities are varied (for corpora without dynamics)
     velocity_shift: int = _AUGMENT.max_velocity_shift  # in those windows: one random shift, MIDI units both ways
     velocity_noise: float = _AUGMENT.velocity_noise  # and each note's own change, std in MIDI units
@@ -61,6 +62,7 @@ class TrainConfig:
             (self.z_loss >= 0, "z-loss must be >= 0"),
             (self.max_transpose >= 0, "max transpose must be >= 0"),
             (0 <= self.stretch < 1, "stretch must be in [0, 1)"),
+            (0 <= self.stretch_windows <= 1, "stretch windows must be in [0, 1]"),
             (0 <= self.velocity_windows <= 1, "velocity windows must be in [0, 1]"),
             (0 <= self.velocity_shift <= 127 and 0 <= self.velocity_noise <= 127,
              "velocity shift and noise must be in [0, 127]"),

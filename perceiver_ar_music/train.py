@@ -65,12 +65,19 @@ def _ignore_interrupts(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def augment_config(tc: TrainConfig) -> AugmentConfig | None:
+    """The training windows' augmentation ranges from the run's settings (None: augmentation off)."""
+    if not tc.augment:
+        return None
+    return AugmentConfig(max_transpose=tc.max_transpose, min_stretch=1.0 - tc.stretch, max_stretch=1.0 + tc.stretch,
+                         stretch_windows=tc.stretch_windows, velocity_windows=tc.velocity_windows,
+                         max_velocity_shift=tc.velocity_shift, velocity_noise=tc.velocity_noise)
+
+
 def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,
                  start: int, workers: int, device: torch.device) -> DataLoader:
     """Endless augmented training windows for this rank, from sample position `start` on."""
-    augment = (AugmentConfig(tc.max_transpose, 1.0 - tc.stretch, 1.0 + tc.stretch, tc.velocity_windows,
-                             tc.velocity_shift, tc.velocity_noise) if tc.augment else None)
-    dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=augment, seed=tc.seed)
+    dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=augment_config(tc), seed=tc.seed)
     return DataLoader(
         dataset,
         batch_size=tc.batch_size,

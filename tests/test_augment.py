@@ -158,6 +158,7 @@ def test_sampling_is_deterministic_given_the_generator():
 
 @pytest.mark.parametrize(
     "kwargs", [{"max_transpose": -1}, {"min_stretch": 0.0}, {"min_stretch": 1.1, "max_stretch": 1.0},
+               {"stretch_windows": -0.1}, {"stretch_windows": 1.5},
                {"velocity_windows": 1.5}, {"max_velocity_shift": -1}, {"velocity_noise": 200.0}]
 )
 def test_bad_config_is_rejected(kwargs):
@@ -221,3 +222,18 @@ def test_velocity_variation_draws_nothing_when_off_and_varies_the_configured_sha
     half = AugmentConfig(velocity_windows=0.5)
     varied = sum(half.vary_velocities(ids, VOCAB, np.random.default_rng(s)).tolist() != ids.tolist() for s in range(200))
     assert 70 <= varied <= 130
+
+
+def test_a_share_of_windows_is_stretched_and_all_stretched_draws_as_before():
+    every = AugmentConfig(min_stretch=0.75, max_stretch=1.25)
+    plain = np.random.default_rng(5)
+    assert [every.sample_stretch(np.random.default_rng(5)) for _ in range(1)] == [float(plain.uniform(0.75, 1.25))]
+    rng = np.random.default_rng(5)  # all windows stretched: the draws of runs made before the option
+    assert [every.sample_stretch(rng) for _ in range(20)] == [float(v) for v in np.random.default_rng(5).uniform(0.75, 1.25, 20)]
+    none = AugmentConfig(min_stretch=0.75, max_stretch=1.25, stretch_windows=0.0)
+    assert {none.sample_stretch(np.random.default_rng(s)) for s in range(50)} == {1.0}
+    half = AugmentConfig(min_stretch=0.75, max_stretch=1.25, stretch_windows=0.5)
+    factors = [half.sample_stretch(np.random.default_rng(s)) for s in range(400)]
+    kept = sum(f == 1.0 for f in factors)
+    assert 160 <= kept <= 240  # about half keep their time
+    assert all(0.75 <= f <= 1.25 for f in factors) and len(set(factors)) > 150  # the rest spread over the range

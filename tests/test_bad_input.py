@@ -68,6 +68,7 @@ ROWS: list[tuple[str, str]] = [
     ("train --data {prepared} --out {out} --batch-size 0", "--batch-size"),
     ("train --data {prepared} --out {out} --stretch inf", "--stretch"),
     ("train --data {prepared} --out {out} --velocity-windows 1.5", "--velocity-windows"),
+    ("train --data {prepared} --out {out} --stretch-windows 2", "--stretch-windows"),
     ("train --data {prepared} --out {out} --velocity-noise nan", "--velocity-noise"),
     ("evaluate --checkpoint {good} --data {prepared} --batch-size 1e12", "--batch-size"),
     ("evaluate --checkpoint {good} --data {prepared} --max-pieces -1", "--max-pieces"),

@@ -294,7 +294,7 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     out = tmp_path / "runs"
     common = ["--data", str(midi), "--preset", "tiny", *MICRO_FLAGS, "--out", str(out)]
     assert run_cli(*common, "--max-steps", "2", "--eval-every", "2", "--name", "first",
-                   "--velocity-windows", "0.5", "--velocity-noise", "8") == 0
+                   "--velocity-windows", "0.5", "--velocity-noise", "8", "--stretch-windows", "0.25") == 0
     text = capsys.readouterr().out
     assert "tokenized 6 files" in text and "finished 2 steps" in text
     prepared = midi / ".perceiver-prepared"
@@ -304,6 +304,7 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     assert config["preset"] == "tiny" and config["model"]["dim"] == 32 and config["model"]["num_tokens"] == 391
     assert config["train"]["max_steps"] == 2 and config["train"]["lr"] == PRESETS["tiny"].train.lr
     assert (config["train"]["velocity_windows"], config["train"]["velocity_noise"], config["train"]["velocity_shift"]) == (0.5, 8.0, 24)
+    assert config["train"]["stretch_windows"] == 0.25
     assert config["data"]["prepared"] == str(prepared.resolve())
     assert ckpt.load_model(run).meta["step"] == 2
 
@@ -534,3 +535,14 @@ def test_tiny_preset_learns_well_below_the_unigram_entropy(tmp_path: Path, capsy
     unigram = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())  # the best any unigram model does
     assert rows[0]["val_nats"] > rows[-1]["val_nats"]
     assert rows[-1]["val_nats"] < 0.8 * unigram, (rows, unigram)
+
+
+def test_the_run_settings_reach_the_augmentation_field_by_field() -> None:
+    from perceiver_ar_music.train import augment_config
+
+    tc = TrainConfig(max_transpose=5, stretch=0.2, stretch_windows=0.3, velocity_windows=0.6, velocity_shift=17,
+                     velocity_noise=4.5)
+    config = augment_config(tc)
+    assert (config.max_transpose, config.min_stretch, config.max_stretch) == (5, pytest.approx(0.8), pytest.approx(1.2))
+    assert (config.stretch_windows, config.velocity_windows, config.max_velocity_shift, config.velocity_noise) == (0.3, 0.6, 17, 4.5)
+    assert augment_config(dataclasses.replace(tc, augment=False)) is None

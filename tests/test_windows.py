@@ -142,6 +142,14 @@ def test_identity_augmentation_gives_the_plain_windows():
         assert identity.window(index).tolist() == plain.window(index).tolist()
 
 
+def test_windows_outside_the_stretched_share_are_the_plain_windows():
+    plain = TrainWindows(PIECES, VOCAB, 40, None, seed=9)
+    half = TrainWindows(PIECES, VOCAB, 40, AugmentConfig(max_transpose=0, min_stretch=0.7, max_stretch=1.4,
+                                                         stretch_windows=0.5), seed=9)
+    same = sum(half.window(index).tolist() == plain.window(index).tolist() for index in range(100))
+    assert 30 <= same <= 75  # about half unstretched (a stretched window can also come out the same)
+
+
 def test_velocity_variation_changes_only_the_velocities_of_the_same_windows():
     base = AugmentConfig(max_transpose=3, min_stretch=0.9, max_stretch=1.1)
     plain = TrainWindows(PIECES, VOCAB, 64, base, seed=2)

@@ -24,6 +24,7 @@ TRAIN_FLAGS = {
     "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
     "warmup": "warmup_steps", "max_steps": "max_steps", "weight_decay": "weight_decay", "clip": "grad_clip",
     "z_loss": "z_loss", "augment": "augment", "max_transpose": "max_transpose", "stretch": "stretch",
+    "stretch_windows": "stretch_windows",
     "velocity_windows": "velocity_windows", "velocity_shift": "velocity_shift", "velocity_noise": "velocity_noise",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed",
@@ -79,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="no random transposition / time stretch / velocities of training windows")
     opt.add_argument("--max-transpose", type=bounded_int(0, 24), metavar="SEMITONES", help="augmentation transposition range")
     opt.add_argument("--stretch", type=_FRACTION, metavar="F", help="augmentation time stretch in [1-F, 1+F]")
+    opt.add_argument("--stretch-windows", type=finite_float(0, 1), metavar="P",
+                     help="share of windows that are time-stretched (default 1: all; the rest keep the piece's time)")
     opt.add_argument("--velocity-windows", type=finite_float(0, 1), metavar="P",
                      help="share of windows whose velocities are varied (default 0; for corpora without dynamics)")
     opt.add_argument("--velocity-shift", type=bounded_int(0, 127), metavar="V",

@@ -3,7 +3,7 @@
 # scripts/train_bundled_model.sh) that differ in one setting each, two at a time on one CPU thread
 # each, then their validation loss side by side.
 #
-#   bash scripts/ablate_bundled_recipe.sh          # about 80 min on the 2-core development CPU
+#   bash scripts/ablate_bundled_recipe.sh          # about 100 min on the 2-core development CPU
 #
 # Runs (each one planned schedule of STEPS steps, same seed, same data):
 #   base    the bundled recipe: prefix dropout 0.25, transposition +-3, time stretch 0.95-1.05
@@ -14,6 +14,7 @@
 #   notime  transposition +-3, no time stretch
 #   w25     time stretch 0.75-1.25 (run W of the model card, at this length)
 #   w25half time stretch 0.75-1.25 on half of the windows only (--stretch-windows 0.5)
+#   base-s1, w25half-s1   the same two with seed 1 (another draw of windows and weights): the noise
 # then what each costs and buys: validation NLL per note as the pieces are, transposed, and
 # slower and faster (scripts/eval_robustness.py), beside the bundled model.
 # Every run keeps the velocity augmentation (chosen by listening, see the model card) and dropout 0.
@@ -37,8 +38,10 @@ declare -A RUNS=(
   [notime]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0"
   [w25]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0.25"
   [w25half]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0.25 --stretch-windows 0.5"
+  [base-s1]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0.05 --seed 1"
+  [w25half-s1]="--cross-attn-dropout 0.25 --max-transpose 3 --stretch 0.25 --stretch-windows 0.5 --seed 1"
 )
-ORDER=(base pd0 pd50 noaug wide notime w25 w25half)
+ORDER=(base pd0 pd50 noaug wide notime w25 w25half base-s1 w25half-s1)
 
 run() {  # NAME: train (or resume) one run, one thread
   local name=ablate-$1

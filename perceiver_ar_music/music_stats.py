@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
@@ -235,6 +236,13 @@ def windowed_stats(notes: np.ndarray, window_s: float = DEFAULT_WINDOW_S, start_
         end = min(stop, music_end) if index < count - 1 else music_end
         windows.append(WindowStats(index, begin, end, _span_stats(members, begin, end, notes)))
     return windows
+
+
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are not None (None when there are none): a figure over
+    samples, some of which lack it (a sample too short for a drift window, a sample without a primer)."""
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
 
 
 # ----------------------------------------------------------------------------- reference figures

@@ -37,7 +37,7 @@ from perceiver_ar_music.continuation import (  # noqa: E402
     continue_ids, load_primer, sample_notes, sampling_rules,
 )
 from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
-from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, sample_report  # noqa: E402
+from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, median_or_none, sample_report  # noqa: E402
 from perceiver_ar_music.commands.generate import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
@@ -96,22 +96,18 @@ def mode_summary(samples: list[dict]) -> list[dict]:
     for sample in samples:
         if sample["cache"] and sample["report"]["continuation"]:
             groups.setdefault((Path(sample["primer"]).stem, sample["mode"]), []).append(sample["report"])
-    def median_of(values) -> float | None:
-        kept = [v for v in values if v is not None]
-        return statistics.median(kept) if kept else None
-
     rows = []
     for (primer, mode), reports in groups.items():
         parts = [r["continuation"] for r in reports]
         notes = sum(c["note_count"] for c in parts)
         rows.append({
             "primer": primer, "mode": mode, "samples": len(reports),
-            "music_s": median_of(c["duration_s"] for c in parts),
-            "notes_per_second": median_of(c["notes_per_second"] for c in parts),
-            "mean_polyphony": median_of(c["mean_polyphony"] for c in parts),
+            "music_s": median_or_none(c["duration_s"] for c in parts),
+            "notes_per_second": median_or_none(c["notes_per_second"] for c in parts),
+            "mean_polyphony": median_or_none(c["mean_polyphony"] for c in parts),
             "long_note_fraction": sum(c["long_note_fraction"] * c["note_count"] for c in parts) / max(notes, 1),
-            "drift_notes_per_second": median_of(r["drift"]["notes_per_second"] for r in reports),
-            "drift_mean_polyphony": median_of(r["drift"]["mean_polyphony"] for r in reports),
+            "drift_notes_per_second": median_or_none(r["drift"]["notes_per_second"] for r in reports),
+            "drift_mean_polyphony": median_or_none(r["drift"]["mean_polyphony"] for r in reports),
         })
     return rows
 

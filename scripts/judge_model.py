@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25  # density and polyphony: within 25% of the validation medians, and over time
@@ -49,6 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_music21_corpus import COMPOSERS  # noqa: E402
 
 from perceiver_ar_music.atomic import write_text_atomic  # noqa: E402
+from perceiver_ar_music.music_stats import median_or_none  # noqa: E402
 
 FIRST_COMPOSERS = tuple(COMPOSERS[:11])  # the first bundled models' corpus (the list's first eleven), with
 FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
@@ -111,7 +111,7 @@ def set_summary(train_stats: list[dict], validation_stats: list[dict]) -> dict:
         "median_copy_notes": copied,
     }
     out: dict = {"samples": len(continuations)}
-    out.update({key: _median_or_none(values) for key, values in per_sample.items()})
+    out.update({key: median_or_none(values) for key, values in per_sample.items()})
     out["long_note_fraction"] = float(long_notes.sum() / notes.sum()) if notes.sum() else 0.0
     out.update({
         "copy_notes_per_sample": copied,
@@ -178,8 +178,8 @@ def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict
     ratios = [drift(windowed_stats(notes, window_s, start_s=float(notes[:, 1].min())), window_s)
               for notes, long_enough in validation_openings(data, seconds) if long_enough]
     return {"pieces": len(ratios), "seconds": seconds,
-            "notes_per_second": _median_or_none(r["notes_per_second"] for r in ratios),
-            "mean_polyphony": _median_or_none(r["mean_polyphony"] for r in ratios)}
+            "notes_per_second": median_or_none(r["notes_per_second"] for r in ratios),
+            "mean_polyphony": median_or_none(r["mean_polyphony"] for r in ratios)}
 
 
 def validation_copying(data: Path, seconds: float) -> dict:
@@ -190,7 +190,7 @@ def validation_copying(data: Path, seconds: float) -> dict:
 
     index = ReferenceIndex.from_prepared(PreparedData.open(data), "train")
     lengths = [index.longest_match(notes).notes for notes, _ in validation_openings(data, seconds)]
-    return {"pieces": len(lengths), "seconds": seconds, "median_notes": _median_or_none(lengths),
+    return {"pieces": len(lengths), "seconds": seconds, "median_notes": median_or_none(lengths),
             "max_notes": max(lengths, default=None)}
 
 
@@ -223,11 +223,6 @@ def collection_line(style: dict, figures: dict) -> str:
             f"pieces: median {style['notes_per_second']:.2f} notes/s and {style['mean_polyphony']:.2f} voices), the "
             f"continuations play {ratios['notes_per_second']:.2f} times their density and "
             f"{ratios['mean_polyphony']:.2f} times their polyphony ({verdict}).")
-
-
-def _median_or_none(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return median(kept) if kept else None
 
 
 def markdown(summary: dict) -> str:

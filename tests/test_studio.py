@@ -27,7 +27,7 @@ from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, QueueFull
-from perceiver_ar_music.studio.server import is_loopback, serve
+from perceiver_ar_music.studio.listen import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
 from perceiver_ar_music.tokenizer import load_tokenizer
 from tests import midi_factory
@@ -133,6 +133,8 @@ def test_take_store_names_files_and_serves_only_its_own(tmp_path):
     assert store.reserve("take") == ["take-0003"]  # reserved, not yet written
     (store.folder / "take-0007.mid").write_bytes(b"MThd")
     assert store.reserve("take") == ["take-0008"] and store.reserve("primer") == ["primer-0001"]
+    assert store.file("take-0007.mid") is None  # a take cut short (no details): neither served nor a primer
+    (store.folder / "take-0007.json").write_text(json.dumps({"name": "take-0007"}))
     assert store.file("take-0007.mid") == store.folder / "take-0007.mid"
     os.symlink(tmp_path / "secret.mid", store.folder / "take-0009.mid")
     (store.folder / "take-0010.mid").mkdir()
@@ -151,7 +153,26 @@ def test_take_store_names_files_and_serves_only_its_own(tmp_path):
     store.save_take({"name": "take-0001", "x": 2})
     (store.folder / "take-0003.json").write_text("{broken")
     (store.folder / "take-0004.json").write_text(json.dumps({"name": "take-0001"}))
-    assert [take["name"] for take in TakeStore(store.folder).takes()] == ["take-0001", "take-0002"]
+    assert [take["name"] for take in TakeStore(store.folder).takes()] == ["take-0001", "take-0002", "take-0007"]
+
+
+def test_a_killed_studio_leaves_nothing_that_is_served_or_reused(tmp_path):
+    """After kill -9: a take without its details is ignored (not listed, served nor a primer, its
+    number not reused), the temporary upload folders are removed, a user's files are kept."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "take-0024.mid").write_bytes(b"MThd\x00\x00")  # cut short while being written
+    (folder / "take-0024.png").write_bytes(b"\x89PNG")
+    (folder / ".upload-abc123").mkdir()
+    (folder / ".upload-abc123" / "upload.mid").write_bytes(b"MThd")
+    (folder / "mine.txt").write_text("the user's")
+    store = TakeStore(folder)
+    assert not (folder / ".upload-abc123").exists() and (folder / "mine.txt").read_text() == "the user's"
+    assert store.takes() == [] and store.file("take-0024.mid") is None and store.file("take-0024.png") is None
+    with pytest.raises(UserError, match="no such primer"):
+        store.primer_file("take-0024.mid")
+    assert store.reserve("take") == ["take-0025"]
+    assert (folder / "take-0024.mid").exists()  # kept on disk, never deleted
 
 
 # ----- settings: generate's own parser -----
@@ -182,13 +203,15 @@ def test_is_loopback():
 
 
 def test_serve_warns_when_not_only_on_this_machine(tmp_path, capsys, monkeypatch):
-    import perceiver_ar_music.studio.server as server_module
+    import uvicorn
 
-    monkeypatch.setattr(server_module.StudioServer, "serve_forever", lambda self, poll_interval: None)
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()))
     serve(object(), "0.0.0.0", 0, quiet=True)
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
     serve(object(), "127.0.0.1", 0, quiet=True)
     assert capsys.readouterr().err == ""
+    assert [address[0] for address in served] == ["0.0.0.0", "127.0.0.1"]
 
 
 def test_serve_flags_are_checked(capsys):
@@ -231,8 +254,9 @@ def studio_url(tmp_path_factory, checkpoint):
     thread.start()
     assert ready.wait(10)
     server = holder["server"]
-    yield f"http://127.0.0.1:{server.server_address[1]}", studio
+    yield server.url, studio
     server.shutdown()
+    thread.join(10)
     studio.close()
 
 
@@ -249,13 +273,20 @@ def raw_request(url: str, method: str, path: str, body: bytes | None = None, hea
     return response.status, data, response
 
 
+MIDI = {"Content-Type": "application/octet-stream"}
+JSON = {"Content-Type": "application/json"}
+
+
 @pytest.fixture
 def planted_take(studio_url):
     """A take file in the shared studio's folder, removed again (later tests count takes from 1)."""
     path = studio_url[1].store.folder / "take-0999.png"
     path.write_bytes(b"\x89PNG" + bytes(100))
+    details = path.with_suffix(".json")  # served only as part of a complete take
+    details.write_text(json.dumps({"name": "take-0999"}))
     yield path
     path.unlink()
+    details.unlink()
 
 
 def test_files_are_served_by_name_only(studio_url, planted_take, tmp_path):
@@ -275,16 +306,16 @@ def test_files_are_served_by_name_only(studio_url, planted_take, tmp_path):
 
 def test_uploads_are_limited_and_checked(studio_url, tmp_path):
     url, studio = studio_url
-    status, data, _ = raw_request(url, "POST", "/api/primer", b"MThd" + bytes(300_000), {"X-Filename": "big.mid"})
+    status, data, _ = raw_request(url, "POST", "/api/primer", b"MThd" + bytes(300_000), {"X-Filename": "big.mid", **MIDI})
     assert status == 413 and "too large" in json.loads(data)["error"]
     for kind, writer in midi_factory.BAD_FILES.items():
         writer(tmp_path / f"{kind}.mid")
         status, data, _ = raw_request(url, "POST", "/api/primer", (tmp_path / f"{kind}.mid").read_bytes(),
-                                      {"X-Filename": f"{kind}.mid"})
+                                      {"X-Filename": f"{kind}.mid", **MIDI})
         error = json.loads(data)["error"]
         assert status == 400 and error.startswith(f"primer {kind}.mid: ") and "\n" not in error, (kind, error)
         assert str(tmp_path) not in error and str(studio.store.folder) not in error
-    status, data, _ = raw_request(url, "POST", "/api/generate", b"{not json")
+    status, data, _ = raw_request(url, "POST", "/api/generate", b"{not json", JSON)
     assert status == 400 and "not JSON" in json.loads(data)["error"]
     status, data, _ = raw_request(url, "GET", "/api/config")
     assert status == 200 and json.loads(data)["max_upload_bytes"] == 200_000  # still serving

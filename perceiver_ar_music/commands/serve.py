@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint or run folder (default: the bundled model, checkpoints/default)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name the page may be opened under besides its IP address and localhost "
+                             "(e.g. this machine's name on the network; repeatable): other names are refused, "
+                             "against DNS rebinding")
     parser.add_argument("--port", type=bounded_int(0, 65_535), default=8000, help="default: 8000 (0: any free port)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help=f"folder of the takes and uploads; earlier takes there are listed again (default: {DEFAULT_OUT})")
@@ -38,21 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.atomic import check_writable_dir
     from perceiver_ar_music.studio.engine import Studio
-    from perceiver_ar_music.studio.server import serve
+    from perceiver_ar_music.studio.listen import serve
 
     check_writable_dir(args.out, "--out")
     print(f"perceiver-music serve: loading {args.checkpoint}")
     studio = Studio(args.checkpoint, args.out, device=args.device, soundfont=args.soundfont,
                     audio_format=args.audio_format, max_upload_bytes=int(args.max_upload_mb * 2**20))
 
-    def ready(server) -> None:
-        host, port = server.server_address[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"perceiver-music serve: the studio is at http://{shown}:{port}/ (takes in {args.out}; Ctrl-C to stop)",
+    def ready(listening) -> None:
+        print(f"perceiver-music serve: the studio is at {listening.url}/ (takes in {args.out}; Ctrl-C to stop)",
               flush=True)
 
     try:
-        serve(studio, args.host, args.port, quiet=args.quiet, ready=ready)
+        serve(studio, args.host, args.port, quiet=args.quiet, ready=ready, allowed_hosts=tuple(args.allow_host))
     except KeyboardInterrupt:
         print("perceiver-music serve: stopped")
     finally:

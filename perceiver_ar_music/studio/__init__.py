@@ -4,6 +4,8 @@
 - `takes`: the output folder: takes and uploaded primers as files, served only by name;
 - `settings`: the page's generation settings, parsed and checked by `generate`'s own parser;
 - `engine`: the loaded model, primers, sampling with live progress, writing a take;
-- `server`: the HTTP layer (the standard library's ThreadingHTTPServer) and its routes;
+- `server`: the HTTP routes, a Starlette (ASGI) application with limited request bodies;
+- `guard`: the Host check (DNS rebinding) and the cross-site (Origin) check of every request;
+- `listen`: serving it with uvicorn on 127.0.0.1 by default, with connection deadlines;
 - `static/`: the page (HTML, CSS and a script, no external resources).
 """

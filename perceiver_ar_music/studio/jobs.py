@@ -3,11 +3,14 @@
 The studio loads its model once and samples one request at a time; further requests wait here and
 can ask for their place in the line. A job can be stopped: a waiting one is dropped, a running one
 is asked to stop (its work function reads `Job.stop_requested`) and keeps what it made.
+
+Job ids are random (``job-`` and 16 hex digits): they cannot be guessed by another page, and a
+restarted studio never hands out the id a page still polls.
 """
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import threading
 import time
 import traceback
@@ -22,7 +25,14 @@ FINISHED = (DONE, FAILED, CANCELLED)
 
 
 class QueueFull(UserError):
-    """Too many requests are already waiting."""
+    """Too many requests are already waiting (HTTP 429: try again later)."""
+
+    status = 429
+
+
+def new_job_id() -> str:
+    """A fresh, unguessable job id."""
+    return f"job-{secrets.token_hex(8)}"
 
 
 @dataclass(eq=False)
@@ -36,6 +46,7 @@ class Job:
     error: str | None = None
     progress: Any = None  # set by the work function while it runs
     submitted: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # time.monotonic() when it finished
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -59,7 +70,6 @@ class JobQueue:
         self.running: Job | None = None
         self.closed = False
         self.lock = threading.Condition()
-        self.ids = itertools.count(1)
         self.thread = threading.Thread(target=self._loop, name="studio-jobs", daemon=True)
         self.thread.start()
 
@@ -70,7 +80,7 @@ class JobQueue:
                 raise UserError("the studio is shutting down")
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting: try again later")
-            job = Job(f"job-{next(self.ids)}", request)
+            job = Job(new_job_id(), request)
             self.jobs[job.id] = job
             self.waiting.append(job)
             self._prune()
@@ -98,7 +108,7 @@ class JobQueue:
             job.stop_event.set()
             if job.state == QUEUED:
                 self.waiting.remove(job)
-                job.state = CANCELLED
+                job.state, job.finished = CANCELLED, time.monotonic()
                 self.lock.notify_all()
             return True
 
@@ -112,7 +122,7 @@ class JobQueue:
         with self.lock:
             self.closed = True
             for job in self.waiting:
-                job.state = CANCELLED
+                job.state, job.finished = CANCELLED, time.monotonic()
             self.waiting.clear()
             if self.running is not None:
                 self.running.stop_event.set()
@@ -137,6 +147,7 @@ class JobQueue:
                 state, error = FAILED, f"internal error: {type(exc).__name__}: {exc}"
             with self.lock:
                 job.state, job.result, job.error = state, result, error
+                job.finished = time.monotonic()
                 self.running = None
                 self.lock.notify_all()
 

@@ -1,4 +1,4 @@
-"""The studio's HTTP layer: the standard library's ThreadingHTTPServer and a small router.
+"""The studio's HTTP routes, as a Starlette (ASGI) application.
 
 Routes (JSON unless noted; errors are ``{"error": "one line"}`` with a 4xx status):
 
@@ -7,222 +7,270 @@ Routes (JSON unless noted; errors are ``{"error": "one line"}`` with a 4xx statu
     GET  /api/takes                                   every take in the output folder
     GET  /api/primer?primer=REF&seconds=S             a primer's size, checked as `generate` does
     GET  /api/primer/roll.png?primer=REF&seconds=S    its piano roll (PNG)
-    POST /api/primer  (body: the MIDI file, header X-Filename)   keep an uploaded primer
-    POST /api/generate  {"primer": REF, "settings": {...}}       queue a request -> {"job": ID}
+    POST /api/primer  (body: the MIDI file, application/octet-stream, header X-Filename)
+                                                      keep an uploaded primer
+    POST /api/generate  {"primer": REF, "settings": {...}}  (application/json)
+                                                      queue a request -> its status (429: queue full)
     GET  /api/jobs/ID          progress: state, place in the queue, tokens, tokens/s, music
     GET  /api/jobs/ID/roll/K.png                      the piano roll of sample K so far
-    POST /api/jobs/ID/stop                            stop: the take keeps what was made
+    POST /api/jobs/ID/stop  (application/json)        stop: the take keeps what was made
     GET  /files/NAME                                  a file of the output folder, by name only
+                                                      (byte ranges, for the audio players)
+
+`guard.Guard` checks Host and Origin before any route; bodies are limited before they are read
+(Content-Length first, then the bytes as they arrive, each chunk within `body_seconds`). The
+studio's work (tokenizing, drawing, queueing) runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import json
-import re
-import sys
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import logging
 from importlib import resources
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
 
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.studio.engine import Studio
+from perceiver_ar_music.studio.guard import Guard
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/static/studio.js": ("studio.js", "text/javascript; charset=utf-8"),
-          "/static/studio.css": ("studio.css", "text/css; charset=utf-8")}
+STATIC = {"index.html": "text/html; charset=utf-8", "studio.js": "text/javascript; charset=utf-8",
+          "studio.css": "text/css; charset=utf-8"}
 FILE_TYPES = {".mid": "audio/midi", ".png": "image/png", ".json": "application/json", ".ogg": "audio/ogg",
               ".flac": "audio/flac", ".wav": "audio/wav"}
 MAX_JSON_BYTES = 64 * 1024
-JOB_ROUTE = re.compile(r"/api/jobs/(job-[0-9]+)(?:/(stop|roll/([0-9]{1,2})\.png))?")
-RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+MAX_JSON_DEPTH = 16  # the requests are two levels deep; deeper nesting is refused before parsing
+UPLOAD_TYPES = ("application/octet-stream", "audio/midi", "audio/x-midi", "audio/mid")
+DEFAULT_BODY_SECONDS = 30.0  # the longest wait for the next piece of a request body
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+           "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "no-referrer"}
+log = logging.getLogger("perceiver_ar_music.studio")
 
 
-class StudioServer(ThreadingHTTPServer):
-    daemon_threads = True
+class HttpError(UserError):
+    """A UserError with an HTTP status other than 400."""
 
-    def __init__(self, address: tuple[str, int], studio: Studio, quiet: bool = False) -> None:
-        self.studio = studio
-        self.quiet = quiet
-        super().__init__(address, StudioHandler)
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-class StudioHandler(BaseHTTPRequestHandler):
-    server: StudioServer
-    protocol_version = "HTTP/1.1"
+def create_app(studio: Studio, *, allowed_hosts: tuple[str, ...] = (),
+               body_seconds: float = DEFAULT_BODY_SECONDS) -> Guard:
+    """The studio as an ASGI application: the routes behind the Host/Origin guard."""
+    routes = Routes(studio, body_seconds)
+    app = Starlette(routes=[
+        Route("/", routes.page, methods=["GET"]),
+        Route("/static/{name}", routes.static, methods=["GET"]),
+        Route("/api/config", routes.config, methods=["GET"]),
+        Route("/api/takes", routes.takes, methods=["GET"]),
+        Route("/api/primer", routes.primer, methods=["GET"]),
+        Route("/api/primer", routes.upload, methods=["POST"]),
+        Route("/api/primer/roll.png", routes.primer_roll, methods=["GET"]),
+        Route("/api/generate", routes.generate, methods=["POST"]),
+        Route("/api/jobs/{job}", routes.job, methods=["GET"]),
+        Route("/api/jobs/{job}/roll/{sample:int}.png", routes.job_roll, methods=["GET"]),
+        Route("/api/jobs/{job}/stop", routes.stop, methods=["POST"]),
+        Route("/files/{name}", routes.file, methods=["GET"]),
+    ], exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    return Guard(app, allowed_hosts)
 
-    def log_message(self, format: str, *args) -> None:
-        if not self.server.quiet:
-            super().log_message(format, *args)
 
-    # ----- dispatch -----
-    def do_GET(self) -> None:
-        self._dispatch(self._get)
-
-    def do_HEAD(self) -> None:
-        self._dispatch(self._get)
-
-    def do_POST(self) -> None:
-        self._dispatch(self._post)
-
-    def _dispatch(self, route) -> None:
+def _answer(handler: Callable) -> Callable:
+    """A route whose UserErrors become ``{"error": ...}`` answers with their status (400 by default)."""
+    async def route(self: "Routes", request: Request) -> Response:
         try:
-            url = urlsplit(self.path)
-            route(url.path, {k: v[-1] for k, v in parse_qs(url.query).items()})
+            return await handler(self, request)
         except UserError as exc:
-            self._json({"error": str(exc)}, getattr(exc, "status", HTTPStatus.BAD_REQUEST))
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as exc:  # a bug answers 500 and the server goes on
-            self.log_error("internal error: %r", exc)
-            self._json({"error": f"internal error: {type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+            status = getattr(exc, "status", 400)
+            headers = {**HEADERS, "Connection": "close"} if status in (408, 413) else HEADERS  # body left unread
+            return JSONResponse({"error": str(exc)}, status, headers=headers)
+    return route
 
-    def _get(self, path: str, query: dict[str, str]) -> None:
-        studio = self.server.studio
-        if path in STATIC:
-            name, kind = STATIC[path]
-            self._send(resources.files("perceiver_ar_music.studio").joinpath("static", name).read_bytes(), kind)
-        elif path == "/api/config":
-            self._json(studio.config())
-        elif path == "/api/takes":
-            self._json({"takes": studio.store.takes()})
-        elif path == "/api/primer":
-            self._json(studio.primer_info(query.get("primer"), _seconds(query, studio)))
-        elif path == "/api/primer/roll.png":
-            self._send(studio.primer_roll(query.get("primer"), _seconds(query, studio)), "image/png")
-        elif path.startswith("/files/"):
-            self._file(unquote(path[len("/files/"):]))
-        elif match := JOB_ROUTE.fullmatch(path):
-            job = self._job(match.group(1))
-            if match.group(2) is None:
-                self._json(studio.job_status(job))
-            elif match.group(3) is not None:
-                self._send(studio.live_roll(job, int(match.group(3))), "image/png")
-            else:
-                raise NotFound("not found")
-        else:
-            raise NotFound("not found")
 
-    def _post(self, path: str, query: dict[str, str]) -> None:
-        studio = self.server.studio
-        if path == "/api/primer":
-            data = self._body(studio.store.max_upload_bytes, "the file")
-            self._json(studio.upload(data, unquote(self.headers.get("X-Filename", "upload.mid"))))
-        elif path == "/api/generate":
-            try:
-                form = json.loads(self._body(MAX_JSON_BYTES, "the request"))
-            except ValueError:
-                raise UserError("the request is not JSON") from None
-            if not isinstance(form, dict):
-                raise UserError("the request is not a JSON object")
-            job = studio.submit(form)
-            self._json(studio.job_status(job))
-        elif (match := JOB_ROUTE.fullmatch(path)) and match.group(2) == "stop":
-            job = self._job(match.group(1))
-            studio.queue.stop(job.id)
-            self._json(studio.job_status(job))
-        else:
-            raise NotFound("not found")
+class Routes:
+    """The handlers, each a thin call into `Studio`."""
+
+    def __init__(self, studio: Studio, body_seconds: float) -> None:
+        self.studio = studio
+        self.body_seconds = body_seconds
+
+    async def page(self, request: Request) -> Response:
+        return self._static("index.html")
+
+    @_answer
+    async def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC or name == "index.html":
+            raise HttpError(404, "not found")
+        return self._static(name)
+
+    @_answer
+    async def config(self, request: Request) -> Response:
+        return _json(await run_in_threadpool(self.studio.config))
+
+    @_answer
+    async def takes(self, request: Request) -> Response:
+        return _json({"takes": await run_in_threadpool(self.studio.store.takes)})
+
+    @_answer
+    async def primer(self, request: Request) -> Response:
+        ref, seconds = request.query_params.get("primer"), self._seconds(request)
+        return _json(await run_in_threadpool(self.studio.primer_info, ref, seconds))
+
+    @_answer
+    async def primer_roll(self, request: Request) -> Response:
+        ref, seconds = request.query_params.get("primer"), self._seconds(request)
+        return _png(await run_in_threadpool(self.studio.primer_roll, ref, seconds))
+
+    @_answer
+    async def upload(self, request: Request) -> Response:
+        _require_type(request, UPLOAD_TYPES, "a MIDI file (application/octet-stream)")
+        data = await self._body(request, self.studio.store.max_upload_bytes, "the file")
+        name = unquote(request.headers.get("x-filename", "upload.mid"))
+        return _json(await run_in_threadpool(self.studio.upload, data, name))
+
+    @_answer
+    async def generate(self, request: Request) -> Response:
+        form = await self._json_body(request)
+        if not isinstance(form, dict):
+            raise UserError("the request is not a JSON object")
+        unknown = sorted(set(form) - {"primer", "settings"})
+        if unknown:
+            raise UserError(f"unknown field: {unknown[0]!r}")
+        if not isinstance(form.get("settings") or {}, dict):
+            raise UserError("settings: expected an object of generate's settings")
+        job = await run_in_threadpool(self.studio.submit, form)
+        return _json(self.studio.job_status(job))
+
+    @_answer
+    async def job(self, request: Request) -> Response:
+        job = self._job(request)
+        return _json(await run_in_threadpool(self.studio.job_status, job))
+
+    @_answer
+    async def job_roll(self, request: Request) -> Response:
+        job = self._job(request)
+        return _png(await run_in_threadpool(self.studio.live_roll, job, request.path_params["sample"]))
+
+    @_answer
+    async def stop(self, request: Request) -> Response:
+        await self._json_body(request)
+        job = self._job(request)
+        self.studio.queue.stop(job.id)
+        return _json(self.studio.job_status(job))
+
+    @_answer
+    async def file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        path = self.studio.store.file(name)
+        if path is None:
+            raise HttpError(404, f"no such file: {name[:100]}")
+        return FileResponse(path, media_type=FILE_TYPES[path.suffix], headers=HEADERS)
 
     # ----- helpers -----
-    def _job(self, job_id: str):
-        job = self.server.studio.queue.get(job_id)
+    def _static(self, name: str) -> Response:
+        data = resources.files("perceiver_ar_music.studio").joinpath("static", name).read_bytes()
+        return Response(data, media_type=STATIC[name], headers=HEADERS)
+
+    def _job(self, request: Request) -> Any:
+        job_id = request.path_params["job"]
+        job = self.studio.queue.get(job_id)
         if job is None:
-            raise NotFound(f"no such job: {job_id}")
+            raise HttpError(404, f"no such job: {job_id[:40]}")
         return job
 
-    def _body(self, limit: int, what: str) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise UserError("the request has no Content-Length") from None
-        if length > limit:
-            self.close_connection = True  # the body stays unread
-            raise TooLarge(f"{what} is too large ({length / 2**20:.1f} MB; the limit is {limit / 2**20:g} MB)")
-        return self.rfile.read(length)
+    def _seconds(self, request: Request) -> float | None:
+        """The `seconds` of a primer request, checked like `generate --primer-seconds`."""
+        from perceiver_ar_music.studio.settings import parse_settings
 
-    def _file(self, name: str) -> None:
-        """A file of the output folder, by its bare name (`TakeStore.file`), with byte ranges."""
-        path = self.server.studio.store.file(name)
-        if path is None:
-            raise NotFound(f"no such file: {name}")
-        data = path.read_bytes()
-        start, end = 0, len(data)
-        ranged = RANGE.fullmatch(self.headers.get("Range", "").strip())
-        if ranged and (ranged.group(1) or ranged.group(2)):
-            if ranged.group(1):
-                start = int(ranged.group(1))
-                end = min(int(ranged.group(2)) + 1, len(data)) if ranged.group(2) else len(data)
-            else:
-                start = max(0, len(data) - int(ranged.group(2)))
-            if start >= end:
-                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self._send(data[start:end], FILE_TYPES[path.suffix], HTTPStatus.PARTIAL_CONTENT,
-                       {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
-        else:
-            self._send(data, FILE_TYPES[path.suffix])
+        text = request.query_params.get("seconds", "")
+        return parse_settings({"primer_seconds": text}, self.studio.parser).primer_seconds if text else None
 
-    def _json(self, obj, status: int = HTTPStatus.OK) -> None:
-        self._send(json.dumps(obj).encode("utf-8"), "application/json", status)
+    async def _json_body(self, request: Request) -> Any:
+        _require_type(request, ("application/json",), "JSON (application/json)")
+        return parse_json(await self._body(request, MAX_JSON_BYTES, "the request"))
 
-    def _send(self, data: bytes, kind: str, status: int = HTTPStatus.OK, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if kind.startswith("audio/"):
-            self.send_header("Accept-Ranges", "bytes")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+    async def _body(self, request: Request, limit: int, what: str) -> bytes:
+        """The request body, refused (413) as soon as it is known to pass `limit` bytes: by its
+        Content-Length before reading, or by the bytes received (a chunked body); 408 when the
+        client stops sending for `body_seconds`."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, _too_large(what, int(declared), limit))
+        chunks, size = [], 0
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), self.body_seconds)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise HttpError(408, f"{what} did not arrive (nothing for {self.body_seconds:g} s)") from None
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, _too_large(what, size, limit))
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
-class NotFound(UserError):
-    status = HTTPStatus.NOT_FOUND
-
-
-class TooLarge(UserError):
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-def _seconds(query: dict[str, str], studio: Studio) -> float | None:
-    """The `seconds` of a primer request, checked like `generate --primer-seconds`."""
-    from perceiver_ar_music.studio.settings import parse_settings
-
-    text = query.get("seconds", "")
-    return parse_settings({"primer_seconds": text}, studio.parser).primer_seconds if text else None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
+def parse_json(data: bytes) -> Any:
+    """A request body as JSON; a UserError for anything else, also for nesting deeper than
+    MAX_JSON_DEPTH (checked on the bytes before parsing, so deep nesting costs nothing)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:  # at most MAX_JSON_BYTES
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise UserError(f"the request is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise UserError("the request is not JSON") from None
 
 
-def serve(studio: Studio, host: str, port: int, *, quiet: bool = False, ready=None) -> None:
-    """Serve the studio until Ctrl-C (or `server.shutdown()`); `ready(server)` is called once it listens."""
-    try:
-        server = StudioServer((host, port), studio, quiet=quiet)
-    except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    if not is_loopback(host):
-        print(f"perceiver-music serve: warning: listening on {host}, not only on this machine: anyone who can "
-              "reach it can use the model and read the takes", file=sys.stderr)
-    if ready is not None:
-        ready(server)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
+def _require_type(request: Request, kinds: tuple[str, ...], wanted: str) -> None:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in kinds:
+        raise HttpError(415, f"expected {wanted}, got Content-Type {kind[:60] or 'none'!r}")
+
+
+def _too_large(what: str, size: int, limit: int) -> str:
+    return f"{what} is too large ({size / 2**20:.1f} MB; the limit is {limit / 2**20:g} MB)"
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return JSONResponse(obj, status, headers=HEADERS)
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers=HEADERS)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route: 404, wrong method: 405) as one-line JSON errors."""
+    status = getattr(exc, "status_code", 400)
+    detail = {404: "not found", 405: "method not allowed"}.get(status, str(getattr(exc, "detail", "bad request")))
+    return JSONResponse({"error": detail}, status, headers=HEADERS)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug answers 500 with one line; its traceback goes to the log, and the server goes on."""
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500, headers=HEADERS)

@@ -4,13 +4,17 @@ Every file has a name the studio made: ``take-0007.mid`` / ``.png`` / ``.ogg`` (
 ``take-0007.json`` (its details, written last, so a take is listed only once it is complete),
 ``primer-0003.mid`` for an upload. Files are looked up by name only (`TakeStore.file`): a name
 must match `FILE_NAME` and be a regular file directly in the folder, so a request can never
-reach a path outside it.
+reach a path outside it. A take's files are served (and usable as a primer) only once its details
+file exists: the files of a take cut short (the studio killed while writing it) stay on disk,
+unlisted and unused, and numbering goes on after them. Upload folders (``.upload-*``) left by a
+killed studio are removed when the folder is opened.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -22,6 +26,7 @@ from perceiver_ar_music.errors import UserError
 FILE_NAME = re.compile(r"(take|primer)-[0-9]{4,9}\.(mid|png|json|ogg|flac|wav)")
 PRIMER_NAME = re.compile(r"(take|primer)-[0-9]{4,9}\.mid")
 NUMBERED = re.compile(r"(take|primer)-([0-9]{4,9})\.")
+UPLOAD_PREFIX = ".upload-"  # the studio's own temporary upload folders
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # a MIDI file of an hour of dense piano is ~0.5 MB
 
 
@@ -34,13 +39,23 @@ class TakeStore:
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()
         self.reserved: dict[str, int] = {"take": 0, "primer": 0}
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporary upload folders of a studio that was killed (never a user's file)."""
+        for path in self.folder.glob(UPLOAD_PREFIX + "*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
     def file(self, name: str) -> Path | None:
-        """The regular file `name` directly in the folder, or None (bad name, missing, a link)."""
+        """The regular file `name` directly in the folder, or None (bad name, missing, a link, or
+        a file of a take whose details were never written)."""
         if not FILE_NAME.fullmatch(name):
             return None
         path = self.folder / name
-        return path if path.is_file() and not path.is_symlink() else None
+        if name.startswith("take-") and not _regular(self.folder / f"{name.split('.')[0]}.json"):
+            return None
+        return path if _regular(path) else None
 
     def primer_file(self, name: str) -> Path:
         """A take's or an upload's MIDI file to use as a primer, or a UserError."""
@@ -79,13 +94,17 @@ class TakeStore:
         """Keep an uploaded MIDI file as ``primer-NNNN.mid`` once `check(path)` accepts it (it
         raises a UserError for a file it refuses); returns the name. Nothing is kept otherwise."""
         check_upload_bytes(data, self.max_upload_bytes)
-        with tempfile.TemporaryDirectory(prefix=".upload-", dir=self.folder) as tmp:
+        with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, dir=self.folder) as tmp:
             path = Path(tmp) / "upload.mid"
             path.write_bytes(data)
             check(path)
         name = self.reserve("primer")[0] + ".mid"
         write_bytes_atomic(self.folder / name, data)
         return name
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def check_upload_bytes(data: bytes, limit: int) -> None:

@@ -202,7 +202,7 @@ function finishJob() {
 
 async function stop() {
   if (state.job) {
-    try { await api(`/api/jobs/${state.job}/stop`, { method: "POST" }); } catch (error) { showError("generate-error", error.message); }
+    try { await api(`/api/jobs/${state.job}/stop`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }); } catch (error) { showError("generate-error", error.message); }
   }
 }
 

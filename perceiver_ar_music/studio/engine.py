@@ -43,6 +43,7 @@ class Progress:
 
     num_samples: int
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when sampling ended: tokens/s stays what it was then
     steps: list[torch.Tensor] = field(default_factory=list)
     _ids: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -201,10 +202,13 @@ class Studio:
         max_note_seconds, max_polyphony = request.guards
         rules = sampling_rules(self.vocab, self.device, constrain=args.constrain,
                                max_note_seconds=max_note_seconds, max_polyphony=max_polyphony)
+        if job.stop_requested:  # stopped while it was being prepared: nothing was made
+            return []
         result = continue_ids(
             self.loaded.model, request.prompt, self.vocab, request.length, args.num_samples, request.sampling,
             seconds=args.seconds, seed=args.seed, rules=rules, progress=False, on_step=on_step,
         )
+        progress.ended = time.monotonic()
         stopped_by = "stop" if job.stop_requested else result.stopped_by
         names = self.store.reserve("take", len(result.sequences))
         for index, (name, sequence) in enumerate(zip(names, result.sequences), start=1):
@@ -255,7 +259,7 @@ class Studio:
         progress = job.progress
         if isinstance(progress, Progress):
             ids = progress.ids()
-            elapsed = max(time.monotonic() - progress.started, 1e-9)
+            elapsed = max((progress.ended or time.monotonic()) - progress.started, 1e-9)
             status["tokens"] = int(len(ids))
             status["tokens_per_second"] = round(len(ids) * ids.shape[1] / elapsed, 1)
             if len(ids):

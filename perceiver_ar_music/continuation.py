@@ -144,6 +144,9 @@ def load_for_generation(checkpoint: Path, device: torch.device | str, dtype: tor
     return loaded, tokenizer
 
 
+MAX_PRIMER_TOKENS = 200_000  # about half an hour of dense piano; the model reads only its last context
+
+
 def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> np.ndarray:
     """The performance ids (int64, no BOS) of a MIDI primer, or of its first `seconds`; none
     for no path. A file that cannot be read, or has no notes there, is a `UserError`."""
@@ -159,6 +162,9 @@ def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> n
         ids = truncate_to_seconds(ids, tokenizer.vocab, seconds)
         if not np.any(np.asarray(tokenizer.vocab.kind)[ids] == NOTE_ON):
             raise UserError(f"primer {path}: no notes in its first {seconds:g} seconds")
+    if len(ids) > MAX_PRIMER_TOKENS:
+        raise UserError(f"primer {path}: too long ({len(ids):,} tokens; a primer may have {MAX_PRIMER_TOKENS:,}: "
+                        "keep its start with --primer-seconds)")
     return ids
 
 

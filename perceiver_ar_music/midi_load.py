@@ -9,18 +9,30 @@ symusic drops tracks without notes, and with them a sustain pedal that a file ke
 its own. When the parsed score has no pedal at all but the file holds CC64 events, the file is
 re-read with mido, each such pedal track is merged into the note tracks of its channel (all
 note tracks if none shares it), and the result is parsed again.
+
+Every MIDI file the package reads comes through `read_score`, which checks what the file will
+cost before anything is made of it: a regular file (never a FIFO or a device, which could block
+forever), at most `MAX_FILE_BYTES`, and once parsed (C++, linear in the bytes) at most
+`MAX_NOTES` notes and `MAX_SECONDS` of music. A file of 37 bytes can place one note at tick
+2**28 with one tick per beat: 134M seconds, that is 134M time-shift tokens; it is refused in
+well under a millisecond instead.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
 
 SUSTAIN_CC = 64
 PEDAL_DOWN_THRESHOLD = 64
+MAX_FILE_BYTES = 16 * 2**20  # MAESTRO's largest file is 1.3 MB
+MAX_NOTES = 1_000_000  # an hour of the densest piano is about 100,000
+MAX_SECONDS = 4 * 3600.0  # music (notes and pedal) must end within 4 hours
 
 
 class MidiReadError(Exception):
@@ -44,15 +56,7 @@ def read_score(path: str | os.PathLike[str]):
     """Parse a MIDI file into a ``symusic`` Score timed in seconds, or raise MidiReadError."""
     from symusic import Score
 
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(256)
-    except IsADirectoryError:
-        raise MidiReadError("not a file (a directory)") from None
-    except FileNotFoundError:
-        raise MidiReadError("file not found") from None
-    except OSError as exc:
-        raise MidiReadError(f"cannot open file ({exc.strerror})") from None
+    head = _read_head(path)
     if not head:
         raise MidiReadError("empty file (0 bytes)")
     if not head.startswith(b"MThd"):
@@ -64,11 +68,48 @@ def read_score(path: str | os.PathLike[str]):
     except Exception as exc:  # symusic raises RuntimeError with a parser message
         detail = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "")
         raise MidiReadError(f"corrupt or truncated MIDI ({detail})") from None
+    check_size(score)
     if not _has_sustain(score):
         adopted = adopt_pedal_tracks(path)
         if adopted is not None:
             score = Score.from_midi(adopted, ttype="second")
+            check_size(score)
     return score
+
+
+def _read_head(path: str | os.PathLike[str]) -> bytes:
+    """The first bytes of a regular file of at most MAX_FILE_BYTES, or a MidiReadError. The file
+    is checked before it is opened (opening a FIFO for reading waits for a writer)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise MidiReadError("file not found") from None
+    except OSError as exc:
+        raise MidiReadError(f"cannot open file ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MidiReadError("not a file (a directory)")
+    if not stat.S_ISREG(info.st_mode):
+        raise MidiReadError("not a regular file (a pipe, socket or device)")
+    if info.st_size > MAX_FILE_BYTES:
+        raise MidiReadError(f"too large for a MIDI file ({info.st_size / 2**20:.1f} MB; the limit is "
+                            f"{MAX_FILE_BYTES / 2**20:g} MB)")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(256)
+    except OSError as exc:
+        raise MidiReadError(f"cannot open file ({exc.strerror})") from None
+
+
+def check_size(score) -> None:
+    """A MidiReadError unless a parsed Score (timed in seconds) stays within MAX_NOTES notes and
+    MAX_SECONDS of music: the bounds of everything made from it (tokens, notes, audio)."""
+    notes = score.note_num()
+    if notes > MAX_NOTES:
+        raise MidiReadError(f"too many notes ({notes:,}; the limit is {MAX_NOTES:,})")
+    end = float(score.end())
+    if not math.isfinite(end) or end > MAX_SECONDS:
+        shown = f"{end / 3600:,.0f} hours" if math.isfinite(end) else "forever"
+        raise MidiReadError(f"too long (its events run {shown}; the limit is {MAX_SECONDS / 3600:g} hours)")
 
 
 def _has_sustain(score) -> bool:

@@ -227,7 +227,6 @@ def test_content_length_lies_are_refused_before_reading(server, studio):
     started = time.monotonic()
     raw = exchange(server, (head + f"Content-Length: {10**12}\r\n\r\n").encode(), wait=5)
     assert status_of(raw) == 413 and "too large" in body_of(raw)["error"] and time.monotonic() - started < 2
-    assert not list(studio.store.folder.glob("primer-*big*"))
 
 
 def chunked(data: bytes, size: int = 4096) -> bytes:
@@ -327,6 +326,30 @@ def test_clients_that_leave_leave_no_traceback(server, studio, caplog, capfd):
     printed = capfd.readouterr().err
     for words in ("Traceback", "BrokenPipe", "ConnectionReset", "Exception in ASGI"):
         assert words not in logged and words not in printed
+
+
+# ----- 3: MIDI bombs, uploaded or previewed -----
+def test_midi_bombs_are_refused_in_milliseconds(server, studio):
+    from tests.test_midi_bombs import BOMBS
+
+    kept = sorted(studio.store.folder.glob("primer-*"))
+    for name, data in BOMBS.items():
+        started = time.monotonic()
+        status, answer = request(server, "POST", "/api/primer", data, {**MIDI, "X-Filename": f"{name}.mid"})
+        assert status == 400 and answer["error"].startswith(f"primer {name}.mid: too long"), answer
+        assert time.monotonic() - started < 1.0
+    assert sorted(studio.store.folder.glob("primer-*")) == kept
+    # a bomb placed in the folder under a primer's name (as if kept by an older studio) is refused too
+    bomb = studio.store.folder / "primer-0999.mid"
+    bomb.write_bytes(BOMBS["late_note"])
+    try:
+        for path in ("/api/primer?primer=primer-0999.mid", "/api/primer/roll.png?primer=primer-0999.mid"):
+            status, answer = request(server, "GET", path)
+            assert status == 400 and "too long" in answer["error"]
+        status, answer = request(server, "POST", "/api/generate", b'{"primer":"primer-0999.mid"}', JSON)
+        assert status == 400 and "too long" in answer["error"]
+    finally:
+        bomb.unlink()
 
 
 # ----- 14 and 15: job ids, a finished job's figures -----

@@ -16,7 +16,8 @@ and whether a Velocity is due, and applies up to three rules, each optional:
   note already older than D is released at the first TimeShift).
 
 Rules only look at tokens they have not seen yet and keep their state on the tokens' device:
-each step costs a few O(batch x vocabulary) tensor operations and never waits for the device.
+each step costs a few O(batch x vocabulary) tensor operations and never waits for the device;
+the prompt is read in one pass of tensor operations (no Python loop over its tokens).
 The limits P and D come from the training data (`note_limits`, stored with each checkpoint).
 """
 
@@ -99,9 +100,26 @@ class NoteRules:
             self.velocity_due = torch.zeros(b, dtype=torch.bool, device=device)
             self.kept = torch.full((b,), NOTHING, dtype=torch.long, device=device)
             self.row_start = torch.arange(b, device=device) * (self.pitches + 1)  # in onset.view(-1)
-        for t in range(self.seen, sequences.shape[1]):
-            self._update(sequences[:, t])
+        unseen = sequences.shape[1] - self.seen
+        if unseen == 1:  # a sampling step
+            self._update(sequences[:, -1])
+        elif unseen > 1:  # the prompt: at once, however long, so a long primer costs little
+            self._update_many(sequences[:, self.seen:])
         self.seen = sequences.shape[1]
+
+    def _update_many(self, tokens: torch.Tensor) -> None:
+        """The state after `tokens` (b, n) in a few tensor operations: the same as calling
+        `_update` on each column in turn (each pitch keeps the value of its last write)."""
+        b, n = tokens.shape
+        shifts = self.shift[tokens]
+        clock_before = self.clock[:, None] + torch.cumsum(shifts, dim=1) - shifts  # the clock at each token
+        value = torch.where(self.note_on[tokens], clock_before, SILENT)
+        columns = self.column_of_id[tokens]
+        position = torch.arange(n, device=tokens.device).expand(b, n)
+        last = torch.full_like(self.onset, -1).scatter_reduce_(1, columns, position, "amax")
+        self.onset = torch.where(last >= 0, value.gather(1, last.clamp(min=0)), self.onset)
+        self.clock = self.clock + shifts.sum(dim=1)
+        self.velocity_due = self.note_on[tokens[:, -1]]
 
     def _update(self, token: torch.Tensor) -> None:
         self.velocity_due = self.note_on[token]

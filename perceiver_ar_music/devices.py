@@ -1,5 +1,6 @@
-"""Where the model runs and in what precision: one device pick for every command, bf16 autocast
-for training and scoring, bf16 weights for sampling, TF32 matmuls for training on CUDA."""
+"""Where the model runs and in what precision: one device pick for every command, the autocast of
+training and scoring (`--precision auto|bf16|fp32`: bf16 on CUDA and on CPUs with bf16 matrix
+units, fp32 elsewhere), bf16 weights for sampling on CUDA, TF32 matmuls for training on CUDA."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import torch
 
 from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.presets import PRECISIONS
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
@@ -30,11 +32,48 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (training and scoring), nothing (fp32) elsewhere."""
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices faster than fp32 ones: AMX tiles (Intel Sapphire
+    Rapids and later, where the OS or VM exposes them). AVX512-BF16 alone is not enough: on the
+    development Xeon without AMX exposed, the bundled shape's training step took 0.50 s under bf16
+    autocast against 0.31 s in fp32 (docs/benchmarks.md)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of training and scoring for `--precision` (None: plain fp32).
+
+    'auto' is bf16 on CUDA and on a CPU with `cpu_has_fast_bf16`, fp32 elsewhere; 'bf16' forces
+    bf16 autocast (any CPU can run it, slowly without bf16 units; on CUDA it needs Ampere or
+    newer); 'fp32' turns autocast off. Weights, gradients and the optimizer stay fp32 either way.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
+    if precision == "fp32":
+        return None
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16 was asked for, but this GPU has no bf16 support")
+        return torch.bfloat16
+    if device.type == "cpu" and (precision == "bf16" or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    if precision == "bf16":
+        raise UserError(f"--precision bf16 is not supported on {device.type} (use fp32)")
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast context of training and scoring on `device` (see `autocast_dtype`)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def describe_precision(device: torch.device, precision: str = "auto") -> str:
+    """'bf16 autocast' or 'fp32': what `autocast(device, precision)` runs, for announcements."""
+    return "fp32" if autocast_dtype(device, precision) is None else "bf16 autocast"
 
 
 def inference_dtype(device: str | torch.device) -> torch.dtype:

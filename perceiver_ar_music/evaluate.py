@@ -44,8 +44,10 @@ def score_windows(
     batch_size: int,
     device: torch.device,
     pad_id: int,
+    precision: str = "auto",
 ) -> tuple[float, int]:
-    """(total nats, targets scored) of the given windows of an ``EvalWindows`` dataset.
+    """(total nats, targets scored) of the given windows of an ``EvalWindows`` dataset, the
+    forwards under `devices.autocast(device, precision)` (the NLL itself in fp32).
 
     `model` may be wrapped (DDP, compiled); the caller puts it in eval mode.
     """
@@ -58,7 +60,7 @@ def score_windows(
         inputs = tokens[:, :-1]
         padding_mask = (inputs != pad_id) if bool((inputs == pad_id).any()) else None
         inputs, targets = inputs.to(device), tokens[:, 1:].to(device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(inputs, None if padding_mask is None else padding_mask.to(device))
         n = logits.shape[1]
         nats, scored = _nll_sum(logits, targets[:, -n:], target_mask[:, -n:].to(device))
@@ -67,11 +69,12 @@ def score_windows(
     return float(total), int(count)
 
 
-def strided_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVocab, batch_size: int, device: torch.device) -> tuple[float, int]:
+def strided_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVocab, batch_size: int,
+                device: torch.device, precision: str = "auto") -> tuple[float, int]:
     """(total nats, targets) of `pieces` by the strided approximation (module doc)."""
     cfg = model.config
     windows = EvalWindows(pieces, vocab, seq_len=cfg.max_seq_len, score_len=cfg.num_latents)
-    return score_windows(model, windows, range(len(windows)), batch_size, device, vocab.pad_id)
+    return score_windows(model, windows, range(len(windows)), batch_size, device, vocab.pad_id, precision)
 
 
 def _exact_windows(pieces: Sequence[np.ndarray], vocab: EventVocab, seq_len: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -85,7 +88,8 @@ def _exact_windows(pieces: Sequence[np.ndarray], vocab: EventVocab, seq_len: int
 
 
 @torch.no_grad()
-def exact_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVocab, batch_size: int, device: torch.device) -> tuple[float, int]:
+def exact_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVocab, batch_size: int,
+              device: torch.device, precision: str = "auto") -> tuple[float, int]:
     """(total nats, targets) of `pieces`, each target predicted from its own full window (module doc)."""
     seq_len = model.config.max_seq_len
     total, count = 0.0, 0
@@ -99,7 +103,7 @@ def exact_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVoca
             inputs[row, seq_len - len(context) :] = context
             real[row, seq_len - len(context) :] = True
         padding_mask = None if real.all() else torch.from_numpy(real).to(device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(torch.from_numpy(inputs).to(device), padding_mask)
         targets = torch.tensor([target for _, target in batch], device=device)
         nats, scored = _nll_sum(logits[:, -1:], targets[:, None], torch.ones_like(targets[:, None], dtype=torch.bool))
@@ -159,13 +163,15 @@ def evaluate_pieces(
     method: str = "strided",
     batch_size: int = 8,
     device: torch.device = torch.device("cpu"),
+    precision: str = "auto",
 ) -> Evaluation:
-    """Score `pieces` (with their manifest `entries`, for notes and seconds) by `method`."""
+    """Score `pieces` (with their manifest `entries`, for notes and seconds) by `method`, the
+    forwards in `precision` (`devices.autocast_dtype`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
     model.eval()
     scorer = exact_nll if method == "exact" else strided_nll
-    total, targets = scorer(model, pieces, vocab, batch_size, device)
+    total, targets = scorer(model, pieces, vocab, batch_size, device, precision)
     notes = int(sum(entry["num_notes"] for entry in entries))
     seconds = float(sum(entry["seconds"] for entry in entries))
     per_note = total / notes if notes else None

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from perceiver_ar_music.augment import AugmentConfig
 
 _AUGMENT = AugmentConfig()  # the home of the augmentation ranges' defaults
+# `--precision` of training and scoring (resolved per device by `devices.autocast_dtype`).
+PRECISIONS = ("auto", "bf16", "fp32")
 
 if TYPE_CHECKING:
     from perceiver_ar_music.model import PerceiverARConfig
@@ -47,6 +49,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides best/
     log_every: int = 10  # steps between metrics.jsonl rows
     seed: int = 0
+    precision: str = "auto"  # autocast of training and validation: auto (bf16 where fast), bf16 or fp32
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +74,7 @@ class TrainConfig:
             (self.eval_windows >= 0, "eval windows must be >= 0 (0: all)"),
             (self.keep_last >= 1, "keep last must be >= 1"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,5 +1,6 @@
 """The training loop: AdamW with warmup + cosine decay, gradient accumulation and clipping, bf16
-autocast on CUDA, optional torch.compile and DistributedDataParallel, validation, checkpoints.
+autocast where it is fast (``--precision``, see ``devices``), optional torch.compile and
+DistributedDataParallel, validation, checkpoints.
 
 Never lose work:
 - a checkpoint (``ckpt-<step>/``, with optimizer and RNG states) every ``save_every`` steps, at the
@@ -36,7 +37,7 @@ from perceiver_ar_music import checkpoint as ckpt
 from perceiver_ar_music import distributed
 from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.augment import AugmentConfig
-from perceiver_ar_music.devices import allow_tf32, autocast
+from perceiver_ar_music.devices import allow_tf32, autocast, describe_precision
 from perceiver_ar_music.distributed import DistInfo
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.evaluate import score_windows
@@ -136,14 +137,15 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 
 
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], pad_id: int, z_loss: float,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(loss to optimise, NLL nats/token, scored targets) of one micro-batch of windows."""
+                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss to optimise, NLL nats/token, scored targets) of one micro-batch of windows; the
+    forward under `devices.autocast(device, precision)`, the loss in fp32."""
     tokens, target_mask = batch["tokens"], batch["target_mask"]
     inputs = tokens[:, :-1]
     padding_mask = (inputs != pad_id) if bool((inputs == pad_id).any()) else None
     tokens = tokens.to(device, non_blocking=True)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    with autocast(device):
+    with autocast(device, precision):
         logits = model(inputs, None if padding_mask is None else padding_mask.to(device, non_blocking=True))
     n = logits.shape[1]  # the latents: the last n targets are scored
     loss, nats = lm_loss(logits, targets[:, -n:], target_mask[:, -n:].to(device, non_blocking=True), z_loss)
@@ -168,7 +170,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
         last = index == tc.grad_accum - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss, nats, count = forward_loss(model, batch, pad_id, tc.z_loss, device)
+            loss, nats, count = forward_loss(model, batch, pad_id, tc.z_loss, device, tc.precision)
             (loss / tc.grad_accum).backward()
         nats_sum += nats
         targets += count
@@ -327,6 +329,7 @@ class Trainer:
         self.cfg, self.tc = run.config.model, run.config.train
         self.device = run.device
         allow_tf32(self.device)
+        self.precision_text = describe_precision(self.device, self.tc.precision)  # a bad choice fails here
         self.data = run.data
         if self.cfg.num_tokens != len(self.data.vocab):
             raise UserError(f"the model has {self.cfg.num_tokens} token ids but the data's vocabulary has "
@@ -450,7 +453,7 @@ class Trainer:
         self.eval_model.eval()
         mine = self.validation.indices[self.info.rank :: self.info.world_size]
         nats, count = score_windows(self.eval_model, self.validation.windows, mine, self.tc.batch_size,
-                                    self.device, self.pad_id)
+                                    self.device, self.pad_id, self.tc.precision)
         self.eval_model.train()
         totals = distributed.all_reduce_sum(torch.tensor([nats, float(count)], dtype=torch.float64, device=self.device))
         nats, count = totals.tolist()
@@ -482,7 +485,7 @@ class Trainer:
             was_training = self.model.training
             self.model.eval()
             try:
-                with autocast(self.device):
+                with autocast(self.device, self.tc.precision):
                     logits = self.model(window[None].to(self.device))
             finally:
                 self.model.train(was_training)
@@ -626,7 +629,7 @@ class Trainer:
         start = f"resuming at step {self.progress.step} from {self.resumed_from}" if self.resumed_from else "new run"
         print(f"{self.run_spec.config.run_name}: {start}; {self.model.num_params() / 1e6:.1f}M parameters on {self.device}"
               f"{f' x {info.world_size} processes' if info.enabled else ''}, "
-              f"{'bf16 autocast' if self.device.type == 'cuda' else 'fp32'}{', compiled' if self.run_spec.compile else ''}; "
+              f"{self.precision_text}{', compiled' if self.run_spec.compile else ''}; "
               f"{effective} windows of {cfg.max_seq_len} tokens per step ({cfg.num_latents} scored each); "
               f"run folder {self.run_spec.run_dir}", flush=True)
         if self.validation is None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from perceiver_ar_music.cli_types import bounded_int
+from perceiver_ar_music.presets import PRECISIONS
 
 HELP = "score a split (default test) under a checkpoint: NLL in nats and bits per token, per note and per second"
 
@@ -27,13 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pieces", type=bounded_int(1, 10**9), metavar="N", help="score only the split's first N pieces")
     parser.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=8, metavar="N", help="windows per forward (default: 8)")
     parser.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast of the forwards: auto (the default: bf16 on CUDA and on CPUs with AMX bf16 "
+                             "units, else fp32), bf16 or fp32")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from perceiver_ar_music.atomic import check_writable_file, os_error_text, write_json_atomic
     from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.devices import pick_device
+    from perceiver_ar_music.devices import describe_precision, pick_device
     from perceiver_ar_music.errors import UserError
     from perceiver_ar_music.evaluate import evaluate_pieces, format_evaluation
     from perceiver_ar_music.store_builder import ensure_prepared
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable_file(args.json, "--json")  # before the scoring, not after it
     device = pick_device(args.device)
+    precision = describe_precision(device, args.precision)  # before loading: a bad choice is a UserError
     loaded = load_model(args.checkpoint, device=device)
     prepared = ensure_prepared(args.data, args.prepared_cache, tokenizer=str(loaded.tokenizer_path))
     data = PreparedData.open(prepared, expected_tokenizer_hash=loaded.tokenizer_hash)
@@ -54,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pieces is not None:
         pieces, entries = pieces[: args.max_pieces], entries[: args.max_pieces]
     result = evaluate_pieces(loaded.model, pieces, entries, data.vocab, split=args.split,
-                             method="exact" if args.exact else "strided", batch_size=args.batch_size, device=device)
+                             method="exact" if args.exact else "strided", batch_size=args.batch_size, device=device,
+                             precision=args.precision)
     step = loaded.meta.get("step")
     print(f"checkpoint {loaded.path}" + (f" (step {step})" if step is not None else "") + f" on {device}"
-          + (", bf16 autocast" if device.type == "cuda" else ""))
+          + f", {precision}")
     print(format_evaluation(result))
     if repeated:
         print(f"note: {repeated} of the split's files are token for token training files; "
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             write_json_atomic(args.json, {"checkpoint": str(loaded.path), "step": step, "data": str(data.root),
                                           "repeats_of_training": repeated, "repeats_left_out": bool(args.skip_repeats and repeated),
+                                          "precision": precision,
                                           **result.to_dict()})
         except OSError as exc:
             raise UserError(f"cannot write --json {args.json}: {os_error_text(exc)}") from None

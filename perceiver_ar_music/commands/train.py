@@ -27,7 +27,7 @@ TRAIN_FLAGS = {
     "stretch_windows": "stretch_windows",
     "velocity_windows": "velocity_windows", "velocity_shift": "velocity_shift", "velocity_noise": "velocity_noise",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
-    "keep_last": "keep_last", "log_every": "log_every", "seed": "seed",
+    "keep_last": "keep_last", "log_every": "log_every", "seed": "seed", "precision": "precision",
 }
 
 
@@ -37,7 +37,7 @@ _FRACTION = finite_float(0, 1, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.presets import PRESETS
+    from perceiver_ar_music.presets import PRECISIONS, PRESETS
 
     run = parser.add_argument_group("run")
     run.add_argument("--data", metavar="DIR",
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="continue a run from its latest checkpoint: RUN_DIR, else OUT/NAME, else the newest run in OUT")
     run.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--precision", choices=PRECISIONS,
+                     help="autocast of training and validation: auto (the default: bf16 on CUDA and on CPUs with "
+                          "AMX bf16 units, else fp32), bf16 or fp32; weights and optimizer stay fp32")
     run.add_argument("--workers", type=bounded_int(0, 256), metavar="N",
                      help="DataLoader worker processes (default: 4 with a GPU, 0 on CPU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -15,9 +15,11 @@ Without FluidSynth's shared library (or the pyfluidsynth binding) ``render_midi`
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ AUDIO_FORMATS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_AUDIO_FORMAT = "ogg"
 WRITE_BLOCK_FRAMES = 65_536
+FULL_DISK_BYTES = 1 << 20  # a failed write with less free space than this was a full disk
 
 # Standard places of a General MIDI soundfont, best piano first; the first that exists wins.
 SYSTEM_SOUNDFONTS = (
@@ -231,9 +234,24 @@ def write_audio(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: 
     import soundfile
 
     container, subtype = AUDIO_FORMATS[audio_format]
-    with soundfile.SoundFile(path, "w", sample_rate, samples.shape[1], subtype=subtype, format=container) as out:
-        for start in range(0, len(samples), WRITE_BLOCK_FRAMES):
-            out.write(samples[start : start + WRITE_BLOCK_FRAMES])
+    try:
+        with soundfile.SoundFile(path, "w", sample_rate, samples.shape[1], subtype=subtype, format=container) as out:
+            for start in range(0, len(samples), WRITE_BLOCK_FRAMES):
+                out.write(samples[start : start + WRITE_BLOCK_FRAMES])
+    except soundfile.LibsndfileError as exc:  # its "System error." hides the reason: find it
+        raise _write_error(Path(path), exc) from None
+
+
+def _write_error(path: Path, exc: Exception) -> OSError:
+    """The OSError behind a failed libsndfile write: a full disk when the folder has (almost) no
+    space left, else libsndfile's own message."""
+    try:
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"cannot write audio ({str(exc).strip()})", str(path))
 
 
 def render_midi(
@@ -256,6 +274,9 @@ def render_midi(
     if float(np.abs(samples).max()) < SILENCE:
         raise UserError(f"FluidSynth rendered silence: does {sf2} have the instruments the file uses?")
     samples = to_pcm16(samples)
-    with atomic_path(out_path) as tmp:
-        write_audio(tmp, samples, sample_rate, audio_format)
+    try:
+        with atomic_path(out_path) as tmp:
+            write_audio(tmp, samples, sample_rate, audio_format)
+    except OSError as exc:  # name the file the user asked for, not its temporary twin
+        raise OSError(exc.errno, exc.strerror, str(out_path)) from None
     return RenderedAudio(Path(out_path), len(samples) / sample_rate, sample_rate, sf2)

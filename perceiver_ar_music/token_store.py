@@ -80,6 +80,7 @@ class PreparedData:
             raise _corrupt(root, f"unreadable JSON ({exc.__class__.__name__})") from None
         vocab = _check_manifest(root, manifest)
         data = cls(root, manifest, vocab)
+        data._check_ids()
         if expected_tokenizer_hash is not None and expected_tokenizer_hash != data.tokenizer_hash:
             raise UserError(
                 f"{root} was prepared with tokenizer {short_hash(data.tokenizer_hash)}, but the model uses "
@@ -128,6 +129,18 @@ class PreparedData:
             self._maps[split] = np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
         return self._maps[split]
 
+    def _check_ids(self) -> None:
+        """Every stored id is in the vocabulary (an id outside it would crash the model's
+        embedding in the middle of a run): one pass over the memory maps, milliseconds per
+        million tokens."""
+        for split in self.splits:
+            tokens = self.tokens(split)
+            for start in range(0, len(tokens), ID_CHECK_BLOCK):
+                highest = int(tokens[start : start + ID_CHECK_BLOCK].max())
+                if highest >= len(self.vocab):
+                    raise _corrupt(self.root, f"token file {self.manifest['splits'][split]['tokens_file']} holds id "
+                                              f"{highest}, outside the vocabulary of {len(self.vocab)}")
+
     def _check_split(self, split: str) -> None:
         if split not in self.manifest["splits"]:
             present = ", ".join(self.splits) or "none"
@@ -140,6 +153,9 @@ class PreparedData:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.manifest['splits'][s]['num_files']}" for s in self.splits)
         return f"PreparedData({str(self.root)!r}, tokenizer={short_hash(self.tokenizer_hash)}, {sizes})"
+
+
+ID_CHECK_BLOCK = 1 << 24  # ids checked per step (32 MB of uint16)
 
 
 def _corrupt(root: Path, detail: str) -> UserError:

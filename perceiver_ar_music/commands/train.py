@@ -149,11 +149,10 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
               "tokenizer_hash": data.tokenizer_hash},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     if restart:
         print(f"starting {run_dir} again: it has no checkpoint yet", flush=True)
         (run_dir / METRICS_NAME).unlink(missing_ok=True)  # rows of steps that were never saved
-    write_json_atomic(run_dir / RUN_CONFIG_NAME, config.to_dict())
+    write_json_atomic(run_dir / RUN_CONFIG_NAME, config.to_dict())  # makes the run folder (none if it fails)
     return Plan(run_dir, config, data, None)
 
 

@@ -219,10 +219,16 @@ class Studio:
                     stopped_by: str, tokens_per_second: float) -> dict:
         from perceiver_ar_music.continuation import write_sample_files
 
-        files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab,
-                                   max_note_seconds=request.guards[0], soundfont=self.soundfont,
-                                   audio_format=self.audio_format if self.audio_unavailable is None else None)
-        audio, audio_note = files.audio, files.audio_note or self.audio_unavailable
+        common = dict(max_note_seconds=request.guards[0], soundfont=self.soundfont)
+        write_note = None
+        try:
+            files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab, **common,
+                                       audio_format=self.audio_format if self.audio_unavailable is None else None)
+        except OSError as exc:  # e.g. the disk filled up with the audio: keep the take without it
+            files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab, **common,
+                                       audio_format=None)
+            write_note = f"no audio: {exc.strerror or exc}"
+        audio, audio_note = files.audio, write_note or files.audio_note or self.audio_unavailable
         if files.audio_unavailable:
             self.audio_unavailable = files.audio_note
         new = np.asarray(sequence[prompt_len:])

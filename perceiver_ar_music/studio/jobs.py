@@ -10,6 +10,7 @@ restarted studio never hands out the id a page still polls.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -142,6 +143,9 @@ class JobQueue:
                 result = self.work(job)
             except UserError as exc:
                 state, error = FAILED, str(exc)
+            except OSError as exc:  # the file system said no (a full disk): one line, no traceback
+                where = f": {os.path.basename(exc.filename)}" if exc.filename else ""
+                state, error = FAILED, f"{exc.strerror or type(exc).__name__}{where}"
             except Exception as exc:  # a bug must not end the queue: report it and go on
                 traceback.print_exc()
                 state, error = FAILED, f"internal error: {type(exc).__name__}: {exc}"

@@ -187,12 +187,24 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+MIN_BYTES_PER_PARAMETER = 2  # bfloat16, the smallest type weights are stored in
+
+
 def read_config(checkpoint: Path) -> PerceiverARConfig:
-    """The model config of a checkpoint folder; UserError if invalid."""
+    """The model config of a checkpoint folder; UserError if invalid, or if it describes a
+    model larger than its weights file can hold (checked before anything is built)."""
     try:
-        return PerceiverARConfig.from_dict(read_json(checkpoint / CONFIG_NAME))
+        config = PerceiverARConfig.from_dict(read_json(checkpoint / CONFIG_NAME))
     except (TypeError, ValueError) as exc:
         raise UserError(f"{checkpoint / CONFIG_NAME} is not a valid model config ({exc})") from None
+    try:
+        stored = (checkpoint / WEIGHTS_NAME).stat().st_size
+    except OSError:
+        raise UserError(f"{checkpoint / WEIGHTS_NAME} is missing") from None
+    if config.min_parameters() * MIN_BYTES_PER_PARAMETER > stored:
+        raise UserError(f"{checkpoint / WEIGHTS_NAME} is corrupt or does not match {CONFIG_NAME} (which describes at "
+                        f"least {config.min_parameters():,} parameters; the file holds {stored:,} bytes)")
+    return config
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from perceiver_ar_music.atomic import write_json_atomic
+
+
+INT_FIELDS = ("num_tokens", "dim", "depth", "heads", "dim_head", "max_seq_len", "num_latents", "ff_mult")
+FLOAT_FIELDS = ("cross_attn_dropout", "dropout", "rotary_fraction")
+MAX_PARAMETERS = 20_000_000_000  # 80 GB of float32 weights: more than any machine here holds
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -52,8 +63,21 @@ class PerceiverARConfig:
     rotary_max_wavelength: float | None = None  # None: the context length, max_seq_len
 
     def __post_init__(self) -> None:
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {_shown(value)}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
+        wavelength = self.rotary_max_wavelength
+        if wavelength is not None and (isinstance(wavelength, bool) or not isinstance(wavelength, numbers.Real)
+                                       or not math.isfinite(wavelength) or wavelength <= 0):
+            raise ValueError(f"rotary_max_wavelength must be a positive number or null, got {_shown(wavelength)}")
         checks = [
             (self.num_tokens > 0, "num_tokens must be positive"),
+            (self.ff_mult > 0, "ff_mult must be positive"),
             (self.dim > 0 and self.depth >= 0 and self.heads > 0 and self.dim_head > 0, "dim, heads and dim_head must be positive, depth >= 0"),
             (1 <= self.num_latents <= self.max_seq_len, "num_latents must be in 1..max_seq_len"),
             (0.0 <= self.cross_attn_dropout < 1.0, "cross_attn_dropout must be in [0, 1)"),
@@ -63,6 +87,16 @@ class PerceiverARConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.min_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"the model would have at least {self.min_parameters():,} parameters "
+                             f"(the limit is {MAX_PARAMETERS:,})")
+
+    def min_parameters(self) -> int:
+        """A lower bound of the parameter count (the linear layers and embeddings; within 1% of the
+        count), computed without building anything, so a size can be checked before allocating."""
+        inner = self.heads * self.dim_head
+        per_layer = 4 * self.dim * inner + 2 * self.ff_mult * self.dim * self.dim
+        return (self.depth + 1) * per_layer + 2 * self.num_tokens * self.dim
 
     @property
     def rotary_dim(self) -> int:

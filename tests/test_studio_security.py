@@ -57,7 +57,10 @@ def exchange(server, raw: bytes, *, wait: float = 10.0) -> bytes:
     """Send raw bytes on a fresh connection; everything the server sends until it closes or
     goes quiet for 1 s (at most `wait` s)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as sock:
-        sock.sendall(raw)
+        try:
+            sock.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):  # answered and closed before the rest was sent
+            pass
         return read_until_quiet(sock, wait)
 
 
@@ -221,7 +224,7 @@ def test_bad_json_answers_400(server, body, words):
 def test_content_length_lies_are_refused_before_reading(server, studio):
     head = f"POST /api/primer HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/octet-stream\r\n"
     for length in ("-1", "abc", "1e9", "0x10", "+5", ""):
-        raw = exchange(server, (head + f"Content-Length: {length}\r\n\r\n").encode() + b"MThd" + bytes(3 * 2**20), wait=5)
+        raw = exchange(server, (head + f"Content-Length: {length}\r\n\r\n").encode() + b"MThd" + bytes(60_000), wait=5)
         assert status_of(raw) == 400, (length, raw[:100])
     # a declared size over the limit answers 413 at once, without waiting for the body
     started = time.monotonic()

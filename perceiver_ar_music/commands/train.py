@@ -114,13 +114,24 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any
     return {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None}
 
 
+def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(PerceiverARConfig, TrainConfig) of parsed `train` flags: the preset with the flags applied."""
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.presets import resolve
+
+    try:
+        return resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid configuration: {exc}") from None
+
+
 def _fresh_plan(args: argparse.Namespace) -> Plan:
     """Resolve a new run on rank 0: prepare and open the data, create the run folder and its config."""
     from dataclasses import replace
 
     from perceiver_ar_music.atomic import check_writable_dir, write_json_atomic
     from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.presets import RunConfig, resolve
+    from perceiver_ar_music.presets import RunConfig
     from perceiver_ar_music.store_builder import ensure_prepared
     from perceiver_ar_music.token_store import PreparedData
     from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME
@@ -137,10 +148,7 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
             raise UserError(f"run folder {run_dir} already exists: add --resume to continue it, or choose another --name")
         restart = True  # killed before its first checkpoint: nothing to lose
     check_writable_dir(run_dir, "the run folder")
-    try:
-        model_config, train_config = resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid configuration: {exc}") from None
+    model_config, train_config = resolve_configs(args)
     prepared = ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress)
     data = PreparedData.open(prepared)
     config = RunConfig(

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""`train`'s step on the bundled model's shape against the model's own step and the seed port's
+bare step, side by side in one process (the machine may be shared: rounds alternate the variants
+and the medians are reported).
+
+- port: the seed's port (perceiver-ar-pytorch 0.0.10, `pip install -e '.[bench]'`) at the same
+  shape: forward, cross-entropy, backward, AdamW on random full windows, fp32 (it cannot run
+  under bf16 autocast: its mask value overflows bf16).
+- model: our model's own step in each precision: forward, loss, backward, AdamW (the training
+  loop's optimizer), random full windows.
+- loop: the `train` loop itself (`train.train` with the bundled recipe's flags, read from
+  scripts/train_bundled_model.sh) on prepared data: the wall time between steps, data,
+  augmentation, clipping, logging and all, leaving out the steps that validate or save.
+
+    python scripts/bench_train_loop.py --data data/m21-prepared --threads 2
+    python scripts/bench_train_loop.py --data data/m21-prepared --precisions fp32 --rounds 3 --json out/loop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from perceiver_ar_music.commands import train as train_command  # noqa: E402
+from perceiver_ar_music.devices import autocast, describe_precision  # noqa: E402
+from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss  # noqa: E402
+from perceiver_ar_music.presets import RunConfig, TrainConfig  # noqa: E402
+from perceiver_ar_music.token_store import PreparedData  # noqa: E402
+from perceiver_ar_music.train import TrainRun, make_optimizer, train  # noqa: E402
+
+RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
+CPU = torch.device("cpu")
+
+
+def bundled_flags(script: Path = RECIPE) -> list[str]:
+    """The bundled model's `train` flags: the script's COMMON array and the flags of its run A,
+    without --data/--out (the caller's)."""
+    text = script.read_text()
+    common = shlex.split(re.search(r"^COMMON=\((.*?)\)", text, re.S | re.M).group(1))
+    model = shlex.split(re.search(r'^train_size bundled-a "\$STEPS_A" (.*?) >', text, re.M).group(1))
+    flags, skip = [], False
+    for flag in common + model:
+        if skip:
+            skip = False
+        elif flag in ("--data", "--out"):
+            skip = True
+        else:
+            flags.append(flag)
+    return flags
+
+
+def recipe_configs(flags: list[str]) -> tuple[PerceiverARConfig, TrainConfig]:
+    """The model and training configs that `perceiver-music train FLAGS` resolves."""
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    return train_command.resolve_configs(parser.parse_args(flags))
+
+
+def model_step_fn(cfg: PerceiverARConfig, tc: TrainConfig, precision: str, batch: int) -> Callable[[], None]:
+    """Our model's own step: forward, loss, backward, AdamW (no data, no clipping, no z-loss)."""
+    model = PerceiverAR(cfg).train()
+    optimizer = make_optimizer(model, tc, CPU)
+    tokens = torch.randint(3, cfg.num_tokens, (batch, cfg.max_seq_len + 1))
+
+    def step() -> None:
+        with autocast(CPU, precision):
+            logits = model(tokens[:, :-1])
+        loss = lm_loss(logits, tokens[:, -logits.shape[1]:])[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def port_step_fn(cfg: PerceiverARConfig, batch: int) -> Callable[[], None] | None:
+    """The seed port's bare step at the same shape, or None if it is not installed."""
+    try:
+        from perceiver_ar_pytorch import PerceiverAR as Port
+    except ImportError:
+        return None
+    port = Port(num_tokens=cfg.num_tokens, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, dim_head=cfg.dim_head,
+                max_seq_len=cfg.max_seq_len, cross_attn_seq_len=cfg.max_seq_len - cfg.num_latents).train()
+    optimizer = torch.optim.AdamW(port.parameters(), lr=1e-4)
+    tokens = torch.randint(3, cfg.num_tokens, (batch, cfg.max_seq_len + 1))
+
+    def step() -> None:
+        logits = port(tokens[:, :-1])
+        loss = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, -cfg.num_latents:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(step: Callable[[], None], steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def loop_times(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, steps: int, workdir: Path) -> list[float]:
+    """Wall seconds between consecutive steps of a `train` run of `steps` + 1 steps (the first step
+    and the last, which validates and saves, are left out)."""
+    config = RunConfig("bench", cfg, replace(tc, max_steps=steps + 1, eval_every=steps + 1, save_every=steps + 1))
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as run_dir, contextlib.redirect_stdout(io.StringIO()):
+        train(TrainRun(Path(run_dir) / "run", config, data, CPU, progress=False),
+              on_step=lambda _step: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip(stamps, stamps[1:])][:-1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="a prepared folder (e.g. from the music21 corpus)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--rounds", type=int, default=5, help="rounds; each runs every variant (default 5)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant and round (default 4)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-port", action="store_true", help="leave the seed's port out")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flags = bundled_flags()
+    data = PreparedData.open(args.data)
+    cfg, tc = recipe_configs(["--data", str(args.data), *flags])
+    cfg = PerceiverARConfig.from_dict({**cfg.to_dict(), "num_tokens": len(data.vocab)})
+    torch.manual_seed(0)
+    variants: dict[str, Callable[[], list[float]]] = {}
+    port = None if args.no_port else port_step_fn(cfg, tc.batch_size)
+    if port is not None:
+        variants["port fp32"] = lambda: timed(port, args.steps)
+    for precision in args.precisions:
+        step = model_step_fn(cfg, tc, precision, tc.batch_size)
+        variants[f"model {precision}"] = lambda step=step: timed(step, args.steps)
+        loop_tc = replace(tc, precision=precision)
+        variants[f"loop {precision}"] = lambda loop_tc=loop_tc: loop_times(data, cfg, loop_tc, args.steps, Path(tempfile.gettempdir()))
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            times[name] += fn()
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; auto precision here: "
+          f"{describe_precision(CPU)}")
+    print(f"shape: batch {tc.batch_size}, context {cfg.max_seq_len}, {cfg.num_latents} latents, width {cfg.dim}, "
+          f"{cfg.depth} layers ({sum(p.numel() for p in PerceiverAR(cfg).parameters()) / 1e6:.1f}M); "
+          f"flags: {shlex.join(flags)}")
+    print(f"{args.rounds} rounds x {args.steps} steps per variant, alternated; median s/step")
+    for name, value in median.items():
+        print(f"  {name:<12}{value:8.3f} s   (p10-p90 {statistics.quantiles(times[name], n=10)[0]:.3f}-"
+              f"{statistics.quantiles(times[name], n=10)[-1]:.3f})")
+    ratios = {}
+    for precision in args.precisions:
+        ratios[f"loop {precision} / model {precision}"] = median[f"loop {precision}"] / median[f"model {precision}"]
+        if port is not None:
+            ratios[f"loop {precision} / port fp32"] = median[f"loop {precision}"] / median["port fp32"]
+    if "fp32" in args.precisions and "bf16" in args.precisions:
+        ratios["model bf16 / model fp32"] = median["model bf16"] / median["model fp32"]
+    for name, value in ratios.items():
+        print(f"  {name:<28}{value:6.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": sys.argv, "threads": torch.get_num_threads(), "flags": flags,
+                                         "seconds": times, "median_s": median, "ratios": ratios}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

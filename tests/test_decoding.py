@@ -136,6 +136,17 @@ def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
     assert torch.equal(cached, reference)
 
 
+def test_greedy_tokens_identical_on_both_paths_within_a_window_in_bfloat16():
+    """bf16 weights (what `generate` loads on CUDA, and could on a CPU with bf16 units)."""
+    model = model_in(torch.bfloat16)
+    prompt = torch.randint(0, 50, (4, 2))
+    greedy = SamplingConfig(temperature=0)
+    cached = sample_ids(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
+    reference = sample_ids(model, prompt, N - 2, greedy, use_cache=False)
+    assert cached.shape == (4, N)
+    assert torch.equal(cached, reference)
+
+
 def test_decoder_refuses_a_model_in_training_mode():
     with pytest.raises(ValueError, match="eval"):
         CachedDecoder(model_in().train())

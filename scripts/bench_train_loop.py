@@ -23,7 +23,6 @@ import contextlib
 import io
 import json
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -38,40 +37,17 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from perceiver_ar_music.commands import train as train_command  # noqa: E402
 from perceiver_ar_music.devices import autocast, describe_precision  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss  # noqa: E402
 from perceiver_ar_music.presets import RunConfig, TrainConfig  # noqa: E402
 from perceiver_ar_music.token_store import PreparedData  # noqa: E402
 from perceiver_ar_music.train import TrainRun, make_optimizer, train  # noqa: E402
 
-RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
+from bundled_recipe import bundled_flags, recipe_configs  # noqa: E402  (scripts/)
+
 CPU = torch.device("cpu")
-
-
-def bundled_flags(script: Path = RECIPE) -> list[str]:
-    """The bundled model's `train` flags: the script's COMMON array and the flags of its run A,
-    without --data/--out (the caller's)."""
-    text = script.read_text()
-    common = shlex.split(re.search(r"^COMMON=\((.*?)\)", text, re.S | re.M).group(1))
-    model = shlex.split(re.search(r'^train_size bundled-a "\$STEPS_A" (.*?) >', text, re.M).group(1))
-    flags, skip = [], False
-    for flag in common + model:
-        if skip:
-            skip = False
-        elif flag in ("--data", "--out"):
-            skip = True
-        else:
-            flags.append(flag)
-    return flags
-
-
-def recipe_configs(flags: list[str]) -> tuple[PerceiverARConfig, TrainConfig]:
-    """The model and training configs that `perceiver-music train FLAGS` resolves."""
-    parser = argparse.ArgumentParser()
-    train_command.add_arguments(parser)
-    return train_command.resolve_configs(parser.parse_args(flags))
 
 
 def model_step_fn(cfg: PerceiverARConfig, tc: TrainConfig, precision: str, batch: int) -> Callable[[], None]:
@@ -150,8 +126,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     flags = bundled_flags()
     data = PreparedData.open(args.data)
-    cfg, tc = recipe_configs(["--data", str(args.data), *flags])
-    cfg = PerceiverARConfig.from_dict({**cfg.to_dict(), "num_tokens": len(data.vocab)})
+    cfg, tc = recipe_configs(["--data", str(args.data), *flags], len(data.vocab))
     torch.manual_seed(0)
     variants: dict[str, Callable[[], list[float]]] = {}
     port = None if args.no_port else port_step_fn(cfg, tc.batch_size)

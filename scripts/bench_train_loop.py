@@ -8,12 +8,14 @@ and the medians are reported).
   under bf16 autocast: its mask value overflows bf16).
 - model: our model's own step in each precision: forward, loss, backward, AdamW (the training
   loop's optimizer), random full windows.
+- step, data (`--breakdown`): the loop's step function (z-loss, clipping, real padded windows)
+  on batches drawn beforehand, and the drawing of one batch (windows, augmentation, collation).
 - loop: the `train` loop itself (`train.train` with the bundled recipe's flags, read from
   scripts/train_bundled_model.sh) on prepared data: the wall time between steps, data,
   augmentation, clipping, logging and all, leaving out the steps that validate or save.
 
     python scripts/bench_train_loop.py --data data/m21-prepared --threads 2
-    python scripts/bench_train_loop.py --data data/m21-prepared --precisions fp32 --rounds 3 --json out/loop.json
+    python scripts/bench_train_loop.py --data data/m21-prepared --precisions fp32 --breakdown --json out/loop.json
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import platform
 import shlex
@@ -43,7 +46,8 @@ from perceiver_ar_music.devices import autocast, describe_precision  # noqa: E40
 from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss  # noqa: E402
 from perceiver_ar_music.presets import RunConfig, TrainConfig  # noqa: E402
 from perceiver_ar_music.token_store import PreparedData  # noqa: E402
-from perceiver_ar_music.train import TrainRun, make_optimizer, train  # noqa: E402
+from perceiver_ar_music.distributed import DistInfo  # noqa: E402
+from perceiver_ar_music.train import TrainRun, make_optimizer, optimizer_step, train, train_loader  # noqa: E402
 
 from bundled_recipe import bundled_flags, recipe_configs  # noqa: E402  (scripts/)
 
@@ -65,6 +69,27 @@ def model_step_fn(cfg: PerceiverARConfig, tc: TrainConfig, precision: str, batch
         optimizer.step()
 
     return step
+
+
+def train_step_fn(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig) -> Callable[[], None]:
+    """The loop's step function (`train.optimizer_step`: z-loss, clipping, the padding masks of
+    real windows) on training batches drawn beforehand: the loop without its data and bookkeeping."""
+    model = PerceiverAR(cfg).train()
+    optimizer = make_optimizer(model, tc, CPU)
+    loader = iter(train_loader(data, cfg, tc, DistInfo(), 0, 0, CPU))
+    batches = [next(loader) for _ in range(8)]
+    drawn = itertools.cycle(batches)
+
+    def step() -> None:
+        optimizer_step(model, optimizer, [next(drawn)], tc, tc.lr, data.vocab.pad_id, CPU)
+
+    return step
+
+
+def data_fn(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig) -> Callable[[], None]:
+    """Drawing one training batch (windows, augmentation, collation), as the loop does."""
+    loader = iter(train_loader(data, cfg, tc, DistInfo(), 0, 0, CPU))
+    return lambda: next(loader)
 
 
 def port_step_fn(cfg: PerceiverARConfig, batch: int) -> Callable[[], None] | None:
@@ -98,9 +123,10 @@ def timed(step: Callable[[], None], steps: int) -> list[float]:
 
 
 def loop_times(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, steps: int, workdir: Path) -> list[float]:
-    """Wall seconds between consecutive steps of a `train` run of `steps` + 1 steps (the first step
-    and the last, which validates and saves, are left out)."""
-    config = RunConfig("bench", cfg, replace(tc, max_steps=steps + 1, eval_every=steps + 1, save_every=steps + 1))
+    """`steps` wall times between consecutive steps of a `train` run of `steps` + 2 steps (the first
+    step and the last, which validates and saves, are left out)."""
+    total = steps + 2
+    config = RunConfig("bench", cfg, replace(tc, max_steps=total, eval_every=total, save_every=total))
     stamps: list[float] = []
     with tempfile.TemporaryDirectory(dir=workdir) as run_dir, contextlib.redirect_stdout(io.StringIO()):
         train(TrainRun(Path(run_dir) / "run", config, data, CPU, progress=False),
@@ -116,6 +142,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant and round (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-port", action="store_true", help="leave the seed's port out")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the loop's step function on batches drawn beforehand ('step') and the drawing "
+                        "of a batch ('data'): what the loop adds to the model's own step, in parts")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -136,7 +165,13 @@ def main() -> None:
         step = model_step_fn(cfg, tc, precision, tc.batch_size)
         variants[f"model {precision}"] = lambda step=step: timed(step, args.steps)
         loop_tc = replace(tc, precision=precision)
+        if args.breakdown:
+            step = train_step_fn(data, cfg, loop_tc)
+            variants[f"step {precision}"] = lambda step=step: timed(step, args.steps)
         variants[f"loop {precision}"] = lambda loop_tc=loop_tc: loop_times(data, cfg, loop_tc, args.steps, Path(tempfile.gettempdir()))
+    if args.breakdown:
+        draw = data_fn(data, cfg, tc)
+        variants["data"] = lambda: timed(draw, args.steps)
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -154,11 +189,12 @@ def main() -> None:
           f"flags: {shlex.join(flags)}")
     print(f"{args.rounds} rounds x {args.steps} steps per variant, alternated; median s/step")
     for name, value in median.items():
-        print(f"  {name:<12}{value:8.3f} s   (p10-p90 {statistics.quantiles(times[name], n=10)[0]:.3f}-"
-              f"{statistics.quantiles(times[name], n=10)[-1]:.3f})")
+        print(f"  {name:<12}{value:8.3f} s   (min {min(times[name]):.3f}, max {max(times[name]):.3f})")
     ratios = {}
     for precision in args.precisions:
         ratios[f"loop {precision} / model {precision}"] = median[f"loop {precision}"] / median[f"model {precision}"]
+        if args.breakdown:
+            ratios[f"step {precision} / model {precision}"] = median[f"step {precision}"] / median[f"model {precision}"]
         if port is not None:
             ratios[f"loop {precision} / port fp32"] = median[f"loop {precision}"] / median["port fp32"]
     if "fp32" in args.precisions and "bf16" in args.precisions:

@@ -125,8 +125,7 @@ def note_steps_and_open(ids: "np.ndarray | list[int]", vocab: EventVocab) -> tup
     ids = as_id_array(ids)
     kind = table.kinds_of(ids)
     safe = np.where(kind == SPECIAL, 0, ids)
-    steps = np.where(kind == TIME_SHIFT, table.shift_steps[safe], 0)
-    clock = np.cumsum(steps)  # the time of every non-shift token
+    clock = clock_steps(ids, vocab)  # the time of every non-shift token
     end_of_sequence = int(clock[-1]) if len(clock) else 0
 
     positions = np.flatnonzero((kind == NOTE_ON) | (kind == NOTE_OFF))
@@ -154,6 +153,21 @@ def note_steps_and_open(ids: "np.ndarray | list[int]", vocab: EventVocab) -> tup
     notes[:, END] = ends
     notes[:, VELOCITY_COLUMN] = velocities
     return notes, ~has_next[is_on][order]
+
+
+def clock_steps(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray:
+    """THE music clock: grid steps of music after each id (the running sum of the time shifts;
+    ids outside the vocabulary count as no time)."""
+    table = tables(vocab)
+    ids = as_id_array(ids)
+    kind = table.kinds_of(ids)
+    steps = np.where(kind == TIME_SHIFT, table.shift_steps[np.where(kind == SPECIAL, 0, ids)], 0)
+    return np.cumsum(steps)
+
+
+def music_clock(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray:
+    """Seconds of music after each id (`clock_steps` on the wall-clock grid)."""
+    return clock_steps(ids, vocab) * vocab.seconds_per_step
 
 
 def ids_to_notes(ids: "np.ndarray | list[int]", vocab: EventVocab) -> np.ndarray:

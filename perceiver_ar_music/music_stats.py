@@ -49,8 +49,10 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("note_length_p90_s", "len p90 s", "{:.2f}"),
     ("note_length_p99_s", "len p99 s", "{:.2f}"),
     ("long_note_fraction", f">{LONG_NOTE_S:g} s %", "pct"),
+    ("pitch_mean", "pitch mean", "{:.1f}"),
     ("pitch_range", "pitch range", "{:.0f}"),
     ("pitch_std", "pitch sd", "{:.1f}"),
+    ("velocity_mean", "vel mean", "{:.0f}"),
     ("velocity_std", "vel sd", "{:.1f}"),
     ("silence_fraction", "silence %", "pct"),
 )
@@ -232,10 +234,26 @@ def windowed_stats(notes: np.ndarray, window_s: float = DEFAULT_WINDOW_S, start_
     for index in range(count):
         begin = origin + index * window_s
         stop = begin + window_s
-        members = notes[(notes[:, 1] >= begin) & ((notes[:, 1] < stop) | (index == count - 1))]
-        end = min(stop, music_end) if index < count - 1 else music_end
-        windows.append(WindowStats(index, begin, end, _span_stats(members, begin, end, notes)))
+        last = index == count - 1
+        end = min(stop, music_end) if not last else music_end
+        windows.append(WindowStats(index, begin, end, span_stats(notes, begin, end, open_end=last)))
     return windows
+
+
+def span_stats(notes: np.ndarray, begin_s: float, end_s: float, *, open_end: bool = False) -> MusicStats:
+    """The figures of the span [begin_s, end_s) of `notes` (checked, see `checked_notes`) as a
+    window reads them: the notes struck in the span (with `open_end`, also every later one),
+    polyphony and silence from every note sounding in it."""
+    onset = notes[:, 1]
+    struck = (onset >= begin_s) & ((onset < end_s) | open_end)
+    return _span_stats(notes[struck], begin_s, end_s, notes)
+
+
+def pitch_class_histogram(notes: np.ndarray) -> np.ndarray:
+    """The share of notes on each of the 12 pitch classes (C first); zeros for no notes."""
+    counts = np.bincount(np.asarray(notes[:, 0], dtype=np.int64) % 12, minlength=12).astype(np.float64)
+    total = counts.sum()
+    return counts / total if total else counts
 
 
 def median_or_none(values: Iterable[float | None]) -> float | None:
@@ -332,6 +350,9 @@ class SampleReport:
     reference: ReferenceFigures | None = None
     vs_reference: dict[str, Comparison] = field(default_factory=dict)  # "primer", "continuation"
     memorization: Mapping[str, object] | None = None  # see memorization.MemorizationReport
+    # per window, the figures (by MusicStats field) texture-keeping sampling held it to
+    targets: list[dict[str, float]] = field(default_factory=list)
+    target_source: str = ""
 
     @property
     def drift(self) -> dict[str, float | None]:
@@ -357,7 +378,9 @@ class SampleReport:
             "primer": self.primer.as_dict() if self.primer else None,
             "continuation": self.continuation.as_dict() if self.continuation else None,
             "continuation_vs_primer": self.vs_primer(),
-            "windows": [w.as_dict() for w in self.windows],
+            "windows": [{**w.as_dict(), **({"target": self.targets[i]} if i < len(self.targets) else {})}
+                        for i, w in enumerate(self.windows)],
+            "texture_target": self.target_source or None,
             "drift": self.drift,
             "reference": self.reference.as_dict() if self.reference else None,
             "vs_reference": {part: c.as_dict() for part, c in self.vs_reference.items()},

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.music_stats import (
-    FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, formatted_figures, full_windows,
+    FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, format_figure, formatted_figures, full_windows,
 )
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
@@ -134,8 +134,10 @@ def report_table(report: SampleReport) -> str:
         rows.append(("part", "primer", _cells(report.primer.as_dict())))
     if report.continuation is not None:
         rows.append(("part", "continuation", _cells(report.continuation.as_dict())))
-    for window in report.windows:
+    for index, window in enumerate(report.windows):
         rows.append(("window", window.label("–"), _cells(window.stats.as_dict())))
+        if index < len(report.targets):
+            rows.append(("target", "target", _target_cells(report.targets[index])))
     compared = full_windows(report.windows, report.window_s)  # (not the short tail where notes ring out)
     if len(compared) > 1:
         rows.append(("ratio", "last / first window", _ratios(report.drift)))
@@ -173,6 +175,11 @@ def report_table(report: SampleReport) -> str:
 
 def _cells(values: Mapping[str, object]) -> list[str]:
     return formatted_figures(values)
+
+
+def _target_cells(target: Mapping[str, float]) -> list[str]:
+    """A window's texture target in the figures' columns ('' where nothing is held)."""
+    return ["" if key not in target else format_figure(key, target[key]) for key in FIGURE_KEYS]
 
 
 def _ratios(ratios: Mapping[str, float | None]) -> list[str]:
@@ -258,6 +265,7 @@ audio {{ width: 100%; max-width: 640px; display: block; margin: 6px 0; }}
 .figures thead th {{ text-align: right; padding-left: 9px; }}
 .figures tr.part th, .figures tr.part td {{ font-weight: 600; }}
 .figures tr.window th {{ padding-left: 12px; }}
+.figures tr.target th, .figures tr.target td {{ color: var(--muted); font-style: italic; padding-left: 12px; }}
 .figures tr.ratio td, .figures tr.reference td {{ color: var(--muted); }}
 .figures .spark {{ color: var(--accent); vertical-align: middle; }}
 .figure-note {{ color: var(--muted); font-size: 0.9em; margin: 4px 0; }}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from perceiver_ar_music.music_stats import music_stats
+from perceiver_ar_music.music_stats import FIGURE_KEYS, music_stats
 from perceiver_ar_music.pianoroll import draw_piano_roll
 from perceiver_ar_music.report import SampleEntry, write_index
 
@@ -176,7 +176,7 @@ def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tm
     for label in ("primer", "continuation", "10–20 s", "20–30 s", "30–37.5 s", "last / first window", "reference median",
                   "continuation / reference", "notes/s", "silence %", "len p99 s"):
         assert label in joined, label
-    assert table.count("<svg") == 11 and "<polyline" in table  # one sparkline per figure
+    assert table.count("<svg") == len(FIGURE_KEYS) and "<polyline" in table  # one sparkline per figure
     assert "copied from the reference: 20 notes" in joined and EVIL in joined  # escaped, as text
     assert "no passage of 12+ notes" in joined
     assert not page.all("script") and "<script>" not in text

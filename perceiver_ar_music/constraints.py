@@ -143,6 +143,12 @@ class NoteRules:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
         return allowed.expand(self.onset.shape[0], -1)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues from row rows[i] (see `sampling.sample_ids(selector=...)`)."""
+        if self.onset is not None:
+            self.onset = self.onset[rows]
+            self.clock, self.velocity_due, self.kept = self.clock[rows], self.velocity_due[rows], self.kept[rows]
+
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """The tokens (b,) to emit after `sequences` (b, L) given the drawn ones `new`: a shift
         kept back by an earlier call replaces the draw; a TimeShift that would carry a note past

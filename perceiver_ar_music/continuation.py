@@ -26,21 +26,16 @@ import torch
 from perceiver_ar_music.atomic import atomic_path
 from perceiver_ar_music.constraints import NoteRules
 from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.events import END, START, note_steps_and_open
-from perceiver_ar_music.sampling import SamplingConfig, StepCallback, sample_ids
+from perceiver_ar_music.events import END, START, music_clock, note_steps_and_open
+from perceiver_ar_music.sampling import Reorder, SamplingConfig, StepCallback, sample_ids
 from perceiver_ar_music.vocab import NOTE_ON, EventVocab
 
 if TYPE_CHECKING:
     from perceiver_ar_music.music_stats import SampleReport
+    from perceiver_ar_music.texture import TextureSelector, TextureTarget
 
 LOG_EVERY_S = 5.0  # seconds between progress lines when the output is not a terminal
 OPEN_NOTE_FALLBACK_S = 0.5  # length of a note left sounding at the end, when no note ended
-
-
-def music_clock(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:
-    """Seconds of music after each id (the running sum of the time shifts)."""
-    shifts = np.asarray(vocab.shift_steps, dtype=np.int64)[np.asarray(ids, dtype=np.int64)]
-    return np.cumsum(shifts) * vocab.seconds_per_step
 
 
 def truncate_to_seconds(ids: np.ndarray, vocab: EventVocab, seconds: float) -> np.ndarray:
@@ -109,6 +104,10 @@ class MusicProgress:
         if self.lines:
             self._line(slowest, final=False)
         return self.budget is not None and slowest >= self.budget
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues from row rows[i] (texture-keeping sampling kept one candidate)."""
+        self.seconds = self.seconds[rows.to(self.seconds.device)]
 
     def _line(self, slowest: float, final: bool) -> None:
         import sys
@@ -196,19 +195,24 @@ def continue_ids(
     progress: bool = True,
     compile_decoder: bool = False,
     on_step: StepCallback | None = None,
+    texture: "TextureSelector | None" = None,
+    on_reorder: "Reorder | None" = None,
 ) -> Continuation:
     """Sample `num_samples` continuations of `prompt` (ids incl. BOS) as one batch.
 
     `rules` (see `sampling_rules`) mask and amend tokens while sampling. `on_step(step, new)` is
     called after every token (new: (num_samples,)); returning True stops sampling and keeps
-    what was made. The model runs as it is: its precision is chosen where it is loaded
+    what was made. With `texture` (a `texture.TextureSelector`), each sample is drawn as
+    texture.candidates rows that keep the best candidate every segment (`on_step` then sees
+    num_samples x candidates rows, and `on_reorder(rows)` each choice). The model runs as it is: its precision is chosen where it is loaded
     (`checkpoint.load_model(..., dtype=...)`; the CLI loads bf16 on CUDA).
     """
     import time
 
     device = next(model.parameters()).device
     batch = torch.as_tensor(prompt.astype(np.int64), device=device)[None].expand(num_samples, -1).contiguous()
-    bar = MusicProgress(None if seconds else num_tokens, vocab, num_samples, seconds, show=progress)
+    rows = num_samples * (texture.candidates if texture is not None else 1)
+    bar = MusicProgress(None if seconds else num_tokens, vocab, rows, seconds, show=progress)
     callback: StepCallback = bar
     if on_step is not None:
         def callback(step: int, new: torch.Tensor) -> bool:
@@ -220,7 +224,9 @@ def continue_ids(
             model, batch, num_tokens, sampling, use_cache=use_cache, reset_latents=reset_latents, seed=seed,
             eos_id=vocab.eos_id, allowed_tokens=rules if rules is not None and rules.masks else None,
             amend_tokens=rules.amend if rules is not None else None, callback=callback,
-            compile_decoder=compile_decoder,
+            compile_decoder=compile_decoder, selector=texture,
+            reorder=[hook for hook in (rules.reorder if rules is not None else None, bar.reorder, on_reorder)
+                     if hook is not None],
         )
     finally:
         bar.close()
@@ -317,10 +323,11 @@ class SampleFiles:
 def write_sample_files(
     folder: Path, name: str, sequence: np.ndarray, prompt_len: int, vocab: EventVocab, *,
     max_note_seconds: float | None, audio_format: str | None, soundfont: Path | None = None,
-    sample_rate: int | None = None,
+    sample_rate: int | None = None, target: "TextureTarget | None" = None,
 ) -> SampleFiles:
     """One sample as `name.mid` (primer and continuation tracks), `name.png` (its piano roll) and,
-    with an `audio_format`, `name.<format>`, plus its statistics (`music_stats.sample_report`).
+    with an `audio_format`, `name.<format>`, plus its statistics (`music_stats.sample_report`,
+    with the texture `target` beside each window when given).
     Audio that cannot be rendered (no FluidSynth, a silent sample) is left out with a note."""
     from perceiver_ar_music.music_stats import sample_report
     from perceiver_ar_music.pianoroll import draw_piano_roll
@@ -340,5 +347,11 @@ def write_sample_files(
             audio_note, unavailable = str(exc), True
         except UserError as exc:  # e.g. a sample without notes
             audio_note = str(exc).replace(str(folder / midi), midi)
-    return SampleFiles(notes, primer_notes, boundary, midi, roll, audio, audio_note,
-                       sample_report(notes, primer_notes, boundary), unavailable)
+    report = sample_report(notes, primer_notes, boundary)
+    if target is not None:
+        from dataclasses import replace
+
+        from perceiver_ar_music.texture import target_rows
+
+        report = replace(report, targets=target_rows(target, report.windows), target_source=target.describe())
+    return SampleFiles(notes, primer_notes, boundary, midi, roll, audio, audio_note, report, unavailable)

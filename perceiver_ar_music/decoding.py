@@ -47,6 +47,10 @@ class ReferenceDecoder:
         self.tokens = torch.cat((self.tokens, tokens.view(-1, 1)), dim=1)
         return self._next_logits()
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues from row rows[i] (a sampler keeping one candidate of several)."""
+        self.tokens = self.tokens[rows]
+
     def _next_logits(self) -> torch.Tensor:
         window = self.tokens[:, -self.model.config.max_seq_len :]
         return self.model(window)[:, -1]
@@ -136,6 +140,13 @@ class CachedDecoder:
         position = self.length
         self._store(tokens, *self._project(tokens))
         return self._decode_one(tokens, position)
+
+    @torch.no_grad()
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues from row rows[i]: every per-row cache is copied in place (a captured
+        graph keeps pointing at the same buffers); positions and counters are shared by all rows."""
+        for cache in (self.cross_k, self.cross_v, self.cross_ids, *self.latent_k, *self.latent_v):
+            cache.copy_(cache.index_select(0, rows))
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -7,12 +7,15 @@ path), any number of tokens past the model's context, reproducibly for a given s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model import PerceiverAR
+
+if TYPE_CHECKING:
+    from perceiver_ar_music.texture import TextureSelector
 
 # Called after every step with (step index, new tokens (b,)); returning True stops sampling.
 StepCallback = Callable[[int, torch.Tensor], "bool | None"]
@@ -21,6 +24,8 @@ AllowedTokens = Callable[[torch.Tensor], torch.Tensor]
 # Given the drawn tokens (b,) and the sequences so far (b, L), returns the tokens to emit instead
 # (e.g. a forced NoteOff).
 AmendTokens = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Told which row each row now continues from (rows (b,)) when a selector keeps a candidate.
+Reorder = Callable[[torch.Tensor], None]
 
 
 @dataclass
@@ -113,6 +118,8 @@ def sample_ids(
     amend_tokens: AmendTokens | None = None,
     penalized_tokens: torch.Tensor | None = None,
     callback: StepCallback | None = None,
+    selector: "TextureSelector | None" = None,
+    reorder: Sequence[Reorder] = (),
 ) -> torch.Tensor:
     """Continue `prompt` (b, P) by up to `num_tokens` tokens; returns (b, P + generated).
 
@@ -123,6 +130,12 @@ def sample_ids(
     output is cut where the last sequence ended. `allowed_tokens` masks impossible tokens before
     each draw and `amend_tokens` may replace the drawn token before it is emitted (see
     `constraints.NoteRules`); `callback` sees every step and may stop early.
+
+    With a `selector` (`texture.TextureSelector`), each prompt row runs as k = selector.candidates
+    rows (the callback and the rules see b * k rows); after every `selector.segment_tokens`
+    tokens, and at the end, the selector picks per sample the row to go on from, and the
+    tokens, the decoder's caches and every `reorder` hook (stateful rules, progress) are copied
+    from it; b rows are returned. Without one, nothing of this runs.
     """
     sampling = sampling or SamplingConfig()
     if prompt.dim() != 2 or prompt.shape[1] < 1:
@@ -134,11 +147,19 @@ def sample_ids(
         if seed is not None:
             generator = torch.Generator(device=prompt.device).manual_seed(seed)
         decoder = CachedDecoder(model, reset_latents, decode_mode, compile_decoder) if use_cache else ReferenceDecoder(model)
+        k = selector.candidates if selector is not None else 1
+        if k > 1:
+            prompt = prompt.repeat_interleave(k, dim=0)
         length = prompt.shape[1]
         tokens = torch.cat((prompt, prompt.new_zeros((prompt.shape[0], num_tokens))), dim=1)
         logits = decoder.prefill(prompt)
         finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+        segment_logp = torch.zeros(prompt.shape[0], dtype=torch.float32, device=prompt.device)
+        segment_steps = 0
         for step in range(num_tokens):
+            model_logits = logits
+            if selector is not None and selector.bias is not None:
+                logits = logits + selector.bias.to(logits.dtype)
             if sampling.repetition_penalty > 1.0:
                 recent = tokens[:, max(0, length - sampling.repetition_window) : length]
                 logits = apply_repetition_penalty(logits, recent, sampling.repetition_penalty, penalized_tokens)
@@ -154,13 +175,28 @@ def sample_ids(
             length += 1
             stop = bool(callback(step, new)) if callback is not None else False
             check_eos = eos_id is not None and (step % EOS_CHECK_EVERY == EOS_CHECK_EVERY - 1 or stop or step == num_tokens - 1)
-            if check_eos and bool(finished.all()):
+            ended = check_eos and bool(finished.all())
+            last = ended or stop or step == num_tokens - 1
+            if selector is not None:
+                segment_logp += model_logits.float().log_softmax(-1).gather(1, new.view(-1, 1)).squeeze(1)
+                segment_steps += 1
+                if last or segment_steps == selector.segment_tokens:
+                    rows = selector.choose(tokens[:, :length], segment_logp, segment_steps)
+                    tokens[:, :length] = tokens[rows, :length]
+                    finished, new = finished[rows], new[rows]
+                    for hook in reorder:
+                        hook(rows)
+                    if not last:
+                        decoder.reorder(rows)
+                    segment_logp.zero_()
+                    segment_steps = 0
+            if ended:
                 length = _all_ended_at(tokens, prompt.shape[1], length, eos_id)
                 break
-            if stop or step == num_tokens - 1:
+            if last:
                 break
             logits = decoder.step(new)
-        return tokens[:, :length]
+        return tokens[::k, :length]
     finally:
         model.train(was_training)
 

@@ -38,7 +38,7 @@ from perceiver_ar_music.continuation import (  # noqa: E402
 )
 from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, median_or_none, sample_report  # noqa: E402
-from perceiver_ar_music.commands.generate import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 

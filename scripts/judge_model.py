@@ -7,8 +7,8 @@ Runs the package's own commands (so the card can quote them) and summarises thei
    eleven composers and the first 300 Palestrina pieces of ``corpus.tsv``, linked into
    ``<midi>-v1`` and prepared once: the split hashes the path, so its test pieces are the ones
    the first models' cards were scored on, a subset of today's);
-2. ``generate --no-guards`` of K samples of ``--seconds`` of music, from nothing and continuing
-   the Quickstart's primer;
+2. ``generate --no-guards --no-texture`` of K samples of ``--seconds`` of music (the model's own
+   draws: no guards, no texture-keeping), from nothing and continuing the Quickstart's primer;
 3. ``stats`` of both against the validation pieces (figures) and the training pieces
    (memorisation: the longest passage a sample copies from them).
 
@@ -326,7 +326,8 @@ def main() -> int:
         summary["test"][str(data)] = {key: result.get(key) for key in
                                       ("nats_per_token", "nats_per_note", "nats_per_second", "targets", "pieces")}
     common = ["--checkpoint", ckpt, "--seconds", f"{args.seconds:g}", "--length", "100000",
-              "--num-samples", str(args.samples), "--no-guards", "--no-audio", "--no-progress", *shlex.split(args.sampling)]
+              "--num-samples", str(args.samples), "--no-guards", "--no-texture", "--no-audio", "--no-progress",
+              *shlex.split(args.sampling)]
     primer = ["--primer", str(PRIMER), "--primer-seconds", f"{args.primer_seconds:g}"]
     summary["validation_drift"] = validation_drift(args.data, args.seconds)
     summary["validation_copying"] = validation_copying(args.data, args.seconds)

@@ -27,7 +27,7 @@ from perceiver_ar_music.music_stats import (  # noqa: E402
     FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
 )
 from perceiver_ar_music.token_store import PreparedData  # noqa: E402
-from perceiver_ar_music.commands.generate import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
 from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
 

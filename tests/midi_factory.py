@@ -117,10 +117,11 @@ def fold_pedal_reference(
     return new_end
 
 
-def _random_onsets(rng: np.random.Generator, num_notes: int, long_gaps: bool) -> np.ndarray:
-    """Onset times in seconds: chords (near-simultaneous), runs, phrases, and >1 s silences."""
+def _random_onsets(rng: np.random.Generator, num_notes: int, long_gaps: bool, pace: float = 1.0) -> np.ndarray:
+    """Onset times in seconds: chords (near-simultaneous), runs, phrases, and >1 s silences;
+    `pace` scales the gaps between chords (2: half as many notes per second)."""
     kind = rng.random(num_notes)
-    gaps = np.where(kind < 0.3, rng.uniform(0.0, 0.012, num_notes), rng.gamma(2.0, 0.07, num_notes))
+    gaps = np.where(kind < 0.3, rng.uniform(0.0, 0.012, num_notes), pace * rng.gamma(2.0, 0.07, num_notes))
     if long_gaps:
         gaps = np.where(kind > 0.985, rng.uniform(1.1, 3.6, num_notes), gaps)
     gaps[0] = rng.uniform(0.0, 0.8)
@@ -178,15 +179,17 @@ def write_performance(
     drum_track: bool = False,
     duplicates: int = 0,
     release_pedal: bool = True,
+    pace: float = 1.0,
 ) -> GroundTruth:
     """Write a synthetic piano performance and return its ground truth (see module docstring).
 
     ``duplicates`` notes are written a second time on the same tick, pitch and track (a doubled
     note): a reader keeps one of each pair. ``release_pedal=False``
-    leaves the last pedal press unreleased.
+    leaves the last pedal press unreleased. ``pace`` scales the gaps between chords (the default
+    plays about 10 notes/s; 2.5 about 4).
     """
     rng = np.random.default_rng(seed)
-    onsets = _random_onsets(rng, num_notes, long_gaps)
+    onsets = _random_onsets(rng, num_notes, long_gaps, pace)
     pitches = _random_pitches(rng, onsets)
     lengths = np.where(rng.random(num_notes) < 0.2, rng.uniform(0.5, 2.5, num_notes), rng.uniform(0.03, 0.5, num_notes))
     velocities = np.clip(np.rint(rng.normal(64, 22, num_notes)), 1, 127).astype(np.int64)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pretty_midi
 import pytest
 
-from perceiver_ar_music.commands import generate as generate_command
+from perceiver_ar_music import generation_settings as generate_command
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.engine import Studio
@@ -183,7 +183,7 @@ def test_settings_defaults_and_checks_are_generates():
     for name, field in fields.items():
         assert field["default"] == parser.get_default(name), name
     assert fields["top_p"]["flag"] == "--top-p" and fields["constrain"]["kind"] == "bool"
-    from perceiver_ar_music.commands.generate import DEFAULT_TOP_P
+    from perceiver_ar_music.generation_settings import DEFAULT_TOP_P
     assert fields["top_p"]["default"] == DEFAULT_TOP_P == 0.85  # the sampling study's choice (docs/benchmarks.md)
     assert fields["seed"]["kind"] == "int" and fields["temperature"]["kind"] == "number"
     args = studio_settings.parse_settings({"top_p": "0.5", "seed": 3, "constrain": True, "length": ""})

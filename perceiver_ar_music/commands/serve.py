@@ -12,7 +12,7 @@ DEFAULT_OUT = Path("out") / "studio"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.commands.generate import BUNDLED_CHECKPOINT
+    from perceiver_ar_music.generation_settings import BUNDLED_CHECKPOINT
     from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT
     from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES
 

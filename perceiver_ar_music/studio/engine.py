@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.generation_settings import GenerationSettings
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.jobs import Job, JobQueue
+from perceiver_ar_music.texture import TextureSelector
 from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES, TakeStore
 
 EXAMPLE = "example"  # the primer reference of the bundled example
@@ -29,12 +31,11 @@ EXAMPLE_PRIMER = Path(__file__).resolve().parents[2] / "examples" / "primer.mid"
 class Request:
     """A checked generation request."""
 
-    args: argparse.Namespace  # generate's flags
+    args: argparse.Namespace  # the page's settings as generate's flags (recorded with each take)
     primer: str | None  # None, EXAMPLE or a primer/take file name in the output folder
     prompt: np.ndarray  # BOS + primer ids
-    length: int
-    sampling: object  # SamplingConfig
-    guards: tuple[float | None, int | None]  # max note seconds, max polyphony (None: off)
+    settings: GenerationSettings
+    texture: TextureSelector | None  # texture-keeping sampling (None: plain)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Progress:
     """The tokens sampled so far, recorded per step without waiting for the device."""
 
     num_samples: int
+    candidates: int = 1  # rows per sample while sampling (texture-keeping draws several)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None  # when sampling ended: tokens/s stays what it was then
     steps: list[torch.Tensor] = field(default_factory=list)
@@ -52,15 +54,25 @@ class Progress:
         self.steps.append(new.detach().clone())  # the sampler may reuse its buffer
 
     def ids(self) -> np.ndarray:
-        """(tokens so far, num_samples) int64 ids."""
+        """(tokens so far, num_samples) int64 ids (of each sample's first candidate row)."""
         with self._lock:
-            done = 0 if self._ids is None else len(self._ids)
-            count = len(self.steps)
-            if self._ids is None or count > done:
-                fresh = torch.stack(self.steps[done:count]).cpu().numpy() if count > done else np.zeros((0, self.num_samples))
-                old = np.zeros((0, self.num_samples), np.int64) if self._ids is None else self._ids
-                self._ids = np.concatenate([old, fresh.astype(np.int64)])
-            return self._ids
+            return self._rows()[:, :: self.candidates]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Texture-keeping sampling kept one candidate: row i now continues from rows[i]."""
+        with self._lock:
+            self._ids = self._rows()[:, rows.cpu().numpy()]
+
+    def _rows(self) -> np.ndarray:
+        """Every row's ids so far (call with the lock held)."""
+        width = self.num_samples * self.candidates
+        done = 0 if self._ids is None else len(self._ids)
+        count = len(self.steps)
+        if self._ids is None or count > done:
+            fresh = torch.stack(self.steps[done:count]).cpu().numpy() if count > done else np.zeros((0, width))
+            old = np.zeros((0, width), np.int64) if self._ids is None else self._ids
+            self._ids = np.concatenate([old, fresh.astype(np.int64)])
+        return self._ids
 
 
 class Studio:
@@ -92,7 +104,7 @@ class Studio:
 
     # ----- what the page needs to know -----
     def config(self) -> dict:
-        from perceiver_ar_music.commands.generate import DEFAULT_LENGTH
+        from perceiver_ar_music.generation_settings import DEFAULT_LENGTH
         from perceiver_ar_music.note_limits import NoteLimits
         from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
@@ -174,7 +186,7 @@ class Studio:
     # ----- generation -----
     def submit(self, form: dict) -> Job:
         """Check a request from the page completely, then queue it."""
-        from perceiver_ar_music.commands.generate import sampling_settings
+        from perceiver_ar_music.texture import texture_selector
 
         form = dict(form)
         primer = form.pop("primer", None)
@@ -183,30 +195,36 @@ class Studio:
         args = studio_settings.parse_settings(form.pop("settings", {}) or {}, self.parser)
         if form:
             raise UserError(f"unknown field: {sorted(form)[0]!r}")
-        length, sampling, guards = sampling_settings(args, self.loaded)
-        primer_ids = self.primer_ids(primer, args.primer_seconds)
+        settings = GenerationSettings.from_args(args, self.loaded)
+        primer_ids = self.primer_ids(primer, settings.primer_seconds)
         prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
-        return self.queue.submit(Request(args, primer or None, prompt, length, sampling, guards))
+        try:
+            texture = texture_selector(settings.texture, self.vocab, primer_ids, len(prompt))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return self.queue.submit(Request(args, primer or None, prompt, settings, texture))
 
     def _run(self, job: Job) -> list[str]:
         from perceiver_ar_music.continuation import continue_ids, sampling_rules
 
         request: Request = job.request
-        args = request.args
-        progress = job.progress = Progress(args.num_samples)
+        settings = request.settings
+        candidates = request.texture.candidates if request.texture is not None else 1
+        progress = job.progress = Progress(settings.num_samples, candidates)
 
         def on_step(step: int, new: torch.Tensor) -> bool:
             progress.record(new)
             return job.stop_requested
 
-        max_note_seconds, max_polyphony = request.guards
-        rules = sampling_rules(self.vocab, self.device, constrain=args.constrain,
-                               max_note_seconds=max_note_seconds, max_polyphony=max_polyphony)
+        rules = sampling_rules(self.vocab, self.device, constrain=settings.constrain,
+                               max_note_seconds=settings.max_note_seconds, max_polyphony=settings.max_polyphony)
         if job.stop_requested:  # stopped while it was being prepared: nothing was made
             return []
         result = continue_ids(
-            self.loaded.model, request.prompt, self.vocab, request.length, args.num_samples, request.sampling,
-            seconds=args.seconds, seed=args.seed, rules=rules, progress=False, on_step=on_step,
+            self.loaded.model, request.prompt, self.vocab, settings.length, settings.num_samples, settings.sampling,
+            seconds=settings.seconds, seed=settings.seed, rules=rules, progress=False, on_step=on_step,
+            use_cache=settings.use_cache, reset_latents=settings.reset_latents, texture=request.texture,
+            on_reorder=progress.reorder,
         )
         progress.ended = time.monotonic()
         stopped_by = "stop" if job.stop_requested else result.stopped_by
@@ -219,7 +237,8 @@ class Studio:
                     stopped_by: str, tokens_per_second: float) -> dict:
         from perceiver_ar_music.continuation import write_sample_files
 
-        common = dict(max_note_seconds=request.guards[0], soundfont=self.soundfont)
+        target = request.texture.target_of(index - 1) if request.texture is not None else None
+        common = dict(max_note_seconds=request.settings.max_note_seconds, soundfont=self.soundfont, target=target)
         write_note = None
         try:
             files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab, **common,
@@ -250,6 +269,8 @@ class Studio:
             "audio": audio,
             "audio_note": audio_note,
             "stats": files.report.continuation.rows() if files.report.continuation else [],
+            "texture": target.describe() if target is not None else "off (plain sampling)",
+            "windows": take_windows(files.report),
             "checkpoint": str(self.loaded.path),
         }
         self.store.save_take(take)
@@ -261,7 +282,7 @@ class Studio:
 
         status = {"job": job.id, "state": job.state, "position": self.queue.position(job), "error": job.error,
                   "takes": job.result or [], "tokens": 0, "tokens_per_second": 0.0, "music_seconds": 0.0,
-                  "num_samples": job.request.args.num_samples, "stopping": job.stop_requested}
+                  "num_samples": job.request.settings.num_samples, "stopping": job.stop_requested}
         progress = job.progress
         if isinstance(progress, Progress):
             ids = progress.ids()
@@ -278,16 +299,36 @@ class Studio:
         from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
 
         request: Request = job.request
-        if not 0 <= sample < request.args.num_samples:
+        if not 0 <= sample < request.settings.num_samples:
             raise UserError(f"no sample {sample} in this job")
-        ids = job.progress.ids() if isinstance(job.progress, Progress) else np.zeros((0, request.args.num_samples), np.int64)
+        ids = job.progress.ids() if isinstance(job.progress, Progress) else np.zeros((0, request.settings.num_samples), np.int64)
         sequence = np.concatenate([request.prompt, ids[:, sample]])
         sequence = sequence[sequence != self.vocab.eos_id]
-        notes, primer_notes, boundary = sample_notes(sequence, len(request.prompt), self.vocab, request.guards[0])
+        notes, primer_notes, boundary = sample_notes(sequence, len(request.prompt), self.vocab, request.settings.max_note_seconds)
         return png_bytes(piano_roll_image(notes, boundary if primer_notes else None))
 
     def close(self) -> None:
         self.queue.close(timeout=30)
+
+
+def take_windows(report) -> list[dict]:
+    """A take's continuation in windows, with the texture target beside each (when one was held):
+    label, notes/s, mean voices, and the targets of those two figures."""
+    rows = []
+    for index, window in enumerate(report.windows):
+        target = report.targets[index] if index < len(report.targets) else {}
+        rows.append({
+            "window": window.label("–"),
+            "notes_per_second": round(window.stats.notes_per_second, 2),
+            "voices": round(window.stats.mean_polyphony, 2),
+            "target_notes_per_second": _rounded(target.get("notes_per_second")),
+            "target_voices": _rounded(target.get("mean_polyphony")),
+        })
+    return rows
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
 
 
 def primer_label(ref: str | None) -> str:

@@ -1,6 +1,6 @@
 """The page's generation settings are `generate`'s flags: same names, defaults, types and checks.
 
-`generate`'s own argument parser describes the settings to the page (`fields`) and parses what the
+The generation settings' parser (`generation_settings.add_arguments`, which `generate` uses) describes the settings to the page (`fields`) and parses what the
 page sends back (`parse_settings`), so the page and the command line cannot drift apart.
 """
 
@@ -15,6 +15,7 @@ from perceiver_ar_music.errors import UserError
 SETTINGS = (
     "length", "seconds", "temperature", "top_p", "top_k", "min_p",
     "max_note_seconds", "max_polyphony", "no_guards", "constrain", "seed", "num_samples",
+    "texture", "density", "voices", "register", "velocity", "candidates",
 )
 PRIMER_SETTINGS = ("primer_seconds",)
 MAX_SAMPLES = 8  # samples of one request: the studio shares one process between its users
@@ -26,11 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    """`generate`'s argument parser, raising UserError instead of exiting."""
-    from perceiver_ar_music.commands import generate
+    """The generation settings' parser (`generation_settings.add_arguments`, as `generate` reads
+    them), raising UserError instead of exiting."""
+    from perceiver_ar_music.generation_settings import add_arguments
 
     parser = _Parser(prog="generate", add_help=False, exit_on_error=False)
-    generate.add_arguments(parser)
+    add_arguments(parser)
     return parser
 
 
@@ -42,6 +44,8 @@ def _kind(action: argparse.Action) -> str:
     if action.nargs == 0:
         return "bool"
     name = getattr(action.type, "__name__", "")
+    if name == "curve":  # a texture value: a number, xFACTOR or SECONDS:VALUE,...
+        return "text"
     return "int" if action.type is int or name == "integer" else "number"
 
 

@@ -39,6 +39,9 @@ function buildSettings() {
     if (field.kind === "bool") {
       input.type = "checkbox";
       input.checked = Boolean(field.default);
+    } else if (field.kind === "text") {  // a texture value: a number, xFACTOR or SECONDS:VALUE,...
+      input.type = "text";
+      input.placeholder = "the primer's";
     } else {
       input.type = "number";
       input.step = field.kind === "int" ? "1" : "any";
@@ -223,6 +226,7 @@ function takeCard(take) {
   const stats = el("dl", { className: "stats" });
   for (const [label, value] of take.stats) stats.append(el("div", {}, el("dt", {}, label), el("dd", {}, value)));
   card.append(stats);
+  if (take.windows && take.windows.length) card.append(windowTable(take));
   const actions = el("div", { className: "actions" });
   const cont = el("button", { type: "button", className: "continue" }, "Continue this take");
   cont.onclick = () => { $("primer-seconds").value = ""; setPrimer(take.midi, take.name, "take"); generate(); };
@@ -235,6 +239,18 @@ function takeCard(take) {
   }
   card.append(actions);
   return card;
+}
+
+// The continuation in windows, with the texture it was held to beside each window.
+function windowTable(take) {
+  const fmt = (value) => (value === null || value === undefined ? "–" : String(value));
+  const head = el("tr", {}, el("th", {}, "window"), el("th", {}, "notes/s"), el("th", {}, "target"),
+    el("th", {}, "voices"), el("th", {}, "target"));
+  const rows = take.windows.map((w) => el("tr", {}, el("th", {}, w.window), el("td", {}, fmt(w.notes_per_second)),
+    el("td", { className: "target" }, fmt(w.target_notes_per_second)), el("td", {}, fmt(w.voices)),
+    el("td", { className: "target" }, fmt(w.target_voices))));
+  return el("details", { className: "windows" }, el("summary", {}, `In windows; texture: ${take.texture || "off"}`),
+    el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
 }
 
 async function loadTakes() {

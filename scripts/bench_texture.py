@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Texture-keeping sampling against plain sampling: long continuations windowed against the primer.
+
+For every primer and seed, continues the primer for `--length` tokens twice in one run, plain
+(`generate --no-texture`) and texture-keeping (`generate`'s default), with the same seed, the
+checkpoint's note guards and the default top-p, and counts over every 30-second window of every
+continuation (the issue's targets):
+
+- windows within 0.67-1.5x of the primer's notes/s, and within 0.67-1.5x of its mean voices;
+- windows with max voices <= 16 and <= 1% of notes over 4 s;
+- the model's NLL of the kept continuation tokens (strided, as `evaluate` scores), plain vs texture;
+- with `--reference PREPARED`, the longest passage copied from its training pieces;
+- wall time per continuation, plain vs texture (alternated, same process, same threads).
+
+`--steer` adds runs with `--density` and `--voices` set to half and double the first primer's
+figures, counting windows within 25% of the asked value.
+
+    python scripts/bench_texture.py --length 8192 --seeds 0 1 2 3 --json out/texture.json
+
+Default primers: the Quickstart chorale (examples/primer.mid), the first 120 s of Monteverdi's
+madrigal 3.3 (music21's corpus), and two synthetic pedalled performances from the tests' MIDI
+factory, one dense (about 10 notes/s) and one slow (`pace` 2.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from perceiver_ar_music.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402
+from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.music_stats import full_windows, sample_report  # noqa: E402
+from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
+from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
+from perceiver_ar_music.texture import Curve, TextureSettings, texture_selector  # noqa: E402
+from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
+
+BAND = (1 / 1.5, 1.5)
+STEER_TOLERANCE = 0.25
+TUNING: dict[str, float] = {}
+
+
+def default_primers(folder: Path) -> list[tuple[Path, float | None]]:
+    """(path, seconds kept) of the four default primers, made in `folder`."""
+    from tests import midi_factory
+
+    dense, slow = folder / "synthetic-dense.mid", folder / "synthetic-slow.mid"
+    midi_factory.write_performance(dense, seed=7, num_notes=900, tempo_changes=False, pedal=True)
+    midi_factory.write_performance(slow, seed=11, num_notes=400, tempo_changes=False, pedal=True, pace=2.5)
+    primers = [(ROOT / "examples" / "primer.mid", None), (dense, 60.0), (slow, 60.0)]
+    madrigal = folder / "madrigal.3.3.mid"
+    try:
+        from music21 import corpus
+
+        corpus.parse("monteverdi/madrigal.3.3").write("midi", fp=str(madrigal))
+        primers.insert(1, (madrigal, 120.0))
+    except Exception as exc:  # music21 missing or its corpus changed: say so, go on
+        print(f"(no madrigal primer: {type(exc).__name__}: {exc})")
+    return primers
+
+
+def continuation_nll(model: torch.nn.Module, sequence: np.ndarray, prompt_len: int) -> float:
+    """The model's mean NLL (nats/token) of the tokens after `prompt_len`, each scored with up to
+    max_seq_len tokens before it, num_latents targets per forward (evaluate's strided scoring)."""
+    cfg = model.config
+    ids = torch.as_tensor(sequence, dtype=torch.long)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for first in range(prompt_len, len(ids), cfg.num_latents):
+            last = min(first + cfg.num_latents, len(ids))  # targets first..last-1
+            inputs = ids[max(0, last - 1 - cfg.max_seq_len) : last - 1][None]
+            logits = model(inputs)[0, -(last - first):].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[first:last], reduction="sum"))
+            count += last - first
+    return total / max(count, 1)
+
+
+def window_counts(report, figure_targets: dict[str, float] | None = None) -> dict[str, int]:
+    """Counts over the continuation's full 30-s windows (see the module docstring)."""
+    windows = [w.stats for w in full_windows(report.windows, report.window_s)]
+    primer = report.primer
+    counts = {"windows": len(windows)}
+    if primer is not None:
+        for key, name in (("notes_per_second", "density_ok"), ("mean_polyphony", "voices_ok")):
+            counts[name] = sum(BAND[0] <= getattr(w, key) / getattr(primer, key) <= BAND[1] for w in windows)
+        counts["both_ok"] = sum(
+            all(BAND[0] <= getattr(w, k) / getattr(primer, k) <= BAND[1] for k in ("notes_per_second", "mean_polyphony"))
+            for w in windows)
+    counts["max_voices_ok"] = sum(w.max_polyphony <= 16 for w in windows)
+    counts["long_notes_ok"] = sum(w.long_note_fraction <= 0.01 for w in windows)
+    for key, wanted in (figure_targets or {}).items():
+        counts[f"{key}_steered_ok"] = sum(abs(getattr(w, key) / wanted - 1) <= STEER_TOLERANCE for w in windows)
+    return counts
+
+
+def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None):
+    vocab = tokenizer.vocab
+    rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=guards[0], max_polyphony=guards[1])
+    selector = texture_selector(texture, vocab, primer_ids, len(prompt))
+    for name, value in TUNING.items():  # research knobs (--tune NAME=VALUE)
+        if selector is not None:
+            setattr(selector, name, value)
+    start = time.perf_counter()
+    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=DEFAULT_TOP_P), seed=seed,
+                          rules=rules, progress=False, texture=selector)
+    seconds = time.perf_counter() - start
+    sequence = result.sequences[0]
+    notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, guards[0])
+    memorization = None
+    if index is not None:
+        from perceiver_ar_music.memorization import memorization_report
+
+        memorization = memorization_report(notes, primer_notes, index).as_dict()
+    report = sample_report(notes, primer_notes, boundary, memorization=memorization)
+    return report, seconds, continuation_nll(model, sequence, result.prompt_len)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
+    parser.add_argument("--primer", type=Path, action="append", help="primers (default: see above), kept whole")
+    parser.add_argument("--length", type=int, default=8192)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--candidates", type=int, default=TextureSettings.candidates)
+    parser.add_argument("--segment-tokens", type=int, default=TextureSettings.segment_tokens)
+    parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
+    parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
+    parser.add_argument("--reference", type=Path, help="prepared training data: the longest copied passage")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--tune", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a TextureSelector field (research: steer_gain, window_s, ...)")
+    parser.add_argument("--only", type=int, nargs="+", help="indices of the default primers to run")
+    args = parser.parse_args()
+    for item in args.tune:
+        name, _, value = item.partition("=")
+        TUNING[name] = float(value)
+    torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.checkpoint, device="cpu")
+    model = loaded.model.eval()
+    tokenizer = load_tokenizer(loaded.tokenizer_path)
+    limits = NoteLimits.from_meta(loaded.meta)
+    guards = (limits.max_note_seconds or None, limits.max_polyphony or None)
+    index = None
+    if args.reference:
+        from perceiver_ar_music.memorization import ReferenceIndex
+        from perceiver_ar_music.token_store import PreparedData
+
+        index = ReferenceIndex.from_prepared(PreparedData.open(args.reference))
+    texture = TextureSettings(candidates=args.candidates, segment_tokens=args.segment_tokens)
+    plain = TextureSettings(enabled=False)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        primers = [(p, None) for p in args.primer] if args.primer else default_primers(Path(tmp))
+        if args.only:
+            primers = [primers[i] for i in args.only]
+        loaded_primers = []
+        for path, seconds in primers:
+            ids = load_primer(tokenizer, path, seconds)
+            loaded_primers.append((path.stem, ids, np.concatenate(([tokenizer.vocab.bos_id], ids)).astype(np.int64)))
+        jobs = []
+        for name, ids, prompt in loaded_primers:
+            for seed in args.seeds:
+                modes = [("texture", texture)] if args.no_plain else [("plain", plain), ("texture", texture)]
+                jobs += [(name, ids, prompt, seed, mode, settings, None) for mode, settings in modes]
+        if args.steer:
+            name, ids, prompt = loaded_primers[0]
+            report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
+            for key, flag in (("notes_per_second", "density"), ("mean_polyphony", "voices")):
+                for factor in (0.5, 2.0):
+                    wanted = getattr(report.primer, key) * factor
+                    steer = TextureSettings(curves={flag: Curve.constant(wanted)}, candidates=args.candidates,
+                                            segment_tokens=args.segment_tokens)
+                    jobs += [(name, ids, prompt, seed, f"{flag} {wanted:.2f}", steer, {key: wanted}) for seed in args.seeds]
+        for name, ids, prompt, seed, mode, settings, steered in jobs:
+            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index)
+            counts = window_counts(report, steered)
+            copied = (report.memorization or {}).get("continuation") or {}
+            runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,
+                         "counts": counts, "copied_notes": copied.get("notes"), "report": report.as_dict()})
+            w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}" for x in report.windows]
+            print(f"{name} seed {seed} {mode}: {seconds:.1f} s, NLL {nll:.3f}, {counts}, copied {copied.get('notes')}; "
+                  f"primer {report.primer.notes_per_second:.2f}/{report.primer.mean_polyphony:.2f}; "
+                  f"windows {' '.join(w)}", flush=True)
+    summarize(runs)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(runs, indent=1))
+
+
+def summarize(runs: list[dict]) -> None:
+    """Per mode: the share of windows meeting each target, median NLL, wall time, copying."""
+    import statistics
+
+    print("\nmode | windows | density ok | voices ok | both | max voices <= 16 | <= 1% over 4 s | steered ok | NLL | wall s | copied max")
+    for mode in dict.fromkeys(r["mode"] for r in runs):
+        rows = [r for r in runs if r["mode"] == mode]
+        total = sum(r["counts"]["windows"] for r in rows)
+
+        def share(key: str) -> str:
+            hits = [r["counts"].get(key) for r in rows]
+            return "-" if None in hits else f"{100 * sum(hits) / max(total, 1):.0f}%"
+
+        steered = [k for k in rows[0]["counts"] if k.endswith("_steered_ok")]
+        copied = [r["copied_notes"] for r in rows if r["copied_notes"] is not None]
+        print(f"{mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | "
+              f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | "
+              f"{statistics.median(r['nll'] for r in rows):.3f} | {statistics.median(r['wall_s'] for r in rows):.1f} | "
+              f"{max(copied) if copied else '-'}")
+
+
+if __name__ == "__main__":
+    main()

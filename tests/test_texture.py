@@ -1,0 +1,361 @@
+"""Texture-keeping sampling: targets and curves, the fork of every per-row state, the sampler's
+candidates and choices, steering, and `generate`'s texture flags end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_ar_music.cli import main
+from perceiver_ar_music.constraints import NoteRules
+from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
+from perceiver_ar_music.events import ids_to_notes, notes_to_ids
+from perceiver_ar_music.model import PerceiverAR
+from perceiver_ar_music.music_stats import music_stats, span_stats
+from perceiver_ar_music.sampling import SamplingConfig, sample_ids
+from perceiver_ar_music.texture import (
+    Curve, TextureSelector, TextureSettings, build_target, parse_pitch, primer_figures, texture_distance,
+    texture_selector,
+)
+from perceiver_ar_music.tokenizer import load_tokenizer
+from tests import midi_factory
+from tests.tiny_checkpoint import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return tokenizer.vocab
+
+
+def chords(count: int, every_s: float, size: int, length_s: float, pitch: int = 60) -> np.ndarray:
+    """`count` chords of `size` notes (a third apart) every `every_s` seconds, each `length_s` long."""
+    rows = [(pitch + 4 * v, i * every_s, i * every_s + length_s, 70) for i in range(count) for v in range(size)]
+    return np.array(rows, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- curves and targets
+
+
+@pytest.mark.parametrize("text, points, relative", [
+    ("6", ((0.0, 6.0),), False),
+    ("x0.5", ((0.0, 0.5),), True),
+    ("0:4, 60:8,120:4", ((0.0, 4.0), (60.0, 8.0), (120.0, 4.0)), False),
+    ("0:x1,30:x2", ((0.0, 1.0), (30.0, 2.0)), True),
+])
+def test_curves_parse_values_factors_and_points(text, points, relative):
+    curve = Curve.parse(text)
+    assert curve.points == points and curve.relative is relative
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "expected a value"), ("fast", "is not a number"), ("0:4,x", "SECONDS:VALUE"),
+    ("10:4,5:8", "must increase"), ("0:4,0:5", "must increase"), ("0:x1,10:3", "all plain or all"),
+    ("x0", "factor must be > 0"), ("-1:3", "seconds >= 0"), ("nan", "values must be in"), ("500", "values must be in"),
+])
+def test_bad_curves_are_one_line_errors(text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        Curve.parse(text, low=0.0, high=100.0)
+    assert "\n" not in str(info.value)
+
+
+def test_a_curve_interpolates_and_holds_its_ends():
+    curve = Curve.parse("10:4,70:10")
+    assert [curve.at(t) for t in (0, 10, 40, 70, 500)] == [4.0, 4.0, 7.0, 10.0, 10.0]
+
+
+def test_pitches_by_number_or_name():
+    assert [parse_pitch(t) for t in ("60", "C4", "A4", "F#3", "Bb5", "C-1")] == [60, 60, 69, 54, 82, 0]
+    with pytest.raises(ValueError, match="0..127"):
+        parse_pitch("C10")
+    assert Curve.parse("C3,", pitch=True).points == ((0.0, 48.0),)
+
+
+def test_the_primer_target_reads_its_last_part():
+    slow = chords(10, 2.0, 2, 1.0)  # 0-20 s: 1 note/s, two voices
+    fast = chords(40, 0.25, 4, 0.25, pitch=50)  # 20-30 s: 16 notes/s, four voices
+    fast[:, 1:3] += 20.0
+    notes = np.concatenate([slow, fast])
+    figures, pitch_classes = primer_figures(notes, 30.0, last_s=10.0)
+    assert figures["density"] == pytest.approx(16.0) and figures["voices"] == pytest.approx(4.0)
+    whole, _ = primer_figures(notes, 30.0, last_s=None)
+    assert whole["density"] == pytest.approx(len(notes) / 30.0)
+    assert pitch_classes.sum() == pytest.approx(1.0) and list(pitch_classes[[2, 6, 10]]) == [0.5, 0.25, 0.25]  # 50 54 58 62
+    assert primer_figures(np.zeros((0, 4)), 0.0) is None
+
+
+def test_user_settings_override_and_scale_the_primer_figures():
+    primer = primer_figures(chords(20, 0.5, 3, 0.5), 10.0)
+    target = build_target({"density": Curve.parse("x2"), "voices": Curve.constant(1.5)}, primer)
+    at = target.at(0.0)
+    assert at["notes_per_second"] == pytest.approx(2 * primer[0]["density"])
+    assert at["mean_polyphony"] == 1.5 and at["pitch_mean"] == pytest.approx(primer[0]["register"])
+    assert "set: density, voices" in target.describe()
+    assert build_target({}, None) is None
+    only = build_target({"density": Curve.constant(3.0)}, None)
+    assert list(only.curves) == ["density"] and only.pitch_classes is None
+    with pytest.raises(ValueError, match="needs a primer"):
+        build_target({"density": Curve.parse("x2")}, None)
+
+
+def test_the_distance_is_zero_on_target_and_grows_away_from_it():
+    notes = chords(20, 0.5, 3, 0.5)
+    stats = music_stats(notes)
+    primer = primer_figures(notes, 10.0)
+    target = build_target({}, primer)
+    hist = primer[1]
+    assert texture_distance(stats, hist, target, 0.0) == pytest.approx(0.0, abs=1e-9)
+    sparse = music_stats(chords(5, 2.0, 1, 0.5))
+    dense = music_stats(chords(80, 0.125, 3, 0.125))
+    assert texture_distance(sparse, hist, target, 0.0) > 0.5
+    assert texture_distance(dense, hist, target, 0.0) > 0.5
+    # max voices counts only above its target: a thinner window pays through the mean voices alone
+    max_only = build_target({"max_voices": Curve.constant(3.0)}, None)
+    assert texture_distance(music_stats(chords(20, 0.5, 1, 0.5)), None, max_only, 0.0) == 0.0
+    assert texture_distance(music_stats(chords(20, 0.5, 6, 0.5)), None, max_only, 0.0) == pytest.approx(0.5 * math.log(6.1 / 3.1))
+
+
+# ----------------------------------------------------------------------------- forks of per-row state
+
+
+M, N = 24, 8
+
+
+def tiny_model() -> PerceiverAR:
+    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=M, num_latents=N)
+    torch.nn.init.normal_(model.to_logits.weight, std=0.5)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_a_reordered_cache_decodes_like_the_reordered_history_from_scratch(mode):
+    """Fork mid-way (rows copied from others), then go on past resets and past the context: every
+    logit equals that of a fresh decoder teacher-forced on the reordered history."""
+    torch.manual_seed(1)
+    model = tiny_model()
+    seq = torch.randint(0, 50, (3, 2 * M + 7))
+    fork_at, rows = 15, torch.tensor([2, 2, 0])
+    forked = CachedDecoder(model, reset_latents=3, mode=mode)
+    forked.prefill(seq[:, :4])
+    for t in range(4, fork_at):
+        forked.step(seq[:, t])
+    forked.reorder(rows)
+    history = torch.cat([seq[rows, :fork_at], seq[:, fork_at:]], dim=1)
+    fresh = CachedDecoder(model, reset_latents=3, mode=mode)
+    fresh.prefill(history[:, :4])
+    for t in range(4, fork_at):
+        fresh.step(history[:, t])
+    reference = ReferenceDecoder(model)
+    reference.prefill(seq[:, :fork_at])
+    reference.reorder(rows)
+    for t in range(fork_at, history.shape[1]):
+        expected = fresh.step(history[:, t])
+        torch.testing.assert_close(forked.step(history[:, t]), expected, rtol=1e-10, atol=1e-10)
+        if forked.num_resets == 0:  # the reference is the exact model until the first reset
+            torch.testing.assert_close(reference.step(history[:, t]), expected, rtol=1e-10, atol=1e-10)
+        else:
+            reference.step(history[:, t])
+    assert forked.num_resets >= 3 and forked.length > M
+
+
+def test_reordered_note_rules_equal_rules_that_saw_the_reordered_history(vocab):
+    torch.manual_seed(0)
+    seqs = torch.tensor([
+        [vocab.bos_id, vocab.note_on_id[60], vocab.velocity.index(63), vocab.shift_id[50]],
+        [vocab.bos_id, vocab.note_on_id[64], vocab.shift_id[100], vocab.shift_id[100]],
+    ])
+    rules = NoteRules(vocab, grammar=True, max_polyphony=2, max_note_steps=150)
+    rules.observe(seqs)
+    rules.amend(torch.tensor([vocab.shift_id[100]] * 2), seqs)  # keeps a shift back on row 1
+    rows = torch.tensor([1, 1])
+    rules.reorder(rows)
+    fresh = NoteRules(vocab, grammar=True, max_polyphony=2, max_note_steps=150)
+    fresh.observe(seqs[rows])
+    fresh.amend(torch.tensor([vocab.shift_id[100]] * 2), seqs[rows])
+    for name in ("onset", "clock", "velocity_due", "kept"):
+        assert torch.equal(getattr(rules, name), getattr(fresh, name)), name
+    assert torch.equal(rules.allowed(), fresh.allowed())
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+class PickRichest:
+    """A selector stand-in: keeps the candidate with the most ids equal to `wanted`."""
+
+    def __init__(self, candidates: int, segment_tokens: int, wanted: int) -> None:
+        self.candidates, self.segment_tokens, self.wanted = candidates, segment_tokens, wanted
+        self.bias = None
+        self.calls: list[tuple[torch.Tensor, int]] = []
+
+    def choose(self, tokens, segment_logp, steps):
+        self.calls.append((tokens.clone(), steps))
+        counts = (tokens == self.wanted).sum(1).view(-1, self.candidates)
+        best = counts.argmax(1)
+        return (torch.arange(counts.shape[0]) * self.candidates + best).repeat_interleave(self.candidates)
+
+
+def test_the_sampler_keeps_the_chosen_candidate_every_segment_and_returns_one_row_per_prompt():
+    torch.manual_seed(0)
+    model = tiny_model().float()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    selector = PickRichest(candidates=5, segment_tokens=7, wanted=9)
+    out = sample_ids(model, prompt, 30, SamplingConfig(), seed=3, selector=selector)
+    assert out.shape == (2, 33) and torch.equal(out[:, :3], prompt)
+    assert [steps for _, steps in selector.calls] == [7, 7, 7, 7, 2]  # four segments and the tail
+    for tokens, _ in selector.calls:  # each segment starts from one kept history per prompt
+        assert tokens.shape[0] == 10
+    # after each choice all candidates of a prompt share the chosen history
+    for (before, steps), (after, _) in zip(selector.calls, selector.calls[1:]):
+        length = before.shape[1]
+        shared = after[:, :length].view(2, 5, length)
+        assert torch.equal(shared, shared[:, :1].expand_as(shared))
+    final = selector.calls[-1][0].view(2, 5, -1)
+    counts = (final == 9).sum(-1)
+    assert torch.equal(out, final[torch.arange(2), counts.argmax(1)])
+    again = sample_ids(model, prompt, 30, SamplingConfig(), seed=3, selector=PickRichest(5, 7, 9))
+    assert torch.equal(out, again)  # reproducible for a seed
+
+
+def test_the_sampler_forks_rules_and_hooks_with_the_tokens(vocab):
+    """With the guards on and a reorder hook, every fork keeps the guards' promise (no note
+    longer than D) and the hook sees each choice."""
+    torch.manual_seed(0)
+    model = PerceiverAR(num_tokens=len(vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64, num_latents=32).eval()
+    rules = NoteRules(vocab, grammar=True, max_polyphony=3, max_note_steps=60)
+    seen = []
+    selector = PickRichest(candidates=3, segment_tokens=16, wanted=vocab.note_on_id[60])
+    prompt = torch.tensor([[vocab.bos_id]])
+    out = sample_ids(model, prompt, 200, SamplingConfig(), seed=0, allowed_tokens=rules, amend_tokens=rules.amend,
+                     selector=selector, reorder=[rules.reorder, seen.append])
+    assert len(seen) == len(selector.calls) == 13
+    notes = ids_to_notes(out[0].tolist(), vocab)
+    assert len(notes) and (notes[:, 2] - notes[:, 1]).max() <= 0.6 + 1e-9
+
+
+def test_steering_moves_the_density_towards_the_target(vocab, tokenizer, tmp_path):
+    """A random model, one target far below and one far above what it plays: the kept music
+    follows (the likelihood term can not do that alone)."""
+    checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
+    from perceiver_ar_music.checkpoint import load_model
+
+    model = load_model(checkpoint).model.eval()
+    prompt = torch.tensor([[vocab.bos_id]])
+    densities = {}
+    for wanted in (1.0, 30.0):
+        target = build_target({"density": Curve.constant(wanted)}, None)
+        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0)
+        out = sample_ids(model, prompt, 600, SamplingConfig(), seed=0, selector=selector)
+        notes = ids_to_notes(out[0].tolist(), vocab)
+        densities[wanted] = len(notes) / max(notes[:, 2].max(), 1e-9)
+    assert densities[30.0] > 3 * densities[1.0]
+
+
+def test_without_a_primer_each_sample_holds_its_own_first_seconds(vocab):
+    selector = TextureSelector(vocab, [None], prompt_len=1, candidates=2, segment_tokens=8, anchor_s=2.0)
+    notes = chords(12, 0.25, 2, 0.25)
+    ids = np.concatenate([[vocab.bos_id], notes_to_ids(notes, vocab)])
+    tokens = torch.as_tensor(np.stack([ids, ids, ids, ids]))
+    rows = selector.choose(tokens, torch.zeros(4), 8)
+    assert rows.tolist() in ([0, 0, 2, 2], [1, 1, 2, 2], [0, 0, 3, 3], [1, 1, 3, 3])
+    assert selector.target_of(0) is not None and "own first seconds" in selector.target_of(0).source
+    short = TextureSelector(vocab, [None], prompt_len=1, candidates=2, segment_tokens=8, anchor_s=60.0)
+    assert short.choose(tokens, torch.zeros(4), 8).tolist() == [0, 0, 2, 2]  # not anchored: plain
+    assert short.bias is not None and float(short.bias.abs().sum()) == 0.0
+
+
+def test_the_selector_measures_the_recent_window_as_the_windows_do(vocab):
+    notes = chords(60, 0.5, 3, 0.4)
+    ids = np.concatenate([[vocab.bos_id], notes_to_ids(notes, vocab)])
+    selector = TextureSelector(vocab, [build_target({}, primer_figures(notes, 30.0))], prompt_len=1, window_s=10.0)
+    distance, seconds, stats = selector._score(ids, selector.targets[0])
+    decoded = ids_to_notes(ids, vocab)
+    end = float(decoded[:, 2].max())
+    assert stats.as_dict() == pytest.approx(span_stats(decoded, end - 10.0, end).as_dict(), abs=1e-9)
+    assert seconds == pytest.approx(end)
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def test_generate_holds_a_set_texture_and_shows_the_target_beside_each_window(tmp_path, tokenizer):
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    primer = tmp_path / "primer.mid"
+    midi_factory.write_performance(primer, seed=3, num_notes=40)
+    out = tmp_path / "out"
+    assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "300",
+                 "--seed", "0", "--no-audio", "--density", "0:x1,20:x2", "--voices", "2", "--register", "C4",
+                 "--candidates", "3", "--segment-tokens", "32", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    sample = stats["samples"]["sample-01"]
+    assert "3 candidates per sample" in stats["details"]["texture"]
+    assert sample["texture_target"] and all("target" in w for w in sample["windows"])
+    first = sample["windows"][0]["target"]
+    assert first["mean_polyphony"] == 2.0 and first["pitch_mean"] == 60.0
+    assert first["notes_per_second"] >= sample["primer"]["notes_per_second"] * 0.999
+    page = (out / "index.html").read_text()
+    assert '<tr class="target">' in page
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--density", "x2"], "needs a primer"),
+    (["--density", "fast"], "argument --density"),
+    (["--register", "H4"], "argument --register"),
+    (["--candidates", "1"], "argument --candidates"),
+])
+def test_bad_texture_settings_are_one_line_errors(tmp_path, tokenizer, capsys, flags, message):
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    try:
+        code = main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--length", "10", "--no-audio",
+                     "--out", str(tmp_path / "out"), *flags])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_texture_samples_as_plain_sampling_did(tmp_path, tokenizer):
+    """--no-texture is today's path token for token: the same ids as sample_ids without a selector."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    out = tmp_path / "out"
+    assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--length", "64", "--seed", "5",
+                 "--no-audio", "--no-texture", "--no-guards", "--out", str(out)]) == 0
+    from perceiver_ar_music.checkpoint import load_model
+    from perceiver_ar_music.generation_settings import DEFAULT_TOP_P
+
+    model = load_model(checkpoint).model
+    expected = sample_ids(model, torch.tensor([[tokenizer.vocab.bos_id]]), 64, SamplingConfig(top_p=DEFAULT_TOP_P),
+                          seed=5, eos_id=tokenizer.vocab.eos_id)
+    notes = ids_to_notes(expected[0, 1:].tolist(), tokenizer.vocab)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["samples"]["sample-01"]["continuation"]["note_count"] == len(notes)
+    assert stats["details"]["texture"].startswith("off")
+
+
+def test_texture_settings_default_on_and_off_for_greedy():
+    from argparse import ArgumentParser
+
+    from perceiver_ar_music.generation_settings import GenerationSettings, add_arguments
+
+    class Loaded:
+        meta: dict = {}
+
+        class config:
+            num_latents = 8
+
+    parser = ArgumentParser()
+    add_arguments(parser)
+    assert GenerationSettings.from_args(parser.parse_args([]), Loaded).texture.enabled
+    assert not GenerationSettings.from_args(parser.parse_args(["--temperature", "0"]), Loaded).texture.enabled
+    assert not GenerationSettings.from_args(parser.parse_args(["--no-texture"]), Loaded).texture.enabled
+    settings = GenerationSettings.from_args(parser.parse_args(["--voices", "0:2,60:4"]), Loaded).texture
+    assert settings.curves["voices"].at(30) == 3.0 and isinstance(settings, TextureSettings)
+    assert texture_selector(TextureSettings(enabled=False), None, np.zeros(0), 1) is None

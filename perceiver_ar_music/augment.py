@@ -17,6 +17,12 @@ of all non-time-shift tokens, and are deterministic given a ``numpy.random.Gener
   carry no dynamics (score-derived MIDI plays every note at one velocity), so that a primer with
   dynamics, as a user's own MIDI has, is not out of distribution. The windows left alone keep the
   corpus' own velocities, so a model still predicts them when its context shows them.
+- Performance-like timing and dynamics (off unless ``perform_windows > 0``) make a share of
+  score-derived windows look played (``Performance``, ``perform``): a tempo that drifts within a
+  phrase (a smooth, monotone time warp), onset jitter per note (its NoteOff moves with it, so
+  durations keep), pedal-like lengthening (notes held on to the next pedal release, never into
+  the next note of their pitch) and a dynamic arc over the phrase on the velocities. Every note
+  is kept, each NoteOn keeps its Velocity right after it, and BOS/EOS stay first/last.
 """
 
 from __future__ import annotations
@@ -30,6 +36,21 @@ from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, Ev
 
 
 @dataclass(frozen=True)
+class Performance:
+    """The drawn performance of one window (amounts in grid steps and MIDI units): see `perform`."""
+
+    seed: int  # per-note draws (onset jitter, pedal releases)
+    onset_jitter: float = 0.0  # std of each note's timing, steps (cut at 3 std)
+    tempo_drift: float = 0.0  # largest relative tempo change: the tempo is 1 + drift * sin(...)
+    phrase: float = 600.0  # steps per tempo / dynamics cycle
+    tempo_phase: float = 0.0
+    velocity_arc: float = 0.0  # MIDI units: the velocities follow arc * sin(...) over the phrase
+    velocity_phase: float = 0.0
+    pedal_hold: float = 0.0  # at most this many steps added to a note by the pedal (0: no pedal)
+    pedal_every: tuple[float, float] = (50.0, 200.0)  # steps between pedal releases, drawn uniformly
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the random augmentation of each training window."""
 
@@ -40,6 +61,11 @@ class AugmentConfig:
     velocity_windows: float = 0.0  # share of windows whose velocities are varied (0: never)
     max_velocity_shift: int = 24  # MIDI velocity units, both ways: one shift per varied window
     velocity_noise: float = 12.0  # MIDI velocity units: std of each note's own change
+    perform_windows: float = 0.0  # share of windows made to look played (`Performance`; 0: never)
+    onset_jitter: float = 0.02  # seconds: std of a played note's timing
+    tempo_drift: float = 0.08  # a played window's tempo moves up to this fraction within a phrase
+    velocity_arc: float = 16.0  # MIDI units: the dynamic arc over a played phrase, both ways
+    pedal_hold: float = 1.0  # seconds a played note may be held longer by the pedal-like lengthening
 
     def __post_init__(self) -> None:
         if self.max_transpose < 0:
@@ -50,6 +76,10 @@ class AugmentConfig:
             raise ValueError(f"need stretch_windows in [0, 1], got {self.stretch_windows}")
         if not (0 <= self.velocity_windows <= 1 and 0 <= self.max_velocity_shift <= 127 and 0 <= self.velocity_noise <= 127):
             raise ValueError("need velocity_windows in [0, 1], max_velocity_shift and velocity_noise in [0, 127]")
+        if not (0 <= self.perform_windows <= 1 and 0 <= self.onset_jitter <= 1 and 0 <= self.tempo_drift < 1
+                and 0 <= self.velocity_arc <= 127 and 0 <= self.pedal_hold <= 10):
+            raise ValueError("need perform_windows in [0, 1], onset_jitter in [0, 1] s, tempo_drift in [0, 1), "
+                             "velocity_arc in [0, 127] and pedal_hold in [0, 10] s")
 
     def sample_stretch(self, rng: np.random.Generator) -> float:
         """A stretch factor drawn uniformly from [min_stretch, max_stretch], or (outside a
@@ -64,6 +94,24 @@ class AugmentConfig:
         low, high = transpose_bounds(ids, vocab, self.max_transpose)
         return int(rng.integers(low, high + 1))
 
+
+    def sample_performance(self, vocab: EventVocab, rng: np.random.Generator) -> Performance | None:
+        """A drawn `Performance` in a `perform_windows` share of the calls, else None. Draws
+        nothing from `rng` when `perform_windows` is 0, so other draws are unchanged."""
+        if self.perform_windows == 0 or rng.random() >= self.perform_windows:
+            return None
+        steps = 1.0 / vocab.seconds_per_step
+        return Performance(
+            seed=int(rng.integers(2**63)),
+            onset_jitter=self.onset_jitter * steps,
+            tempo_drift=float(rng.uniform(0, self.tempo_drift)),
+            phrase=float(rng.uniform(4.0, 12.0)) * steps,
+            tempo_phase=float(rng.uniform(0, 2 * np.pi)),
+            velocity_arc=float(rng.uniform(0, self.velocity_arc)),
+            velocity_phase=float(rng.uniform(0, 2 * np.pi)),
+            pedal_hold=self.pedal_hold * steps if rng.random() < 0.5 else 0.0,  # half the played windows pedal
+            pedal_every=(0.5 * steps, 2.0 * steps),
+        )
 
     def vary_velocities(self, ids: np.ndarray, vocab: EventVocab, rng: np.random.Generator) -> np.ndarray:
         """`ids`, or (in a `velocity_windows` share of the calls) `ids` with varied velocities.
@@ -87,6 +135,81 @@ def jitter_velocities(
     out = ids64.copy()
     out[is_velocity] = nearest_velocity_ids(np.clip(np.rint(values), 1, 127).astype(np.int64), table)
     return out.astype(_result_dtype(array), copy=False)
+
+
+def tempo_warp(steps: np.ndarray, drift: float, phrase: float, phase: float) -> np.ndarray:
+    """Times (steps) played at the tempo ``1 + drift * sin(2 pi t / phrase + phase)``: the
+    integral of that rate, so monotone for drift < 1, the identity for drift 0."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if drift == 0:
+        return steps
+    omega = 2 * np.pi / phrase
+    return steps + drift / omega * (np.cos(phase) - np.cos(omega * steps + phase))
+
+
+def perform(ids: np.ndarray, performance: Performance, vocab: EventVocab) -> np.ndarray:
+    """`ids` played as `performance` draws it (module doc); every non-shift id kept except the
+    velocities' values, each NoteOn's Velocity still right after it, no note of a pitch moved into
+    the next note of that pitch."""
+    p = performance
+    table = tables(vocab)
+    array = np.asarray(ids)
+    ids64 = as_id_array(array).reshape(-1)
+    kind = table.kinds_of(ids64)
+    is_shift = kind == TIME_SHIFT
+    clock = np.cumsum(np.where(is_shift, table.shift_steps[np.where(is_shift, ids64, 0)], 0))
+    end = int(np.floor(tempo_warp(np.array([clock[-1] if len(clock) else 0]), p.tempo_drift, p.phrase, p.tempo_phase)[0] + 0.5))
+    events = np.flatnonzero(~is_shift)
+    event_ids, event_kind, original = ids64[events].copy(), kind[events], clock[events]
+    rng = np.random.default_rng(p.seed)
+    jitter = np.clip(rng.normal(0.0, 1.0, len(events)), -3, 3) * p.onset_jitter
+    played = tempo_warp(original, p.tempo_drift, p.phrase, p.tempo_phase)
+    times = np.clip(np.floor(played + np.where(event_kind == NOTE_ON, jitter, 0.0) + 0.5), 0, end).astype(np.int64)
+    releases = _pedal_releases(end, p, rng)
+    is_note = (event_kind == NOTE_ON) | (event_kind == NOTE_OFF)
+    pitch = np.where(is_note, table.pitch[np.where(is_note, event_ids, 0)], -1)
+    for note_pitch in np.unique(pitch[is_note]):  # each pitch's ons and offs, in their order
+        order = np.flatnonzero(pitch == note_pitch)
+        previous, opened = 0, None
+        for position, index in enumerate(order):
+            if event_kind[index] == NOTE_ON:
+                times[index] = max(times[index], previous)  # after the pitch's last release
+                opened = index
+            else:
+                moved = played[index] + (jitter[opened] if opened is not None else 0.0)  # the note's own shift
+                held = np.floor(_held_until(moved, releases, p.pedal_hold) + 0.5)
+                cap = times[order[position + 1]] if position + 1 < len(order) else end  # not into the next note
+                sounded = opened is not None and original[index] > original[opened]
+                times[index] = min(max(min(held, cap), previous + sounded), end)  # a sounding note keeps a step
+                opened = None
+            previous = times[index]
+    after_on = np.zeros(len(events), dtype=bool)
+    after_on[1:] = (event_kind[:-1] == NOTE_ON) & (event_kind[1:] == VELOCITY)
+    times[after_on] = times[np.flatnonzero(after_on) - 1]  # a Velocity stays with its NoteOn
+    if p.velocity_arc:
+        arc = p.velocity_arc * np.sin(2 * np.pi * original[after_on] / p.phrase + p.velocity_phase)
+        values = np.clip(np.rint(table.velocity[event_ids[after_on]] + arc), 1, 127).astype(np.int64)
+        event_ids[after_on] = nearest_velocity_ids(values, table)
+    order = np.lexsort((np.arange(len(events)), times))  # by time, ties in the original order
+    out = encode_timed_events(event_ids[order], times[order], end, vocab)
+    return out.astype(_result_dtype(array), copy=False)
+
+
+def _pedal_releases(end: int, p: Performance, rng: np.random.Generator) -> np.ndarray:
+    """The pedal's release times (steps) over a window that ends at `end`; none without pedal."""
+    if p.pedal_hold <= 0:
+        return np.empty(0)
+    low, high = p.pedal_every
+    gaps = rng.uniform(low, high, int(end / low) + 2)
+    return rng.uniform(0, high) + np.cumsum(gaps)
+
+
+def _held_until(release: float, releases: np.ndarray, hold: float) -> float:
+    """A note released at `release` held on to the next pedal release, at most `hold` later."""
+    if hold <= 0 or not len(releases):
+        return release
+    after = releases[np.searchsorted(releases, release)] if release <= releases[-1] else release
+    return min(after, release + hold)
 
 
 def _note_mask(ids: np.ndarray, vocab: EventVocab) -> np.ndarray:

@@ -43,6 +43,11 @@ class TrainConfig:
     velocity_windows: float = _AUGMENT.velocity_windows  # share of windows whose velocities are varied (for corpora without dynamics)
     velocity_shift: int = _AUGMENT.max_velocity_shift  # in those windows: one random shift, MIDI units both ways
     velocity_noise: float = _AUGMENT.velocity_noise  # and each note's own change, std in MIDI units
+    perform_windows: float = _AUGMENT.perform_windows  # share of windows made to look played (tempo drift, jitter, pedal, dynamics)
+    onset_jitter: float = _AUGMENT.onset_jitter  # in those windows: std of each note's timing, seconds
+    tempo_drift: float = _AUGMENT.tempo_drift  # largest tempo change within a phrase (fraction)
+    velocity_arc: float = _AUGMENT.velocity_arc  # dynamic arc over a phrase, MIDI units both ways
+    pedal_hold: float = _AUGMENT.pedal_hold  # seconds a note may be held longer by the pedal-like lengthening
     eval_every: int = 1000  # steps between validations (and best-checkpoint updates)
     eval_windows: int = 512  # validation windows scored each time, evenly spread; 0: all
     save_every: int = 1000  # steps between checkpoints
@@ -69,6 +74,10 @@ class TrainConfig:
             (0 <= self.velocity_windows <= 1, "velocity windows must be in [0, 1]"),
             (0 <= self.velocity_shift <= 127 and 0 <= self.velocity_noise <= 127,
              "velocity shift and noise must be in [0, 127]"),
+            (0 <= self.perform_windows <= 1 and 0 <= self.onset_jitter <= 1 and 0 <= self.tempo_drift < 1
+             and 0 <= self.velocity_arc <= 127 and 0 <= self.pedal_hold <= 10,
+             "perform windows must be in [0, 1], onset jitter in [0, 1] s, tempo drift in [0, 1), velocity arc "
+             "in [0, 127] and pedal hold in [0, 10] s"),
             (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
              "eval, save and log intervals must be >= 1 step"),
             (self.eval_windows >= 0, "eval windows must be >= 0 (0: all)"),

@@ -72,7 +72,9 @@ def augment_config(tc: TrainConfig) -> AugmentConfig | None:
         return None
     return AugmentConfig(max_transpose=tc.max_transpose, min_stretch=1.0 - tc.stretch, max_stretch=1.0 + tc.stretch,
                          stretch_windows=tc.stretch_windows, velocity_windows=tc.velocity_windows,
-                         max_velocity_shift=tc.velocity_shift, velocity_noise=tc.velocity_noise)
+                         max_velocity_shift=tc.velocity_shift, velocity_noise=tc.velocity_noise,
+                         perform_windows=tc.perform_windows, onset_jitter=tc.onset_jitter, tempo_drift=tc.tempo_drift,
+                         velocity_arc=tc.velocity_arc, pedal_hold=tc.pedal_hold)
 
 
 def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from perceiver_ar_music.augment import AugmentConfig, time_stretch, transpose
+from perceiver_ar_music.augment import AugmentConfig, Performance, perform, time_stretch, transpose
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.vocab import EventVocab
 
@@ -123,7 +123,8 @@ class TrainWindows(Dataset):
             tokens = self._slice(piece, start, end + 1)
         else:
             factor = self.augment.sample_stretch(rng)
-            tokens = self._stretched_crop(piece, start, factor, end + 1 - start)
+            performance = self.augment.sample_performance(self.vocab, rng)
+            tokens = self._retimed_crop(piece, start, factor, performance, end + 1 - start)
             tokens = transpose(tokens, self.augment.sample_transpose(tokens, self.vocab, rng), self.vocab)
             tokens = self.augment.vary_velocities(tokens, self.vocab, rng)
         return _left_padded(tokens, window_len, self.vocab.pad_id)
@@ -131,15 +132,21 @@ class TrainWindows(Dataset):
     def _slice(self, piece: np.ndarray, start: int, stop: int) -> np.ndarray:
         return framed_slice(piece, start, stop, self.vocab.bos_id, self.vocab.eos_id)
 
-    def _stretched_crop(self, piece: np.ndarray, start: int, factor: float, window_len: int) -> np.ndarray:
-        """At most `window_len` stretched tokens: from `start` on if the piece is long enough
-        after stretching, else the last ones of the piece (stretching changes the length, so a
-        slightly longer crop is stretched, then cut)."""
+    def _retime(self, tokens: np.ndarray, factor: float, performance: Performance | None) -> np.ndarray:
+        """`tokens` stretched by `factor`, then played as `performance` (if any)."""
+        tokens = time_stretch(tokens, factor, self.vocab)
+        return tokens if performance is None else perform(tokens, performance, self.vocab)
+
+    def _retimed_crop(self, piece: np.ndarray, start: int, factor: float, performance: Performance | None,
+                      window_len: int) -> np.ndarray:
+        """At most `window_len` retimed tokens (`_retime`): from `start` on if the piece is long
+        enough after retiming, else the last ones of the piece (retiming changes the length, so a
+        slightly longer crop is retimed, then cut)."""
         framed_length = len(piece) + 2
         margin = window_len // 8 + 16
         while True:
             stop = min(framed_length, start + window_len + margin)
-            tokens = time_stretch(self._slice(piece, start, stop), factor, self.vocab)
+            tokens = self._retime(self._slice(piece, start, stop), factor, performance)
             if len(tokens) >= window_len:
                 return tokens[:window_len]
             if stop == framed_length:
@@ -148,7 +155,7 @@ class TrainWindows(Dataset):
         margin = window_len // 8 + 16
         while True:
             begin = max(0, framed_length - window_len - margin)
-            tokens = time_stretch(self._slice(piece, begin, framed_length), factor, self.vocab)
+            tokens = self._retime(self._slice(piece, begin, framed_length), factor, performance)
             if len(tokens) >= window_len or begin == 0:
                 return tokens[-window_len:]
             margin *= 2

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music.augment import AugmentConfig, jitter_velocities, time_stretch, transpose, transpose_bounds
+from perceiver_ar_music.augment import (AugmentConfig, Performance, jitter_velocities, perform, tempo_warp, time_stretch,
+                                        transpose, transpose_bounds)
 from perceiver_ar_music.events import END, PITCH, START, VELOCITY_COLUMN, ids_to_note_steps, notes_to_ids
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
 from perceiver_ar_music.tokenizer import load_tokenizer
@@ -237,3 +238,117 @@ def test_a_share_of_windows_is_stretched_and_all_stretched_draws_as_before():
     kept = sum(f == 1.0 for f in factors)
     assert 160 <= kept <= 240  # about half keep their time
     assert all(0.75 <= f <= 1.25 for f in factors) and len(set(factors)) > 150  # the rest spread over the range
+
+
+# ----------------------------------------------------------------------------- performance-like windows
+
+
+def _performance(**amounts) -> Performance:
+    return Performance(seed=amounts.pop("seed", 0), pedal_every=(50.0, 200.0), phrase=600.0, **amounts)
+
+
+def _score_window() -> np.ndarray:
+    """A score-like crop: chords on a 250 ms grid at one velocity, repeated pitches included."""
+    rng = np.random.default_rng(7)
+    notes = []
+    for beat in range(40):
+        for pitch in rng.choice([48, 52, 55, 60, 64, 67, 72], size=3, replace=False):
+            notes.append([pitch, beat * 0.25, beat * 0.25 + rng.choice([0.25, 0.5]), 91])
+    return notes_to_ids(np.array(notes, dtype=float), VOCAB)
+
+
+def _grammar_holds(ids) -> None:
+    """Every NoteOn right before a Velocity, as the input had it."""
+    for a, b in zip(ids[:-1], ids[1:]):
+        if VOCAB.kind[a] == NOTE_ON:
+            assert VOCAB.velocity[b] >= 0
+
+
+def test_performance_with_no_amounts_is_the_identity():
+    ids = _score_window()
+    assert perform(ids, _performance(), VOCAB).tolist() == ids.tolist()
+
+
+def test_tempo_drift_moves_every_event_to_its_warped_time():
+    ids = _score_window()
+    out = perform(ids, _performance(tempo_drift=0.2, tempo_phase=1.0), VOCAB)
+    before, after = ids_to_note_steps(ids, VOCAB), ids_to_note_steps(out, VOCAB)
+    warped = np.floor(tempo_warp(before[:, START], 0.2, 600.0, 1.0) + 0.5)
+    order = np.lexsort((before[:, PITCH], warped))
+    assert np.array_equal(after[:, START], warped[order])
+    assert after[:, START].max() != before[:, START].max()  # it did move
+    assert np.all(np.diff(tempo_warp(np.arange(0, 5000), 0.9, 300.0, 2.0)) > 0)  # monotone below drift 1
+
+
+def test_onset_jitter_moves_notes_with_their_releases_and_loses_none():
+    ids = _score_window()
+    before = ids_to_note_steps(ids, VOCAB)
+    for seed in range(20):
+        out = perform(ids, _performance(onset_jitter=2.0, seed=seed), VOCAB)
+        _grammar_holds(out)
+        after = ids_to_note_steps(out, VOCAB)
+        assert len(after) == len(before)  # every note kept
+        assert sorted(after[:, PITCH].tolist()) == sorted(before[:, PITCH].tolist())
+        moved = np.abs(np.sort(after[:, START]) - np.sort(before[:, START]))
+        assert moved.max() <= 7  # 3 std and rounding (sorted onsets: an upper bound per rank)
+    assert any(perform(ids, _performance(onset_jitter=2.0, seed=s), VOCAB).tolist() != ids.tolist() for s in range(3))
+
+
+def test_pedal_holds_notes_longer_but_never_into_the_next_note_of_their_pitch():
+    ids = _score_window()
+    before = ids_to_note_steps(ids, VOCAB)
+    out = perform(ids, _performance(pedal_hold=100.0), VOCAB)
+    after = ids_to_note_steps(out, VOCAB)
+    key = lambda notes: np.lexsort((notes[:, PITCH], notes[:, START]))  # noqa: E731
+    before, after = before[key(before)], after[key(after)]
+    assert np.array_equal(after[:, START], before[:, START])  # onsets untouched
+    held = after[:, END] - before[:, END]
+    assert held.min() >= 0 and held.max() <= 100 and held.mean() > 5
+    for pitch in np.unique(after[:, PITCH]):
+        notes = after[after[:, PITCH] == pitch]
+        assert np.all(notes[1:, START] >= notes[:-1, END])  # no overlap within a pitch
+
+
+def test_velocity_arc_changes_only_velocities_and_follows_the_phrase():
+    ids = _score_window()
+    out = perform(ids, _performance(velocity_arc=30.0, velocity_phase=0.0), VOCAB)
+    assert len(out) == len(ids)
+    is_velocity = np.array([VOCAB.velocity[i] >= 0 for i in ids])
+    assert np.array_equal(out[~is_velocity], ids[~is_velocity])
+    velocities = ids_to_note_steps(out, VOCAB)[:, VELOCITY_COLUMN]
+    assert velocities.max() - velocities.min() >= 40  # 91 +- 30, in bins
+
+
+@given(CROPS, st.integers(0, 2**31), st.floats(0, 5), st.floats(0, 0.5), st.floats(0, 150), st.floats(0, 40))
+@settings(max_examples=150, deadline=None)
+def test_a_played_crop_keeps_its_events_and_grammar(ids, seed, jitter, drift, hold, arc):
+    p = _performance(seed=seed, onset_jitter=jitter, tempo_drift=drift, pedal_hold=hold, velocity_arc=arc)
+    out = perform(np.array(ids, dtype=np.uint16), p, VOCAB)
+    assert out.dtype == np.uint16
+
+    def events(seq):
+        return [i if VOCAB.velocity[i] < 0 else "v" for i in seq if VOCAB.kind[i] != TIME_SHIFT]
+
+    assert sorted(map(str, events(out))) == sorted(map(str, events(ids)))  # the same events, velocities aside
+    if ids and ids[0] == VOCAB.bos_id:
+        assert out[0] == VOCAB.bos_id
+    if ids and ids[-1] == VOCAB.eos_id:
+        assert out[-1] == VOCAB.eos_id
+    pairs_in = sum(VOCAB.kind[a] == NOTE_ON and VOCAB.velocity[b] >= 0 for a, b in zip(ids[:-1], ids[1:]))
+    pairs_out = sum(VOCAB.kind[a] == NOTE_ON and VOCAB.velocity[b] >= 0 for a, b in zip(out[:-1], out[1:]))
+    assert pairs_out == pairs_in
+    assert len(ids_to_note_steps(out, VOCAB)) == len(ids_to_note_steps(ids, VOCAB))  # no note lost
+
+
+def test_performance_draws_nothing_when_off_and_plays_the_configured_share():
+    ids = _score_window()
+    off, rng = AugmentConfig(), np.random.default_rng(3)
+    assert off.sample_performance(VOCAB, rng) is None
+    assert rng.random() == np.random.default_rng(3).random()  # the stream is untouched
+    half = AugmentConfig(perform_windows=0.5)
+    drawn = [half.sample_performance(VOCAB, np.random.default_rng(s)) for s in range(200)]
+    assert 70 <= sum(d is not None for d in drawn) <= 130
+    played = [d for d in drawn if d is not None]
+    assert all(d.onset_jitter == 2.0 and 0 <= d.tempo_drift <= 0.08 and 400 <= d.phrase <= 1200 for d in played)
+    assert 0.3 < np.mean([d.pedal_hold > 0 for d in played]) < 0.7
+    assert perform(ids, played[0], VOCAB).tolist() != ids.tolist()

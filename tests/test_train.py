@@ -370,6 +370,9 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
         (["--resume", "--out", "{tmp}/none"], "no run to resume"),
         (["--resume", "{tmp}"], "is not a run folder"),
         (["--data", "{corpus}", "--device", "cuda:banana"], "unknown device"),
+        (["--data", "{corpus}", "--perform-windows", "1.5"], "argument --perform-windows: must be in [0, 1]"),
+        (["--data", "{corpus}", "--tempo-drift", "1"], "argument --tempo-drift: must be in [0, 1)"),
+        (["--data", "{corpus}", "--precision", "fp16"], "argument --precision: invalid choice"),
     ],
 )
 def test_train_command_errors(tmp_path: Path, corpus: Path, capsys, args: list[str], message: str) -> None:
@@ -566,8 +569,11 @@ def test_the_run_settings_reach_the_augmentation_field_by_field() -> None:
     from perceiver_ar_music.train import augment_config
 
     tc = TrainConfig(max_transpose=5, stretch=0.2, stretch_windows=0.3, velocity_windows=0.6, velocity_shift=17,
-                     velocity_noise=4.5)
+                     velocity_noise=4.5, perform_windows=0.4, onset_jitter=0.03, tempo_drift=0.1, velocity_arc=9.0,
+                     pedal_hold=1.5)
     config = augment_config(tc)
     assert (config.max_transpose, config.min_stretch, config.max_stretch) == (5, pytest.approx(0.8), pytest.approx(1.2))
     assert (config.stretch_windows, config.velocity_windows, config.max_velocity_shift, config.velocity_noise) == (0.3, 0.6, 17, 4.5)
+    assert (config.perform_windows, config.onset_jitter, config.tempo_drift, config.velocity_arc,
+            config.pedal_hold) == (0.4, 0.03, 0.1, 9.0, 1.5)
     assert augment_config(dataclasses.replace(tc, augment=False)) is None

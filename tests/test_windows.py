@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from torch.utils.data import DataLoader
 from perceiver_ar_music.augment import AugmentConfig, transpose
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.events import END, START, notes_to_ids
-from perceiver_ar_music.vocab import TIME_SHIFT
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
 from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler, framed_slice
 from perceiver_ar_music.tokenizer import load_tokenizer
 
@@ -288,3 +290,32 @@ def test_every_position_of_a_long_piece_gets_scored_including_its_opening():
     assert (scored[1:] > 0).all()  # every target, the opening included, is trained on
     opening, rest = scored[1 : seq_len - num_latents].mean(), scored[seq_len:length].mean()
     assert opening > 0.5 * rest  # and not much more rarely than the rest
+
+
+@pytest.mark.parametrize("seq_len", [8, 100, 1500])
+def test_played_windows_keep_full_length_and_the_notes_of_one_crop(seq_len):
+    """Performance-like windows: full length, padding only before a piece's start, and (velocities
+    and order within a moment aside) the events of one crop of one piece."""
+    plain_config = AugmentConfig(max_transpose=0, min_stretch=1.0, max_stretch=1.0)
+    played_config = AugmentConfig(max_transpose=0, min_stretch=1.0, max_stretch=1.0, perform_windows=1.0)
+    plain = TrainWindows(PIECES, VOCAB, seq_len, plain_config, seed=4)
+    played = TrainWindows(PIECES, VOCAB, seq_len, played_config, seed=4)
+    framed_notes = [sorted(t for t in framed if VOCAB.kind[t] in (NOTE_ON, NOTE_OFF)) for framed in FRAMED]
+    changed = 0
+    for index in range(40):
+        tokens = played.window(index)
+        assert tokens.shape == (seq_len + 1,)
+        content = unpadded(tokens)
+        if len(content) < len(tokens):
+            assert content[0] == BOS
+        notes = sorted(t for t in content if VOCAB.kind[t] in (NOTE_ON, NOTE_OFF))
+        assert any(not (Counter(notes) - Counter(whole)) for whole in framed_notes)  # no note invented
+        changed += tokens.tolist() != plain.window(index).tolist()
+    assert changed >= 30
+
+
+def test_windows_without_played_ones_draw_as_before():
+    before = TrainWindows(PIECES, VOCAB, 64, AugmentConfig(3, 0.9, 1.1, velocity_windows=0.5), seed=3)
+    now = TrainWindows(PIECES, VOCAB, 64, AugmentConfig(3, 0.9, 1.1, velocity_windows=0.5, perform_windows=0.0,
+                                                        onset_jitter=0.05, pedal_hold=2.0), seed=3)
+    assert all(before.window(i).tolist() == now.window(i).tolist() for i in range(50))

@@ -26,6 +26,8 @@ TRAIN_FLAGS = {
     "z_loss": "z_loss", "augment": "augment", "max_transpose": "max_transpose", "stretch": "stretch",
     "stretch_windows": "stretch_windows",
     "velocity_windows": "velocity_windows", "velocity_shift": "velocity_shift", "velocity_noise": "velocity_noise",
+    "perform_windows": "perform_windows", "onset_jitter": "onset_jitter", "tempo_drift": "tempo_drift",
+    "velocity_arc": "velocity_arc", "pedal_hold": "pedal_hold",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed", "precision": "precision",
 }
@@ -91,6 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="those windows' velocities move together by up to +-V (MIDI units)")
     opt.add_argument("--velocity-noise", type=finite_float(0, 127), metavar="STD",
                      help="and each note's by normal noise of this std (MIDI units)")
+    opt.add_argument("--perform-windows", type=finite_float(0, 1), metavar="P",
+                     help="share of windows made to look played (default 0; for score-derived corpora): tempo "
+                          "drift within a phrase, onset jitter, pedal-like lengthening, a dynamic arc")
+    opt.add_argument("--onset-jitter", type=finite_float(0, 1), metavar="S",
+                     help="in those windows: std of each note's timing in seconds (default 0.02)")
+    opt.add_argument("--tempo-drift", type=_FRACTION, metavar="F",
+                     help="and a tempo that moves by up to F within a phrase (default 0.08)")
+    opt.add_argument("--velocity-arc", type=finite_float(0, 127), metavar="V",
+                     help="and velocities that follow an arc of up to +-V over a phrase (default 16)")
+    opt.add_argument("--pedal-hold", type=finite_float(0, 10), metavar="S",
+                     help="and, in half of them, notes held up to S seconds longer, to the next pedal-like "
+                          "release (default 1)")
     opt.add_argument("--seed", type=seed)
 
     obs = parser.add_argument_group("evaluation and checkpoints (default: the preset's)")

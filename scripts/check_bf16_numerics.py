@@ -63,6 +63,9 @@ def short_run(data: PreparedData, precision: str, seed: int, steps: int) -> dict
         run_dir = Path(folder) / "run"
         result = train(TrainRun(run_dir, RunConfig("numerics", cfg, tc), data, CPU, progress=False))
         rows = [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+    if result.step != steps or result.best_val_nats is None:
+        raise RuntimeError(f"the {precision} run of seed {seed} stopped at step {result.step} of {steps} "
+                           f"(signal {result.stopped_by_signal}, validation {result.best_val_nats})")
     losses = [row["loss"] for row in rows if "loss" in row]
     tail = losses[-max(1, steps // 4):]
     return {"precision": precision, "seed": seed, "losses": losses, "tail_loss": statistics.fmean(tail),

@@ -3,7 +3,9 @@
 note on the validation pieces as they are, transposed, and played slower and faster.
 
 Augmentation (transposition, time stretch) costs fit to the corpus as it is, and should buy
-robustness to primers in other keys and tempi: this puts both on one table. The score is nats per
+robustness to primers in other keys and tempi: this puts both on one table. The "played" column
+plays each piece as the performance-like augmentation draws it (`augment.perform`, fixed seeds):
+how far a model is from music that is played rather than written. The score is nats per
 note, which does not depend on how many time shifts a tempo needs. The transforms are the
 training augmentations' own functions (`augment.transpose`, `augment.time_stretch`), applied to
 whole pieces; a transposition that would push a piece off the keyboard leaves it out of that
@@ -19,18 +21,29 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TRANSFORMS = ("as is", "transpose -5", "transpose +5", "transpose +2", "tempo x0.9", "tempo x1.1", "tempo x0.8")
+TRANSFORMS = ("as is", "transpose -5", "transpose +5", "transpose +2", "tempo x0.9", "tempo x1.1", "tempo x0.8",
+              "played")
+PLAYED_SEED = 0  # the "played" column: each piece played as AugmentConfig's defaults draw it, seed (this, index)
 
 
 def transformed(pieces, entries, name: str, vocab):
     """The pieces and their manifest entries under one transform (pieces that do not fit: left out)."""
-    from perceiver_ar_music.augment import time_stretch, transpose, transpose_bounds
+    from perceiver_ar_music.augment import AugmentConfig, perform, time_stretch, transpose, transpose_bounds
+    from perceiver_ar_music.events import music_clock
 
     if name == "as is":
         return list(pieces), list(entries)
+    if name == "played":  # performance-like: tempo drift, onset jitter, pedal-like holds, a dynamic arc
+        config = AugmentConfig(perform_windows=1.0)
+        played = [perform(ids, config.sample_performance(vocab, np.random.default_rng((PLAYED_SEED, i))), vocab)
+                  for i, ids in enumerate(pieces)]
+        return played, [{**entry, "seconds": float(music_clock(ids, vocab)[-1]) if len(ids) else 0.0}
+                        for ids, entry in zip(played, entries)]
     kind, value = name.split(" ")
     out_pieces, out_entries = [], []
     for ids, entry in zip(pieces, entries):

@@ -40,3 +40,16 @@ def test_transforms_keep_the_notes_move_pitch_and_time_and_drop_what_does_not_fi
     assert notes[:, 0].tolist() == before[:, 0].tolist()
     assert notes[:, 1] == pytest.approx(2 * before[:, 1]) and notes[:, 2] == pytest.approx(2 * before[:, 2])
     assert slow_entries[0]["seconds"] == pytest.approx(3.0)
+
+
+def test_the_played_column_keeps_every_note_and_is_the_same_each_time():
+    vocab = load_tokenizer().vocab
+    pieces = [piece(vocab, [60, 62, 64, 65, 67] * 8), piece(vocab, [48, 55] * 10)]
+    entries = [{"path": "a", "seconds": 20.0}, {"path": "b", "seconds": 10.0}]
+    played, played_entries = script.transformed(pieces, entries, "played", vocab)
+    again, _ = script.transformed(pieces, entries, "played", vocab)
+    assert [p.tolist() for p in played] == [p.tolist() for p in again]  # fixed seeds
+    for before, after, entry in zip(pieces, played, played_entries):
+        notes, original = ids_to_notes(after, vocab), ids_to_notes(before, vocab)
+        assert len(notes) == len(original) and after.tolist() != before.tolist()
+        assert entry["seconds"] == pytest.approx(notes[:, 2].max(), abs=1.5)

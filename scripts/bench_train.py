@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput of each preset: the training loop's own optimizer step (forward, backward,
-gradient clipping, AdamW; bf16 autocast + TF32 + fused AdamW on CUDA, fp32 on CPU; optionally
-torch.compile) on random full-length windows, timed after warm-up.
+gradient clipping, fused AdamW; `--precision`, as `train` takes it: auto is bf16 autocast + TF32 on
+CUDA and on CPUs with AMX, fp32 elsewhere; optionally torch.compile) on random full-length windows,
+timed after warm-up. (`bench_train_loop.py` times the whole `train` loop against this step.)
 
 Reported per preset: seconds per optimizer step, *scored target tokens/s* (batch x num_latents
 per step: the tokens the loss is computed on) and *input tokens/s* (batch x max_seq_len).
@@ -25,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.devices import allow_tf32, pick_device  # noqa: E402
+from perceiver_ar_music.devices import allow_tf32, describe_precision, pick_device  # noqa: E402
 from perceiver_ar_music.model import PerceiverAR  # noqa: E402
-from perceiver_ar_music.presets import PRESETS, resolve  # noqa: E402
+from perceiver_ar_music.presets import PRECISIONS, PRESETS, resolve  # noqa: E402
 from perceiver_ar_music.train import make_optimizer, optimizer_step  # noqa: E402
 
 PAD_ID = 0
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as train's --precision (default auto)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -62,7 +64,7 @@ def sync(device: torch.device) -> None:
 def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     big_on_cpu = device.type == "cpu" and name != "tiny"
     batch = args.batch_size or (1 if big_on_cpu else PRESETS[name].train.batch_size)
-    cfg, tc = resolve(name, {}, {"batch_size": batch, "grad_accum": 1})
+    cfg, tc = resolve(name, {}, {"batch_size": batch, "grad_accum": 1, "precision": args.precision})
     steps = args.steps or (2 if big_on_cpu else 10)
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     torch.manual_seed(0)
@@ -107,7 +109,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     allow_tf32(device)
-    precision = "bf16 autocast, TF32, fused AdamW" if device.type == "cuda" else "fp32"
+    precision = describe_precision(device, args.precision) + (", TF32" if device.type == "cuda" else "") + ", fused AdamW"
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {machine(device)}")
     print(f"device: {device} ({precision}{', compiled' if args.compile else ''}); random full windows, no padding")

@@ -257,14 +257,20 @@ def sample_notes(
 ) -> tuple[np.ndarray, int, float]:
     """(notes (N, 4), number of primer notes, boundary in seconds) of one sample's ids.
 
-    A note still sounding when the sample stops gets a clean ending (`release_open_notes`)."""
+    A note still sounding when the sample stops gets a clean ending (`release_open_notes`); a
+    note of zero length (its NoteOff, or a re-strike of its pitch, at the instant of its NoteOn)
+    is left out: it makes no sound, and written with any length it would sound beside notes the
+    polyphony guard counted without it. So the notes (and the MIDI file, the statistics and the
+    piano roll made from them) keep the guards' promise."""
     steps, still_sounding = note_steps_and_open(sequence, vocab)
     notes = steps.astype(np.float64)
     notes[:, [START, END]] *= vocab.seconds_per_step
     notes = release_open_notes(notes, still_sounding, max_note_seconds)
     primer = np.asarray(sequence[:prompt_len])
     primer_notes = int(np.count_nonzero(np.asarray(vocab.kind)[primer] == NOTE_ON))
-    return notes, primer_notes, vocab.seconds(primer.tolist())
+    sounding = notes[:, END] > notes[:, START]
+    primer_notes = int(np.count_nonzero(sounding[:primer_notes]))
+    return notes[sounding], primer_notes, vocab.seconds(primer.tolist())
 
 
 def release_open_notes(notes: np.ndarray, still_sounding: np.ndarray, max_note_seconds: float | None) -> np.ndarray:
@@ -289,14 +295,16 @@ def release_open_notes(notes: np.ndarray, still_sounding: np.ndarray, max_note_s
 
 
 def write_sample_midi(notes: np.ndarray, primer_notes: int, boundary_s: float, path: str | os.PathLike[str]) -> None:
-    """A MIDI file with the primer and the continuation as two piano tracks and a boundary marker."""
+    """A MIDI file with the primer and the continuation as two piano tracks and a boundary marker.
+
+    Notes are written with the times they have (no note is lengthened: a longer note would sound
+    beside notes the guards counted without it); a note of zero length is left out."""
     import pretty_midi
 
     midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
     for name, part in (("primer", notes[:primer_notes]), ("continuation", notes[primer_notes:])):
         track = pretty_midi.Instrument(program=0, name=name)
-        for pitch, start, end, velocity in part:
-            end = max(end, start + 0.005)  # zero-length notes would vanish in some players
+        for pitch, start, end, velocity in part[part[:, END] > part[:, START]]:
             track.notes.append(pretty_midi.Note(int(velocity), int(pitch), float(start), float(end)))
         midi.instruments.append(track)
     if primer_notes:

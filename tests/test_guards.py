@@ -246,3 +246,25 @@ def test_note_limits_from_pieces(vocab):
     stored = NoteLimits.from_meta({"note_limits": limits})
     assert stored.max_polyphony == 3 and stored.max_note_seconds == limits["max_note_seconds"]
     assert NoteLimits.from_meta({}) == NoteLimits()
+
+
+def test_the_midi_file_keeps_the_polyphony_the_guard_counted(vocab, tmp_path):
+    """A zero-length note (struck and released, or re-struck, at one instant) makes no sound and
+    the guard does not count it; lengthened in the file it would sound beside the others."""
+    import json
+
+    from perceiver_ar_music.cli import main
+    from perceiver_ar_music.continuation import write_sample_midi
+
+    for lead in range(1, 12):  # onsets at several places of the file's tick grid
+        ids = [vocab.bos_id, *shift(vocab, lead), *on(vocab, 60), *on(vocab, 64), *off(vocab, 64), *on(vocab, 71),
+               *on(vocab, 71), *on(vocab, 67), *shift(vocab, 50), *off(vocab, 60), *off(vocab, 67), *off(vocab, 71)]
+        for at in np.flatnonzero(np.isin(ids, vocab.note_on_id)):  # every NoteOn was allowed under P = 3
+            assert NoteRules(vocab, grammar=False, max_polyphony=3)(torch.tensor([ids[:at]]))[0, ids[at]]
+        notes, primer_notes, boundary = sample_notes(np.array(ids), 1, vocab)
+        assert sorted(int(p) for p in notes[:, 0]) == [60, 67, 71]  # 64 and the first 71 made no sound
+        path = tmp_path / f"sample-{lead}.mid"
+        write_sample_midi(notes, primer_notes, boundary, path)
+        assert main(["stats", str(path), "--json", str(tmp_path / "stats.json")]) == 0
+        (figures,) = json.loads((tmp_path / "stats.json").read_text())["samples"].values()
+        assert figures["continuation"]["max_polyphony"] == 3 == polyphony(notes[:, START], notes[:, END])[2]

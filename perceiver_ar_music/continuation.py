@@ -59,14 +59,37 @@ class Continuation:
 
     sequences: list[np.ndarray]  # one per sample: BOS + primer + continuation (EOS trimmed)
     prompt_len: int
-    tokens_per_second: float
+    tokens_per_second: float  # over the whole batch (all samples together)
     stopped_by: str  # "length", "seconds" or "eos"
+    drawn: int = 0  # tokens drawn per sample (a sample keeps fewer when it ended at EOS or the seconds budget)
+
+    @property
+    def tokens_per_second_per_sample(self) -> float:
+        """The speed the progress shows: tokens of one sample per second."""
+        return self.tokens_per_second / max(len(self.sequences), 1)
+
+    def speed(self) -> str:
+        """The speed in words, per sample (as the progress shows it) and for the batch when it has several."""
+        text = f"{self.tokens_per_second_per_sample:.0f} tokens/s per sample"
+        if len(self.sequences) > 1:
+            text += f" ({self.tokens_per_second:.0f} for the batch of {len(self.sequences)})"
+        return text
+
+    def kept(self) -> str:
+        """The new tokens each sample kept, in words (with those drawn when a sample kept fewer)."""
+        kept = sorted({len(sequence) - self.prompt_len for sequence in self.sequences})
+        if kept == [self.drawn]:
+            return f"{self.drawn} new tokens per sample"
+        counts = str(kept[0]) if len(kept) == 1 else f"{kept[0]}-{kept[-1]}"
+        why = ("each sample ends at the time shift that reaches the seconds asked for" if self.stopped_by == "seconds"
+               else "a sample that ended the piece stops there")
+        return f"{counts} new tokens kept per sample of {self.drawn} drawn ({why})"
 
 
 class MusicProgress:
     """Per-step callback: counts the music generated, enforces a seconds budget, shows progress.
 
-    In a terminal a tqdm bar (tokens, tokens/s, seconds of music of the slowest sample);
+    In a terminal a tqdm bar (tokens and tokens/s of one sample, seconds of music of the slowest);
     elsewhere (a log, a pipe) one line every `LOG_EVERY_S` seconds; nothing with show=False.
     The budget holds either way. The seconds are summed on the tokens' device and read back only
     every `check_every` steps, so the sampler never waits for the GPU per token; a budget can
@@ -83,7 +106,7 @@ class MusicProgress:
         from tqdm import tqdm
 
         self.lines = show and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="tok", desc="generating", dynamic_ncols=True, disable=not show or self.lines)
+        self.bar = tqdm(total=total, unit="tok", desc="generating (per sample)", dynamic_ncols=True, disable=not show or self.lines)
         self.shift = torch.tensor(vocab.shift_steps, dtype=torch.float64) * vocab.seconds_per_step
         self.seconds = torch.zeros(batch, dtype=torch.float64)
         self.budget, self.total = seconds_budget, total
@@ -119,7 +142,7 @@ class MusicProgress:
         self.last_line = now
         of = f"/{self.total}" if self.total else ""
         rate = self.tokens / max(now - self.started, 1e-9)
-        print(f"generating: {self.tokens}{of} tokens, {rate:.0f} tokens/s, music {slowest:.1f}s"
+        print(f"generating: {self.tokens}{of} tokens, {rate:.0f} tokens/s per sample, music {slowest:.1f}s"
               + (" (done)" if final else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -249,7 +272,7 @@ def continue_ids(
         stopped_by = "seconds"
     else:
         stopped_by = "length"
-    return Continuation(sequences, len(prompt), generated * num_samples / max(elapsed, 1e-9), stopped_by)
+    return Continuation(sequences, len(prompt), generated * num_samples / max(elapsed, 1e-9), stopped_by, generated)
 
 
 def sample_notes(

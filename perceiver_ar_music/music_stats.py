@@ -390,12 +390,23 @@ class SampleReport:
 
 def _primer_stats(primer: np.ndarray, boundary_s: float) -> MusicStats:
     """The primer's figures over its own time, from its first onset to the boundary. A primer note
-    still sounding there is released by the continuation: its length counts in full, but the time
-    after the boundary is the continuation's, so it neither thins the primer's density nor adds to
-    its polyphony."""
+    still sounding there counts up to the boundary (the continuation releases it, differently in
+    every take): so a primer's figures are the same in every take made from it."""
     start = float(primer[:, 1].min())
-    end = float(boundary_s) if boundary_s > start else float(primer[:, 2].max())
-    return _span_stats(primer, start, end, primer)
+    if boundary_s <= start:
+        return _span_stats(primer, start, float(primer[:, 2].max()), primer)
+    primer = primer.copy()
+    primer[:, 2] = np.maximum(np.minimum(primer[:, 2], boundary_s), primer[:, 1])
+    return _span_stats(primer, start, float(boundary_s), primer)
+
+
+def _continuation_stats(notes: np.ndarray, primer_notes: int, boundary_s: float) -> MusicStats:
+    """The continuation's figures over its own time: from the boundary (the start of the new
+    music, also when its first note comes later) to its last release, with polyphony from every
+    note sounding then (a primer note ringing on counts)."""
+    continuation = notes[primer_notes:]
+    begin = float(boundary_s) if primer_notes else float(continuation[:, 1].min())
+    return _span_stats(continuation, begin, max(float(continuation[:, 2].max()), begin), notes)
 
 
 def sample_report(
@@ -414,7 +425,7 @@ def sample_report(
         raise ValueError(f"primer_notes must be in 0..{len(notes)}, not {primer_notes}")
     primer, continuation = notes[:primer_notes], notes[primer_notes:]
     primer_stats = _primer_stats(primer, boundary_s) if len(primer) else None
-    continuation_stats = music_stats(continuation) if len(continuation) else None
+    continuation_stats = _continuation_stats(notes, primer_notes, boundary_s) if len(continuation) else None
     vs_reference = {}
     if reference is not None:
         for part, stats in (("primer", primer_stats), ("continuation", continuation_stats)):

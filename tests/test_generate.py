@@ -263,3 +263,13 @@ def test_outputs_are_all_or_nothing_and_other_files_in_out_are_kept(tmp_path, ch
     assert run_generate("--checkpoint", str(checkpoint), "--length", "20", "--no-audio", "--seed", "0", "--out", str(out)) == 0
     assert {"notes.txt", "sample-01.mid", "sample-01.png", "stats.json", "index.html"} <= {p.name for p in out.iterdir()}
     assert (out / "sample-01.mid").read_bytes() != b"an earlier take"
+
+
+def test_speed_and_tokens_say_per_sample_and_what_was_kept():
+    from perceiver_ar_music.continuation import Continuation
+
+    two = Continuation([np.zeros(10 + 30), np.zeros(10 + 28)], 10, 700.0, "seconds", drawn=32)
+    assert two.speed() == "350 tokens/s per sample (700 for the batch of 2)"
+    assert two.kept().startswith("28-30 new tokens kept per sample of 32 drawn (each sample ends at the time shift")
+    one = Continuation([np.zeros(10 + 32)], 10, 400.0, "length", drawn=32)
+    assert one.speed() == "400 tokens/s per sample" and one.kept() == "32 new tokens per sample"

@@ -192,9 +192,23 @@ def test_primer_figures_end_at_the_boundary_when_the_continuation_releases_a_pri
     report = sample_report(notes(*primer, *continuation), 20, 10.0)
     assert report.primer.notes_per_second == pytest.approx(20 / 10)  # not 20 notes over 30 s
     assert report.primer.duration_s == pytest.approx(10.0)
-    assert report.primer.note_length_max_s == pytest.approx(20.5)  # the held note keeps its length
-    assert report.primer.max_polyphony == 1 and report.primer.long_note_fraction == pytest.approx(1 / 20)
+    assert report.primer.note_length_max_s == pytest.approx(0.5)  # the held note counts up to the boundary
+    assert report.primer.max_polyphony == 1 and report.primer.long_note_fraction == 0
     assert report.primer.silence_fraction == pytest.approx(19 * 0.1 / 10)  # the gaps after each short note
+    # another take of the same primer releases the held note elsewhere: the primer's row is the same
+    other = sample_report(notes(*primer[:-1], (48, 9.5, 11.2, 70), *continuation), 20, 10.0)
+    assert other.primer == report.primer
+
+
+def test_the_continuations_figures_span_the_new_music_from_the_boundary():
+    """Its duration is the new music's (boundary to last release), as a take's header says; a
+    primer note ringing on counts in its polyphony."""
+    primer = [(60, 0.0, 12.0, 70)]
+    continuation = [(72, 11.0 + 0.5 * i, 11.4 + 0.5 * i, 80) for i in range(10)]
+    report = sample_report(notes(*primer, *continuation), 1, 10.0)
+    assert report.continuation.duration_s == pytest.approx(15.9 - 10.0)
+    assert report.continuation.notes_per_second == pytest.approx(10 / 5.9)
+    assert report.continuation.max_polyphony == 2 and report.continuation.silence_fraction == pytest.approx(0.0, abs=0.2)
 
 
 def test_report_without_primer_or_continuation():

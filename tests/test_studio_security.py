@@ -382,3 +382,18 @@ def test_stop_works_while_a_job_is_being_prepared(studio):
     job.stop_event.set()
     started = time.monotonic()
     assert studio._run(job) == [] and time.monotonic() - started < 5
+
+
+def test_a_finished_jobs_tokens_are_those_its_take_kept(server, studio):
+    """A seconds budget is checked every few tokens: the status of a finished job gives the tokens
+    the take kept (and those drawn apart), and the take's seconds are its statistics' seconds."""
+    form = json.loads(GOOD_JOB)
+    form["settings"] = {**form.get("settings", {}), "seconds": 1, "length": "", "seed": 4}
+    status, job = request(server, "POST", "/api/generate", json.dumps(form).encode(), JSON)
+    assert status == 200
+    assert studio.queue.wait(studio.queue.get(job["job"]), 60)
+    done = request(server, "GET", f"/api/jobs/{job['job']}")[1]
+    take = json.loads((studio.store.folder / f"{done['takes'][0]}.json").read_text())
+    assert done["state"] == "done" and done["tokens"] == take["new_tokens"] < done["drawn"]  # (seed 4: it overshot)
+    stats = dict(take["stats"])
+    assert f"{take['new_seconds']:.1f} s" == stats["duration"]

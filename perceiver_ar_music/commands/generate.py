@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         "primer tokens": len(primer_ids),
         **settings.describe(),
         "texture": describe_texture(texture),
-        "speed": f"{result.tokens_per_second:.0f} tokens/s on {device}",
+        "speed": f"{result.speed()} on {device}",
+        "tokens": result.kept(),
         "stopped by": result.stopped_by,
     }
     audio_format = None if args.no_audio else args.audio_format
@@ -84,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
         count = write_outputs(stage, result, vocab, details, max_note_seconds=settings.max_note_seconds,
                               audio_format=audio_format, soundfont=soundfont, sample_rate=args.sample_rate,
                               texture=texture)
-    print(f"wrote {count} sample(s) to {out} ({result.tokens_per_second:.0f} tokens/s); open {out / 'index.html'}")
+    print(f"wrote {count} sample(s) to {out}: {result.kept()}, {result.speed()}; open {out / 'index.html'}")
     return 0
+
+
+def new_music_seconds(report) -> float:
+    """The new music's length as its statistics measure it (the boundary to the last release)."""
+    return report.continuation.duration_s if report.continuation is not None else 0.0
 
 
 def describe_texture(texture) -> str:
@@ -129,7 +135,7 @@ def write_outputs(
             audio_note=files.audio_note or unavailable or "audio skipped (--no-audio)",
             piano_roll=Path(files.piano_roll),
             report=files.report,
-            description=f"{new_tokens} new tokens, {vocab.seconds(sequence[result.prompt_len:].tolist()):.1f} s of new music",
+            description=f"{new_tokens} new tokens, {new_music_seconds(files.report):.1f} s of new music",
         ))
     write_stats_json(out / "stats.json", reports, details)
     write_index(out, entries, "perceiver-music samples", details)

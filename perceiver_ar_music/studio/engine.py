@@ -46,6 +46,7 @@ class Progress:
     candidates: int = 1  # rows per sample while sampling (texture-keeping draws several)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None  # when sampling ended: tokens/s stays what it was then
+    kept: int | None = None  # once the takes are written: the new tokens the longest take kept
     steps: list[torch.Tensor] = field(default_factory=list)
     _ids: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -230,7 +231,9 @@ class Studio:
         stopped_by = "stop" if job.stop_requested else result.stopped_by
         names = self.store.reserve("take", len(result.sequences))
         for index, (name, sequence) in enumerate(zip(names, result.sequences), start=1):
-            self._write_take(name, sequence, result.prompt_len, request, index, stopped_by, result.tokens_per_second)
+            self._write_take(name, sequence, result.prompt_len, request, index, stopped_by,
+                             result.tokens_per_second_per_sample)
+        progress.kept = max((len(sequence) - result.prompt_len for sequence in result.sequences), default=0)
         return names
 
     def _write_take(self, name: str, sequence: np.ndarray, prompt_len: int, request: Request, index: int,
@@ -260,7 +263,7 @@ class Studio:
             "sample": index,
             "settings": {dest: getattr(request.args, dest) for dest in studio_settings.SETTINGS if hasattr(request.args, dest)},
             "new_tokens": int(len(new)),
-            "new_seconds": round(float(self.vocab.seconds(new.tolist())), 2),
+            "new_seconds": round(float(files.report.continuation.duration_s if files.report.continuation else 0.0), 2),
             "boundary_seconds": round(float(files.boundary_s), 2) if files.primer_notes else None,
             "stopped_by": stopped_by,
             "tokens_per_second": round(float(tokens_per_second), 1),
@@ -287,8 +290,9 @@ class Studio:
         if isinstance(progress, Progress):
             ids = progress.ids()
             elapsed = max((progress.ended or time.monotonic()) - progress.started, 1e-9)
-            status["tokens"] = int(len(ids))
-            status["tokens_per_second"] = round(len(ids) * ids.shape[1] / elapsed, 1)
+            status["tokens"] = int(len(ids) if progress.kept is None else progress.kept)
+            status["drawn"] = int(len(ids))
+            status["tokens_per_second"] = round(len(ids) / elapsed, 1)  # per sample, as generate's progress
             if len(ids):
                 status["music_seconds"] = round(min(float(music_clock(ids[:, k], self.vocab)[-1]) for k in range(ids.shape[1])), 2)
         return status

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -169,18 +169,30 @@ def load_for_generation(checkpoint: Path, device: torch.device | str, dtype: tor
 MAX_PRIMER_TOKENS = 200_000  # about half an hour of dense piano; the model reads only its last context
 
 
-def load_primer(tokenizer, path: Path | None, seconds: float | None = None) -> np.ndarray:
+def load_primer(
+    tokenizer, path: Path | None, seconds: float | None = None, say: Callable[[str], None] | None = None,
+) -> np.ndarray:
     """The performance ids (int64, no BOS) of a MIDI primer, or of its first `seconds`; none
-    for no path. A file that cannot be read, or has no notes there, is a `UserError`."""
+    for no path. A file that cannot be read, or has no notes there, is a `UserError`. What is
+    not used as asked is said in one line each to `say`: drum tracks left out, `seconds` past
+    the primer's end."""
+    from perceiver_ar_music.midi_load import read_score
     from perceiver_ar_music.tokenizer import MidiReadError
 
     if path is None:
         return np.zeros(0, dtype=np.int64)
     try:
-        ids = tokenizer.encode_file(path).ids.astype(np.int64)
+        score = read_score(path)
+        ids = tokenizer.encode_score(score).ids.astype(np.int64)
     except MidiReadError as exc:
         raise UserError(f"primer {path}: {exc}") from None
+    drum_notes = sum(len(track.notes) for track in score.tracks if track.is_drum)
+    if drum_notes and say is not None:
+        say(f"primer {path}: its drum track ({drum_notes} notes) is left out: the model plays the other tracks as one piano")
     if seconds is not None:
+        length = tokenizer.vocab.seconds(ids.tolist())
+        if seconds > length + 1e-9 and say is not None:
+            say(f"primer {path}: --primer-seconds {seconds:g} is past its end ({length:.1f} s): all of it is used")
         ids = truncate_to_seconds(ids, tokenizer.vocab, seconds)
         if not np.any(np.asarray(tokenizer.vocab.kind)[ids] == NOTE_ON):
             raise UserError(f"primer {path}: no notes in its first {seconds:g} seconds")

@@ -63,8 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seconds = finite_float(min=0, min_inclusive=False, max=MAX_SECONDS)
     parser.add_argument("--primer-seconds", type=seconds, metavar="S", help="keep only the primer's first S seconds")
     parser.add_argument("--length", type=bounded_int(1, MAX_LENGTH), metavar="N",
-                        help=f"tokens to generate per sample (default: {DEFAULT_LENGTH}; with --seconds, "
-                        f"an upper bound that defaults to {SECONDS_ONLY_CAP:,})")
+                        help=f"tokens to generate per sample (default: {DEFAULT_LENGTH}). With --seconds the "
+                        f"seconds decide the length and --length is only a safety bound (default "
+                        f"{SECONDS_ONLY_CAP:,} tokens): --seconds 120 alone is not "
+                        f"cut at {DEFAULT_LENGTH:,} tokens")
     parser.add_argument("--seconds", type=seconds, metavar="S", help="stop once every sample has S seconds of new music")
     parser.add_argument("--num-samples", type=bounded_int(1, MAX_SAMPLES), default=1, metavar="K",
                         help="samples generated together as one batch")

@@ -273,3 +273,30 @@ def test_speed_and_tokens_say_per_sample_and_what_was_kept():
     assert two.kept().startswith("28-30 new tokens kept per sample of 32 drawn (each sample ends at the time shift")
     one = Continuation([np.zeros(10 + 32)], 10, 400.0, "length", drawn=32)
     assert one.speed() == "400 tokens/s per sample" and one.kept() == "32 new tokens per sample"
+
+
+def test_generate_says_what_of_the_primer_it_did_not_use(tmp_path, checkpoint, capsys):
+    """A drum track left out and --primer-seconds past the primer's end: one line each."""
+    midi = pretty_midi.PrettyMIDI()
+    piano, drums = pretty_midi.Instrument(0), pretty_midi.Instrument(0, is_drum=True)
+    piano.notes += [pretty_midi.Note(80, 60 + i % 5, 0.5 * i, 0.5 * i + 0.4) for i in range(8)]
+    drums.notes += [pretty_midi.Note(90, 36, 0.5 * i, 0.5 * i + 0.1) for i in range(6)]
+    midi.instruments += [piano, drums]
+    midi.write(str(tmp_path / "band.mid"))
+    assert run_generate("--checkpoint", str(checkpoint), "--primer", str(tmp_path / "band.mid"), "--primer-seconds", "500",
+                        "--length", "8", "--no-audio", "--no-progress", "--out", str(tmp_path / "out")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"perceiver-music generate: primer {tmp_path / 'band.mid'}: its drum track (6 notes) is left out: " \
+        "the model plays the other tracks as one piano" in lines
+    assert f"perceiver-music generate: primer {tmp_path / 'band.mid'}: --primer-seconds 500 is past its end (3.9 s): " \
+        "all of it is used" in lines
+    capsys.readouterr()
+    assert run_generate("--checkpoint", str(checkpoint), "--primer", str(tmp_path / "band.mid"), "--primer-seconds", "2",
+                        "--length", "8", "--no-audio", "--no-progress", "--out", str(tmp_path / "out2")) == 0
+    assert "past its end" not in capsys.readouterr().out
+
+
+def test_length_help_says_seconds_decide_the_length(capsys):
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "With --seconds the seconds decide the length and --length is only a safety bound" in text

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     loaded, tokenizer = load_for_generation(args.checkpoint, device, dtype=inference_dtype(device))
     vocab = tokenizer.vocab
     settings = GenerationSettings.from_args(args, loaded)
-    primer_ids = load_primer(tokenizer, args.primer, settings.primer_seconds)
+    primer_ids = load_primer(tokenizer, args.primer, settings.primer_seconds,
+                             say=lambda line: print(f"perceiver-music generate: {line}"))
     prompt = np.concatenate(([vocab.bos_id], primer_ids)).astype(np.int64)
     try:
         texture = texture_selector(settings.texture, vocab, primer_ids, len(prompt))

@@ -124,8 +124,9 @@ class Studio:
         }
 
     # ----- primers -----
-    def primer_ids(self, ref: str | None, seconds: float | None) -> np.ndarray:
-        """The primer's ids (no BOS), or of its first `seconds`; a UserError as `generate` words it."""
+    def primer_ids(self, ref: str | None, seconds: float | None, say=None) -> np.ndarray:
+        """The primer's ids (no BOS), or of its first `seconds`; a UserError as `generate` words it,
+        and what is not used as asked said to `say` (see `continuation.load_primer`)."""
         from perceiver_ar_music.continuation import load_primer
         from perceiver_ar_music.vocab import NOTE_ON
 
@@ -138,7 +139,8 @@ class Studio:
         else:
             path = self.store.primer_file(ref)
         try:
-            ids = load_primer(self.tokenizer, path, seconds)
+            ids = load_primer(self.tokenizer, path, seconds,
+                              say=None if say is None else lambda line: say(line.replace(str(path), primer_label(ref))))
         except UserError as exc:  # name the primer as the page does, not by its path
             raise UserError(str(exc).replace(str(path), primer_label(ref))) from None
         if not np.any(np.asarray(self.vocab.kind)[ids] == NOTE_ON):
@@ -146,10 +148,11 @@ class Studio:
         return ids
 
     def primer_info(self, ref: str | None, seconds: float | None) -> dict:
-        ids = self.primer_ids(ref, seconds)
+        remarks: list[str] = []
+        ids = self.primer_ids(ref, seconds, say=remarks.append)
         notes = self.primer_notes(ids)
         return {"primer": ref, "label": primer_label(ref), "tokens": int(len(ids)), "notes": int(len(notes)),
-                "seconds": round(float(self.vocab.seconds(ids.tolist())), 2)}
+                "seconds": round(float(self.vocab.seconds(ids.tolist())), 2), "remarks": remarks}
 
     def primer_notes(self, ids: np.ndarray) -> np.ndarray:
         from perceiver_ar_music.continuation import sample_notes

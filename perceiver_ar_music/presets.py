@@ -118,7 +118,7 @@ PRESETS: dict[str, Preset] = {
                     eval_every=1000, eval_windows=256, save_every=1000),
     ),
     "small": Preset(
-        "one consumer GPU (context 2048, 1024 latents, width 512, 8 layers, 8 heads; 28.5M parameters)",
+        "one consumer GPU (context 2048, 1024 latents, width 512, 8 layers, 8 heads; 28.7M parameters)",
         dict(dim=512, depth=8, heads=8, dim_head=64, max_seq_len=2048, num_latents=1024,
              cross_attn_dropout=0.5, dropout=0.1),
         TrainConfig(batch_size=16, lr=3e-4, warmup_steps=1000, max_steps=50_000,

@@ -35,6 +35,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def one_line_help(text: str) -> str:
+    """A subcommand's one-line help as every subcommand shows it: capitalised, no full stop."""
+    text = text.strip().removesuffix(".")
+    return text[:1].upper() + text[1:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available subcommand."""
     from perceiver_ar_music import __version__
@@ -52,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and exc.name.startswith("perceiver_ar_music.commands"):
                 continue  # command not built yet in this checkout
             raise
-        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        summary = one_line_help(module.HELP)
+        command_parser = sub.add_parser(name, help=summary, description=summary)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser

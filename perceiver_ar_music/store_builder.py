@@ -24,6 +24,7 @@ are tied to the parent's life (``PR_SET_PDEATHSIG`` on Linux), so a kill -9 leav
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,12 +37,13 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from perceiver_ar_music.atomic import atomic_path, check_writable_dir, os_error_text, write_json_atomic
 from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.vocab import NOTE_ON, TIME_SHIFT
 from perceiver_ar_music.token_store import (
     FORMAT,
     FORMAT_VERSION,
@@ -219,7 +221,7 @@ class Piece:
 
     path: str
     split: str
-    split_source: str  # "metadata" or "hash"
+    split_source: str  # "metadata", "hash" or "held-out end" (see `ensure_validation`)
     sha256: str
     ids: np.ndarray
     num_notes: int
@@ -432,6 +434,8 @@ def _prepare_locked(
 
     if not pieces:
         raise UserError(f"none of the {len(paths)} MIDI files under {data_dir} could be prepared")
+    if split_ratios[SPLIT_ORDER.index("validation")] > 0:
+        result.notices.extend(ensure_validation(pieces, tokenizer.vocab))
     repeats = held_out_repeats(pieces)
     if repeats:
         path, same_as = repeats[0]
@@ -443,6 +447,67 @@ def _prepare_locked(
     result.manifest = _commit(out_dir, data_dir, generation, tokenizer, committed, pieces, skipped, metadata,
                               split_ratios, repeats)
     return result
+
+
+HELD_OUT_END = "#held-out-end"  # suffix of the validation part of a folder's only piece
+HELD_OUT_SHARE = 0.1  # of that piece's tokens
+
+
+def ensure_validation(pieces: dict[str, Piece], vocab) -> list[str]:
+    """Give a small folder split by path hash a validation set (in place); the notices saying so.
+
+    The rule (with a validation share in the ratios): when no hash-split piece landed in
+    validation, one moves there if there are at least two pieces (a test piece if there is one,
+    else the last training piece by path); a folder of one piece keeps its last
+    `HELD_OUT_SHARE` of tokens (cut at a time shift) apart as validation windows and trains on
+    the rest. Pieces split by metadata are never moved."""
+    hashed = [path for path, piece in pieces.items() if piece.split_source == "hash"]
+    if not hashed or any(piece.split == "validation" for piece in pieces.values()):
+        return []
+    if len(pieces) >= 2:
+        moved = validation_pick({path: piece.split for path, piece in pieces.items()}, hashed)
+        if moved is None:
+            return []
+        pieces[moved] = dataclasses.replace(pieces[moved], split="validation")
+        return [f"{len(pieces)} pieces and none in validation by the hash: {moved} moved to validation "
+                "(a folder of 2 or more pieces always has one, so training reports a validation loss)"]
+    (path,) = pieces
+    piece = pieces[path]
+    kinds = np.asarray(vocab.kind)[piece.ids]
+    shifts = np.flatnonzero(kinds == TIME_SHIFT)
+    cut = shifts[shifts < round(len(piece.ids) * (1 - HELD_OUT_SHARE))]
+    if not len(cut):
+        return [f"one piece ({path}), too short to hold out its end: no validation loss"]
+    head, tail = piece.ids[: cut[-1] + 1], piece.ids[cut[-1] + 1 :]
+    tail_seconds = vocab.seconds(tail.tolist())
+    tail_notes = int(np.count_nonzero(np.asarray(vocab.kind)[tail] == NOTE_ON))
+    # Own digests: neither part is the file's content, so neither is reused as the whole file.
+    pieces[path] = dataclasses.replace(piece, sha256=_part_digest(piece.sha256, "head"), ids=head,
+                                       num_notes=piece.num_notes - tail_notes, seconds=piece.seconds - tail_seconds)
+    pieces[path + HELD_OUT_END] = Piece(path + HELD_OUT_END, "validation", "held-out end", _part_digest(piece.sha256, "tail"),
+                                        tail, tail_notes, tail_seconds, 0)
+    return [f"one piece ({path}): its last {len(tail)} tokens ({tail_seconds:.1f} s) are held out as validation "
+            "windows, the rest is trained on"]
+
+
+def validation_pick(splits: Mapping[str, str], movable: Iterable[str]) -> str | None:
+    """The piece `ensure_validation` moves to validation (path -> split of every piece; `movable`:
+    those split by hash): the first test piece by path, else the last training piece when another
+    stays in training; None when a piece is in validation already or none can move."""
+    if "validation" in splits.values():
+        return None
+    movable = sorted(movable)
+    tests = [path for path in movable if splits[path] == "test"]
+    trains = [path for path in movable if splits[path] == "train"]
+    if tests:
+        return tests[0]
+    if trains and sum(split == "train" for split in splits.values()) >= 2:
+        return trains[-1]
+    return None
+
+
+def _part_digest(sha256: str, part: str) -> str:
+    return hashlib.sha256(f"{sha256}:{part}".encode()).hexdigest()
 
 
 def held_out_repeats(pieces: dict[str, Piece]) -> list[tuple[str, str]]:
@@ -627,20 +692,44 @@ def format_summary(result: PrepareResult) -> str:
     return "\n".join(lines)
 
 
-PREPARED_CACHE_NAME = ".perceiver-prepared"  # where `train`/`evaluate` prepare a MIDI folder
+PREPARED_CACHE_NAME = ".perceiver-prepared"  # inside a MIDI folder: where earlier versions prepared it (still reused)
+CACHE_ENV = "PERCEIVER_MUSIC_CACHE"  # the project's cache folder (default: $XDG_CACHE_HOME or ~/.cache, /perceiver-music)
+
+
+def cache_dir() -> Path:
+    """perceiver-music's own cache folder: $PERCEIVER_MUSIC_CACHE, else $XDG_CACHE_HOME/perceiver-music,
+    else ~/.cache/perceiver-music."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "perceiver-music"
+
+
+def prepared_cache(data: Path) -> Path:
+    """Where a MIDI folder is prepared by default: in the project's cache, one folder per data
+    folder (its name and a hash of its absolute path), never inside the user's folder."""
+    resolved = data.resolve()
+    digest = hashlib.sha256(str(resolved).encode("utf-8")).hexdigest()[:12]
+    return cache_dir() / "prepared" / f"{resolved.name or 'root'}-{digest}"
 
 
 def ensure_prepared(data: str | Path, cache: str | Path | None = None, tokenizer: str | None = None,
                     progress: bool = True) -> Path:
     """A prepared folder for `data`: itself if it has a manifest, else a preparation of the MIDI
-    folder into `cache` (default ``DATA/.perceiver-prepared``), made or updated incrementally."""
+    folder into `cache` (default: `prepared_cache(data)`, or a preparation an earlier version
+    left in ``DATA/.perceiver-prepared``), made or updated incrementally. The MIDI folder is only read."""
     data = Path(data)
     if (data / MANIFEST_NAME).is_file():
         return data
     if not data.is_dir():
         raise UserError(f"--data {data} is not a folder")
-    out = Path(cache) if cache is not None else data / PREPARED_CACHE_NAME
-    print(f"preparing {data} into {out} (reused on later runs)", flush=True)
+    legacy = data / PREPARED_CACHE_NAME
+    if cache is not None:
+        out = Path(cache)
+    elif (legacy / MANIFEST_NAME).is_file():
+        out = legacy
+    else:
+        out = prepared_cache(data)
+    print(f"preparing {data} into {out} (reused on later runs; --prepared-cache DIR to choose)", flush=True)
     result = prepare(data, out, tokenizer_spec=tokenizer, progress=progress)
     print(format_summary(result), flush=True)
     return out

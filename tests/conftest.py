@@ -10,6 +10,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _project_cache(tmp_path_factory):
+    """perceiver-music's cache (MIDI folders prepared by train/evaluate) in a temporary folder."""
+    import os
+
+    os.environ["PERCEIVER_MUSIC_CACHE"] = str(tmp_path_factory.mktemp("perceiver-music-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seeded_torch():
     """Every test starts from the same torch RNG state."""

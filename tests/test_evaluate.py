@@ -195,7 +195,9 @@ def test_evaluate_a_midi_folder(tmp_path: Path, checkpoint: Path, capsys) -> Non
     midi = write_corpus(tmp_path / "midi", files=3, notes=30)
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(midi), "--split", "train"]) == 0
     assert "tokenized 3 files" in capsys.readouterr().out
-    assert (midi / ".perceiver-prepared" / "manifest.json").is_file()
+    from perceiver_ar_music.store_builder import prepared_cache
+
+    assert (prepared_cache(midi) / "manifest.json").is_file() and not (midi / ".perceiver-prepared").exists()
 
 
 def test_evaluate_errors(tmp_path: Path, data: PreparedData, checkpoint: Path, capsys) -> None:

@@ -104,6 +104,14 @@ def expected_contents(data_dir: Path, splits: dict[str, str], tokenizer=None) ->
     return {path: (split, tokenizer.encode_file(data_dir / path).ids.tolist()) for path, split in splits.items()}
 
 
+def hashed_splits(paths: list[str], ratios) -> dict[str, str]:
+    """The splits a folder without metadata gets: the path hash, with a small folder's validation piece."""
+    splits = {path: hashed_split(path, ratios) for path in paths}
+    if (moved := store_builder.validation_pick(splits, paths)) is not None:
+        splits[moved] = "validation"
+    return splits
+
+
 def own_files(out: Path) -> set[str]:
     return {p.name for p in out.iterdir()} - {".prepare.lock"}
 
@@ -300,7 +308,7 @@ def test_rerun_reuses_unchanged_files_and_picks_up_changes(tmp_path: Path, count
     assert (third.tokenized, third.reused) == (2, 4)
     paths = find_midi_files(data_dir)
     assert "set2/piece2.mid" not in paths and "set0/renamed.mid" in paths
-    assert contents(out) == expected_contents(data_dir, {p: hashed_split(p, (0.9, 0.05, 0.05)) for p in paths})
+    assert contents(out) == expected_contents(data_dir, hashed_splits(paths, (0.9, 0.05, 0.05)))
     manifest = PreparedData.open(out).manifest
     assert own_files(out) == {"manifest.json", "tokenizer.json", *(i["tokens_file"] for i in manifest["splits"].values())}
     assert all("g000003" in i["tokens_file"] for i in manifest["splits"].values())
@@ -341,7 +349,7 @@ def test_a_different_tokenizer_re_tokenizes_everything(tmp_path: Path, capsys) -
     assert data.tokenizer_hash == new.hash != old_hash
     assert load_tokenizer(data.tokenizer_path).hash == new.hash
     assert len(data.vocab) == len(new.vocab) == 391 - 16
-    expected = {p: hashed_split(p, (0.9, 0.05, 0.05)) for p in find_midi_files(data_dir)}
+    expected = hashed_splits(find_midi_files(data_dir), (0.9, 0.05, 0.05))
     assert contents(out) == expected_contents(data_dir, expected, tokenizer=new)
     with pytest.raises(UserError, match="prepared with tokenizer"):
         PreparedData.open(out, expected_tokenizer_hash=old_hash)
@@ -386,7 +394,7 @@ def test_a_crash_at_any_step_leaves_valid_data(tmp_path: Path, monkeypatch, step
     write_performance(data_dir / "set1/piece1.mid", seed=777)
     write_performance(data_dir / "new/added.mid", seed=778)
     (data_dir / "set2/piece2.mid").unlink()
-    after = expected_contents(data_dir, {p: hashed_split(p, RATIOS) for p in find_midi_files(data_dir)})
+    after = expected_contents(data_dir, hashed_splits(find_midi_files(data_dir), RATIOS))
     assert before != after
 
     with monkeypatch.context() as patch:
@@ -444,7 +452,7 @@ def test_a_kill_at_every_filesystem_step_leaves_valid_data(tmp_path: Path) -> No
     write_performance(data_dir / "set1/piece1.mid", seed=777)
     write_performance(data_dir / "new/added.mid", seed=778)
     (data_dir / "set2/piece2.mid").unlink()
-    after = expected_contents(data_dir, {p: hashed_split(p, RATIOS) for p in find_midi_files(data_dir)})
+    after = expected_contents(data_dir, hashed_splits(find_midi_files(data_dir), RATIOS))
 
     states = []
     for step in range(1, 200):
@@ -638,3 +646,49 @@ def test_a_kill_during_a_tokenizer_change_leaves_a_matching_tokenizer(tmp_path: 
     assert load_tokenizer(data.tokenizer_path).hash == new_hash
     assert own_files(pristine) == {"manifest.json", "tokenizer.json",
                                    *(i["tokens_file"] for i in data.manifest["splits"].values())}
+
+
+# ----- small folders and the project's cache -----
+@pytest.mark.parametrize("count", [2, 3, 4, 6])
+def test_a_small_folder_always_gets_a_validation_piece(tmp_path: Path, count: int) -> None:
+    data = tmp_path / "midi"
+    data.mkdir()
+    for i in range(count):
+        write_performance(data / f"piece{i}.mid", seed=i)
+    result = store_builder.prepare(data, tmp_path / "out", progress=False)
+    splits = {name: info["num_files"] for name, info in result.manifest["splits"].items()}
+    assert splits.get("validation", 0) == 1 and splits.get("train", 0) >= 1, splits
+    assert sum(splits.values()) == count
+    assert any("moved to validation" in notice for notice in result.notices) or count > 4
+
+
+def test_a_folder_of_one_piece_holds_out_its_end_as_validation(tmp_path: Path) -> None:
+    data = tmp_path / "midi"
+    data.mkdir()
+    write_performance(data / "only.mid", seed=1, num_notes=200)
+    result = store_builder.prepare(data, tmp_path / "out", progress=False)
+    (notice,) = [n for n in result.notices if "held out" in n]
+    assert notice.startswith("one piece (only.mid): its last ") and "validation windows" in notice
+    prepared = PreparedData.open(tmp_path / "out")
+    train, validation = prepared.pieces("train"), prepared.pieces("validation")
+    assert len(train) == len(validation) == 1
+    whole = load_tokenizer().encode_file(data / "only.mid").ids.tolist()
+    head, tail = train[0].tolist(), validation[0].tolist()
+    assert head + tail == whole and 0.1 * len(whole) <= len(tail) < 0.15 * len(whole)
+    again = store_builder.prepare(data, tmp_path / "out", progress=False)  # a rerun gives the same parts
+    assert [p.tolist() for p in PreparedData.open(tmp_path / "out").pieces("validation")] == [tail]
+    assert again.tokenized == 1
+
+
+def test_a_midi_folder_is_prepared_into_the_projects_cache_not_into_itself(tmp_path: Path, monkeypatch, capsys) -> None:
+    data = plain_tree(tmp_path / "mine", count=3)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    monkeypatch.setenv("PERCEIVER_MUSIC_CACHE", str(tmp_path / "cache"))
+    out = store_builder.ensure_prepared(data, progress=False)
+    assert out.parent == tmp_path / "cache" / "prepared" and out.name.startswith("mine-")
+    assert (out / "manifest.json").is_file() and sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert store_builder.ensure_prepared(data, progress=False) == out  # the same folder next time
+    # a preparation an earlier version left in the folder is still used
+    legacy = data / store_builder.PREPARED_CACHE_NAME
+    shutil.copytree(out, legacy)
+    assert store_builder.ensure_prepared(data, progress=False) == legacy

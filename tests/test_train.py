@@ -322,8 +322,11 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
                    "--velocity-windows", "0.5", "--velocity-noise", "8", "--stretch-windows", "0.25") == 0
     text = capsys.readouterr().out
     assert "tokenized 6 files" in text and "finished 2 steps" in text
-    prepared = midi / ".perceiver-prepared"
-    assert (prepared / "manifest.json").is_file()
+    from perceiver_ar_music.store_builder import prepared_cache
+
+    prepared = prepared_cache(midi)  # the project's cache: the user's MIDI folder is left as it was
+    assert (prepared / "manifest.json").is_file() and sorted(p.name for p in midi.iterdir()) == [
+        f"piece{i:02d}.mid" for i in range(6)]
     run = out / "first"
     config = json.loads((run / "run_config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["dim"] == 32 and config["model"]["num_tokens"] == 391

@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a checkpoint folder, or a run folder (its best/, else its latest ckpt-<step>/)")
     parser.add_argument("--data", required=True, metavar="DIR",
-                        help="a prepared folder, or a MIDI folder (prepared on the fly into DIR/.perceiver-prepared "
-                             "with the checkpoint's tokenizer)")
+                        help="a prepared folder, or a MIDI folder (prepared on the fly with the checkpoint's tokenizer "
+                             "into perceiver-music's cache, ~/.cache/perceiver-music or $PERCEIVER_MUSIC_CACHE)")
     parser.add_argument("--prepared-cache", metavar="DIR", help="where to prepare a MIDI --data folder instead")
     parser.add_argument("--split", default="test", help="split to score (default: test)")
     parser.add_argument("--exact", action="store_true",

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--data", metavar="DIR",
                      help="a prepared folder (has manifest.json) or a folder of MIDI files, prepared on the fly "
-                          "into DIR/.perceiver-prepared (reused and updated incrementally)")
+                          "into perceiver-music's cache (~/.cache/perceiver-music, or $PERCEIVER_MUSIC_CACHE; "
+                          "reused and updated incrementally; the folder itself is only read)")
     run.add_argument("--prepared-cache", metavar="DIR", help="where to prepare a MIDI --data folder instead")
     run.add_argument("--preset", default="small", choices=sorted(PRESETS),
                      help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()) + " (default: small)")

@@ -153,6 +153,13 @@ class Curve:
         """The absolute curve of a relative one, given the primer's figure."""
         return Curve(tuple((t, v * factor) for t, v in self.points))
 
+    def as_text(self) -> str:
+        """The curve as `parse` reads it back ("6", "x0.5", "0:4,60:8")."""
+        value = (lambda v: f"x{v:g}") if self.relative else (lambda v: f"{v:g}")
+        if len(self.points) == 1 and self.points[0][0] == 0:
+            return value(self.points[0][1])
+        return ",".join(f"{t:g}:{value(v)}" for t, v in self.points)
+
     def describe(self, unit: str = "") -> str:
         """Words for the page: '4 notes/s' or '4 -> 8 (60 s) -> 4 (120 s) notes/s'."""
         if len(self.points) == 1:

@@ -67,6 +67,11 @@ def test_bad_curves_are_one_line_errors(text, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["6", "x0.5", "0:4,60:8,120:4", "0:x1,30:x2", "10:2.5"])
+def test_a_curve_reads_back_from_its_text(text):
+    assert Curve.parse(Curve.parse(text).as_text()) == Curve.parse(text)
+
+
 def test_a_curve_interpolates_and_holds_its_ends():
     curve = Curve.parse("10:4,70:10")
     assert [curve.at(t) for t in (0, 10, 40, 70, 500)] == [4.0, 4.0, 7.0, 10.0, 10.0]
@@ -225,6 +230,19 @@ def test_the_sampler_keeps_the_chosen_candidate_every_segment_and_returns_one_ro
     assert torch.equal(out, again)  # reproducible for a seed
 
 
+def test_texture_sampling_is_the_same_on_the_fixed_shape_step_and_the_reference_path():
+    """The candidates' forks on the static (CUDA-graph) step and on the slow reference path
+    give the dynamic cached path's tokens (within one window, where the three are exact)."""
+    torch.manual_seed(0)
+    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=64, num_latents=64)
+    torch.nn.init.normal_(model.to_logits.weight, std=0.5)
+    model = model.double().eval()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    runs = [sample_ids(model, prompt, 40, SamplingConfig(), seed=7, selector=PickRichest(3, 9, 5), **kwargs)
+            for kwargs in ({"decode_mode": "dynamic"}, {"decode_mode": "static"}, {"use_cache": False})]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
 def test_the_sampler_forks_rules_and_hooks_with_the_tokens(vocab):
     """With the guards on and a reorder hook, every fork keeps the guards' promise (no note
     longer than D) and the hook sees each choice."""
@@ -305,6 +323,18 @@ def test_generate_holds_a_set_texture_and_shows_the_target_beside_each_window(tm
     assert '<tr class="target">' in page
 
 
+def test_generate_with_texture_and_a_seconds_budget_ends_each_sample_there(tmp_path, tokenizer):
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    out = tmp_path / "out"
+    assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--seconds", "6", "--num-samples", "2",
+                 "--seed", "1", "--no-audio", "--density", "4", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["details"]["stopped by"] == "seconds"
+    for sample in stats["samples"].values():
+        assert sample["windows"][0]["target"] == {"notes_per_second": 4.0}
+        assert 5.0 <= sample["continuation"]["duration_s"] <= 8.0
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--density", "x2"], "needs a primer"),
     (["--density", "fast"], "argument --density"),
@@ -359,3 +389,33 @@ def test_texture_settings_default_on_and_off_for_greedy():
     settings = GenerationSettings.from_args(parser.parse_args(["--voices", "0:2,60:4"]), Loaded).texture
     assert settings.curves["voices"].at(30) == 3.0 and isinstance(settings, TextureSettings)
     assert texture_selector(TextureSettings(enabled=False), None, np.zeros(0), 1) is None
+
+
+# ----------------------------------------------------------------------------- the studio
+
+
+def test_the_studio_keeps_texture_and_records_each_windows_target(tmp_path, tokenizer):
+    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.studio.engine import EXAMPLE, Studio
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    studio = Studio(checkpoint, tmp_path / "takes", device="cpu")
+    try:
+        fields = {f["name"]: f for f in studio.config()["fields"]}
+        assert fields["density"]["kind"] == "text" and fields["texture"]["default"] is True
+        job = studio.submit({"primer": EXAMPLE, "settings": {"primer_seconds": 8, "length": 200, "num_samples": 2,
+                                                              "seed": 0, "voices": "2", "density": "x1.5",
+                                                              "candidates": 3}})
+        assert studio.queue.wait(job, 120) and job.error is None, job.error
+        assert job.request.texture.candidates == 3
+        status = studio.job_status(job)
+        assert status["tokens"] == 200 and status["num_samples"] == 2
+        assert studio.live_roll(job, 1)[:4] == b"\x89PNG"
+        takes = [json.loads((studio.store.folder / f"{name}.json").read_text()) for name in job.result]
+        for take in takes:
+            assert "voices 2" in take["texture"] and take["windows"][0]["target_voices"] == 2.0
+            assert take["new_tokens"] == 200 and take["settings"]["density"] == "x1.5"
+        with pytest.raises(UserError, match="needs a primer"):
+            studio.submit({"settings": {"density": "x2"}})
+    finally:
+        studio.close()

@@ -209,8 +209,10 @@ class Studio:
         return self.queue.submit(Request(args, primer or None, prompt, settings, texture))
 
     def _run(self, job: Job) -> list[str]:
+        from perceiver_ar_music import threads
         from perceiver_ar_music.continuation import continue_ids, sampling_rules
 
+        threads.refresh()  # the machine may be busier (or freer) than when the studio started
         request: Request = job.request
         settings = request.settings
         candidates = request.texture.candidates if request.texture is not None else 1
@@ -264,7 +266,8 @@ class Studio:
             "primer_label": primer_label(request.primer),
             "primer_seconds": request.args.primer_seconds,
             "sample": index,
-            "settings": {dest: getattr(request.args, dest) for dest in studio_settings.SETTINGS if hasattr(request.args, dest)},
+            "settings": {dest: _plain(getattr(request.args, dest)) for dest in studio_settings.SETTINGS
+                         if hasattr(request.args, dest)},
             "new_tokens": int(len(new)),
             "new_seconds": round(float(files.report.continuation.duration_s if files.report.continuation else 0.0), 2),
             "boundary_seconds": round(float(files.boundary_s), 2) if files.primer_notes else None,
@@ -332,6 +335,11 @@ def take_windows(report) -> list[dict]:
             "target_voices": _rounded(target.get("mean_polyphony")),
         })
     return rows
+
+
+def _plain(value: object) -> object:
+    """A setting as the page sends it back (a texture curve as its text)."""
+    return value.as_text() if hasattr(value, "as_text") else value
 
 
 def _rounded(value: float | None) -> float | None:

@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count for the command (see `threads`); say so when it is below torch's default."""
+    from perceiver_ar_music import threads
+
+    choice = threads.configure(args.threads)
+    if choice.threads < (threads.torch_default() or choice.threads) and not args.threads:
+        print(f"perceiver-music {args.command}: {choice.threads} CPU thread(s): {choice.reason} "
+              "(--threads N to choose)", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the subcommand, turn user errors into one line and exit code 2."""
     parser = build_parser()
@@ -76,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "threads"):  # a command that runs the model: as many threads as cores are free
+            _configure_threads(args)
         return int(args._run(args) or 0)
     except UserError as exc:
         print(f"perceiver-music {args.command}: error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from perceiver_ar_music.cli_types import bounded_int
 from perceiver_ar_music.errors import UserError
 from perceiver_ar_music.generation_settings import BUNDLED_CHECKPOINT, GenerationSettings
 from perceiver_ar_music.generation_settings import add_arguments as add_generation_arguments
+from perceiver_ar_music.threads import add_argument as add_threads_argument
 
 HELP = "continue a MIDI primer with a trained model; write MIDI, audio, piano rolls, statistics and an index.html"
 
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soundfont", type=Path, metavar="SF2", help="soundfont for the audio (default: a system piano/GM one, else pretty_midi's)")
     parser.add_argument("--sample-rate", type=bounded_int(8_000, 192_000), default=DEFAULT_SAMPLE_RATE, metavar="HZ")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

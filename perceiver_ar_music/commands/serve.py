@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from perceiver_ar_music.cli_types import bounded_int, finite_float
+from perceiver_ar_music.threads import add_argument as add_threads_argument
 
 HELP = "the studio: continue primers take by take in a browser page (upload, settings, live progress, listen)"
 DEFAULT_OUT = Path("out") / "studio"
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, metavar="MB",
                         help=f"largest primer upload (default: {DEFAULT_MAX_UPLOAD_BYTES / 2**20:g})")
     parser.add_argument("--quiet", action="store_true", help="do not log every request")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from perceiver_ar_music.cli_types import bounded_int, finite_float, seed
+from perceiver_ar_music.threads import add_argument as add_threads_argument
 
 if TYPE_CHECKING:
     from perceiver_ar_music.presets import RunConfig
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=bounded_int(0, 256), metavar="N",
                      help="DataLoader worker processes (default: 4 with a GPU, 0 on CPU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(run)
 
     model = parser.add_argument_group("model (default: the preset's)")
     model.add_argument("--max-seq-len", type=_SIZE, metavar="N", help="context length in tokens")

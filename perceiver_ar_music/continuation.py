@@ -361,25 +361,29 @@ class SampleFiles:
     audio_note: str | None
     report: "SampleReport"
     audio_unavailable: bool = False  # no audio can be rendered here at all (e.g. no FluidSynth)
+    roll_geometry: dict | None = None  # pianoroll.roll_geometry of the roll drawn
 
 
 def write_sample_files(
     folder: Path, name: str, sequence: np.ndarray, prompt_len: int, vocab: EventVocab, *,
     max_note_seconds: float | None, audio_format: str | None, soundfont: Path | None = None,
-    sample_rate: int | None = None, target: "TextureTarget | None" = None,
+    sample_rate: int | None = None, target: "TextureTarget | None" = None, min_roll_height: int | None = None,
 ) -> SampleFiles:
     """One sample as `name.mid` (primer and continuation tracks), `name.png` (its piano roll) and,
     with an `audio_format`, `name.<format>`, plus its statistics (`music_stats.sample_report`,
-    with the texture `target` beside each window when given).
+    with the texture `target` beside each window when given). With `min_roll_height`, the roll's
+    pitch lanes are made tall enough for a notes area of that many pixels.
     Audio that cannot be rendered (no FluidSynth, a silent sample) is left out with a note."""
     from perceiver_ar_music.music_stats import sample_report
-    from perceiver_ar_music.pianoroll import draw_piano_roll
+    from perceiver_ar_music.pianoroll import ROW_PIXELS, draw_piano_roll, roll_geometry, rows_for_height
     from perceiver_ar_music.render import DEFAULT_SAMPLE_RATE, AudioUnavailable, render_midi
 
     notes, primer_notes, boundary = sample_notes(sequence, prompt_len, vocab, max_note_seconds)
     midi, roll = f"{name}.mid", f"{name}.png"
     write_sample_midi(notes, primer_notes, boundary, folder / midi)
-    draw_piano_roll(notes, boundary if primer_notes else None, folder / roll)
+    rows = rows_for_height(notes, min_roll_height) if min_roll_height else ROW_PIXELS
+    roll_boundary = boundary if primer_notes else None
+    draw_piano_roll(notes, roll_boundary, folder / roll, row_pixels=rows)
     audio, audio_note, unavailable = None, None, False
     if audio_format is not None:
         try:
@@ -397,4 +401,5 @@ def write_sample_files(
         from perceiver_ar_music.texture import target_rows
 
         report = replace(report, targets=target_rows(target, report.windows), target_source=target.describe())
-    return SampleFiles(notes, primer_notes, boundary, midi, roll, audio, audio_note, report, unavailable)
+    return SampleFiles(notes, primer_notes, boundary, midi, roll, audio, audio_note, report, unavailable,
+                       roll_geometry(notes, roll_boundary, rows))

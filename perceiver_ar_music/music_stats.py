@@ -58,6 +58,22 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
 )
 FIGURE_KEYS = tuple(key for key, _, _ in FIGURES)
 FIGURE_LABELS = {key: label for key, label, _ in FIGURES}
+# What each short label means, in words (the legend of every table of figures).
+FIGURE_MEANINGS: dict[str, str] = {
+    "notes_per_second": "notes struck per second",
+    "mean_polyphony": "notes sounding together, on average over the time any sounds (the voices)",
+    "max_polyphony": "the most notes sounding together",
+    "note_length_p50_s": "the median note length, in seconds",
+    "note_length_p90_s": "90% of the notes are at most this long (seconds)",
+    "note_length_p99_s": "99% of the notes are at most this long (seconds)",
+    "long_note_fraction": f"the share of notes held longer than {LONG_NOTE_S:g} s",
+    "pitch_mean": "the mean pitch as a MIDI number (60 is middle C)",
+    "pitch_range": "lowest to highest note, in semitones",
+    "pitch_std": "how far pitches spread around their mean (standard deviation, semitones)",
+    "velocity_mean": "the mean loudness, MIDI velocity 1-127",
+    "velocity_std": "how much the loudness varies (standard deviation of the velocity)",
+    "silence_fraction": "the share of the time with no note sounding",
+}
 
 
 POLYPHONY_KEYS = ("mean_polyphony", "max_polyphony", "silence_fraction")  # defined without onsets too

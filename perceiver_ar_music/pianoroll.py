@@ -111,6 +111,23 @@ def draw_piano_roll(
     return image.shape[1], image.shape[0]
 
 
+def rows_for_height(notes: np.ndarray, min_plot_height: int, max_row_pixels: int = 10) -> int:
+    """Pixels per pitch so that the roll's notes area is at least `min_plot_height` tall (a narrow
+    pitch range gets taller lanes), at least `ROW_PIXELS` and at most `max_row_pixels`."""
+    layout = RollLayout(np.asarray(notes, dtype=np.float64).reshape(-1, 4), None, PIXELS_PER_SECOND, 1, MAX_WIDTH)
+    rows = layout.high - layout.low + 1
+    return int(min(max_row_pixels, max(ROW_PIXELS, -(-min_plot_height // rows))))
+
+
+def roll_geometry(notes: np.ndarray, boundary_s: float | None, row_pixels: int = ROW_PIXELS) -> dict[str, float]:
+    """Where time lands on a roll drawn with these arguments: {"left": the pixel of 0 s,
+    "pixels_per_second": ..., "width": ..., "height": ...} (for a page's playhead and scrolling)."""
+    layout = RollLayout(np.asarray(notes, dtype=np.float64).reshape(-1, 4), boundary_s, PIXELS_PER_SECOND,
+                        max(1, row_pixels), MAX_WIDTH)
+    return {"left": LEFT_MARGIN, "pixels_per_second": layout.pixels_per_second, "width": layout.width,
+            "height": layout.height}
+
+
 class RollLayout:
     """Where seconds and pitches land on the canvas."""
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.music_stats import (
-    FIGURE_KEYS, FIGURE_LABELS, MusicStats, SampleReport, format_figure, formatted_figures, full_windows,
+    FIGURE_KEYS, FIGURE_LABELS, FIGURE_MEANINGS, MusicStats, SampleReport, format_figure, formatted_figures, full_windows,
 )
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
@@ -128,17 +128,17 @@ def _sample_section(out_dir: Path, number: int, sample: SampleEntry) -> str:
 
 def report_table(report: SampleReport) -> str:
     """The figures of a sample report as an HTML table (parts and windows as rows) and notes."""
-    head = "".join(f"<th>{_text(FIGURE_LABELS[key])}</th>" for key in FIGURE_KEYS)
+    head = "".join(f'<th title="{_text(FIGURE_MEANINGS[key])}">{_text(FIGURE_LABELS[key])}</th>' for key in FIGURE_KEYS)
     rows: list[tuple[str, str, list[str]]] = []  # (css class, label, cells)
     if report.primer is not None:
         rows.append(("part", "primer", _cells(report.primer.as_dict())))
     if report.continuation is not None:
         rows.append(("part", "continuation", _cells(report.continuation.as_dict())))
-    for index, window in enumerate(report.windows):
+    compared = full_windows(report.windows, report.window_s)  # (not the short tail where notes ring out)
+    for index, window in enumerate(compared):
         rows.append(("window", window.label("–"), _cells(window.stats.as_dict())))
         if index < len(report.targets):
             rows.append(("target", "target", _target_cells(report.targets[index])))
-    compared = full_windows(report.windows, report.window_s)  # (not the short tail where notes ring out)
     if len(compared) > 1:
         rows.append(("ratio", "last / first window", _ratios(report.drift)))
         trend = [_sparkline([float(getattr(w.stats, key)) for w in compared]) for key in FIGURE_KEYS]
@@ -153,8 +153,13 @@ def report_table(report: SampleReport) -> str:
         + "</tr>"
         for kind, label, cells in rows
     )
-    parts = [f'<div class="figures"><table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table></div>']
+    parts = [f'<div class="figures"><table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table></div>',
+             _legend()]
     notes = []
+    if len(compared) < len(report.windows):
+        tail = report.windows[-1]
+        notes.append(f"the last {tail.end_s - tail.start_s:.1f} s ({tail.label('–')}), where the last notes ring out, "
+                     "is too short to compare and not shown as a window (it counts in the continuation's row)")
     for part, comparison in report.vs_reference.items():
         if comparison.outside:
             outside = ", ".join(FIGURE_LABELS[key] for key in comparison.outside)
@@ -171,6 +176,13 @@ def report_table(report: SampleReport) -> str:
                 )
     parts += [f'<p class="figure-note">{_text(note)}</p>' for note in notes]
     return "\n".join(parts)
+
+
+def _legend() -> str:
+    """What the columns mean, folded under the table."""
+    items = "".join(f"<div><dt>{_text(FIGURE_LABELS[key])}</dt><dd>{_text(FIGURE_MEANINGS[key])}</dd></div>"
+                    for key in FIGURE_KEYS)
+    return f'<details class="figure-legend"><summary>What the columns mean</summary><dl>{items}</dl></details>'
 
 
 def _cells(values: Mapping[str, object]) -> list[str]:

@@ -181,3 +181,32 @@ def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tm
     assert "no passage of 12+ notes" in joined
     assert not page.all("script") and "<script>" not in text
     assert "10.0" in joined  # the continuation's >4 s share: 10 of 100 notes
+
+
+def test_the_figures_table_has_a_legend_and_no_stub_of_a_last_window(tmp_path):
+    """In headless Chromium: every short column label is explained under the table, and a last
+    window of a fraction of a second (where the last notes ring out) is not a row of dashes."""
+    from perceiver_ar_music.music_stats import FIGURE_LABELS, FIGURE_MEANINGS, sample_report
+    from perceiver_ar_music.report import SampleEntry, write_index
+    from tests.test_studio import Browser, chromium
+
+    primer = [(60 + i % 7, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(20)]
+    continuation = [(64 + i % 5, 10 + 0.25 * i, 10 + 0.25 * i + 0.2, 80) for i in range(241)]  # to 70.2 s
+    notes = np.array(primer + continuation, dtype=np.float64)
+    report = sample_report(notes, 20, 10.0)
+    assert [round(w.end_s - w.start_s, 1) for w in report.windows] == [30.0, 30.0, 0.2]
+    (tmp_path / "sample-01.mid").write_bytes(b"")
+    write_index(tmp_path, [SampleEntry("Sample 1", Path("sample-01.mid"), report=report)], "samples")
+    browser = Browser(chromium(), tmp_path / "profile")
+    try:
+        browser.open((tmp_path / "index.html").as_uri())
+        browser.wait("document.readyState === 'complete' && document.querySelector('.figures') !== null", timeout=30)
+        rows = browser.js("[...document.querySelectorAll('.figures tbody tr.window th')].map(th => th.textContent)")
+        assert rows == ["10–40 s", "40–70 s"]
+        assert "the last 0.2 s (70–70.2 s)" in browser.js("document.body.innerText")
+        browser.js("document.querySelector('.figure-legend summary').click()")
+        legend = browser.wait("(() => { const d = document.querySelector('.figure-legend'); return d.open && d.innerText; })()")
+        for key, label in FIGURE_LABELS.items():
+            assert f"{label}\n{FIGURE_MEANINGS[key]}" in legend
+    finally:
+        browser.close()

@@ -432,6 +432,12 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     parser = generate_command.build_parser() if hasattr(generate_command, "build_parser") else studio_settings.generate_parser()
     assert browser.js("document.getElementById('setting-top_p').value") == str(parser.get_default("top_p"))
     assert browser.js("document.querySelectorAll('#settings input').length") == len(studio_settings.SETTINGS)
+    # ... named in a musician's words with the flag as a hint; the rarely used ones under "Advanced".
+    assert browser.js("document.querySelector('#setting-temperature').closest('label').innerText").split() == ["Randomness", "--temperature"]
+    assert browser.js("document.querySelector('#setting-texture').closest('label').innerText").startswith("Keep the primer's texture")
+    assert browser.js("document.querySelector('#setting-top_p').closest('details').id") == "advanced"
+    assert browser.js("!document.getElementById('advanced').open && !document.getElementById('setting-top_p').checkVisibility()")
+    assert browser.js("document.querySelector('#setting-velocity').closest('details')") is None
 
     # A primer: upload a MIDI file, trim it, see its piano roll.
     browser.set_file("#primer-file", EXAMPLE)
@@ -439,6 +445,12 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     browser.js("const s = document.getElementById('primer-seconds'); s.value = '6'; s.dispatchEvent(new Event('change'))")
     browser.wait("/ 6 s|5\\.\\d+ s/.test(document.getElementById('primer-info').textContent)")
     browser.wait("(() => { const i = document.getElementById('primer-roll'); return !i.hidden && i.complete && i.naturalWidth > 100; })()")
+    assert browser.js("document.getElementById('primer-roll').naturalHeight") >= 260  # a narrow primer is not a strip
+    # A primer shorter than the seconds asked for: said in words.
+    browser.js("const t = document.getElementById('primer-seconds'); t.value = '500'; t.dispatchEvent(new Event('change'))")
+    browser.wait("/is past its end \\(\\d+\\.\\d s\\): all of it is used/.test(document.getElementById('primer-info').textContent)")
+    browser.js("const u = document.getElementById('primer-seconds'); u.value = '6'; u.dispatchEvent(new Event('change'))")
+    browser.wait("/ 6 s|5\\.\\d+ s/.test(document.getElementById('primer-info').textContent)")
 
     # Generate a short take: it is listed with a playable compressed audio source and its roll.
     browser.js("document.getElementById('setting-length').value = '80'; document.getElementById('setting-seed').value = '1'")
@@ -452,6 +464,27 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     take1 = json.loads((folder / "take-0001.json").read_text())
     assert take1["primer_label"].startswith("primer-") and take1["primer_seconds"] == 6 and take1["new_tokens"] > 0
     assert notes_of(folder / "take-0001.mid", "primer")  # the trimmed primer is there
+
+    # The take shows the settings that made it; "Use these settings" puts them back in the form.
+    assert "Seed (the same seed gives the same take): 1" in browser.js("document.querySelector('#take-0001 .settings-used').textContent")
+    assert "Length in tokens: 80" in browser.js("document.querySelector('#take-0001 .settings-used').textContent")
+    browser.js("document.getElementById('setting-seed').value = '99'; document.getElementById('setting-length').value = '5'")
+    browser.js("document.getElementById('setting-texture').checked = false")
+    browser.js("document.querySelector('#take-0001 button.use-settings').click()")
+    assert browser.js("[document.getElementById('setting-seed').value, document.getElementById('setting-length').value, "
+                      "document.getElementById('setting-texture').checked]") == ["1", "80", True]
+    # Its roll opens at the boundary (the new music in view), tall, with a playhead following the audio.
+    view = browser.wait("""(() => { const r = document.querySelector('#take-0001 .roll'), i = r.querySelector('img');
+        if (!i.complete || !i.naturalWidth) return null;
+        return [r.scrollLeft, r.clientWidth, i.naturalHeight, i.naturalWidth]; })()""")
+    geometry = take1["roll_geometry"]
+    boundary_x = geometry["left"] + take1["boundary_seconds"] * geometry["pixels_per_second"]
+    assert view[0] <= boundary_x <= view[0] + view[1] and view[2] >= 260
+    if view[3] > view[1]:  # a roll wider than its box opens scrolled to put the boundary a quarter in
+        assert abs(view[0] - max(0, min(boundary_x - view[1] / 4, view[3] - view[1]))) <= 2
+    browser.js("(() => { const a = document.querySelector('#take-0001 audio'); a.currentTime = 2; })()")
+    left = browser.wait("(() => { const p = document.querySelector('#take-0001 .playhead'); return !p.hidden && p.style.left; })()")
+    assert float(left.removesuffix("px")) == pytest.approx(geometry["left"] + 2 * geometry["pixels_per_second"], abs=1)
 
     # Continue this take: the second take starts with the whole first one.
     browser.js("document.querySelector('#take-0001 button.continue').click()")
@@ -467,7 +500,7 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     # A long generation: live progress and a growing roll, then Stop keeps what was made.
     browser.js("document.getElementById('setting-length').value = '100000'")
     browser.js("document.getElementById('generate').click()")
-    browser.wait("/^[1-9][0-9]* tokens · [0-9]+ tokens\\/s · [0-9.]+ s of music/.test(document.getElementById('status').textContent)")
+    browser.wait("/^[1-9][0-9]* tokens · [0-9]+ tokens\\/s per take · [0-9.]+ s of music/.test(document.getElementById('status').textContent)")
     browser.wait("(() => { const i = document.querySelector('#live img'); return i && i.complete && i.naturalWidth > 100; })()")
     browser.js("document.getElementById('stop').click()")
     browser.wait("document.querySelectorAll('.take').length === 3")

@@ -8,6 +8,7 @@ A request is checked completely when it arrives (settings by `generate`'s parser
 from __future__ import annotations
 
 import argparse
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES, TakeStore
 
 EXAMPLE = "example"  # the primer reference of the bundled example
 EXAMPLE_PRIMER = Path(__file__).resolve().parents[2] / "examples" / "primer.mid"
+ROLL_HEIGHT = 260  # pixels of notes area at least: a narrow primer's roll is not a thin strip
 
 
 @dataclass
@@ -161,9 +163,10 @@ class Studio:
         return sample_notes(prompt, len(prompt), self.vocab)[0]
 
     def primer_roll(self, ref: str | None, seconds: float | None) -> bytes:
-        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
+        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes, rows_for_height
 
-        return png_bytes(piano_roll_image(self.primer_notes(self.primer_ids(ref, seconds)), None))
+        notes = self.primer_notes(self.primer_ids(ref, seconds))
+        return png_bytes(piano_roll_image(notes, None, row_pixels=rows_for_height(notes, ROLL_HEIGHT)))
 
     def upload(self, data: bytes, filename: str) -> dict:
         """Keep an uploaded MIDI primer once it reads like `generate --primer` reads one."""
@@ -199,6 +202,8 @@ class Studio:
         args = studio_settings.parse_settings(form.pop("settings", {}) or {}, self.parser)
         if form:
             raise UserError(f"unknown field: {sorted(form)[0]!r}")
+        if args.seed is None:  # a random take still records the seed that makes it again
+            args.seed = secrets.randbelow(2**31)
         settings = GenerationSettings.from_args(args, self.loaded)
         primer_ids = self.primer_ids(primer, settings.primer_seconds)
         prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
@@ -246,7 +251,8 @@ class Studio:
         from perceiver_ar_music.continuation import write_sample_files
 
         target = request.texture.target_of(index - 1) if request.texture is not None else None
-        common = dict(max_note_seconds=request.settings.max_note_seconds, soundfont=self.soundfont, target=target)
+        common = dict(max_note_seconds=request.settings.max_note_seconds, soundfont=self.soundfont, target=target,
+                      min_roll_height=ROLL_HEIGHT)
         write_note = None
         try:
             files = write_sample_files(self.store.folder, name, sequence, prompt_len, self.vocab, **common,
@@ -275,6 +281,7 @@ class Studio:
             "tokens_per_second": round(float(tokens_per_second), 1),
             "midi": files.midi,
             "roll": files.piano_roll,
+            "roll_geometry": files.roll_geometry,
             "audio": audio,
             "audio_note": audio_note,
             "stats": files.report.continuation.rows() if files.report.continuation else [],
@@ -306,7 +313,7 @@ class Studio:
     def live_roll(self, job: Job, sample: int) -> bytes:
         """The piano roll of one sample of a job so far (primer and continuation in their colours)."""
         from perceiver_ar_music.continuation import sample_notes
-        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes
+        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes, rows_for_height
 
         request: Request = job.request
         if not 0 <= sample < request.settings.num_samples:
@@ -315,7 +322,8 @@ class Studio:
         sequence = np.concatenate([request.prompt, ids[:, sample]])
         sequence = sequence[sequence != self.vocab.eos_id]
         notes, primer_notes, boundary = sample_notes(sequence, len(request.prompt), self.vocab, request.settings.max_note_seconds)
-        return png_bytes(piano_roll_image(notes, boundary if primer_notes else None))
+        return png_bytes(piano_roll_image(notes, boundary if primer_notes else None,
+                                          row_pixels=rows_for_height(notes, ROLL_HEIGHT)))
 
     def close(self) -> None:
         self.queue.close(timeout=30)
@@ -323,9 +331,12 @@ class Studio:
 
 def take_windows(report) -> list[dict]:
     """A take's continuation in windows, with the texture target beside each (when one was held):
-    label, notes/s, mean voices, and the targets of those two figures."""
+    label, notes/s, mean voices, and the targets of those two figures. A last window too short to
+    compare (`music_stats.full_windows`) is left out."""
+    from perceiver_ar_music.music_stats import full_windows
+
     rows = []
-    for index, window in enumerate(report.windows):
+    for index, window in enumerate(full_windows(report.windows, report.window_s)):
         target = report.targets[index] if index < len(report.targets) else {}
         rows.append({
             "window": window.label("–"),

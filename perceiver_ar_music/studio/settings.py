@@ -18,6 +18,29 @@ SETTINGS = (
     "texture", "density", "voices", "register", "velocity", "candidates",
 )
 PRIMER_SETTINGS = ("primer_seconds",)
+# How the page names each setting, in a musician's words (the flag stays beside it as a hint), and
+# whether it sits under "Advanced" (the rarely used ones).
+LABELS: dict[str, tuple[str, bool]] = {
+    "seconds": ("Seconds of new music", False),
+    "length": ("Length in tokens", True),
+    "temperature": ("Randomness", False),
+    "seed": ("Seed (the same seed gives the same take)", False),
+    "num_samples": ("Takes at once", False),
+    "texture": ("Keep the primer's texture", False),
+    "density": ("Notes per second", False),
+    "voices": ("Voices", False),
+    "register": ("Register", False),
+    "velocity": ("Loudness", False),
+    "max_polyphony": ("Most notes at once", False),
+    "max_note_seconds": ("Longest note (s)", False),
+    "top_p": ("Keep the likeliest share (top-p)", True),
+    "top_k": ("Only the k likeliest (top-k)", True),
+    "min_p": ("Leave out the unlikely (min-p)", True),
+    "no_guards": ("No limits on notes", True),
+    "constrain": ("Strict note grammar", True),
+    "candidates": ("Texture candidates per take", True),
+    "primer_seconds": ("Keep the primer's first seconds", False),
+}
 MAX_SAMPLES = 8  # samples of one request: the studio shares one process between its users
 
 
@@ -50,8 +73,8 @@ def _kind(action: argparse.Action) -> str:
 
 
 def fields(parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]]:
-    """The settings the page shows: name (generate's dest), flag, kind (number/int/bool),
-    default and help, straight from `generate`'s parser."""
+    """The settings the page shows: name (generate's dest), flag, kind (number/int/bool/text),
+    label and advanced (`LABELS`), default and help, straight from `generate`'s parser."""
     parser = parser or generate_parser()
     actions = _actions(parser)
     out = []
@@ -60,8 +83,9 @@ def fields(parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]
             continue
         action = actions[dest]
         help_text = (action.help or "").replace("%(default)s", str(action.default))
-        out.append({"name": dest, "flag": action.option_strings[0], "kind": _kind(action),
-                    "default": action.default, "help": help_text})
+        label, advanced = LABELS[dest]
+        out.append({"name": dest, "flag": action.option_strings[0], "kind": _kind(action), "label": label,
+                    "advanced": advanced, "default": action.default, "help": help_text})
     return out
 
 

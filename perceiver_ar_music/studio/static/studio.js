@@ -30,27 +30,55 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-// ----- settings: generate's flags, from /api/config -----
+// ----- settings: generate's flags, from /api/config, named in words (the flag as a hint) -----
+function settingInput(field) {
+  const input = el("input", { name: field.name, id: "setting-" + field.name, title: field.help });
+  if (field.kind === "bool") {
+    input.type = "checkbox";
+    input.checked = Boolean(field.default);
+  } else if (field.kind === "text") {  // a texture value: a number, xFACTOR or SECONDS:VALUE,...
+    input.type = "text";
+    input.placeholder = "the primer's";
+  } else {
+    input.type = "number";
+    input.step = field.kind === "int" ? "1" : "any";
+    if (field.default !== null) input.value = String(field.default);
+    const placeholder = state.config.placeholders[field.name];
+    input.placeholder = placeholder !== undefined ? String(placeholder) : (field.name === "seed" ? "random" : "off");
+  }
+  return input;
+}
+
 function buildSettings() {
-  const form = $("settings");
+  const main = el("div", { className: "grid", id: "main-settings" });
+  const advanced = el("div", { className: "grid" });
   for (const field of state.config.fields) {
     if (field.name === "primer_seconds") continue;  // shown with the primer
-    const input = el("input", { name: field.name, id: "setting-" + field.name, title: field.help });
-    if (field.kind === "bool") {
-      input.type = "checkbox";
-      input.checked = Boolean(field.default);
-    } else if (field.kind === "text") {  // a texture value: a number, xFACTOR or SECONDS:VALUE,...
-      input.type = "text";
-      input.placeholder = "the primer's";
-    } else {
-      input.type = "number";
-      input.step = field.kind === "int" ? "1" : "any";
-      if (field.default !== null) input.value = String(field.default);
-      const placeholder = state.config.placeholders[field.name];
-      input.placeholder = placeholder !== undefined ? String(placeholder) : "off";
-    }
-    form.append(el("label", { title: field.help }, el("span", {}, field.flag), input));
+    const name = el("span", { className: "name" }, field.label, el("code", { className: "flag" }, field.flag));
+    (field.advanced ? advanced : main).append(el("label", { title: field.help }, name, settingInput(field)));
   }
+  $("settings").append(main, el("details", { id: "advanced" }, el("summary", {}, "Advanced"), advanced));
+}
+
+// A take's settings back in the form (a value the take did not set: the form's default).
+function useSettings(settings) {
+  for (const field of state.config.fields) {
+    const input = $("setting-" + field.name);
+    if (!input || !(field.name in settings)) continue;
+    const value = settings[field.name];
+    if (input.type === "checkbox") input.checked = Boolean(value);
+    else input.value = value === null || value === undefined ? "" : String(value);
+  }
+}
+
+function settingsSummary(settings) {
+  const parts = [];
+  for (const field of state.config.fields) {
+    const value = settings[field.name];
+    if (value === null || value === undefined || value === "" || (field.kind === "bool" && value === field.default)) continue;
+    parts.push(`${field.label}: ${field.kind === "bool" ? (value ? "yes" : "no") : value}`);
+  }
+  return parts.join(" · ");
 }
 
 function settingsValues() {
@@ -81,7 +109,8 @@ async function showPrimer() {
   try {
     const info = await api("/api/primer?" + primerQuery());
     $("primer-info").textContent =
-      `${state.primer.label}: ${info.notes} notes, ${info.seconds} s (${info.tokens} tokens)`;
+      `${state.primer.label}: ${info.notes} notes, ${info.seconds} s (${info.tokens} tokens)` +
+      (info.remarks && info.remarks.length ? ". " + info.remarks.join(". ") : "");
     img.src = "/api/primer/roll.png?" + primerQuery();
     img.hidden = false;
   } catch (error) {
@@ -156,7 +185,7 @@ function showStatus(status) {
   if (status.state === "queued") {
     text = status.position > 0 ? `waiting in the queue: ${status.position} ahead` : "waiting";
   } else if (status.state === "running" || status.state === "done") {
-    text = `${status.tokens} tokens · ${Math.round(status.tokens_per_second)} tokens/s · ` +
+    text = `${status.tokens} tokens · ${Math.round(status.tokens_per_second)} tokens/s per take · ` +
       `${status.music_seconds.toFixed(1)} s of music`;
     if (status.state === "running" && status.stopping) text += " · stopping";
     if (status.state === "done") text += ` · done: ${status.takes.join(", ")}`;
@@ -172,7 +201,11 @@ function refreshLiveRolls(job) {
   for (const img of $("live").querySelectorAll("img")) {
     if (img.dataset.loading === "1") continue;  // one request per roll at a time
     img.dataset.loading = "1";
-    img.onload = img.onerror = () => { img.dataset.loading = "0"; };
+    img.onerror = () => { img.dataset.loading = "0"; };
+    img.onload = () => {  // the newest music in view
+      img.dataset.loading = "0";
+      img.parentElement.scrollLeft = img.parentElement.scrollWidth;
+    };
     img.src = `/api/jobs/${job}/roll/${img.dataset.sample}.png?t=${Date.now()}`;
   }
 }
@@ -221,8 +254,8 @@ function takeCard(take) {
   } else {
     card.append(el("p", { className: "no-audio" }, take.audio_note || "no audio"));
   }
-  card.append(el("div", { className: "roll" },
-    el("img", { src: "/files/" + encodeURIComponent(take.roll), alt: `Piano roll of ${take.name}` })));
+  if (take.settings) card.append(el("p", { className: "settings-used muted" }, settingsSummary(take.settings)));
+  card.append(takeRoll(take, card.querySelector("audio")));
   const stats = el("dl", { className: "stats" });
   for (const [label, value] of take.stats) stats.append(el("div", {}, el("dt", {}, label), el("dd", {}, value)));
   card.append(stats);
@@ -230,15 +263,42 @@ function takeCard(take) {
   const actions = el("div", { className: "actions" });
   const cont = el("button", { type: "button", className: "continue" }, "Continue this take");
   cont.onclick = () => { $("primer-seconds").value = ""; setPrimer(take.midi, take.name, "take"); generate(); };
+  const reuse = el("button", { type: "button", className: "use-settings" }, "Use these settings");
+  reuse.onclick = () => { useSettings(take.settings || {}); $("settings-panel").scrollIntoView({ behavior: "smooth" }); };
   const use = el("button", { type: "button", className: "use-primer" }, "Use as primer");
   use.onclick = () => { setPrimer(take.midi, take.name, "take"); $("primer-panel").scrollIntoView({ behavior: "smooth" }); };
-  actions.append(cont, use, el("a", { href: "/files/" + encodeURIComponent(take.midi), download: take.midi }, "MIDI"));
+  actions.append(cont, use, reuse, el("a", { href: "/files/" + encodeURIComponent(take.midi), download: take.midi }, "MIDI"));
   if (take.audio) {
     actions.append(el("a", { href: "/files/" + encodeURIComponent(take.audio), download: take.audio },
       take.audio.split(".").pop().toUpperCase()));
   }
   card.append(actions);
   return card;
+}
+
+// A take's piano roll, opened at the boundary, with a playhead that follows its audio.
+function takeRoll(take, audio) {
+  const geometry = take.roll_geometry;
+  const img = el("img", { src: "/files/" + encodeURIComponent(take.roll), alt: `Piano roll of ${take.name}` });
+  const playhead = el("div", { className: "playhead", hidden: true });
+  const roll = el("div", { className: "roll" }, el("div", { className: "roll-inner" }, img, playhead));
+  if (!geometry) return roll;
+  const x = (seconds) => geometry.left + seconds * geometry.pixels_per_second;
+  img.addEventListener("load", () => {  // the new music in view: the boundary a quarter from the left
+    if (take.boundary_seconds) roll.scrollLeft = Math.max(0, x(take.boundary_seconds) - roll.clientWidth / 4);
+  });
+  if (audio) {
+    const follow = () => {
+      playhead.hidden = false;
+      const at = x(audio.currentTime);
+      playhead.style.left = `${at}px`;
+      if (at < roll.scrollLeft + 20 || at > roll.scrollLeft + roll.clientWidth - 40) roll.scrollLeft = at - roll.clientWidth / 4;
+      if (!audio.paused) requestAnimationFrame(follow);
+    };
+    audio.addEventListener("play", follow);
+    audio.addEventListener("seeked", follow);
+  }
+  return roll;
 }
 
 // The continuation in windows, with the texture it was held to beside each window.

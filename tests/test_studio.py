@@ -515,7 +515,7 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     assert browser.js("fetch('/api/takes').then(r => r.json()).then(j => j.takes.length)") == 3
 
     # A restart (a new page, as after closing the tab) lists the earlier takes again.
-    browser.js("location.reload()")
+    browser.js("document.body.dataset.ready = '0'; location.reload()")  # (so the wait below sees the new page)
     browser.wait("document.body && document.body.dataset.ready === '1' && document.querySelectorAll('.take').length === 3")
     if os.environ.get("STUDIO_SCREENSHOT"):
         browser.js("document.getElementById('primer-error').hidden = true")

@@ -71,11 +71,13 @@ function useSettings(settings) {
   }
 }
 
+// The settings that made a take: its seed and randomness, and every other one not at its default.
 function settingsSummary(settings) {
   const parts = [];
   for (const field of state.config.fields) {
     const value = settings[field.name];
-    if (value === null || value === undefined || value === "" || (field.kind === "bool" && value === field.default)) continue;
+    const always = field.name === "seed" || field.name === "temperature";  // what makes a take again
+    if (value === null || value === undefined || value === "" || (!always && value === field.default)) continue;
     parts.push(`${field.label}: ${field.kind === "bool" ? (value ? "yes" : "no") : value}`);
   }
   return parts.join(" · ");

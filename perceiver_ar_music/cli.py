@@ -66,13 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_threads(args: argparse.Namespace) -> None:
-    """Set torch's thread count for the command (see `threads`); say so when it is below torch's default."""
+    """Set torch's thread count for the command (see `threads`; `generate` records the choice)."""
     from perceiver_ar_music import threads
 
-    choice = threads.configure(args.threads)
-    if choice.threads < (threads.torch_default() or choice.threads) and not args.threads:
-        print(f"perceiver-music {args.command}: {choice.threads} CPU thread(s): {choice.reason} "
-              "(--threads N to choose)", file=sys.stderr)
+    threads.configure(args.threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,24 +92,28 @@ def choose(requested: int | None = None, default: int | None = None) -> ThreadCh
 
 _DEFAULT: int | None = None  # torch's own count, read before the first change
 _REQUESTED: int | None = None
+_CHOICE: ThreadChoice | None = None
 
 
 def configure(requested: int | None = None) -> ThreadChoice:
     """Choose (see `choose`) and set torch's thread count; remembered for `refresh`."""
     import torch
 
-    global _DEFAULT, _REQUESTED
+    global _DEFAULT, _REQUESTED, _CHOICE
     if _DEFAULT is None:
         _DEFAULT = torch.get_num_threads()
     _REQUESTED = requested
-    choice = choose(requested, _DEFAULT)
+    _CHOICE = choice = choose(requested, _DEFAULT)
     torch.set_num_threads(choice.threads)
     return choice
 
 
-def torch_default() -> int | None:
-    """Torch's own thread count, as it was before `configure` first changed it (None before)."""
-    return _DEFAULT
+def describe() -> str:
+    """The thread count in use and why, in words (for a run's details)."""
+    import torch
+
+    reason = f" ({_CHOICE.reason})" if _CHOICE is not None and _CHOICE.threads == torch.get_num_threads() else ""
+    return f"{torch.get_num_threads()} CPU thread(s){reason}"
 
 
 def refresh() -> ThreadChoice | None:

@@ -19,6 +19,7 @@ printed: figures taken on a machine that was not idle are said to be so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -52,7 +53,7 @@ def torch_default_threads() -> int:
 
 
 def generate_speed(length: int, threads: int | None, out: Path) -> tuple[float, str]:
-    """tokens/s per sample of one `generate` run, and its thread note (if it printed one)."""
+    """tokens/s per sample of one `generate` run, and the threads it used (from its stats.json)."""
     command = [sys.executable, "-m", "perceiver_ar_music", "generate", "--primer", str(ROOT / "examples" / "primer.mid"),
                "--length", str(length), "--seed", "0", "--no-audio", "--no-progress", "--out", str(out)]
     if threads is not None:
@@ -62,8 +63,8 @@ def generate_speed(length: int, threads: int | None, out: Path) -> tuple[float, 
     if done.returncode != 0:
         sys.exit(f"bench_threads: generate failed: {done.stderr.strip().splitlines()[-1:]}")
     speed = SPEED.search(done.stdout)
-    note = next((line.split(": ", 1)[1] for line in done.stderr.splitlines() if "CPU thread" in line), "")
-    return float(speed.group(1)), note
+    details = json.loads((out / "stats.json").read_text())["details"]
+    return float(speed.group(1)), details["speed"].split(", ", 1)[-1]  # "... on cpu, N CPU thread(s) (why)"
 
 
 def loadavg() -> str:
@@ -96,8 +97,7 @@ def main() -> int:
                         if loop is not None:
                             loop.kill()
                             loop.wait()
-                    if note:
-                        notes.add(f"{condition}: {note}")
+                    notes.add(f"{condition}, {setting}: {note}")
                     cells.setdefault((setting, condition), []).append(speed)
                     print(f"  repeat {repeat + 1}, {condition:>13}, {setting}: {speed:6.0f} tokens/s per sample", flush=True)
     print(f"load average {loadavg()} after; other programs kept {statistics.median(others):.2f} cores busy "
@@ -105,7 +105,7 @@ def main() -> int:
     if max(others) > 0.3:
         print("NOTE: the machine was not idle (other programs were running): the 'idle' figures are not idle")
     for note in sorted(notes):
-        print(f"new setting chose: {note}")
+        print(f"threads used: {note}")
     median = {cell: statistics.median(values) for cell, values in cells.items()}
     print(f"\n| setting | idle tokens/s | one core busy | busy / idle |")
     print("|---|---|---|---|")

@@ -54,6 +54,7 @@ def test_generate_takes_threads_and_refuses_a_bad_setting(tmp_path, monkeypatch,
 
     monkeypatch.setattr(generate, "run", fake_run)
     assert main(["generate", "--threads", "1", "--out", str(tmp_path / "o")]) == 0 and seen["threads"] == 1
+    assert threads.describe() == "1 CPU thread(s) (--threads)"
     monkeypatch.setenv(threads.ENV, "many")
     assert main(["generate", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

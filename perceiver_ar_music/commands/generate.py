@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from perceiver_ar_music import threads
     from perceiver_ar_music.atomic import check_writable_dir
     from perceiver_ar_music.continuation import continue_ids, load_for_generation, load_primer, sampling_rules
     from perceiver_ar_music.devices import inference_dtype, pick_device
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "primer tokens": len(primer_ids),
         **settings.describe(),
         "texture": describe_texture(texture),
-        "speed": f"{result.speed()} on {device}",
+        "speed": f"{result.speed()} on {device}" + (f", {threads.describe()}" if device.type == "cpu" else ""),
         "tokens": result.kept(),
         "stopped by": result.stopped_by,
     }

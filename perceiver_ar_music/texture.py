@@ -36,7 +36,7 @@ import torch
 
 from perceiver_ar_music.events import music_clock, note_steps_and_open, tables
 from perceiver_ar_music.music_stats import MusicStats, checked_notes, pitch_class_histogram, span_stats
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, EventVocab
+from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,12 @@ DEFAULT_CANDIDATES = 4
 DEFAULT_SEGMENT_TOKENS = 64
 DEFAULT_WINDOW_S = 12.0
 DEFAULT_PRIMER_SECONDS = 30.0  # the primer's last part its figures are taken from
-DEFAULT_LIKELIHOOD_WEIGHT = 1.0
+DEFAULT_LIKELIHOOD_WEIGHT = 0.25
 DEFAULT_ANCHOR_S = 20.0
 DEFAULT_STEER_GAIN = 1.0  # logit bias per unit of log-ratio error
-DEFAULT_STEER_INTEGRAL = 0.25  # added to the integral per segment and unit of error
+DEFAULT_STEER_INTEGRAL = 0.2  # added to the integral per segment and unit of error
 DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
+DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 
@@ -312,6 +313,7 @@ class TextureSelector:
     steer_gain: float = DEFAULT_STEER_GAIN
     steer_integral: float = DEFAULT_STEER_INTEGRAL
     steer_limit: float = DEFAULT_STEER_LIMIT
+    steer_tempo: float = DEFAULT_STEER_TEMPO
     history: list[list[Choice]] = field(default_factory=list)
     bias: torch.Tensor | None = None
 
@@ -326,6 +328,10 @@ class TextureSelector:
         self._note_on = torch.as_tensor(table.kind == NOTE_ON, dtype=torch.float32)
         self._note_off = torch.as_tensor(table.kind == NOTE_OFF, dtype=torch.float32)
         self._pitch_offset = torch.as_tensor(np.where(table.kind == NOTE_ON, (table.pitch - 60.0) / 12.0, 0.0),
+                                             dtype=torch.float32)
+        # shorter time shifts for more notes per second: +1 at 4 steps, 0 at 20, -1 at 100
+        steps = np.maximum(table.shift_steps, 1)
+        self._tempo_offset = torch.as_tensor(np.where(table.kind == TIME_SHIFT, -np.log(steps / 20.0) / np.log(5.0), 0.0),
                                              dtype=torch.float32)
 
     def target_of(self, sample: int) -> TextureTarget | None:
@@ -371,8 +377,8 @@ class TextureSelector:
                 controls[sample] = (control["on"], control["off"], control["register"])
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
-            self.bias = (per_row[:, :1] * self._note_on - per_row[:, 1:2] * self._note_off
-                         + per_row[:, 2:3] * self._pitch_offset).to(tokens.device)
+            self.bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
+                         - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset).to(tokens.device)
         return torch.as_tensor(chosen, device=tokens.device)
 
     @staticmethod

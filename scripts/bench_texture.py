@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--segment-tokens", type=int, default=TextureSettings.segment_tokens)
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
+    parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
     parser.add_argument("--reference", type=Path, help="prepared training data: the longest copied passage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -171,11 +172,11 @@ def main() -> None:
             ids = load_primer(tokenizer, path, seconds)
             loaded_primers.append((path.stem, ids, np.concatenate(([tokenizer.vocab.bos_id], ids)).astype(np.int64)))
         jobs = []
-        for name, ids, prompt in loaded_primers:
+        for name, ids, prompt in [] if args.steer_only else loaded_primers:
             for seed in args.seeds:
                 modes = [("texture", texture)] if args.no_plain else [("plain", plain), ("texture", texture)]
                 jobs += [(name, ids, prompt, seed, mode, settings, None) for mode, settings in modes]
-        if args.steer:
+        if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]
             report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
             for key, flag in (("notes_per_second", "density"), ("mean_polyphony", "voices")):

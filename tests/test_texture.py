@@ -309,7 +309,7 @@ def test_generate_holds_a_set_texture_and_shows_the_target_beside_each_window(tm
     primer = tmp_path / "primer.mid"
     midi_factory.write_performance(primer, seed=3, num_notes=40)
     out = tmp_path / "out"
-    assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--primer", str(primer), "--length", "300",
+    assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--primer", str(primer), "--seconds", "40",
                  "--seed", "0", "--no-audio", "--density", "0:x1,20:x2", "--voices", "2", "--register", "C4",
                  "--candidates", "3", "--segment-tokens", "32", "--out", str(out)]) == 0
     stats = json.loads((out / "stats.json").read_text())

@@ -135,7 +135,9 @@ def sample_ids(
     rows (the callback and the rules see b * k rows); after every `selector.segment_tokens`
     tokens, and at the end, the selector picks per sample the row to go on from, and the
     tokens, the decoder's caches and every `reorder` hook (stateful rules, progress) are copied
-    from it; b rows are returned. Without one, nothing of this runs.
+    from it; b rows are returned. The selector's `bias` (b * k, V), when set, is added to the
+    logits before drawing (the segment log-likelihoods it is given are the model's own, without
+    it). Without a selector, nothing of this runs.
     """
     sampling = sampling or SamplingConfig()
     if prompt.dim() != 2 or prompt.shape[1] < 1:

@@ -5,7 +5,9 @@ sampler can look ahead, so it draws `candidates` (k) continuations of each sampl
 (one batch of samples x k rows), and every `segment_tokens` tokens keeps, per sample, the one
 candidate whose recent music sits closest to the target, copying its state (tokens, decoder
 caches, guard state) over the other k - 1 rows (`sampling.sample_ids` does the copying; no
-re-prefill). Between choices the candidates are plain draws of the model.
+re-prefill). Between choices the candidates are the model's draws under a small logit bias that
+steers them towards the target (`TextureSelector`: note-ons, time-shift lengths, note-offs,
+pitches); their likelihood is measured without it.
 
 A candidate's score is its segment's mean log-likelihood under the model, times
 `likelihood_weight`, minus its texture distance: the figures of the last `window_s` seconds of
@@ -62,8 +64,6 @@ FIGURES: dict[str, Figure] = {
 }
 PITCH_CLASS_WEIGHT = 0.5
 RATIO_FLOOR = 0.1  # e in the ratio distances: an empty window is far, not infinitely far
-# The figures a user sets by flag (generate --density ...): name -> what the value is.
-USER_FIGURES = ("density", "voices", "register", "velocity")
 
 DEFAULT_CANDIDATES = 4
 DEFAULT_SEGMENT_TOKENS = 64
@@ -263,15 +263,6 @@ def texture_distance(stats: MusicStats, pitch_classes: np.ndarray | None, target
 
 
 @dataclass
-class Choice:
-    """One segment's choice for one sample (kept for the page and the benchmarks)."""
-
-    seconds: float
-    distance: float
-    mean_logp: float
-
-
-@dataclass
 class Steering:
     """A proportional-integral controller of one sample's logit biases (see `TextureSelector`)."""
 
@@ -293,9 +284,10 @@ class TextureSelector:
 
     Steering: after each choice, the kept music's density, voices and register are compared with
     the target (log ratios; semitones / 12), and a proportional-integral controller per sample
-    sets three logit biases for the next segment: on every NoteOn (more or fewer notes per
-    second), on every NoteOff (longer or shorter notes, i.e. more or fewer voices at the same
-    density), and on NoteOns by pitch (register). `bias` (b * k, V) is what the sampler adds to
+    sets the logit biases of the next segment: the density control on every NoteOn and, weighted
+    by `steer_tempo`, on time shifts by their length (shorter shifts for more notes per second);
+    the voices control on every NoteOff (longer or shorter notes: more or fewer voices at the same
+    density); the register control on NoteOns by pitch. `bias` (b * k, V) is what the sampler adds to
     the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
 
     `targets`: one per sample, or one for all; None entries are anchored on the sample's own
@@ -314,7 +306,6 @@ class TextureSelector:
     steer_integral: float = DEFAULT_STEER_INTEGRAL
     steer_limit: float = DEFAULT_STEER_LIMIT
     steer_tempo: float = DEFAULT_STEER_TEMPO
-    history: list[list[Choice]] = field(default_factory=list)
     bias: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -353,8 +344,7 @@ class TextureSelector:
         ids = tokens.cpu().numpy()
         mean_logp = segment_logp.float().cpu().numpy() / max(steps, 1)
         chosen = np.arange(rows)
-        while len(self.history) < samples:
-            self.history.append([])
+        while len(self._steering) < samples:
             self._steering.append(Steering())
         controls = np.zeros((samples, 3), dtype=np.float32)
         for sample in range(samples):
@@ -369,8 +359,7 @@ class TextureSelector:
             scores = [self.likelihood_weight * mean_logp[first + c] - distance for c, (distance, _, _) in enumerate(scored)]
             best = int(np.argmax(scores))
             chosen[first:first + k] = first + best
-            distance, seconds, stats = scored[best]
-            self.history[sample].append(Choice(seconds, distance, float(mean_logp[first + best])))
+            _, seconds, stats = scored[best]
             if self.steer_limit > 0:
                 control = self._steering[sample].update(self._errors(stats, target, seconds), self.steer_gain,
                                                         self.steer_integral, self.steer_limit)

@@ -339,6 +339,12 @@ def full_windows(windows: list[WindowStats], window_s: float) -> list[WindowStat
     return [w for i, w in enumerate(windows) if i < len(windows) - 1 or w.end_s - w.start_s >= window_s / 2]
 
 
+def shown_windows(windows: list[WindowStats], window_s: float) -> list[WindowStats]:
+    """The windows a page shows: `full_windows`, or all when the music is shorter than that
+    (a lone short window is the whole continuation)."""
+    return full_windows(windows, window_s) or windows
+
+
 def drift(windows: list[WindowStats], window_s: float) -> dict[str, float | None]:
     """Per figure, the last window's value / the first window's (None where the first is 0 or
     there is only one window). The last window counts only if it spans at least half of

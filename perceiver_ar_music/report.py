@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from perceiver_ar_music.atomic import write_text_atomic
 from perceiver_ar_music.music_stats import (
-    FIGURE_KEYS, FIGURE_LABELS, FIGURE_MEANINGS, MusicStats, SampleReport, format_figure, formatted_figures, full_windows,
+    FIGURE_KEYS, FIGURE_LABELS, FIGURE_MEANINGS, MusicStats, SampleReport, format_figure, formatted_figures, full_windows, shown_windows,
 )
 from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
 
@@ -134,8 +134,9 @@ def report_table(report: SampleReport) -> str:
         rows.append(("part", "primer", _cells(report.primer.as_dict())))
     if report.continuation is not None:
         rows.append(("part", "continuation", _cells(report.continuation.as_dict())))
-    compared = full_windows(report.windows, report.window_s)  # (not the short tail where notes ring out)
-    for index, window in enumerate(compared):
+    shown = shown_windows(report.windows, report.window_s)  # (not a short tail where notes ring out)
+    compared = full_windows(report.windows, report.window_s)
+    for index, window in enumerate(shown):
         rows.append(("window", window.label("–"), _cells(window.stats.as_dict())))
         if index < len(report.targets):
             rows.append(("target", "target", _target_cells(report.targets[index])))
@@ -156,7 +157,7 @@ def report_table(report: SampleReport) -> str:
     parts = [f'<div class="figures"><table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table></div>',
              _legend()]
     notes = []
-    if len(compared) < len(report.windows):
+    if len(shown) < len(report.windows):
         tail = report.windows[-1]
         notes.append(f"the last {tail.end_s - tail.start_s:.1f} s ({tail.label('–')}), where the last notes ring out, "
                      "is too short to compare and not shown as a window (it counts in the continuation's row)")

@@ -332,11 +332,11 @@ class Studio:
 def take_windows(report) -> list[dict]:
     """A take's continuation in windows, with the texture target beside each (when one was held):
     label, notes/s, mean voices, and the targets of those two figures. A last window too short to
-    compare (`music_stats.full_windows`) is left out."""
-    from perceiver_ar_music.music_stats import full_windows
+    compare is left out (`music_stats.shown_windows`)."""
+    from perceiver_ar_music.music_stats import shown_windows
 
     rows = []
-    for index, window in enumerate(full_windows(report.windows, report.window_s)):
+    for index, window in enumerate(shown_windows(report.windows, report.window_s)):
         target = report.targets[index] if index < len(report.targets) else {}
         rows.append({
             "window": window.label("–"),

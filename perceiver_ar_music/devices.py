@@ -34,9 +34,9 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices faster than fp32 ones: AMX tiles (Intel Sapphire
-    Rapids and later, where the OS or VM exposes them). AVX512-BF16 alone is not enough: on the
-    development Xeon without AMX exposed, the bundled shape's training step took 0.50 s under bf16
-    autocast against 0.31 s in fp32 (docs/benchmarks.md)."""
+    Rapids and later, where the OS or VM exposes them). AVX512-BF16 alone is not enough: the
+    bundled shape's training step, 2 threads, took 0.54-0.63x its fp32 time under bf16 autocast
+    with AMX and 1.25x without it (docs/benchmarks.md, issue 25)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe is not None and probe())
 

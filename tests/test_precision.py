@@ -57,7 +57,8 @@ def test_old_run_configs_load_with_the_default_precision() -> None:
     assert RunConfig.from_dict(saved).train.precision == "auto"
 
 
-def test_bf16_training_keeps_fp32_master_weights_and_runs_the_forward_in_bf16(tmp_path: Path, corpus: Path) -> None:
+def test_bf16_training_keeps_fp32_master_weights_and_runs_the_forward_in_bf16(tmp_path: Path, corpus: Path,
+                                                                             monkeypatch) -> None:
     seen: set[torch.dtype] = set()
     run = make_run(tmp_path / "bf16", corpus, max_steps=3, precision="bf16")
     original = PerceiverAR.head
@@ -67,11 +68,8 @@ def test_bf16_training_keeps_fp32_master_weights_and_runs_the_forward_in_bf16(tm
         seen.add(logits.dtype)
         return logits
 
-    PerceiverAR.head = spy
-    try:
-        result = train(run)
-    finally:
-        PerceiverAR.head = original
+    monkeypatch.setattr(PerceiverAR, "head", spy)
+    result = train(run)
     assert seen == {torch.bfloat16}  # every training and validation forward
     assert {p.dtype for p in result.model.parameters()} == {torch.float32}
     for row in json.loads("[" + ",".join((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()) + "]"):

@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
+    parser.add_argument("--steer-figure", choices=["density", "voices"], help="steer only this figure")
     parser.add_argument("--reference", type=Path, help="prepared training data: the longest copied passage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -179,7 +180,8 @@ def main() -> None:
         if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]
             report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
-            for key, flag in (("notes_per_second", "density"), ("mean_polyphony", "voices")):
+            steered = (("notes_per_second", "density"), ("mean_polyphony", "voices"))
+            for key, flag in [(k, f) for k, f in steered if not args.steer_figure or f == args.steer_figure]:
                 for factor in (0.5, 2.0):
                     wanted = getattr(report.primer, key) * factor
                     steer = TextureSettings(curves={flag: Curve.constant(wanted)}, candidates=args.candidates,

@@ -144,7 +144,12 @@ def main() -> None:
     parser.add_argument("--tune", action="append", default=[], metavar="NAME=VALUE",
                         help="set a TextureSelector field (research: steer_gain, window_s, ...)")
     parser.add_argument("--only", type=int, nargs="+", help="indices of the default primers to run")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                        help="print the summary of earlier runs' --json files (e.g. primers run in parallel)")
     args = parser.parse_args()
+    if args.from_json:
+        summarize([run for path in args.from_json for run in json.loads(path.read_text())])
+        return
     for item in args.tune:
         name, _, value = item.partition("=")
         TUNING[name] = float(value)
@@ -171,7 +176,10 @@ def main() -> None:
         loaded_primers = []
         for path, seconds in primers:
             ids = load_primer(tokenizer, path, seconds)
-            loaded_primers.append((path.stem, ids, np.concatenate(([tokenizer.vocab.bos_id], ids)).astype(np.int64)))
+            prompt = np.concatenate(([tokenizer.vocab.bos_id], ids)).astype(np.int64)
+            loaded_primers.append((path.stem, ids, prompt))
+            # a yardstick for the continuations' NLL: the model's NLL of the primer itself
+            print(f"{path.stem}: {len(ids)} tokens, the model's NLL of the primer {continuation_nll(model, prompt, 1):.3f}")
         jobs = []
         for name, ids, prompt in [] if args.steer_only else loaded_primers:
             for seed in args.seeds:
@@ -204,12 +212,18 @@ def main() -> None:
 
 
 def summarize(runs: list[dict]) -> None:
-    """Per mode: the share of windows meeting each target, median NLL, wall time, copying."""
+    """Per primer and mode, then per mode: the share of windows meeting each target, median NLL,
+    wall time, the longest copied passage."""
     import statistics
 
-    print("\nmode | windows | density ok | voices ok | both | max voices <= 16 | <= 1% over 4 s | steered ok | NLL | wall s | copied max")
-    for mode in dict.fromkeys(r["mode"] for r in runs):
-        rows = [r for r in runs if r["mode"] == mode]
+    print("\nprimer | mode | windows | density ok | voices ok | both | max voices <= 16 | <= 1% over 4 s | steered ok "
+          "| NLL | wall s | copied max")
+    groups = [(p, m) for p in dict.fromkeys(r["primer"] for r in runs) for m in dict.fromkeys(r["mode"] for r in runs)]
+    groups += [("all", m) for m in dict.fromkeys(r["mode"] for r in runs)]
+    for primer, mode in groups:
+        rows = [r for r in runs if r["mode"] == mode and primer in ("all", r["primer"])]
+        if not rows:
+            continue
         total = sum(r["counts"]["windows"] for r in rows)
 
         def share(key: str) -> str:
@@ -218,7 +232,7 @@ def summarize(runs: list[dict]) -> None:
 
         steered = [k for k in rows[0]["counts"] if k.endswith("_steered_ok")]
         copied = [r["copied_notes"] for r in rows if r["copied_notes"] is not None]
-        print(f"{mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | "
+        print(f"{primer} | {mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | "
               f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | "
               f"{statistics.median(r['nll'] for r in rows):.3f} | {statistics.median(r['wall_s'] for r in rows):.1f} | "
               f"{max(copied) if copied else '-'}")

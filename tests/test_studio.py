@@ -500,7 +500,8 @@ def test_the_page_end_to_end(studio_url, browser, tmp_path):
     # A long generation: live progress and a growing roll, then Stop keeps what was made.
     browser.js("document.getElementById('setting-length').value = '100000'")
     browser.js("document.getElementById('generate').click()")
-    browser.wait("/^[1-9][0-9]* tokens · [0-9]+ tokens\\/s per take · [0-9.]+ s of music/.test(document.getElementById('status').textContent)")
+    browser.wait("document.getElementById('status').dataset.state === 'running' && "  # (not the last job's text)
+                 "/^[1-9][0-9]* tokens · [0-9]+ tokens\\/s per take · [0-9.]+ s of music/.test(document.getElementById('status').textContent)")
     browser.wait("(() => { const i = document.querySelector('#live img'); return i && i.complete && i.naturalWidth > 100; })()")
     browser.js("document.getElementById('stop').click()")
     browser.wait("document.querySelectorAll('.take').length === 3")

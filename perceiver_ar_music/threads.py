@@ -86,8 +86,8 @@ def choose(requested: int | None = None, default: int | None = None) -> ThreadCh
         return ThreadChoice(default, "OMP_NUM_THREADS")
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     taken = int(busy_cores(cpus) + 1 - BUSY_THRESHOLD)  # 0.5 of a core or more counts as one
-    free = max(1, len(cpus) - taken)
-    return ThreadChoice(min(default, free), f"{free} of {len(cpus)} cores free")
+    free = max(0, len(cpus) - taken)
+    return ThreadChoice(max(1, min(default, free)), f"{free} of {len(cpus)} cores free")
 
 
 _DEFAULT: int | None = None  # torch's own count, read before the first change

@@ -62,7 +62,6 @@ FIGURES: dict[str, Figure] = {
     "pitch_spread": Figure("pitch_std", "ratio", 0.5, unit="semitones"),
     "velocity": Figure("velocity_mean", "scaled", 0.5, scale=32.0, unit="MIDI velocity"),
 }
-DERIVED_FIGURES = ("note_length", "max_voices")  # not held from the primer when density or voices is set
 PITCH_CLASS_WEIGHT = 0.5
 RATIO_FLOOR = 0.1  # e in the ratio distances: an empty window is far, not infinitely far
 
@@ -228,10 +227,7 @@ def build_target(
     curves: dict[str, Curve] = {}
     if primer is not None:
         figures, _ = primer
-        # note length and max voices follow from density and voices: set either, and the primer's
-        # values of those two would pull against it (voices = density x note length)
-        derived = DERIVED_FIGURES if {"density", "voices"} & set(settings) else ()
-        curves.update({name: Curve.constant(value) for name, value in figures.items() if name not in derived})
+        curves.update({name: Curve.constant(value) for name, value in figures.items()})
     for name, curve in settings.items():
         if name not in FIGURES:
             raise ValueError(f"unknown texture figure {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from perceiver_ar_music.atomic import staged_folder
 from perceiver_ar_music.cli_types import bounded_int

@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from perceiver_ar_music.events import music_clock, note_steps_and_open, tables
+from perceiver_ar_music.events import ids_to_notes, music_clock, tables
 from perceiver_ar_music.music_stats import MusicStats, checked_notes, pitch_class_histogram, span_stats
 from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
 
@@ -395,9 +395,8 @@ class TextureSelector:
         start_new = float(clock[self.prompt_len - 1]) if self.prompt_len > 0 and len(clock) else 0.0
         # decode from a little before the window, so notes sounding into it are known
         first = int(np.searchsorted(clock, end - self.window_s - 5.0, side="left"))
-        steps, _ = note_steps_and_open(row[first:], self.vocab)
-        notes = steps.astype(np.float64)
-        notes[:, 1:3] = notes[:, 1:3] * self.vocab.seconds_per_step + (float(clock[first - 1]) if first else 0.0)
+        notes = ids_to_notes(row[first:], self.vocab)
+        notes[:, 1:3] += float(clock[first - 1]) if first else 0.0
         return notes, end, end - start_new
 
     def _score(self, row: np.ndarray, target: TextureTarget) -> tuple[float, float, MusicStats]:
@@ -414,10 +413,7 @@ class TextureSelector:
         clock = music_clock(new, self.vocab)
         if not len(clock) or clock[-1] < self.anchor_s:
             return None
-        steps, _ = note_steps_and_open(new, self.vocab)
-        notes = steps.astype(np.float64)
-        notes[:, 1:3] *= self.vocab.seconds_per_step
-        figures = primer_figures(notes, self.anchor_s, None)
+        figures = primer_figures(ids_to_notes(new, self.vocab), self.anchor_s, None)
         if figures is None:
             return None
         self.targets[sample] = build_target({}, figures, source="its own first seconds")
@@ -455,8 +451,6 @@ def texture_selector(settings: TextureSettings, vocab: EventVocab, primer_ids: n
     curves, each sample holds its own first seconds. ValueError for a relative curve without a primer."""
     if not settings.enabled:
         return None
-    from perceiver_ar_music.events import ids_to_notes
-
     primer = None
     if len(primer_ids):
         primer = primer_figures(ids_to_notes(primer_ids, vocab), float(music_clock(primer_ids, vocab)[-1]),

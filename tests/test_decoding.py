@@ -126,24 +126,15 @@ def test_batch_rows_decode_like_single_sequences():
             torch.testing.assert_close(a[row : row + 1], b, rtol=1e-10, atol=1e-10)
 
 
-def test_greedy_tokens_identical_on_both_paths_within_a_window_in_float32():
-    model = model_in(torch.float32)
-    prompt = torch.randint(0, 50, (2, 2))
+@pytest.mark.parametrize("dtype, batch", [(torch.float32, 2), (torch.bfloat16, 4)])
+def test_greedy_tokens_identical_on_both_paths_within_a_window(dtype, batch):
+    """fp32 weights, and bf16 (what `generate` loads on CUDA, and could on a CPU with bf16 units)."""
+    model = model_in(dtype)
+    prompt = torch.randint(0, 50, (batch, 2))
     greedy = SamplingConfig(temperature=0)
     cached = sample_ids(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
     reference = sample_ids(model, prompt, N - 2, greedy, use_cache=False)
-    assert cached.shape == (2, N)
-    assert torch.equal(cached, reference)
-
-
-def test_greedy_tokens_identical_on_both_paths_within_a_window_in_bfloat16():
-    """bf16 weights (what `generate` loads on CUDA, and could on a CPU with bf16 units)."""
-    model = model_in(torch.bfloat16)
-    prompt = torch.randint(0, 50, (4, 2))
-    greedy = SamplingConfig(temperature=0)
-    cached = sample_ids(model, prompt, N - 2, greedy, use_cache=True, decode_mode=MODE)
-    reference = sample_ids(model, prompt, N - 2, greedy, use_cache=False)
-    assert cached.shape == (4, N)
+    assert cached.shape == (batch, N)
     assert torch.equal(cached, reference)
 
 

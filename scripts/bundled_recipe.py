@@ -20,11 +20,11 @@ RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
 
 
 def bundled_flags(script: Path = RECIPE) -> list[str]:
-    """The bundled model's `train` flags: the script's COMMON array and the flags of its run A,
+    """The bundled model's `train` flags: the script's COMMON array and its model's shape,
     without --data/--out (the caller's)."""
     text = script.read_text()
     common = shlex.split(re.search(r"^COMMON=\((.*?)\)", text, re.S | re.M).group(1))
-    model = shlex.split(re.search(r'^train_size bundled-a "\$STEPS_A" (.*?) >', text, re.M).group(1))
+    model = shlex.split(re.search(r"^\s+(--dim \d+ --depth .*)$", text, re.M).group(1))
     flags, skip = [], False
     for flag in common + model:
         if skip:

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 
 # Subcommand name -> module under perceiver_ar_music.commands, in the order --help lists them.
 COMMANDS: dict[str, str] = {
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_threads(args: argparse.Namespace) -> None:
     """Set torch's thread count for the command (see `threads`; `generate` records the choice)."""
-    from perceiver_ar_music import threads
+    from perceiver_ar_music.runtime import threads
 
     threads.configure(args.threads)
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"perceiver-music {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # the file system said no (disk full, permissions, ...): nothing half-written
-        from perceiver_ar_music.atomic import os_error_text
+        from perceiver_ar_music.runtime.atomic import os_error_text
 
         print(f"perceiver-music {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
         return 2

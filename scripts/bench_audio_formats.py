@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pretty_midi
 
-from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, render_midi
+from perceiver_ar_music.listening.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, render_midi
 
 ROOT = Path(__file__).resolve().parents[1]
 

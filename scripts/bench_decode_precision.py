@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.devices import cpu_has_fast_bf16  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.runtime.devices import cpu_has_fast_bf16  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

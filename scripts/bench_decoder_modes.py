@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402
 
 
 def main() -> None:

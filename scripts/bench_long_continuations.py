@@ -32,15 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.continuation import (  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.sampling.continuation import (  # noqa: E402
     continue_ids, load_primer, sample_notes, sampling_rules,
 )
-from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
-from perceiver_ar_music.music_stats import LONG_NOTE_S, full_windows, median_or_none, sample_report  # noqa: E402
-from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
-from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
+from perceiver_ar_music.sampling.note_limits import NoteLimits  # noqa: E402
+from perceiver_ar_music.listening.music_stats import LONG_NOTE_S, full_windows, median_or_none, sample_report  # noqa: E402
+from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
+from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
 
 
 MODES = {"off": (False, False), "guards": (True, False), "guards+grammar": (True, True)}  # (guards, grammar)
@@ -158,8 +158,8 @@ def main() -> None:
           f"polyphony <= {max_polyphony} ({'from its training data' if 'note_limits' in loaded.meta else 'fallbacks'})")
     index = None
     if args.reference:
-        from perceiver_ar_music.memorization import ReferenceIndex
-        from perceiver_ar_music.token_store import PreparedData
+        from perceiver_ar_music.listening.memorization import ReferenceIndex
+        from perceiver_ar_music.data.token_store import PreparedData
 
         index = ReferenceIndex.from_prepared(PreparedData.open(args.reference), "train")
 
@@ -187,7 +187,7 @@ def main() -> None:
         notes, primer_notes, boundary = sample_notes(out.sequences[0], out.prompt_len, vocab, limits[0])
         memo = None
         if index is not None:
-            from perceiver_ar_music.memorization import memorization_report
+            from perceiver_ar_music.listening.memorization import memorization_report
 
             memo = memorization_report(notes, primer_notes, index).as_dict()
         report = sample_report(notes, primer_notes, boundary, args.window, memorization=memo)

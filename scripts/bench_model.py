@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.devices import autocast  # noqa: E402
-from perceiver_ar_music.model import PerceiverAR, lm_loss  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
+from perceiver_ar_music.runtime.devices import autocast  # noqa: E402
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, lm_loss  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -50,8 +50,8 @@ def build_corpus(folder: Path, files: int, notes: int) -> list[Path]:
 
 def stage_times(paths: list[Path]) -> dict[str, float]:
     """Seconds per file spent in each stage of tokenizing, in this process (no workers)."""
-    from perceiver_ar_music.midi_load import performance_notes, read_score
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.midi_load import performance_notes, read_score
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     totals = {"parse (symusic)": 0.0, "notes + pedal": 0.0, "quantize": 0.0, "encode": 0.0, "sha256": 0.0}
@@ -92,8 +92,8 @@ def main() -> int:
         end_to_end = time.perf_counter() - started
 
         started = time.perf_counter()
-        from perceiver_ar_music.store_builder import prepare
-        from perceiver_ar_music.tokenizer import load_tokenizer
+        from perceiver_ar_music.data.store_builder import prepare
+        from perceiver_ar_music.data.tokenizer import load_tokenizer
 
         load_tokenizer()
         startup = time.perf_counter() - started

@@ -37,14 +37,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402
-from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
-from perceiver_ar_music.music_stats import full_windows, sample_report  # noqa: E402
-from perceiver_ar_music.note_limits import NoteLimits  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
-from perceiver_ar_music.texture import Curve, TextureSettings, texture_selector  # noqa: E402
-from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.sampling.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402
+from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.listening.music_stats import full_windows, sample_report  # noqa: E402
+from perceiver_ar_music.sampling.note_limits import NoteLimits  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
+from perceiver_ar_music.sampling.texture import Curve, TextureSettings, texture_selector  # noqa: E402
+from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
 
 BAND = (1 / 1.5, 1.5)
 STEER_TOLERANCE = 0.25
@@ -119,7 +119,7 @@ def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: Texture
     notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, guards[0])
     memorization = None
     if index is not None:
-        from perceiver_ar_music.memorization import memorization_report
+        from perceiver_ar_music.listening.memorization import memorization_report
 
         memorization = memorization_report(notes, primer_notes, index).as_dict()
     report = sample_report(notes, primer_notes, boundary, memorization=memorization)
@@ -162,8 +162,8 @@ def main() -> None:
     guards = (limits.max_note_seconds or None, limits.max_polyphony or None)
     index = None
     if args.reference:
-        from perceiver_ar_music.memorization import ReferenceIndex
-        from perceiver_ar_music.token_store import PreparedData
+        from perceiver_ar_music.listening.memorization import ReferenceIndex
+        from perceiver_ar_music.data.token_store import PreparedData
 
         index = ReferenceIndex.from_prepared(PreparedData.open(args.reference))
     texture = TextureSettings(candidates=args.candidates, segment_tokens=args.segment_tokens)

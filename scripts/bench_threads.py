@@ -5,7 +5,7 @@ default settings, texture-keeping included) as a user would, and reads the token
 reports. Side by side in one run, interleaved, each cell `--repeats` times (the median is shown):
 
 - old: torch's default thread count (`--threads` set to it: the behaviour before `threads.py`);
-- new: no flag (the cores other programs leave free, `perceiver_ar_music.threads`);
+- new: no flag (the cores other programs leave free, `perceiver_ar_music.runtime.threads`);
 
 each idle and with one core kept busy by a plain busy-loop process this script starts before the
 run and stops after it (every busy loop ends by itself after `--busy-limit` seconds at most).
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music.threads import busy_cores  # noqa: E402
+from perceiver_ar_music.runtime.threads import busy_cores  # noqa: E402
 
 BUSY_LOOP = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
 SPEED = re.compile(r"([\d.]+) tokens/s per sample")

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.devices import allow_tf32, describe_precision, pick_device  # noqa: E402
-from perceiver_ar_music.model import PerceiverAR  # noqa: E402
-from perceiver_ar_music.presets import PRECISIONS, PRESETS, resolve  # noqa: E402
-from perceiver_ar_music.train import make_optimizer, optimizer_step  # noqa: E402
+from perceiver_ar_music.runtime.devices import allow_tf32, describe_precision, pick_device  # noqa: E402
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR  # noqa: E402
+from perceiver_ar_music.training.presets import PRECISIONS, PRESETS, resolve  # noqa: E402
+from perceiver_ar_music.training.train import make_optimizer, optimizer_step  # noqa: E402
 
 PAD_ID = 0
 

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perceiver_ar_music.commands import train as train_command  # noqa: E402
-from perceiver_ar_music.model import PerceiverARConfig  # noqa: E402
-from perceiver_ar_music.presets import TrainConfig  # noqa: E402
+from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig  # noqa: E402
+from perceiver_ar_music.training.presets import TrainConfig  # noqa: E402
 
 RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
 

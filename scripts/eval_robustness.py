@@ -33,8 +33,8 @@ PLAYED_SEED = 0  # the "played" column: each piece played as AugmentConfig's def
 
 def transformed(pieces, entries, name: str, vocab):
     """The pieces and their manifest entries under one transform (pieces that do not fit: left out)."""
-    from perceiver_ar_music.augment import AugmentConfig, perform, time_stretch, transpose, transpose_bounds
-    from perceiver_ar_music.events import music_clock
+    from perceiver_ar_music.training.augment import AugmentConfig, perform, time_stretch, transpose, transpose_bounds
+    from perceiver_ar_music.data.events import music_clock
 
     if name == "as is":
         return list(pieces), list(entries)
@@ -72,9 +72,9 @@ def main() -> int:
 
     import torch
 
-    from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.evaluate import evaluate_pieces
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.model.checkpoint import load_model
+    from perceiver_ar_music.training.evaluate import evaluate_pieces
+    from perceiver_ar_music.data.token_store import PreparedData
 
     torch.set_num_threads(args.threads)
     data = PreparedData.open(args.data)

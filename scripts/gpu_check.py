@@ -37,12 +37,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perceiver_ar_music.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
-from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
-from perceiver_ar_music.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
-from perceiver_ar_music.model import Kernels, PerceiverAR, PerceiverARConfig, attention, lm_loss, lower_right_causal  # noqa: E402
-from perceiver_ar_music.presets import resolve  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
+from perceiver_ar_music.sampling.decoding import CachedDecoder  # noqa: E402
+from perceiver_ar_music.training.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
+from perceiver_ar_music.model.perceiver_ar import Kernels, PerceiverAR, PerceiverARConfig, attention, lm_loss, lower_right_causal  # noqa: E402
+from perceiver_ar_music.training.presets import resolve  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402
 
 VOCAB = 391
 ROWS: list[tuple[str, str]] = []

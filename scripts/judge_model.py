@@ -47,8 +47,8 @@ PRIMER_COLLECTION = "bach"  # the primer is BWV 365, a Bach chorale: its style's
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_music21_corpus import COMPOSERS  # noqa: E402
 
-from perceiver_ar_music.atomic import write_text_atomic  # noqa: E402
-from perceiver_ar_music.music_stats import median_or_none  # noqa: E402
+from perceiver_ar_music.runtime.atomic import write_text_atomic  # noqa: E402
+from perceiver_ar_music.listening.music_stats import median_or_none  # noqa: E402
 
 FIRST_COMPOSERS = tuple(COMPOSERS[:11])  # the first bundled models' corpus (the list's first eleven), with
 FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
@@ -156,8 +156,8 @@ def validation_openings(data: Path, seconds: float):
     and whether it lasts that long. The yardsticks' one reading of the validation pieces."""
     import numpy as np
 
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.data.token_store import PreparedData
 
     prepared = PreparedData.open(data)
     for ids in prepared.pieces("validation"):
@@ -173,7 +173,7 @@ def validation_openings(data: Path, seconds: float):
 def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict:
     """The drift target's yardstick: the same last/first-window ratios over the first `seconds` of
     every validation piece at least that long (real music thickens too: voices enter one by one)."""
-    from perceiver_ar_music.music_stats import drift, windowed_stats
+    from perceiver_ar_music.listening.music_stats import drift, windowed_stats
 
     ratios = [drift(windowed_stats(notes, window_s, start_s=float(notes[:, 1].min())), window_s)
               for notes, long_enough in validation_openings(data, seconds) if long_enough]
@@ -185,8 +185,8 @@ def validation_drift(data: Path, seconds: float, window_s: float = 30.0) -> dict
 def validation_copying(data: Path, seconds: float) -> dict:
     """The copy rows' yardstick: the longest passage that the first `seconds` of each validation
     piece shares with the training pieces (unseen pieces share cadences and formulas too)."""
-    from perceiver_ar_music.memorization import ReferenceIndex
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.listening.memorization import ReferenceIndex
+    from perceiver_ar_music.data.token_store import PreparedData
 
     index = ReferenceIndex.from_prepared(PreparedData.open(data), "train")
     lengths = [index.longest_match(notes).notes for notes, _ in validation_openings(data, seconds)]
@@ -198,9 +198,9 @@ def validation_collection(data: Path, collection: str) -> dict:
     """A second yardstick for the continuations: the medians of the validation pieces of one
     collection (the MIDI folder the primer's style comes from, e.g. ``bach``). The corpus' overall
     medians are mostly Palestrina's, and a continuation should keep its primer's style."""
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.music_stats import music_stats, reference_figures
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.listening.music_stats import music_stats, reference_figures
+    from perceiver_ar_music.data.token_store import PreparedData
 
     prepared = PreparedData.open(data)
     stats = [music_stats(ids_to_notes(ids, prepared.vocab))

@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "examples" / "primer.mid")
     args = parser.parse_args()
-    from perceiver_ar_music.atomic import write_bytes_atomic
+    from perceiver_ar_music.runtime.atomic import write_bytes_atomic
 
     data = primer_bytes()
     write_bytes_atomic(args.out, data)

@@ -103,8 +103,8 @@ def stuck_notes(midi_path: Path) -> str | None:
     onsets, read as the model will read it: tokenized, then decoded by the one note decoder), or None."""
     import numpy as np
 
-    from perceiver_ar_music.events import END, START, ids_to_note_steps
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.events import END, START, ids_to_note_steps
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     try:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.decoding import CachedDecoder  # noqa: E402
-from perceiver_ar_music.evaluate import exact_nll  # noqa: E402
-from perceiver_ar_music.token_store import PreparedData  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.sampling.decoding import CachedDecoder  # noqa: E402
+from perceiver_ar_music.training.evaluate import exact_nll  # noqa: E402
+from perceiver_ar_music.data.token_store import PreparedData  # noqa: E402
 
 
 @torch.no_grad()

@@ -19,17 +19,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.checkpoint import load_model  # noqa: E402
-from perceiver_ar_music.constraints import PerformanceGrammar  # noqa: E402
-from perceiver_ar_music.events import ids_to_notes  # noqa: E402
-from perceiver_ar_music.continuation import continue_ids, sample_notes  # noqa: E402
-from perceiver_ar_music.music_stats import (  # noqa: E402
+from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
+from perceiver_ar_music.sampling.constraints import PerformanceGrammar  # noqa: E402
+from perceiver_ar_music.data.events import ids_to_notes  # noqa: E402
+from perceiver_ar_music.sampling.continuation import continue_ids, sample_notes  # noqa: E402
+from perceiver_ar_music.listening.music_stats import (  # noqa: E402
     FIGURE_KEYS, FIGURE_LABELS, format_figure, music_stats, reference_figures,
 )
-from perceiver_ar_music.token_store import PreparedData  # noqa: E402
-from perceiver_ar_music.generation_settings import DEFAULT_TOP_P  # noqa: E402
-from perceiver_ar_music.sampling import SamplingConfig  # noqa: E402
-from perceiver_ar_music.tokenizer import load_tokenizer  # noqa: E402
+from perceiver_ar_music.data.token_store import PreparedData  # noqa: E402
+from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
+from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

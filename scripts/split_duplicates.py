@@ -40,9 +40,9 @@ class Repeat:
 def repeats(data: Path, share: float = SHARE) -> dict[str, tuple[list[Repeat], list[bool]]]:
     """Per held-out split: the pieces that share at least `share` of their notes with a training
     passage, and per piece of the split (manifest order) whether it is kept (not a repeat)."""
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.memorization import ReferenceIndex
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.listening.memorization import ReferenceIndex
+    from perceiver_ar_music.data.token_store import PreparedData
 
     prepared = PreparedData.open(data)
     index = ReferenceIndex.from_prepared(prepared, "train")  # built once for both splits
@@ -71,7 +71,7 @@ def main() -> int:
     if args.checkpoint:
         import torch
 
-        from perceiver_ar_music.checkpoint import load_model
+        from perceiver_ar_music.model.checkpoint import load_model
 
         torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint).model
@@ -83,8 +83,8 @@ def main() -> int:
             for r in found:
                 print(f"    {r.path} ({r.notes} notes): {r.shared} in a row from {r.training_piece}")
         if model is not None:
-            from perceiver_ar_music.evaluate import evaluate_pieces
-            from perceiver_ar_music.token_store import PreparedData
+            from perceiver_ar_music.training.evaluate import evaluate_pieces
+            from perceiver_ar_music.data.token_store import PreparedData
 
             prepared = PreparedData.open(data)
             pieces, entries = prepared.pieces("test"), prepared.files("test")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perceiver_ar_music.atomic import write_json_atomic  # noqa: E402
-from perceiver_ar_music.checkpoint import META_NAME, find_checkpoint, read_json  # noqa: E402
-from perceiver_ar_music.note_limits import note_limits  # noqa: E402
-from perceiver_ar_music.token_store import PreparedData  # noqa: E402
+from perceiver_ar_music.runtime.atomic import write_json_atomic  # noqa: E402
+from perceiver_ar_music.model.checkpoint import META_NAME, find_checkpoint, read_json  # noqa: E402
+from perceiver_ar_music.sampling.note_limits import note_limits  # noqa: E402
+from perceiver_ar_music.data.token_store import PreparedData  # noqa: E402
 
 
 def main() -> None:

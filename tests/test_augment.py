@@ -10,11 +10,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music.augment import (AugmentConfig, Performance, jitter_velocities, perform, tempo_warp, time_stretch,
+from perceiver_ar_music.training.augment import (AugmentConfig, Performance, jitter_velocities, perform, tempo_warp, time_stretch,
                                         transpose, transpose_bounds)
-from perceiver_ar_music.events import END, PITCH, START, VELOCITY_COLUMN, ids_to_note_steps, notes_to_ids
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.events import END, PITCH, START, VELOCITY_COLUMN, ids_to_note_steps, notes_to_ids
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 
 VOCAB = load_tokenizer().vocab  # the performance preset
 VELOCITY_IDS = [i for i, v in enumerate(VOCAB.velocity) if v >= 0]

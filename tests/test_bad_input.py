@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceiver_ar_music.checkpoint import save_checkpoint
+from perceiver_ar_music.model.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.store_builder import prepare
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.presets import TrainConfig
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.data.store_builder import prepare
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.training.presets import TrainConfig
 from tests.test_download import fake_files, make_zip, serve
 from tests.test_train import MICRO, write_corpus
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_ar_music.music_stats import sample_report
+from perceiver_ar_music.listening.music_stats import sample_report
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_long", ROOT / "scripts" / "bench_long_continuations.py")

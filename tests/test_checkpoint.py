@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceiver_ar_music import checkpoint as ckpt
-from perceiver_ar_music.checkpoint import find_checkpoint, load_model, save_checkpoint
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.model import checkpoint as ckpt
+from perceiver_ar_music.model.checkpoint import find_checkpoint, load_model, save_checkpoint
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
 from tests.test_train import one_thread  # noqa: F401 (autouse fixture)
 
 CONFIG = PerceiverARConfig(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32, num_latents=16)
@@ -20,7 +20,7 @@ CONFIG = PerceiverARConfig(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32
 
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory) -> tuple[Path, str]:
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
@@ -217,7 +217,7 @@ def test_the_bundled_checkpoint_loads_bit_exactly_with_its_known_outputs() -> No
     logits equal those the model gave before the layers were refactored (issue 14)."""
     from safetensors.torch import load_file
 
-    from perceiver_ar_music.decoding import CachedDecoder
+    from perceiver_ar_music.sampling.decoding import CachedDecoder
 
     folder = ROOT / "checkpoints" / "default"
     model = load_model(folder).model
@@ -239,7 +239,7 @@ def test_the_bundled_checkpoint_loads_bit_exactly_with_its_known_outputs() -> No
 
 
 def test_precision_is_chosen_at_load_time(tmp_path: Path, tokenizer_file) -> None:
-    from perceiver_ar_music.devices import inference_dtype
+    from perceiver_ar_music.runtime.devices import inference_dtype
 
     assert inference_dtype("cpu") == torch.float32 and inference_dtype(torch.device("cuda")) == torch.bfloat16
     model = random_model()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.model import MAX_PARAMETERS, PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.model.perceiver_ar import MAX_PARAMETERS, PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 

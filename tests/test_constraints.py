@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from perceiver_ar_music.constraints import PerformanceGrammar
-from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import sample_ids
-from perceiver_ar_music.tokenizer import load_tokenizer
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, VELOCITY
+from perceiver_ar_music.sampling.constraints import PerformanceGrammar
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.sampling.sampler import sample_ids
+from perceiver_ar_music.data.tokenizer import load_tokenizer
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, VELOCITY
 
 
 def violations(ids: list[int], vocab) -> list[str]:

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
-from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids
+from perceiver_ar_music.sampling.decoding import CachedDecoder, ReferenceDecoder
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
 
 M, N = 24, 8  # context and latents of the test model
 MODE = "dynamic"  # the decoding mode under test (set by the fixture below)

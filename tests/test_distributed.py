@@ -15,10 +15,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from perceiver_ar_music import checkpoint as ckpt
-from perceiver_ar_music import distributed
-from perceiver_ar_music.devices import pick_device
-from perceiver_ar_music.train import train
+from perceiver_ar_music.model import checkpoint as ckpt
+from perceiver_ar_music.runtime import distributed
+from perceiver_ar_music.runtime.devices import pick_device
+from perceiver_ar_music.training.train import train
 from tests.test_train import MICRO_FLAGS, make_run, metrics, one_thread, prepared_corpus, subprocess_env  # noqa: F401
 
 # Same windows either way: rank r of 2 takes samples r, r + 2, ...; one process with 2 micro-batches
@@ -59,7 +59,7 @@ def test_two_processes_stay_in_sync_and_match_one_process_with_accumulation(tmp_
     single = train(make_run(tmp_path / "single", corpus, grad_accum=2, **SETTINGS)).model.state_dict()
     initial = make_run(tmp_path / "x", corpus, **SETTINGS)
     torch.manual_seed(initial.config.train.seed)
-    from perceiver_ar_music.model import PerceiverAR
+    from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 
     start = PerceiverAR(initial.config.model).state_dict()
     for name in rank0:

@@ -18,9 +18,9 @@ import mido
 import pytest
 import tqdm
 
-from perceiver_ar_music import download
+from perceiver_ar_music.data import download
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.download import (
+from perceiver_ar_music.data.download import (
     ARCHIVE_NAME,
     CSV_NAME,
     DATASET_DIR_NAME,
@@ -29,7 +29,7 @@ from perceiver_ar_music.download import (
     part_path,
     unpack_maestro,
 )
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 
 CSV_TEXT = (
     "canonical_composer,canonical_title,split,year,midi_filename,audio_filename,duration\n"

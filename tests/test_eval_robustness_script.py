@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_ar_music.events import ids_to_notes
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.events import ids_to_notes
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_robustness", ROOT / "scripts" / "eval_robustness.py")

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceiver_ar_music.checkpoint import save_checkpoint
+from perceiver_ar_music.model.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.evaluate import evaluate_pieces, exact_nll, strided_nll
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.windows import EvalWindows
+from perceiver_ar_music.training.evaluate import evaluate_pieces, exact_nll, strided_nll
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.training.windows import EvalWindows
 from tests.test_train import one_thread, prepared_corpus, write_corpus  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
@@ -165,7 +165,7 @@ def test_evaluate_command(tmp_path: Path, data: PreparedData, checkpoint: Path, 
 
 def test_skip_repeats_leaves_out_the_copies_of_training_files(tmp_path: Path, data: PreparedData, checkpoint: Path,
                                                               capsys) -> None:
-    from perceiver_ar_music.store_builder import hashed_split, prepare
+    from perceiver_ar_music.data.store_builder import hashed_split, prepare
 
     midi = write_corpus(tmp_path / "midi", files=6, notes=30)
     (midi / "copies").mkdir()
@@ -195,7 +195,7 @@ def test_evaluate_a_midi_folder(tmp_path: Path, checkpoint: Path, capsys) -> Non
     midi = write_corpus(tmp_path / "midi", files=3, notes=30)
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(midi), "--split", "train"]) == 0
     assert "tokenized 3 files" in capsys.readouterr().out
-    from perceiver_ar_music.store_builder import prepared_cache
+    from perceiver_ar_music.data.store_builder import prepared_cache
 
     assert (prepared_cache(midi) / "manifest.json").is_file() and not (midi / ".perceiver-prepared").exists()
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from miditok.utils.utils import np_get_closest
 from symusic import Note, Score, Tempo, Track
 
-from perceiver_ar_music.events import (
+from perceiver_ar_music.data.events import (
     DEFAULT_VELOCITY,
     END,
     PITCH,
@@ -25,8 +25,8 @@ from perceiver_ar_music.events import (
     notes_to_ids,
     tables,
 )
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 
 TOKENIZER = load_tokenizer().miditok  # the performance preset's miditok MIDILike
 VOCAB = EventVocab.from_token_map(TOKENIZER.vocab)
@@ -254,7 +254,7 @@ def test_seconds_follow_the_vocabulary_grid():
 
 def test_note_steps_and_open_marks_the_notes_still_sounding_at_the_end():
     """continuation.sample_notes ends these cleanly when sampling stops mid-note."""
-    from perceiver_ar_music.events import note_steps_and_open
+    from perceiver_ar_music.data.events import note_steps_and_open
 
     ids = [ON[60], VEL[79], ON[64], SHIFT[10], OFF[60], ON[67], SHIFT[5], ON[67], SHIFT[2]]
     notes, still_sounding = note_steps_and_open(ids, VOCAB)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from perceiver_ar_music.flops import forward_flops, peak_bf16_flops, training_step_flops
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lower_right_causal
+from perceiver_ar_music.training.flops import forward_flops, peak_bf16_flops, training_step_flops
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lower_right_causal
 
 MATMULS = {"mm", "addmm", "bmm", "matmul"}
 

@@ -59,7 +59,7 @@ def test_a_failed_audio_write_names_the_full_disk(tmp_path, monkeypatch, capsys)
     """Without a tmpfs: libsndfile's "System error." on a folder with no space left."""
     import shutil
 
-    import perceiver_ar_music.render as render
+    import perceiver_ar_music.listening.render as render
 
     real = shutil.disk_usage
     monkeypatch.setattr(render.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
@@ -88,7 +88,7 @@ def _failing_write(write_audio):
 
 
 def test_generate_with_audio_on_a_full_disk(tiny_disk, capsys, tmp_path):
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
     from tests.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
@@ -104,7 +104,7 @@ def test_the_studio_keeps_a_take_when_the_disk_fills(tiny_disk, tmp_path):
     """The audio does not fit: the take is listed with its MIDI and roll and a note; when not even
     its details fit, the job fails with one line and nothing is listed or served."""
     from perceiver_ar_music.studio.engine import Studio
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
     from tests.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
@@ -138,7 +138,7 @@ def test_train_on_a_full_disk_leaves_no_run_folder(tiny_disk, tmp_path, capsys):
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path):
-    from perceiver_ar_music.atomic import write_json_atomic
+    from perceiver_ar_music.runtime.atomic import write_json_atomic
 
     class Unserializable:
         pass
@@ -155,7 +155,7 @@ def test_a_failed_write_removes_the_folders_it_made(tmp_path):
 # ----- out-of-vocabulary ids -----
 @pytest.fixture(scope="module")
 def prepared_with_a_bad_id(tmp_path_factory) -> Path:
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     root = tmp_path_factory.mktemp("oov")
     midi = write_corpus(root / "midi", files=4, notes=40)
@@ -173,7 +173,7 @@ def prepared_with_a_bad_id(tmp_path_factory) -> Path:
     "evaluate --checkpoint {checkpoint} --data {data} --split train --device cpu",
 ])
 def test_out_of_vocabulary_ids_are_refused_before_any_work(prepared_with_a_bad_id, tmp_path, capsys, command):
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
     from tests.tiny_checkpoint import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
@@ -185,8 +185,8 @@ def test_out_of_vocabulary_ids_are_refused_before_any_work(prepared_with_a_bad_i
 
 
 def test_prepared_data_checks_ids_when_it_opens(prepared_with_a_bad_id):
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.data.token_store import PreparedData
 
     with pytest.raises(UserError, match="outside the vocabulary of 391"):
         PreparedData.open(prepared_with_a_bad_id)

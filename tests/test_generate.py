@@ -13,11 +13,11 @@ import pytest
 import soundfile
 import torch
 
-from perceiver_ar_music import render
+from perceiver_ar_music.listening import render
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.continuation import truncate_to_seconds
-from perceiver_ar_music.tokenizer import load_tokenizer
-from perceiver_ar_music.vocab import NOTE_ON
+from perceiver_ar_music.sampling.continuation import truncate_to_seconds
+from perceiver_ar_music.data.tokenizer import load_tokenizer
+from perceiver_ar_music.data.vocab import NOTE_ON
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -206,7 +206,7 @@ def test_bundled_primer_and_model_generate_out_of_the_box(tmp_path):
 
 
 def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the_budget(tokenizer):
-    from perceiver_ar_music.continuation import MusicProgress, through_seconds
+    from perceiver_ar_music.sampling.continuation import MusicProgress, through_seconds
 
     vocab = tokenizer.vocab
     tenth = vocab.shift_id[10]  # a 0.1 s time shift
@@ -222,7 +222,7 @@ def test_music_progress_checks_the_budget_every_few_steps_and_samples_end_at_the
 
 def test_progress_off_a_terminal_is_a_line_every_few_seconds(tokenizer, capsys, monkeypatch):
     """In a log or a pipe: no bar redraws, one line per LOG_EVERY_S and a last one at the end."""
-    from perceiver_ar_music import continuation
+    from perceiver_ar_music.sampling import continuation
 
     tenth = torch.tensor([tokenizer.vocab.shift_id[10]])
 
@@ -242,7 +242,7 @@ def test_progress_off_a_terminal_is_a_line_every_few_seconds(tokenizer, capsys, 
 
 
 def test_outputs_are_all_or_nothing_and_other_files_in_out_are_kept(tmp_path, checkpoint, monkeypatch, capsys):
-    from perceiver_ar_music import report
+    from perceiver_ar_music.listening import report
 
     out = tmp_path / "out"
     out.mkdir()
@@ -266,7 +266,7 @@ def test_outputs_are_all_or_nothing_and_other_files_in_out_are_kept(tmp_path, ch
 
 
 def test_speed_and_tokens_say_per_sample_and_what_was_kept():
-    from perceiver_ar_music.continuation import Continuation
+    from perceiver_ar_music.sampling.continuation import Continuation
 
     two = Continuation([np.zeros(10 + 30), np.zeros(10 + 28)], 10, 700.0, "seconds", drawn=32)
     assert two.speed() == "350 tokens/s per sample (700 for the batch of 2)"

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_ar_music.constraints import NoteRules
-from perceiver_ar_music.events import END, START, ids_to_note_steps
-from perceiver_ar_music.continuation import release_open_notes, sample_notes, sampling_rules
-from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.music_stats import polyphony
-from perceiver_ar_music.note_limits import NoteLimits, note_limits
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids
-from perceiver_ar_music.tokenizer import load_tokenizer
-from perceiver_ar_music.vocab import NOTE_ON, TIME_SHIFT, VELOCITY
+from perceiver_ar_music.sampling.constraints import NoteRules
+from perceiver_ar_music.data.events import END, START, ids_to_note_steps
+from perceiver_ar_music.sampling.continuation import release_open_notes, sample_notes, sampling_rules
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.listening.music_stats import polyphony
+from perceiver_ar_music.sampling.note_limits import NoteLimits, note_limits
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
+from perceiver_ar_music.data.tokenizer import load_tokenizer
+from perceiver_ar_music.data.vocab import NOTE_ON, TIME_SHIFT, VELOCITY
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_the_midi_file_keeps_the_polyphony_the_guard_counted(vocab, tmp_path):
     import json
 
     from perceiver_ar_music.cli import main
-    from perceiver_ar_music.continuation import write_sample_midi
+    from perceiver_ar_music.sampling.continuation import write_sample_midi
 
     for lead in range(1, 12):  # onsets at several places of the file's tick grid
         ids = [vocab.bos_id, *shift(vocab, lead), *on(vocab, 60), *on(vocab, 64), *off(vocab, 64), *on(vocab, 71),

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from perceiver_ar_music.cli import COMMANDS, build_parser
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.presets import PRESETS
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.training.presets import PRESETS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_ar_music.music_stats import music_stats, reference_figures, sample_report, write_stats_json
+from perceiver_ar_music.listening.music_stats import music_stats, reference_figures, sample_report, write_stats_json
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the judge imports the corpus script's composer list
@@ -119,7 +119,7 @@ def test_seeds_are_pooled_and_the_figures_get_bootstrap_intervals(tmp_path, refe
 def test_the_validation_pieces_own_copying_is_the_copy_rows_yardstick(tmp_path):
     import pretty_midi
 
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     def piece(name: str, pitches: list[int]) -> None:
         midi, piano = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0)
@@ -144,7 +144,7 @@ def test_the_validation_pieces_own_copying_is_the_copy_rows_yardstick(tmp_path):
 def test_the_validation_pieces_own_drift_is_the_drift_targets_yardstick(tmp_path):
     import pretty_midi
 
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     def piece(name: str, seconds: float, faster_after: float | None) -> None:
         midi, piano, t = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0), 0.0
@@ -180,7 +180,7 @@ FIGURES = {"samples": 1, "notes_per_second": 2.0, "mean_polyphony": 3.0, "max_po
 def test_the_primers_collection_is_a_second_yardstick_for_the_continuations(tmp_path):
     import pretty_midi
 
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     def piece(path: Path, per_second: float, voices_: int) -> None:
         midi, piano = pretty_midi.PrettyMIDI(), pretty_midi.Instrument(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_ar_music.token_store import PreparedData
+from perceiver_ar_music.data.token_store import PreparedData
 from tests.midi_factory import write_performance
 
 pytestmark = [

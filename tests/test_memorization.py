@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from perceiver_ar_music.memorization import (
+from perceiver_ar_music.listening.memorization import (
     MIN_NOTES, ReferenceIndex, agreement, canonical_order, memorization_report, shingle_hashes,
 )
 
@@ -92,17 +92,17 @@ def test_shingles_do_not_cross_pieces():
 def test_hash_collisions_cannot_fake_a_match(reference, monkeypatch):
     pieces, index = reference
     # every shingle hashes alike: all are hits, but the verification against the pitches decides
-    monkeypatch.setattr("perceiver_ar_music.memorization.MAX_OCCURRENCES", 10**9)
+    monkeypatch.setattr("perceiver_ar_music.listening.memorization.MAX_OCCURRENCES", 10**9)
     broken = ReferenceIndex.__new__(ReferenceIndex)
     broken.__dict__.update(index.__dict__)
     broken.hashes = np.zeros_like(index.hashes)
-    monkeypatch.setattr("perceiver_ar_music.memorization.shingle_hashes", lambda p, k: np.zeros(max(len(p) - k + 1, 0), np.uint64))
+    monkeypatch.setattr("perceiver_ar_music.listening.memorization.shingle_hashes", lambda p, k: np.zeros(max(len(p) - k + 1, 0), np.uint64))
     assert broken.longest_match(performance(np.random.default_rng(5), 50)).notes == 0
 
 
 def test_common_shingles_do_not_hide_a_longer_passage(monkeypatch):
     # a piece of one repeated note, then a distinctive run: the repeated part is too common to expand
-    monkeypatch.setattr("perceiver_ar_music.memorization.MAX_OCCURRENCES", 3)
+    monkeypatch.setattr("perceiver_ar_music.listening.memorization.MAX_OCCURRENCES", 3)
     pitches = np.concatenate([np.full(40, 60), np.arange(61, 81), np.full(40, 60)])
     piece = np.stack([pitches, np.arange(100) * 0.1, np.arange(100) * 0.1 + 0.05, np.full(100, 64)], 1)
     index = ReferenceIndex([piece, piece, piece])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.midi_load import MAX_FILE_BYTES, MAX_NOTES, MidiReadError, read_score
+from perceiver_ar_music.data.midi_load import MAX_FILE_BYTES, MAX_NOTES, MidiReadError, read_score
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -69,7 +69,7 @@ def test_the_loader_refuses_in_milliseconds(files, name):
 def test_the_loader_refuses_too_many_notes_and_bytes(tmp_path, monkeypatch):
     path = tmp_path / "dense.mid"
     midi_factory.write_performance(path, seed=0, num_notes=300)
-    import perceiver_ar_music.midi_load as midi_load
+    import perceiver_ar_music.data.midi_load as midi_load
 
     monkeypatch.setattr(midi_load, "MAX_NOTES", 100)
     with pytest.raises(MidiReadError, match="too many notes .* the limit is 100"):
@@ -82,7 +82,7 @@ def test_the_loader_refuses_too_many_notes_and_bytes(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), load_tokenizer())
 
@@ -108,7 +108,7 @@ def test_every_command_refuses_a_bomb(files, checkpoint, tmp_path, capsys, comma
 
 
 def test_prepare_skips_bombs(files, tmp_path):
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     folder = tmp_path / "midi"
     folder.mkdir()
@@ -123,7 +123,7 @@ def test_prepare_skips_bombs(files, tmp_path):
 
 
 def test_a_primer_longer_than_a_primer_may_be(tmp_path, checkpoint, capsys, monkeypatch):
-    import perceiver_ar_music.continuation as continuation
+    import perceiver_ar_music.sampling.continuation as continuation
 
     monkeypatch.setattr(continuation, "MAX_PRIMER_TOKENS", 50)
     primer = tmp_path / "long.mid"

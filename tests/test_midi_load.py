@@ -6,8 +6,8 @@ import mido
 import numpy as np
 import pytest
 
-from perceiver_ar_music import midi_load
-from perceiver_ar_music.midi_load import adopt_pedal_tracks, performance_notes, read_score
+from perceiver_ar_music.data import midi_load
+from perceiver_ar_music.data.midi_load import adopt_pedal_tracks, performance_notes, read_score
 
 TICKS_PER_SECOND = 960  # 480 ticks per beat at the default 120 qpm
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig, lm_loss
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lm_loss
 
 SMALL = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=24, num_latents=8)
 
@@ -264,7 +264,7 @@ def test_rotary_frequencies_stay_float64_when_the_weights_are_cast():
 
 def test_kernels_are_explicit_per_model_choices():
     """The speed paths are chosen per model (not module globals) and change no result."""
-    from perceiver_ar_music.model import CrossAttention, Kernels, Linear
+    from perceiver_ar_music.model.perceiver_ar import CrossAttention, Kernels, Linear
 
     plain = PerceiverAR(**SMALL, kernels=Kernels(row_linear_as_reduction=False, flash_when_compiled=False))
     default = PerceiverAR(**SMALL)
@@ -277,7 +277,7 @@ def test_kernels_are_explicit_per_model_choices():
 
 
 def test_compiled_row_linear_reduction_matches_the_gemm():
-    from perceiver_ar_music.model import Linear
+    from perceiver_ar_music.model.perceiver_ar import Linear
 
     torch.manual_seed(0)
     layer = Linear(32, 16, bias=False)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music.music_stats import (
+from perceiver_ar_music.listening.music_stats import (
     FIGURE_KEYS, MusicStats, compare, formatted_figures, music_stats, reference_figures, sample_report,
     windowed_stats, write_stats_json,
 )
@@ -244,7 +244,7 @@ def test_formatted_figures_hide_note_figures_of_a_window_without_onsets():
 
 
 def test_full_windows_leave_out_only_a_short_last_window():
-    from perceiver_ar_music.music_stats import full_windows
+    from perceiver_ar_music.listening.music_stats import full_windows
 
     table = notes((60, 0, 1, 64), (62, 10, 11, 64), (64, 20, 20.5, 64), (65, 20.2, 21.2, 64))
     windows = windowed_stats(table, 10.0)  # [0, 10) [10, 20) [20, 21.2]: the last spans 1.2 s

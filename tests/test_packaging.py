@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from perceiver_ar_music import tokenizer
-from perceiver_ar_music.tokenizer import available_presets, load_tokenizer, preset_dir
+from perceiver_ar_music.data import tokenizer
+from perceiver_ar_music.data.tokenizer import available_presets, load_tokenizer, preset_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGED_PRESETS = "perceiver_ar_music/tokenization"
@@ -103,7 +103,7 @@ def test_wheel_ships_the_presets_inside_the_package(tmp_path):
 
     # The unpacked wheel, imported ahead of the checkout, finds its own presets.
     probe = (
-        "import perceiver_ar_music.tokenizer as t; "
+        "import perceiver_ar_music.data.tokenizer as t; "
         "print(t.__file__); print(t.preset_dir()); print(t.available_presets()); print(t.load_tokenizer().hash)"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from perceiver_ar_music import pianoroll as pr
+from perceiver_ar_music.listening import pianoroll as pr
 
 
 def read_png(data: bytes) -> np.ndarray:

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceiver_ar_music import devices
+from perceiver_ar_music.runtime import devices
 from perceiver_ar_music.cli import main as cli_main
-from perceiver_ar_music.devices import autocast, autocast_dtype, describe_precision
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.evaluate import strided_nll
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.presets import PRECISIONS, RunConfig, TrainConfig
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.train import RUN_CONFIG_NAME, train
+from perceiver_ar_music.runtime.devices import autocast, autocast_dtype, describe_precision
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.training.evaluate import strided_nll
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.training.presets import PRECISIONS, RunConfig, TrainConfig
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.training.train import RUN_CONFIG_NAME, train
 from tests.test_train import MICRO, MICRO_FLAGS, corpus, make_run, one_thread  # noqa: F401 (fixtures)
 
 CPU = torch.device("cpu")

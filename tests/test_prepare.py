@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_ar_music import store_builder
+from perceiver_ar_music.data import store_builder
 from perceiver_ar_music.cli import main as cli_main
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.store_builder import (
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.data.store_builder import (
     find_midi_files,
     hashed_split,
     load_metadata,
     parse_split_ratios,
     prepare,
 )
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.tokenizer import PerformanceTokenizer, load_tokenizer
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.data.tokenizer import PerformanceTokenizer, load_tokenizer
 from tests import midi_factory
 
 # ----------------------------------------------------------------------------- building test data

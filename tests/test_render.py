@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from perceiver_ar_music import cli, render
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.render import AudioUnavailable, render_midi
+from perceiver_ar_music import cli
+
+from perceiver_ar_music.listening import render
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.listening.render import AudioUnavailable, render_midi
 from tests.midi_factory import BAD_FILES, write_drums_only, write_performance
 
 PEAK = 10 ** (-1 / 20)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from perceiver_ar_music.music_stats import FIGURE_KEYS, music_stats
-from perceiver_ar_music.pianoroll import draw_piano_roll
-from perceiver_ar_music.report import SampleEntry, write_index
+from perceiver_ar_music.listening.music_stats import FIGURE_KEYS, music_stats
+from perceiver_ar_music.listening.pianoroll import draw_piano_roll
+from perceiver_ar_music.listening.report import SampleEntry, write_index
 
 NOTES = np.array([[60, 0.0, 1.0, 90], [64, 0.5, 1.5, 70], [67, 1.5, 2.5, 100]])
 EVIL = '<script>alert("x")</script> & \'quotes\''
@@ -159,7 +159,7 @@ def test_page_loads_in_chromium(tmp_path):
 
 
 def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tmp_path):
-    from perceiver_ar_music.music_stats import reference_figures, sample_report
+    from perceiver_ar_music.listening.music_stats import reference_figures, sample_report
 
     primer = [(60 + i % 5, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(20)]
     continuation = [(70 + i % 3, 10 + 0.25 * i, 10 + 0.25 * i + 5.0 * (i % 10 == 0), 80) for i in range(100)]
@@ -186,8 +186,8 @@ def test_full_report_table_with_windows_sparklines_reference_and_memorisation(tm
 def test_the_figures_table_has_a_legend_and_no_stub_of_a_last_window(tmp_path):
     """In headless Chromium: every short column label is explained under the table, and a last
     window of a fraction of a second (where the last notes ring out) is not a row of dashes."""
-    from perceiver_ar_music.music_stats import FIGURE_LABELS, FIGURE_MEANINGS, sample_report
-    from perceiver_ar_music.report import SampleEntry, write_index
+    from perceiver_ar_music.listening.music_stats import FIGURE_LABELS, FIGURE_MEANINGS, sample_report
+    from perceiver_ar_music.listening.report import SampleEntry, write_index
     from tests.test_studio import Browser, chromium
 
     primer = [(60 + i % 7, 0.5 * i, 0.5 * i + 0.4, 70) for i in range(20)]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_ar_music.constraints import NoteRules
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.sampling.constraints import NoteRules
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

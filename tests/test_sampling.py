@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.sampling import SamplingConfig, apply_repetition_penalty, filter_logits, sample_ids
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.sampling.sampler import SamplingConfig, apply_repetition_penalty, filter_logits, sample_ids
 
 
 def tiny_model() -> PerceiverAR:
@@ -120,7 +120,7 @@ def test_eos_output_ends_exactly_where_the_last_sequence_ended(ends):
 
 
 def test_sampler_draws_from_the_filtered_distribution():
-    from perceiver_ar_music.sampling import next_token
+    from perceiver_ar_music.sampling.sampler import next_token
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(20_000, -1)
@@ -133,7 +133,7 @@ def test_sampler_draws_from_the_filtered_distribution():
 
 def test_sampler_draws_the_same_tokens_as_torch_multinomial_for_a_seed():
     """Seeds keep giving the same music as before the sync-free sampler (CPU generator)."""
-    from perceiver_ar_music.sampling import next_token
+    from perceiver_ar_music.sampling.sampler import next_token
 
     logits = torch.randn(16, 30, generator=torch.Generator().manual_seed(1))
     cfg = SamplingConfig(top_k=10)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from perceiver_ar_music.store_builder import prepare
+from perceiver_ar_music.data.store_builder import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("split_duplicates", ROOT / "scripts" / "split_duplicates.py")
@@ -35,7 +35,7 @@ def test_copies_of_one_piece_under_other_paths_are_found_and_nothing_else(tmp_pa
     for i in range(16):  # unrelated pieces that share a 20-note opening (a third of them): not repeats
         write_piece(midi / f"other_{i:02d}.mid", list(twin[:20]) + list(rng.integers(40, 90, 40)))
     prepare(midi, tmp_path / "prepared", workers=1, split_ratios=(0.5, 0.25, 0.25), progress=False)
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.data.token_store import PreparedData
 
     data = PreparedData.open(tmp_path / "prepared")
     in_train = [e["path"] for e in data.files("train")]

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.events import ids_to_notes
-from perceiver_ar_music.music_stats import music_stats
-from perceiver_ar_music.store_builder import prepare
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.events import ids_to_notes
+from perceiver_ar_music.listening.music_stats import music_stats
+from perceiver_ar_music.data.store_builder import prepare
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 

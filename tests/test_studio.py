@@ -22,14 +22,14 @@ from pathlib import Path
 import pretty_midi
 import pytest
 
-from perceiver_ar_music import generation_settings as generate_command
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.sampling import settings as generate_command
+from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, QueueFull
 from perceiver_ar_music.studio.listen import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -183,7 +183,7 @@ def test_settings_defaults_and_checks_are_generates():
     for name, field in fields.items():
         assert field["default"] == parser.get_default(name), name
     assert fields["top_p"]["flag"] == "--top-p" and fields["constrain"]["kind"] == "bool"
-    from perceiver_ar_music.generation_settings import DEFAULT_TOP_P
+    from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P
     assert fields["top_p"]["default"] == DEFAULT_TOP_P == 0.85  # the sampling study's choice (docs/benchmarks.md)
     assert fields["seed"]["kind"] == "int" and fields["temperature"]["kind"] == "number"
     args = studio_settings.parse_settings({"top_p": "0.5", "seed": 3, "constrain": True, "length": ""})
@@ -529,7 +529,7 @@ def test_the_package_exports_the_model_lazily():
     import sys
 
     code = ("import sys, perceiver_ar_music; assert 'torch' not in sys.modules; "
-            "from perceiver_ar_music import PerceiverAR; from perceiver_ar_music.model import PerceiverAR as M; "
+            "from perceiver_ar_music import PerceiverAR; from perceiver_ar_music.model.perceiver_ar import PerceiverAR as M; "
             "assert PerceiverAR is M; import perceiver_ar_music as p; assert 'PerceiverAR' in p.__all__; "
             "print(hasattr(p, 'NoSuchThing'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.constraints import NoteRules
-from perceiver_ar_music.decoding import CachedDecoder, ReferenceDecoder
-from perceiver_ar_music.events import ids_to_notes, notes_to_ids
-from perceiver_ar_music.model import PerceiverAR
-from perceiver_ar_music.music_stats import music_stats, span_stats
-from perceiver_ar_music.sampling import SamplingConfig, sample_ids
-from perceiver_ar_music.texture import (
+from perceiver_ar_music.sampling.constraints import NoteRules
+from perceiver_ar_music.sampling.decoding import CachedDecoder, ReferenceDecoder
+from perceiver_ar_music.data.events import ids_to_notes, notes_to_ids
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.listening.music_stats import music_stats, span_stats
+from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
+from perceiver_ar_music.sampling.texture import (
     Curve, TextureSelector, TextureSettings, build_target, parse_pitch, primer_figures, texture_distance,
     texture_selector,
 )
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -264,7 +264,7 @@ def test_steering_moves_the_density_towards_the_target(vocab, tokenizer, tmp_pat
     """A random model, one target far below and one far above what it plays: the kept music
     follows (the likelihood term can not do that alone)."""
     checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
-    from perceiver_ar_music.checkpoint import load_model
+    from perceiver_ar_music.model.checkpoint import load_model
 
     model = load_model(checkpoint).model.eval()
     prompt = torch.tensor([[vocab.bos_id]])
@@ -359,8 +359,8 @@ def test_no_texture_samples_as_plain_sampling_did(tmp_path, tokenizer):
     out = tmp_path / "out"
     assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--length", "64", "--seed", "5",
                  "--no-audio", "--no-texture", "--no-guards", "--out", str(out)]) == 0
-    from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.generation_settings import DEFAULT_TOP_P
+    from perceiver_ar_music.model.checkpoint import load_model
+    from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P
 
     model = load_model(checkpoint).model
     expected = sample_ids(model, torch.tensor([[tokenizer.vocab.bos_id]]), 64, SamplingConfig(top_p=DEFAULT_TOP_P),
@@ -375,7 +375,7 @@ def test_no_texture_samples_as_plain_sampling_did(tmp_path, tokenizer):
 def test_texture_settings_default_on_and_off_for_greedy():
     from argparse import ArgumentParser
 
-    from perceiver_ar_music.generation_settings import GenerationSettings, add_arguments
+    from perceiver_ar_music.sampling.settings import GenerationSettings, add_arguments
 
     class Loaded:
         meta: dict = {}
@@ -397,7 +397,7 @@ def test_texture_settings_default_on_and_off_for_greedy():
 
 
 def test_the_studio_keeps_texture_and_records_each_windows_target(tmp_path, tokenizer):
-    from perceiver_ar_music.errors import UserError
+    from perceiver_ar_music.runtime.errors import UserError
     from perceiver_ar_music.studio.engine import EXAMPLE, Studio
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", tokenizer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiver_ar_music import threads
+from perceiver_ar_music.runtime import threads
 from perceiver_ar_music.cli import main
 
 

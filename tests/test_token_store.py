@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.token_store import FORMAT, FORMAT_VERSION, PreparedData, token_file_name
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.data.token_store import FORMAT, FORMAT_VERSION, PreparedData, token_file_name
 
 TOKEN_NAMES = (
     ["PAD_None", "BOS_None", "EOS_None"]

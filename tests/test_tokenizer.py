@@ -14,17 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perceiver_ar_music import events
+from perceiver_ar_music.data import events
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.midi_load import PerformanceNotes, read_score
-from perceiver_ar_music.tokenizer import (
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.data.midi_load import PerformanceNotes, read_score
+from perceiver_ar_music.data.tokenizer import (
     EncodedPiece,
     MidiReadError,
     load_tokenizer,
     quantize_notes,
 )
-from perceiver_ar_music.vocab import NOTE_ON
+from perceiver_ar_music.data.vocab import NOTE_ON
 from tests.midi_factory import BAD_FILES, write_maestro_like, write_performance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,7 +368,7 @@ def test_decoder_matches_miditok_on_valid_sequences(tok, notes):
 @given(note_lists)
 def test_grid_encoder_and_notes_to_ids_agree(tok, notes):
     """Both encoders are the one core: seconds of normalized grid notes give the same ids."""
-    from perceiver_ar_music.events import notes_to_ids
+    from perceiver_ar_music.data.events import notes_to_ids
 
     grid = tok.quantize(random_performance(notes))
     seconds = np.stack([grid.pitch, grid.start * STEP, grid.end * STEP, grid.velocity], 1).astype(np.float64)

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_ar_music import checkpoint as ckpt
+from perceiver_ar_music.model import checkpoint as ckpt
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.devices import pick_device
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.presets import PRESETS, RunConfig, TrainConfig, resolve
-from perceiver_ar_music.token_store import PreparedData
-from perceiver_ar_music.train import (
+from perceiver_ar_music.runtime.devices import pick_device
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.training.presets import PRESETS, RunConfig, TrainConfig, resolve
+from perceiver_ar_music.data.token_store import PreparedData
+from perceiver_ar_music.training.train import (
     StopRequest,
     TrainingDiverged,
     TrainRun,
@@ -54,7 +54,7 @@ def write_corpus(folder: Path, files: int, notes: int) -> Path:
 
 def prepared_corpus(root: Path, files: int = 10, notes: int = 120) -> Path:
     """Synthetic performances prepared into train/validation/test (each split non-empty)."""
-    from perceiver_ar_music.store_builder import prepare
+    from perceiver_ar_music.data.store_builder import prepare
 
     midi = write_corpus(root / "midi", files, notes)
     prepare(midi, root / "prepared", workers=1, split_ratios=(0.6, 0.2, 0.2), progress=False)
@@ -224,7 +224,7 @@ def test_resuming_with_another_world_size_keeps_the_sample_position(tmp_path: Pa
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path, monkeypatch) -> None:
-    import perceiver_ar_music.train as train_module
+    import perceiver_ar_music.training.train as train_module
 
     real = train_module.lm_loss
     calls = {"n": 0}
@@ -322,7 +322,7 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
                    "--velocity-windows", "0.5", "--velocity-noise", "8", "--stretch-windows", "0.25") == 0
     text = capsys.readouterr().out
     assert "tokenized 6 files" in text and "finished 2 steps" in text
-    from perceiver_ar_music.store_builder import prepared_cache
+    from perceiver_ar_music.data.store_builder import prepared_cache
 
     prepared = prepared_cache(midi)  # the project's cache: the user's MIDI folder is left as it was
     assert (prepared / "manifest.json").is_file() and sorted(p.name for p in midi.iterdir()) == [
@@ -494,7 +494,7 @@ def slow_save(tensors, filename, *args, **kwargs):
         time.sleep(120)
 safetensors.torch.save_file = slow_save
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -569,7 +569,7 @@ def test_tiny_preset_learns_well_below_the_unigram_entropy(tmp_path: Path, capsy
 
 
 def test_the_run_settings_reach_the_augmentation_field_by_field() -> None:
-    from perceiver_ar_music.train import augment_config
+    from perceiver_ar_music.training.train import augment_config
 
     tc = TrainConfig(max_transpose=5, stretch=0.2, stretch_windows=0.3, velocity_windows=0.6, velocity_shift=17,
                      velocity_noise=4.5, perform_windows=0.4, onset_jitter=0.03, tempo_drift=0.1, velocity_arc=9.0,

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader
 
-from perceiver_ar_music.augment import AugmentConfig, transpose
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.events import END, START, notes_to_ids
-from perceiver_ar_music.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
-from perceiver_ar_music.windows import EvalWindows, TrainWindows, WindowSampler, framed_slice
-from perceiver_ar_music.tokenizer import load_tokenizer
+from perceiver_ar_music.training.augment import AugmentConfig, transpose
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.data.events import END, START, notes_to_ids
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT
+from perceiver_ar_music.training.windows import EvalWindows, TrainWindows, WindowSampler, framed_slice
+from perceiver_ar_music.data.tokenizer import load_tokenizer
 
 VOCAB = load_tokenizer().vocab  # the performance preset
 PAD, BOS, EOS = VOCAB.pad_id, VOCAB.bos_id, VOCAB.eos_id

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from perceiver_ar_music.checkpoint import save_checkpoint
-from perceiver_ar_music.model import PerceiverAR
+from perceiver_ar_music.model.checkpoint import save_checkpoint
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 
 
 def write_tiny_checkpoint(folder: Path, tokenizer) -> Path:

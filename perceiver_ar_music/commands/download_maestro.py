@@ -6,9 +6,9 @@ import argparse
 import re
 from pathlib import Path
 
-from perceiver_ar_music.cli_types import finite_float
-from perceiver_ar_music.download import MAESTRO_SHA256, MAESTRO_URL, download_maestro
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.cli_types import finite_float
+from perceiver_ar_music.data.download import MAESTRO_SHA256, MAESTRO_URL, download_maestro
+from perceiver_ar_music.runtime.errors import UserError
 
 HELP = "Download, verify and unpack the MAESTRO v3 MIDI-only archive (about 56 MiB); resumable."
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perceiver_ar_music.cli_types import bounded_int
-from perceiver_ar_music.presets import PRECISIONS
+from perceiver_ar_music.runtime.cli_types import bounded_int
+from perceiver_ar_music.training.presets import PRECISIONS
 
 HELP = "score a split (default test) under a checkpoint: NLL in nats and bits per token, per note and per second"
 
@@ -35,13 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.atomic import check_writable_file, os_error_text, write_json_atomic
-    from perceiver_ar_music.checkpoint import load_model
-    from perceiver_ar_music.devices import describe_precision, pick_device
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.evaluate import evaluate_pieces, format_evaluation
-    from perceiver_ar_music.store_builder import ensure_prepared
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.runtime.atomic import check_writable_file, os_error_text, write_json_atomic
+    from perceiver_ar_music.model.checkpoint import load_model
+    from perceiver_ar_music.runtime.devices import describe_precision, pick_device
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.evaluate import evaluate_pieces, format_evaluation
+    from perceiver_ar_music.data.store_builder import ensure_prepared
+    from perceiver_ar_music.data.token_store import PreparedData
 
     if args.json:
         check_writable_file(args.json, "--json")  # before the scoring, not after it

@@ -6,18 +6,18 @@ import argparse
 import time
 from pathlib import Path
 
-from perceiver_ar_music.atomic import staged_folder
-from perceiver_ar_music.cli_types import bounded_int
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.generation_settings import BUNDLED_CHECKPOINT, GenerationSettings
-from perceiver_ar_music.generation_settings import add_arguments as add_generation_arguments
-from perceiver_ar_music.threads import add_argument as add_threads_argument
+from perceiver_ar_music.runtime.atomic import staged_folder
+from perceiver_ar_music.runtime.cli_types import bounded_int
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.sampling.settings import BUNDLED_CHECKPOINT, GenerationSettings
+from perceiver_ar_music.sampling.settings import add_arguments as add_generation_arguments
+from perceiver_ar_music.runtime.threads import add_argument as add_threads_argument
 
 HELP = "continue a MIDI primer with a trained model; write MIDI, audio, piano rolls, statistics and an index.html"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, DEFAULT_SAMPLE_RATE
+    from perceiver_ar_music.listening.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, DEFAULT_SAMPLE_RATE
 
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT, metavar="DIR",
                         help="checkpoint or run folder (default: the bundled model, checkpoints/default)")
@@ -37,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from perceiver_ar_music import threads
-    from perceiver_ar_music.atomic import check_writable_dir
-    from perceiver_ar_music.continuation import continue_ids, load_for_generation, load_primer, sampling_rules
-    from perceiver_ar_music.devices import inference_dtype, pick_device
-    from perceiver_ar_music.render import check_soundfont
-    from perceiver_ar_music.texture import texture_selector
+    from perceiver_ar_music.runtime import threads
+    from perceiver_ar_music.runtime.atomic import check_writable_dir
+    from perceiver_ar_music.sampling.continuation import continue_ids, load_for_generation, load_primer, sampling_rules
+    from perceiver_ar_music.runtime.devices import inference_dtype, pick_device
+    from perceiver_ar_music.listening.render import check_soundfont
+    from perceiver_ar_music.sampling.texture import texture_selector
 
     # 1. Check everything the user gave before writing anything.
     soundfont = check_soundfont(args.soundfont) if args.soundfont and not args.no_audio else args.soundfont
@@ -113,9 +113,9 @@ def write_outputs(
     """Per sample a MIDI file, a piano roll, audio (when `audio_format`), its statistics (with the
     texture target beside each window when `texture`, a `texture.TextureSelector`); then
     `stats.json` and `index.html`. Returns the number of samples."""
-    from perceiver_ar_music.continuation import write_sample_files
-    from perceiver_ar_music.music_stats import write_stats_json
-    from perceiver_ar_music.report import SampleEntry, write_index
+    from perceiver_ar_music.sampling.continuation import write_sample_files
+    from perceiver_ar_music.listening.music_stats import write_stats_json
+    from perceiver_ar_music.listening.report import SampleEntry, write_index
 
     entries, reports, unavailable = [], {}, None
     for index, sequence in enumerate(result.sequences, start=1):

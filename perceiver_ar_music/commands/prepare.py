@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from perceiver_ar_music.cli_types import bounded_int
+from perceiver_ar_music.runtime.cli_types import bounded_int
 
 HELP = "tokenize a folder of MIDI files (MAESTRO or any collection) into train/validation/test token files"
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.store_builder import format_summary, parse_split_ratios, prepare
+    from perceiver_ar_music.data.store_builder import format_summary, parse_split_ratios, prepare
 
     result = prepare(
         args.data,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perceiver_ar_music.cli_types import bounded_int, finite_float
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.cli_types import bounded_int, finite_float
+from perceiver_ar_music.runtime.errors import UserError
 
 HELP = "Render a MIDI file to audio (FLAC, Ogg Vorbis or WAV) with FluidSynth and a General MIDI soundfont."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, DEFAULT_SAMPLE_RATE, DEFAULT_TAIL_SECONDS
+    from perceiver_ar_music.listening.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT, DEFAULT_SAMPLE_RATE, DEFAULT_TAIL_SECONDS
 
     parser.add_argument("midi", type=Path, metavar="FILE.mid", help="MIDI file to render")
     parser.add_argument(
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def output_path(midi: Path, out: Path | None, audio_format: str | None) -> Path:
     """Where the audio goes: --out (its suffix must agree with an explicit --audio-format), else
     FILE.<format> beside the input."""
-    from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, output_format
+    from perceiver_ar_music.listening.render import DEFAULT_AUDIO_FORMAT, output_format
 
     if out is None:
         return midi.with_suffix("." + (audio_format or DEFAULT_AUDIO_FORMAT))
@@ -51,7 +51,7 @@ def output_path(midi: Path, out: Path | None, audio_format: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.render import render_midi
+    from perceiver_ar_music.listening.render import render_midi
 
     out = output_path(args.midi, args.out, args.audio_format)
     if out.resolve() == args.midi.resolve():

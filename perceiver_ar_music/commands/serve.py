@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perceiver_ar_music.cli_types import bounded_int, finite_float
-from perceiver_ar_music.threads import add_argument as add_threads_argument
+from perceiver_ar_music.runtime.cli_types import bounded_int, finite_float
+from perceiver_ar_music.runtime.threads import add_argument as add_threads_argument
 
 HELP = "the studio: continue primers take by take in a browser page (upload, settings, live progress, listen)"
 DEFAULT_OUT = Path("out") / "studio"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.generation_settings import BUNDLED_CHECKPOINT
-    from perceiver_ar_music.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT
+    from perceiver_ar_music.sampling.settings import BUNDLED_CHECKPOINT
+    from perceiver_ar_music.listening.render import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT
     from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES
 
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT, metavar="DIR",
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.atomic import check_writable_dir
+    from perceiver_ar_music.runtime.atomic import check_writable_dir
     from perceiver_ar_music.studio.engine import Studio
     from perceiver_ar_music.studio.listen import serve
 

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 
 HELP = "Statistics of MIDI files, generated samples or data folders, windowed, against reference data."
 
@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.music_stats import reference_figures, sample_report, write_stats_json
-    from perceiver_ar_music.tokenizer import load_tokenizer
+    from perceiver_ar_music.listening.music_stats import reference_figures, sample_report, write_stats_json
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
 
     if not (math.isfinite(args.window) and args.window > 0):
         raise UserError(f"--window must be a positive number of seconds, not {args.window:g}")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if path.is_dir() and not (path / "manifest.json").exists() and not list(path.glob(GENERATED_GLOB)):
             collections[str(path)] = reference_figures(_collection_stats(path, tokenizer), source=str(path))
         elif path.is_dir() and (path / "manifest.json").exists():
-            from perceiver_ar_music.token_store import PreparedData
+            from perceiver_ar_music.data.token_store import PreparedData
 
             data = PreparedData.open(path)
             collections[str(path)] = reference_figures(_prepared_stats(data, data.splits), source=str(path))
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 notes, primer_notes, boundary = _read_sample(file, tokenizer)
                 memorization = None
                 if index is not None:
-                    from perceiver_ar_music.memorization import memorization_report
+                    from perceiver_ar_music.listening.memorization import memorization_report
 
                     memorization = memorization_report(notes, primer_notes, index).as_dict()
                 reports[str(file)] = sample_report(notes, primer_notes, boundary, args.window, reference, memorization)
@@ -107,8 +107,8 @@ def _read_sample(path: Path, tokenizer):
     """(notes, primer notes, boundary seconds) of a generated sample or of any MIDI file."""
     import numpy as np
 
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.midi_load import MidiReadError, read_score
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.data.midi_load import MidiReadError, read_score
 
     try:
         score = read_score(path)
@@ -138,10 +138,10 @@ def _read_sample(path: Path, tokenizer):
 
 def _collection_stats(folder: Path, tokenizer):
     """MusicStats of every readable MIDI file under `folder` (unreadable ones: a warning)."""
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.midi_load import MidiReadError
-    from perceiver_ar_music.music_stats import music_stats
-    from perceiver_ar_music.store_builder import find_midi_files
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.data.midi_load import MidiReadError
+    from perceiver_ar_music.listening.music_stats import music_stats
+    from perceiver_ar_music.data.store_builder import find_midi_files
 
     files = find_midi_files(folder)
     if not files:
@@ -159,8 +159,8 @@ def _collection_stats(folder: Path, tokenizer):
 
 def _prepared_stats(data, splits):
     """MusicStats of every piece of `splits` of a prepared folder."""
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.music_stats import music_stats
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.listening.music_stats import music_stats
 
     return [music_stats(ids_to_notes(piece, data.vocab)) for split in splits for piece in data.pieces(split)]
 
@@ -168,10 +168,10 @@ def _prepared_stats(data, splits):
 def _prepared_reference(folder: Path, split: str):
     """(figures, memorisation index, tokenizer path) of a prepared reference split, reading each
     piece's notes once for both."""
-    from perceiver_ar_music.events import ids_to_notes
-    from perceiver_ar_music.memorization import ReferenceIndex
-    from perceiver_ar_music.music_stats import music_stats, reference_figures
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.data.events import ids_to_notes
+    from perceiver_ar_music.listening.memorization import ReferenceIndex
+    from perceiver_ar_music.listening.music_stats import music_stats, reference_figures
+    from perceiver_ar_music.data.token_store import PreparedData
 
     data = PreparedData.open(folder)
     stats = []
@@ -192,7 +192,7 @@ def _prepared_reference(folder: Path, split: str):
 
 
 def _table(rows: list[tuple[str, list[str]]]) -> str:
-    from perceiver_ar_music.music_stats import FIGURE_KEYS, FIGURE_LABELS
+    from perceiver_ar_music.listening.music_stats import FIGURE_KEYS, FIGURE_LABELS
 
     header = ["", *(FIGURE_LABELS[key] for key in FIGURE_KEYS)]
     lines = [header, *([label, *cells] for label, cells in rows)]
@@ -204,13 +204,13 @@ def _table(rows: list[tuple[str, list[str]]]) -> str:
 
 
 def _cells(values) -> list[str]:
-    from perceiver_ar_music.music_stats import FIGURE_KEYS, formatted_figures
+    from perceiver_ar_music.listening.music_stats import FIGURE_KEYS, formatted_figures
 
     return ["-"] * len(FIGURE_KEYS) if values is None else formatted_figures(values)
 
 
 def _ratio_cells(ratios) -> list[str]:
-    from perceiver_ar_music.music_stats import FIGURE_KEYS
+    from perceiver_ar_music.listening.music_stats import FIGURE_KEYS
 
     return ["-" if ratios.get(key) is None else f"{ratios[key]:.2f}x" for key in FIGURE_KEYS]
 
@@ -239,7 +239,7 @@ def _sample_table(name: str, report) -> str:
     lines = [title, _table(rows)]
     for part, comparison in report.vs_reference.items():
         if comparison.outside:
-            from perceiver_ar_music.music_stats import FIGURE_LABELS
+            from perceiver_ar_music.listening.music_stats import FIGURE_LABELS
 
             outside = ", ".join(FIGURE_LABELS[key] for key in comparison.outside)
             lines.append(f"{part if has_primer else 'piece'} outside the reference's 10-90% band: {outside}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 
 HELP = "Encode one MIDI file into performance tokens; with --roundtrip, decode it back and report fidelity."
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceiver_ar_music.atomic import check_writable_file, os_error_text
+    from perceiver_ar_music.runtime.atomic import check_writable_file, os_error_text
 
     for flag, target in (("--roundtrip", args.roundtrip), ("--json", args.json)):
         if target is not None:
@@ -51,9 +51,9 @@ def _tokenize(args: argparse.Namespace) -> int:
     """Encode, summarize, optionally decode back and write JSON (outputs already checked)."""
     import numpy as np
 
-    from perceiver_ar_music.atomic import write_text_atomic
-    from perceiver_ar_music.midi_load import MidiReadError, performance_notes, read_score
-    from perceiver_ar_music.tokenizer import load_tokenizer, roundtrip_fidelity
+    from perceiver_ar_music.runtime.atomic import write_text_atomic
+    from perceiver_ar_music.data.midi_load import MidiReadError, performance_notes, read_score
+    from perceiver_ar_music.data.tokenizer import load_tokenizer, roundtrip_fidelity
 
     tokenizer = load_tokenizer(args.preset)
     try:

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from perceiver_ar_music.cli_types import bounded_int, finite_float, seed
-from perceiver_ar_music.threads import add_argument as add_threads_argument
+from perceiver_ar_music.runtime.cli_types import bounded_int, finite_float, seed
+from perceiver_ar_music.runtime.threads import add_argument as add_threads_argument
 
 if TYPE_CHECKING:
-    from perceiver_ar_music.presets import RunConfig
-    from perceiver_ar_music.token_store import PreparedData
+    from perceiver_ar_music.training.presets import RunConfig
+    from perceiver_ar_music.data.token_store import PreparedData
 
 HELP = "train a Perceiver AR on a MIDI or prepared folder (presets maestro, small, tiny), or --resume a run"
 
@@ -40,7 +40,7 @@ _FRACTION = finite_float(0, 1, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.presets import PRECISIONS, PRESETS
+    from perceiver_ar_music.training.presets import PRECISIONS, PRESETS
 
     run = parser.add_argument_group("run")
     run.add_argument("--data", metavar="DIR",
@@ -133,8 +133,8 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any
 
 def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(PerceiverARConfig, TrainConfig) of parsed `train` flags: the preset with the flags applied."""
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.presets import resolve
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.presets import resolve
 
     try:
         return resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS))
@@ -146,12 +146,12 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
     """Resolve a new run on rank 0: prepare and open the data, create the run folder and its config."""
     from dataclasses import replace
 
-    from perceiver_ar_music.atomic import check_writable_dir, write_json_atomic
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.presets import RunConfig
-    from perceiver_ar_music.store_builder import ensure_prepared
-    from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.train import METRICS_NAME, RUN_CONFIG_NAME
+    from perceiver_ar_music.runtime.atomic import check_writable_dir, write_json_atomic
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.presets import RunConfig
+    from perceiver_ar_music.data.store_builder import ensure_prepared
+    from perceiver_ar_music.data.token_store import PreparedData
+    from perceiver_ar_music.training.train import METRICS_NAME, RUN_CONFIG_NAME
 
     if not args.data:
         raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
@@ -183,14 +183,14 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
 
 def _has_checkpoint(run_dir: Path) -> bool:
     """Whether a run folder holds any complete checkpoint (step or best)."""
-    from perceiver_ar_music import checkpoint as ckpt
+    from perceiver_ar_music.model import checkpoint as ckpt
 
     return bool(ckpt.step_checkpoints(run_dir)) or ckpt.is_complete(run_dir / ckpt.BEST_NAME)
 
 
 def _find_run_dir(args: argparse.Namespace) -> Path:
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.train import RUN_CONFIG_NAME
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.train import RUN_CONFIG_NAME
 
     if args.resume:
         return Path(args.resume)
@@ -207,13 +207,13 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     """Resolve a resumed run on rank 0: its saved config with the allowed overrides, its data opened."""
     from dataclasses import replace
 
-    from perceiver_ar_music import checkpoint as ckpt
-    from perceiver_ar_music.atomic import write_json_atomic
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.presets import RunConfig
-    from perceiver_ar_music.store_builder import ensure_prepared
-    from perceiver_ar_music.token_store import PreparedData
-    from perceiver_ar_music.train import RUN_CONFIG_NAME
+    from perceiver_ar_music.model import checkpoint as ckpt
+    from perceiver_ar_music.runtime.atomic import write_json_atomic
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.presets import RunConfig
+    from perceiver_ar_music.data.store_builder import ensure_prepared
+    from perceiver_ar_music.data.token_store import PreparedData
+    from perceiver_ar_music.training.train import RUN_CONFIG_NAME
 
     run_dir = _find_run_dir(args)
     saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
@@ -252,11 +252,11 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    from perceiver_ar_music import distributed
-    from perceiver_ar_music.atomic import os_error_text
-    from perceiver_ar_music.devices import pick_device
-    from perceiver_ar_music.errors import UserError
-    from perceiver_ar_music.train import TrainRun, train
+    from perceiver_ar_music.runtime import distributed
+    from perceiver_ar_music.runtime.atomic import os_error_text
+    from perceiver_ar_music.runtime.devices import pick_device
+    from perceiver_ar_music.runtime.errors import UserError
+    from perceiver_ar_music.training.train import TrainRun, train
 
     info = distributed.from_environment()
     device = pick_device(args.device, info.local_rank)

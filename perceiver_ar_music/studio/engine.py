@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_ar_music.errors import UserError
-from perceiver_ar_music.generation_settings import GenerationSettings
+from perceiver_ar_music.runtime.errors import UserError
+from perceiver_ar_music.sampling.settings import GenerationSettings
 from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.jobs import Job, JobQueue
-from perceiver_ar_music.texture import TextureSelector
+from perceiver_ar_music.sampling.texture import TextureSelector
 from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES, TakeStore
 
 EXAMPLE = "example"  # the primer reference of the bundled example
@@ -91,9 +91,9 @@ class Studio:
         audio_format: str | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
-        from perceiver_ar_music.devices import inference_dtype, pick_device
-        from perceiver_ar_music.continuation import load_for_generation
-        from perceiver_ar_music.render import DEFAULT_AUDIO_FORMAT, check_soundfont
+        from perceiver_ar_music.runtime.devices import inference_dtype, pick_device
+        from perceiver_ar_music.sampling.continuation import load_for_generation
+        from perceiver_ar_music.listening.render import DEFAULT_AUDIO_FORMAT, check_soundfont
 
         self.soundfont = check_soundfont(soundfont) if soundfont is not None else None
         self.audio_format = audio_format or DEFAULT_AUDIO_FORMAT
@@ -107,9 +107,9 @@ class Studio:
 
     # ----- what the page needs to know -----
     def config(self) -> dict:
-        from perceiver_ar_music.generation_settings import DEFAULT_LENGTH
-        from perceiver_ar_music.note_limits import NoteLimits
-        from perceiver_ar_music.pianoroll import CONTINUATION, PRIMER
+        from perceiver_ar_music.sampling.settings import DEFAULT_LENGTH
+        from perceiver_ar_music.sampling.note_limits import NoteLimits
+        from perceiver_ar_music.listening.pianoroll import CONTINUATION, PRIMER
 
         defaults = NoteLimits.from_meta(self.loaded.meta)
         note_seconds, polyphony = defaults.max_note_seconds, defaults.max_polyphony
@@ -129,8 +129,8 @@ class Studio:
     def primer_ids(self, ref: str | None, seconds: float | None, say=None) -> np.ndarray:
         """The primer's ids (no BOS), or of its first `seconds`; a UserError as `generate` words it,
         and what is not used as asked said to `say` (see `continuation.load_primer`)."""
-        from perceiver_ar_music.continuation import load_primer
-        from perceiver_ar_music.vocab import NOTE_ON
+        from perceiver_ar_music.sampling.continuation import load_primer
+        from perceiver_ar_music.data.vocab import NOTE_ON
 
         if not ref:
             return np.zeros(0, dtype=np.int64)
@@ -157,13 +157,13 @@ class Studio:
                 "seconds": round(float(self.vocab.seconds(ids.tolist())), 2), "remarks": remarks}
 
     def primer_notes(self, ids: np.ndarray) -> np.ndarray:
-        from perceiver_ar_music.continuation import sample_notes
+        from perceiver_ar_music.sampling.continuation import sample_notes
 
         prompt = np.concatenate(([self.vocab.bos_id], ids)).astype(np.int64)
         return sample_notes(prompt, len(prompt), self.vocab)[0]
 
     def primer_roll(self, ref: str | None, seconds: float | None) -> bytes:
-        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes, rows_for_height
+        from perceiver_ar_music.listening.pianoroll import piano_roll_image, png_bytes, rows_for_height
 
         notes = self.primer_notes(self.primer_ids(ref, seconds))
         return png_bytes(piano_roll_image(notes, None, row_pixels=rows_for_height(notes, ROLL_HEIGHT)))
@@ -173,8 +173,8 @@ class Studio:
         label = Path(filename or "upload.mid").name[:80]
 
         def check(path: Path) -> None:
-            from perceiver_ar_music.continuation import load_primer
-            from perceiver_ar_music.vocab import NOTE_ON
+            from perceiver_ar_music.sampling.continuation import load_primer
+            from perceiver_ar_music.data.vocab import NOTE_ON
 
             try:
                 ids = load_primer(self.tokenizer, path, None)
@@ -193,7 +193,7 @@ class Studio:
     # ----- generation -----
     def submit(self, form: dict) -> Job:
         """Check a request from the page completely, then queue it."""
-        from perceiver_ar_music.texture import texture_selector
+        from perceiver_ar_music.sampling.texture import texture_selector
 
         form = dict(form)
         primer = form.pop("primer", None)
@@ -214,8 +214,8 @@ class Studio:
         return self.queue.submit(Request(args, primer or None, prompt, settings, texture))
 
     def _run(self, job: Job) -> list[str]:
-        from perceiver_ar_music import threads
-        from perceiver_ar_music.continuation import continue_ids, sampling_rules
+        from perceiver_ar_music.runtime import threads
+        from perceiver_ar_music.sampling.continuation import continue_ids, sampling_rules
 
         threads.refresh()  # the machine may be busier (or freer) than when the studio started
         request: Request = job.request
@@ -248,7 +248,7 @@ class Studio:
 
     def _write_take(self, name: str, sequence: np.ndarray, prompt_len: int, request: Request, index: int,
                     stopped_by: str, tokens_per_second: float) -> dict:
-        from perceiver_ar_music.continuation import write_sample_files
+        from perceiver_ar_music.sampling.continuation import write_sample_files
 
         target = request.texture.target_of(index - 1) if request.texture is not None else None
         common = dict(max_note_seconds=request.settings.max_note_seconds, soundfont=self.soundfont, target=target,
@@ -294,7 +294,7 @@ class Studio:
 
     def job_status(self, job: Job) -> dict:
         """What the page shows while a job waits, runs, and when it has finished."""
-        from perceiver_ar_music.continuation import music_clock
+        from perceiver_ar_music.sampling.continuation import music_clock
 
         status = {"job": job.id, "state": job.state, "position": self.queue.position(job), "error": job.error,
                   "takes": job.result or [], "tokens": 0, "tokens_per_second": 0.0, "music_seconds": 0.0,
@@ -312,8 +312,8 @@ class Studio:
 
     def live_roll(self, job: Job, sample: int) -> bytes:
         """The piano roll of one sample of a job so far (primer and continuation in their colours)."""
-        from perceiver_ar_music.continuation import sample_notes
-        from perceiver_ar_music.pianoroll import piano_roll_image, png_bytes, rows_for_height
+        from perceiver_ar_music.sampling.continuation import sample_notes
+        from perceiver_ar_music.listening.pianoroll import piano_roll_image, png_bytes, rows_for_height
 
         request: Request = job.request
         if not 0 <= sample < request.settings.num_samples:
@@ -333,7 +333,7 @@ def take_windows(report) -> list[dict]:
     """A take's continuation in windows, with the texture target beside each (when one was held):
     label, notes/s, mean voices, and the targets of those two figures. A last window too short to
     compare is left out (`music_stats.shown_windows`)."""
-    from perceiver_ar_music.music_stats import shown_windows
+    from perceiver_ar_music.listening.music_stats import shown_windows
 
     rows = []
     for index, window in enumerate(shown_windows(report.windows, report.window_s)):

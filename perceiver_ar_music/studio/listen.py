@@ -22,7 +22,7 @@ from typing import Callable
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.server import DEFAULT_BODY_SECONDS, create_app
 

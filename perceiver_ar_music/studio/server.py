@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.guard import Guard
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.errors import UserError
 
 # generate's flags (by dest) that the page offers, in the order it shows them.
 SETTINGS = (
@@ -52,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
 def generate_parser() -> argparse.ArgumentParser:
     """The generation settings' parser (`generation_settings.add_arguments`, as `generate` reads
     them), raising UserError instead of exiting."""
-    from perceiver_ar_music.generation_settings import add_arguments
+    from perceiver_ar_music.sampling.settings import add_arguments
 
     parser = _Parser(prog="generate", add_help=False, exit_on_error=False)
     add_arguments(parser)

@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from perceiver_ar_music.atomic import write_bytes_atomic, write_json_atomic
-from perceiver_ar_music.errors import UserError
+from perceiver_ar_music.runtime.atomic import write_bytes_atomic, write_json_atomic
+from perceiver_ar_music.runtime.errors import UserError
 
 FILE_NAME = re.compile(r"(take|primer)-[0-9]{4,9}\.(mid|png|json|ogg|flac|wav)")
 PRIMER_NAME = re.compile(r"(take|primer)-[0-9]{4,9}\.mid")

@@ -18,11 +18,9 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.runtime.devices import cpu_has_fast_bf16  # noqa: E402

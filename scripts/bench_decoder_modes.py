@@ -12,13 +12,10 @@ is printed too: it depends on whether torch's on-disk compile cache already hold
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402

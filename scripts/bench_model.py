@@ -17,7 +17,6 @@ import copy
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.runtime.devices import autocast  # noqa: E402
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR, lm_loss  # noqa: E402

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.runtime.devices import allow_tf32, describe_precision, pick_device  # noqa: E402
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR  # noqa: E402

@@ -39,8 +39,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from perceiver_ar_music.runtime.devices import autocast, describe_precision  # noqa: E402
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lm_loss  # noqa: E402
@@ -49,7 +47,7 @@ from perceiver_ar_music.data.token_store import PreparedData  # noqa: E402
 from perceiver_ar_music.runtime.distributed import DistInfo  # noqa: E402
 from perceiver_ar_music.training.train import TrainRun, make_optimizer, optimizer_step, train, train_loader  # noqa: E402
 
-from bundled_recipe import bundled_flags, recipe_configs  # noqa: E402  (scripts/)
+from perceiver_ar_music.tools.bundled_recipe import bundled_flags, recipe_configs
 
 CPU = torch.device("cpu")
 

@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.training.evaluate import evaluate_pieces  # noqa: E402
@@ -37,7 +35,7 @@ from perceiver_ar_music.training.presets import RunConfig  # noqa: E402
 from perceiver_ar_music.data.token_store import PreparedData  # noqa: E402
 from perceiver_ar_music.training.train import METRICS_NAME, TrainRun, train  # noqa: E402
 
-from bundled_recipe import bundled_flags, recipe_configs  # noqa: E402  (scripts/)
+from perceiver_ar_music.tools.bundled_recipe import bundled_flags, recipe_configs
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.decoding import CachedDecoder  # noqa: E402

@@ -12,12 +12,10 @@ of the pieces of a prepared split. Used for the bundled model's card.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.constraints import PerformanceGrammar  # noqa: E402

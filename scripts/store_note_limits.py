@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceiver_ar_music.runtime.atomic import write_json_atomic  # noqa: E402
 from perceiver_ar_music.model.checkpoint import META_NAME, find_checkpoint, read_json  # noqa: E402

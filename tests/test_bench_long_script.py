@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from perceiver_ar_music.listening.music_stats import sample_report
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_long", ROOT / "scripts" / "bench_long_continuations.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from perceiver_ar_music.tools import long_continuations as bench
+
 
 
 def run(mode: str, per_second: float, held: bool, cache: bool = True) -> dict:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pretty_midi
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_music21_corpus", ROOT / "scripts" / "make_music21_corpus.py")
-corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(corpus)
+from perceiver_ar_music.tools import music21_corpus as corpus
+
 
 
 def four_voices(path: Path, held: int = 0) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +9,8 @@ import pytest
 from perceiver_ar_music.data.events import ids_to_notes
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_robustness", ROOT / "scripts" / "eval_robustness.py")
-script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
+from perceiver_ar_music.tools import robustness as script
+
 
 
 def piece(vocab, pitches: list[int]) -> np.ndarray:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +10,8 @@ import pytest
 
 from perceiver_ar_music.listening.music_stats import music_stats, reference_figures, sample_report, write_stats_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))  # the judge imports the corpus script's composer list
-_spec = importlib.util.spec_from_file_location("judge_model", ROOT / "scripts" / "judge_model.py")
-judge = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(judge)
+from perceiver_ar_music.tools import judge
+
 
 
 def voices(start: float, seconds: float, per_second: float, count: int, length: float) -> list[tuple]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +9,8 @@ import pretty_midi
 
 from perceiver_ar_music.data.store_builder import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("split_duplicates", ROOT / "scripts" / "split_duplicates.py")
-script = importlib.util.module_from_spec(_spec)
-sys.modules["split_duplicates"] = script  # (dataclasses look their module up)
-_spec.loader.exec_module(script)
+from perceiver_ar_music.tools import duplicates as script
+
 
 
 def write_piece(path: Path, pitches) -> None:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perceiver_ar_music.tools import REPO as ROOT
 
-from perceiver_ar_music.commands import train as train_command  # noqa: E402
-from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig  # noqa: E402
-from perceiver_ar_music.training.presets import TrainConfig  # noqa: E402
+from perceiver_ar_music.commands import train as train_command
+from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig
+from perceiver_ar_music.training.presets import TrainConfig
 
 RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
 

@@ -32,7 +32,7 @@ TARGET_SECONDS = 60.0
 
 def build_corpus(folder: Path, files: int, notes: int) -> list[Path]:
     """The cached synthetic corpus: missing files are generated, each written atomically."""
-    from tests.midi_factory import write_maestro_like
+    from perceiver_ar_music.tools.midi_factory import write_maestro_like
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"performance_{index:04d}_{notes}notes.mid" for index in range(files)]

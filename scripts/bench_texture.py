@@ -51,7 +51,7 @@ TUNING: dict[str, float] = {}
 
 def default_primers(folder: Path) -> list[tuple[Path, float | None]]:
     """(path, seconds kept) of the four default primers, made in `folder`."""
-    from tests import midi_factory
+    from perceiver_ar_music.tools import midi_factory
 
     dense, slow = folder / "synthetic-dense.mid", folder / "synthetic-slow.mid"
     midi_factory.write_performance(dense, seed=7, num_notes=900, tempo_changes=False, pedal=True)

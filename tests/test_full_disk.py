@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from perceiver_ar_music.cli import main
-from tests import midi_factory
+from perceiver_ar_music.tools import midi_factory
 from tests.test_train import MICRO_FLAGS, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

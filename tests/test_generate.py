@@ -18,7 +18,7 @@ from perceiver_ar_music.cli import main
 from perceiver_ar_music.sampling.continuation import truncate_to_seconds
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.data.vocab import NOTE_ON
-from tests import midi_factory
+from perceiver_ar_music.tools import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

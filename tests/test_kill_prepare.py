@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from perceiver_ar_music.data.token_store import PreparedData
-from tests.midi_factory import write_performance
+from perceiver_ar_music.tools.midi_factory import write_performance
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG"),

@@ -13,7 +13,7 @@ import pytest
 
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.data.midi_load import MAX_FILE_BYTES, MAX_NOTES, MidiReadError, read_score
-from tests import midi_factory
+from perceiver_ar_music.tools import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 

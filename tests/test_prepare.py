@@ -26,7 +26,7 @@ from perceiver_ar_music.data.store_builder import (
 )
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.data.tokenizer import PerformanceTokenizer, load_tokenizer
-from tests import midi_factory
+from perceiver_ar_music.tools import midi_factory
 
 # ----------------------------------------------------------------------------- building test data
 

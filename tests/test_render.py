@@ -16,7 +16,7 @@ from perceiver_ar_music import cli
 from perceiver_ar_music.listening import render
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.listening.render import AudioUnavailable, render_midi
-from tests.midi_factory import BAD_FILES, write_drums_only, write_performance
+from perceiver_ar_music.tools.midi_factory import BAD_FILES, write_drums_only, write_performance
 
 PEAK = 10 ** (-1 / 20)
 LSB = 1 / 32768

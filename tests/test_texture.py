@@ -22,7 +22,7 @@ from perceiver_ar_music.sampling.texture import (
     texture_selector,
 )
 from perceiver_ar_music.data.tokenizer import load_tokenizer
-from tests import midi_factory
+from perceiver_ar_music.tools import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 

@@ -25,7 +25,7 @@ from perceiver_ar_music.data.tokenizer import (
     quantize_notes,
 )
 from perceiver_ar_music.data.vocab import NOTE_ON
-from tests.midi_factory import BAD_FILES, write_maestro_like, write_performance
+from perceiver_ar_music.tools.midi_factory import BAD_FILES, write_maestro_like, write_performance
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 0.01

@@ -45,7 +45,7 @@ MODES = {"off": (False, False), "guards": (True, False), "guards+grammar": (True
 
 def synthetic_primer(folder: Path) -> Path:
     """A 2-minute synthetic performance with sustain pedal (tests/midi_factory.py)."""
-    from tests import midi_factory
+    from perceiver_ar_music.tools import midi_factory
 
     path = folder / "synthetic-pedal.mid"
     midi_factory.write_performance(path, seed=7, num_notes=900, tempo_changes=False, pedal=True)

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from perceiver_ar_music.model.checkpoint import load_model, load_optimizer_state, save_checkpoint  # noqa: E402
 from perceiver_ar_music.sampling.decoding import CachedDecoder  # noqa: E402
 from perceiver_ar_music.training.flops import forward_flops, peak_bf16_flops, training_step_flops  # noqa: E402
-from perceiver_ar_music.model.perceiver_ar import Kernels, PerceiverAR, PerceiverARConfig, attention, lm_loss, lower_right_causal  # noqa: E402
+from perceiver_ar_music.model.kernels import Kernels, attention, lower_right_causal  # noqa: E402
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lm_loss  # noqa: E402
 from perceiver_ar_music.training.presets import resolve  # noqa: E402
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids  # noqa: E402
 

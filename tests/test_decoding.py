@@ -154,7 +154,7 @@ def test_cached_decoding_under_bf16_autocast_matches_the_reference():
             expected = model(seq[:, max(0, t - M) : t])[:, -1]
             torch.testing.assert_close(logits.float(), expected.float(), rtol=0.05, atol=0.05)
             logits = dec.step(seq[:, t])
-    assert dec.cross_k.dtype == torch.bfloat16
+    assert dec.cache.context.k.dtype == torch.bfloat16
 
 
 def test_decoder_modes_are_validated():

@@ -7,7 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from perceiver_ar_music.training.flops import forward_flops, peak_bf16_flops, training_step_flops
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lower_right_causal
+from perceiver_ar_music.model.kernels import lower_right_causal
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
 
 MATMULS = {"mm", "addmm", "bmm", "matmul"}
 

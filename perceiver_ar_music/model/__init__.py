@@ -1,5 +1,6 @@
-"""The Perceiver AR model (`perceiver_ar`: its layers, one forward for training, prefill and
-one-token decoding) and checkpoints (`checkpoint`: JSON + safetensors).
+"""The Perceiver AR model (`perceiver_ar`: its layers, one chain for training, prefill and
+one-token decoding), its speed paths and masks (`kernels`), what cached decoding keeps (`cache`)
+and checkpoints (`checkpoint`: JSON + safetensors).
 
 ``from perceiver_ar_music.model import PerceiverAR, PerceiverARConfig`` keeps working as before
 the package had stages; torch is imported when one of them is first used."""

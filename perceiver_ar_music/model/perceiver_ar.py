@@ -18,21 +18,18 @@ Only torch and einops are needed to import this module.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
-from perceiver_ar_music.runtime.atomic import write_json_atomic
+from perceiver_ar_music.model.cache import KVCache
+from perceiver_ar_music.model.kernels import Kernels, Linear, attention, causal_keep_mask
 
 
 INT_FIELDS = ("num_tokens", "dim", "depth", "heads", "dim_head", "max_seq_len", "num_latents", "ff_mult")
@@ -124,13 +121,6 @@ class PerceiverARConfig:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**data)
 
-    def save(self, path: str | Path) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PerceiverARConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 # ----------------------------------------------------------------------------------------------
 # Rotary position embedding
@@ -174,115 +164,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast x may be bf16, the tables fp32
     x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Speed choices
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """Kernel choices that change no result beyond rounding (not saved with the weights).
-
-    row_linear_as_reduction: under torch.compile, a linear layer applied to one row (batch-1
-    decoding) runs as a multiply-reduce over the weight rows, which reads the weight once at
-    memory speed (GEMM kernels are tuned for matrices). Eager calls always use F.linear.
-    flash_when_compiled: under torch.compile on a GPU that takes it, bottom-right causal attention
-    with more keys than queries calls the flash kernel directly (see `attention`).
-    """
-
-    row_linear_as_reduction: bool = True
-    flash_when_compiled: bool = True
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) with the compiled single-row path of `Kernels`."""
-
-    row_reduction = True  # set per model by PerceiverAR.set_kernels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.row_reduction and torch.compiler.is_compiling() and x.numel() == x.shape[-1] and self.bias is None:
-            # fp32 products and sum, as a GEMM accumulates; the compiler fuses the casts.
-            return (x.unsqueeze(-2).float() * self.weight.float()).sum(-1).to(x.dtype)
-        return F.linear(x, self.weight, self.bias)
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention: the one call path
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-    dropout: float = 0.0, flash_when_compiled: bool = True,
-) -> torch.Tensor:
-    """Attention of q (b, h, n, d) onto k, v (b, h, m, d) through SDPA.
-
-    With a boolean keep-`mask` that mask decides; without one the mask is bottom-right causal
-    (query i sees keys 0..m - n + i; with m == n the ordinary causal mask; one query sees every
-    key). Compiled on a GPU with the flash kernel (Ampere or newer, bf16/fp16) and
-    `flash_when_compiled`, m > n calls that kernel directly: its causal mask is bottom-right
-    aligned, and unlike CausalBias it traces without a graph break.
-    """
-    if mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    n, m = q.shape[-2], k.shape[-2]
-    if n == m:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-    if n == 1:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    if flash_when_compiled and torch.compiler.is_compiling() and _flash_lower_right_ok(q):
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout, True)[0]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=lower_right_causal(n, m, q.device), dropout_p=dropout)
-
-
-def lower_right_causal(num_queries: int, num_keys: int, device: torch.device) -> Any:
-    """The bottom-right-aligned causal mask: query i sees keys 0..num_keys - num_queries + i.
-
-    On CUDA in eager mode this is torch's CausalBias, which keeps the fused flash kernel. Under
-    torch.compile (building a CausalBias breaks the graph) and on CPU (where CausalBias would
-    materialise the mask on every call) it is an explicit boolean mask, cached on CPU.
-    """
-    if torch.compiler.is_compiling():
-        return _explicit_lower_right(num_queries, num_keys, device)
-    if device.type == "cpu":
-        return _cached_cpu_lower_right(num_queries, num_keys)
-    return causal_lower_right(num_queries, num_keys)
-
-
-def _flash_lower_right_ok(q: torch.Tensor) -> bool:
-    """Whether the flash kernel takes q: a CUDA GPU of compute capability 8.0+, half precision,
-    head size a multiple of 8 up to 256. (Dynamo folds get_device_properties to a constant.)"""
-    return (
-        q.is_cuda
-        and q.dtype in (torch.bfloat16, torch.float16)
-        and q.shape[-1] % 8 == 0
-        and q.shape[-1] <= 256
-        and torch.cuda.get_device_properties(q.device).major >= 8
-    )
-
-
-def _explicit_lower_right(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
-    keep = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
-    return keep.tril(num_keys - num_queries)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_cpu_lower_right(num_queries: int, num_keys: int) -> torch.Tensor:
-    return _explicit_lower_right(num_queries, num_keys, torch.device("cpu"))
-
-
-def causal_keep_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_real: torch.Tensor | None) -> torch.Tensor:
-    """Boolean keep-mask (b, 1, nq, nk) from absolute positions and a key padding mask.
-
-    A query sees keys at positions <= its own that are real tokens; it always sees itself, so a
-    padded query (whose output is never used) still has one key and no NaN appears.
-    """
-    q_pos = q_pos if q_pos.dim() == 2 else q_pos.unsqueeze(0)
-    k_pos = k_pos if k_pos.dim() == 2 else k_pos.unsqueeze(0)
-    causal = k_pos[:, None, :] <= q_pos[:, :, None]
-    if k_real is not None:
-        causal = causal & (k_real[:, None, :] | (k_pos[:, None, :] == q_pos[:, :, None]))
-    return causal[:, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,10 +245,9 @@ class CrossAttention(MultiHead):
 class SelfAttention(MultiHead):
     """Pre-norm causal self-attention over the latents, with an optional key/value cache.
 
-    Without a cache, keys/values are the input's own. With `cache=(k, v)` (b, h, N, d), the new
-    keys/values are written at latent slot `index` onwards and the queries attend to the cache:
-    an int index slices the filled slots (prefill, eager decoding); a device tensor index (1,)
-    writes one slot and attends to the whole cache under `mask` (the fixed-shape step).
+    Without a cache, keys/values are the input's own. With a `cache`, the new keys/values are
+    written at latent `slots` (n,) and the queries attend to `cache.view(filled)`: the first
+    `filled` slots, or (None, the fixed-shape step) every slot under `mask`.
     """
 
     def __init__(self, cfg: PerceiverARConfig) -> None:
@@ -379,21 +259,13 @@ class SelfAttention(MultiHead):
 
     def forward(
         self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None, index: int | torch.Tensor = 0,
+        cache: KVCache | None = None, slots: torch.Tensor | None = None, filled: int | None = None,
     ) -> torch.Tensor:
         q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
         q, k = rotate(q, *rot), rotate(k, *rot)
         if cache is not None:
-            cache_k, cache_v = cache
-            if isinstance(index, int):
-                end = index + k.shape[-2]
-                cache_k[:, :, index:end] = k
-                cache_v[:, :, index:end] = v
-                k, v = cache_k[:, :, :end], cache_v[:, :, :end]
-            else:
-                cache_k.index_copy_(2, index, k)
-                cache_v.index_copy_(2, index, v)
-                k, v = cache_k, cache_v
+            cache.write(slots, k, v)
+            k, v = cache.view(filled)
         return self.to_out(self.attend(q, k, v, mask))
 
 
@@ -408,9 +280,9 @@ class LatentBlock(nn.Module):
 
     def forward(
         self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None, index: int | torch.Tensor = 0,
+        cache: KVCache | None = None, slots: torch.Tensor | None = None, filled: int | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.attn(x, rot, mask, cache, index))
+        x = x + self.dropout(self.attn(x, rot, mask, cache, slots, filled))
         return x + self.ff(x)
 
 
@@ -425,8 +297,9 @@ class PerceiverAR(nn.Module):
     `num_tokens, dim, depth, heads, dim_head, max_seq_len, cross_attn_seq_len | num_latents,
     cross_attn_dropout, ff_mult, dropout`). `kernels` picks speed paths (see `Kernels`).
 
-    The stages, each usable alone (the cached decoder calls them with its caches): `token_emb`,
-    `rotation`, `cross_attn.keys_values`, `cross_stage`, `latent_stack`, `head`.
+    `forward` and the cached decoder share one chain, `decode_latents` (cross stage, latent stack,
+    head); the stages are usable alone too: `embed`, `rotation`, `cross_attn.keys_values`,
+    `cross_stage`, `latent_stack`, `head`.
     """
 
     def __init__(self, config: PerceiverARConfig | None = None, kernels: Kernels | None = None, **kwargs: Any) -> None:
@@ -486,10 +359,34 @@ class PerceiverAR(nn.Module):
         real tokens; padding goes on the LEFT (the latents, which are scored, sit at the end).
         num_latents overrides the configured N (used by the cached decoder's resets and tests).
         """
-        latents, positions = self.cross_attend(tokens, padding_mask, num_latents)
-        latent_real = None if padding_mask is None else padding_mask[:, -latents.shape[1] :]
-        mask = None if latent_real is None else causal_keep_mask(positions, positions, latent_real)
-        return self.head(self.latent_stack(latents, self.rotation(positions, latents.dtype), mask))
+        h, rot, context, context_mask, positions = self._latent_inputs(tokens, padding_mask, num_latents)
+        latent_mask = None
+        if padding_mask is not None:
+            latent_mask = causal_keep_mask(positions, positions, padding_mask[:, -len(positions) :])
+        return self.decode_latents(h, rot, context, context_mask=context_mask, latent_mask=latent_mask)
+
+    def decode_latents(
+        self, h: torch.Tensor, rot: Rotation, context: tuple[torch.Tensor, torch.Tensor], *,
+        context_mask: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None, slots: torch.Tensor | None = None, filled: int | None = None,
+        last: bool = False,
+    ) -> torch.Tensor:
+        """The one chain from latent embeddings to logits: `forward` and every decoder path use it.
+
+        Latent embeddings h (b, n, dim) at rotation `rot` cross-attend to the `context` keys and
+        values (bottom-right causal unless `context_mask`), then go through the latent stack
+        (causal unless `latent_mask`) and the head. With `cache` (one KVCache per layer) the
+        latents' keys/values are written at `slots` and attention reads `filled` slots (see
+        `SelfAttention`). Returns logits (b, n, V), or with `last` the last latent's (b, V).
+        """
+        x = self.cross_stage(h, rot, *context, context_mask)
+        x = self.latent_stack(x, rot, latent_mask, cache, slots, filled)
+        return self.head(x[:, -1] if last else x)
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Rotation]:
+        """Embeddings (b, n, dim) of ids (b, n) and the rotation tables of their `positions` (n,)."""
+        h = self.emb_dropout(self.token_emb(ids))
+        return h, self.rotation(positions, h.dtype)
 
     def rotation(self, positions: torch.Tensor, dtype: torch.dtype) -> Rotation:
         """Rotary (cos, sin) tables for absolute `positions` (see Rotary.cos_sin)."""
@@ -502,26 +399,34 @@ class PerceiverAR(nn.Module):
         num_latents: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens -> latent states (b, n, dim) after the cross-attention stage, and their positions (n,)."""
+        h, rot, context, context_mask, positions = self._latent_inputs(tokens, padding_mask, num_latents)
+        return self.cross_stage(h, rot, *context, context_mask), positions
+
+    def _latent_inputs(
+        self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, num_latents: int | None
+    ) -> tuple[torch.Tensor, Rotation, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """What `decode_latents` takes for a whole input: the latents' embeddings and rotation, the
+        cross-attention keys/values (in training less a random part of the prefix) and their mask,
+        and the latents' positions (n,)."""
         length = tokens.shape[1]
         cfg = self.config
         if not 1 <= length <= cfg.max_seq_len:
             raise ValueError(f"input length {length} is outside 1..max_seq_len={cfg.max_seq_len}")
         n = min(num_latents or cfg.num_latents, length)
-        h = self.emb_dropout(self.token_emb(tokens))
         positions = torch.arange(length, device=tokens.device)
+        h, rot = self.embed(tokens, positions)
 
         # Keys/values: the whole input, or (training) the latents plus a random subset of the prefix.
-        kv_h, kv_pos, kv_real = h, positions, padding_mask
+        kv_h, kv_pos, kv_real, kv_rot = h, positions, padding_mask, rot
         prefix = length - n
         if self.training and cfg.cross_attn_dropout > 0 and prefix > 0:
             kv_h, kv_pos, kv_real = self._drop_prefix(h, prefix, padding_mask)
-        cos_k, sin_k = self.rotation(kv_pos, h.dtype)
-        if kv_pos.dim() == 2:  # per-example key positions: broadcast the tables over heads
-            cos_k, sin_k = cos_k[:, None], sin_k[:, None]
-        k, v = self.cross_attn.keys_values(kv_h, (cos_k, sin_k))
+            cos_k, sin_k = self.rotation(kv_pos, h.dtype)
+            kv_rot = (cos_k[:, None], sin_k[:, None])  # per-example key positions: broadcast over heads
+        context = self.cross_attn.keys_values(kv_h, kv_rot)
         q_pos = positions[prefix:]
         mask = None if kv_real is None else causal_keep_mask(q_pos, kv_pos, kv_real)
-        return self.cross_stage(h[:, prefix:], self.rotation(q_pos, h.dtype), k, v, mask), q_pos
+        return h[:, prefix:], (rot[0][prefix:], rot[1][prefix:]), context, mask, q_pos
 
     def cross_stage(
         self, h: torch.Tensor, rot: Rotation, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
@@ -533,13 +438,13 @@ class PerceiverAR(nn.Module):
 
     def latent_stack(
         self, x: torch.Tensor, rot: Rotation, mask: torch.Tensor | None = None,
-        caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None, index: int | torch.Tensor = 0,
+        cache: list[KVCache] | None = None, slots: torch.Tensor | None = None, filled: int | None = None,
     ) -> torch.Tensor:
         """The causal self-attention stack over latent states x (b, n, dim) -> final states.
 
-        `caches` (one (k, v) per layer) and `index` as in `SelfAttention`."""
+        `cache` (one KVCache per layer), `slots` and `filled` as in `SelfAttention`."""
         for i, layer in enumerate(self.layers):
-            x = layer(x, rot, mask, None if caches is None else caches[i], index)
+            x = layer(x, rot, mask, None if cache is None else cache[i], slots, filled)
         return x
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import warnings
 
 import torch
 
+from perceiver_ar_music.model.cache import DecoderCache
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 
 
@@ -93,7 +94,7 @@ class CachedDecoder:
         self.length = 0  # tokens seen so far
         self.num_cached = 0  # latents in the latent caches
         self.num_resets = 0
-        self.cross_k: torch.Tensor | None = None
+        self.cache: DecoderCache | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # -- public interface --------------------------------------------------------------------------
@@ -127,26 +128,27 @@ class CachedDecoder:
             logits = self._rebuild(self.reset_latents)
             self._set_counters()
             return logits
-        if self.mode != "dynamic":  # the fixed-shape step, replayed as a graph or run as it is
+        if self.mode == "dynamic":
+            position = torch.tensor([self.length], device=tokens.device)
+            slot = torch.tensor([self.num_cached], device=tokens.device)
+            window = min(self.length + 1, self.model.config.max_seq_len)
+            logits = decode_step(self.model, self.cache, tokens, position, slot, window, self.num_cached + 1)
+        else:  # the fixed-shape step, replayed as a graph or run as it is
             self._token_in.copy_(tokens)
             if self.mode == "graph":
                 self._graph.replay()
                 logits = self._logits_out.clone()
             else:
                 logits = self._static_step()
-            self.length += 1
-            self.num_cached += 1
-            return logits
-        position = self.length
-        self._store(tokens, *self._project(tokens))
-        return self._decode_one(tokens, position)
+        self.length += 1
+        self.num_cached += 1
+        return logits
 
     @torch.no_grad()
     def reorder(self, rows: torch.Tensor) -> None:
         """Row i continues from row rows[i]: every per-row cache is copied in place (a captured
         graph keeps pointing at the same buffers); positions and counters are shared by all rows."""
-        for cache in (self.cross_k, self.cross_v, self.cross_ids, *self.latent_k, *self.latent_v):
-            cache.copy_(cache.index_select(0, rows))
+        self.cache.reorder(rows)
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -159,17 +161,12 @@ class CachedDecoder:
             self.mode = "graph" if use_graph else "static" if self.compile else "dynamic"
         if self.mode == "graph" and (device.type != "cuda" or torch.is_autocast_enabled(device.type)):
             raise ValueError("mode='graph' needs a CUDA model without autocast (convert the weights instead)")
-        cross_shape = (b, cfg.heads, cfg.max_seq_len, cfg.dim_head)
-        if self.cross_k is not None and self.cross_k.shape == cross_shape and self.cross_k.dtype == dtype:
+        if self.cache is not None and self.cache.ids.shape[0] == b and self.cache.context.k.dtype == dtype:
             return
         self._graph = None
-        self.cross_k = torch.zeros(cross_shape, dtype=dtype, device=device)
-        self.cross_v = torch.zeros_like(self.cross_k)
-        self.cross_ids = torch.zeros((b, cfg.max_seq_len), dtype=tokens.dtype, device=device)
-        latent_shape = (b, cfg.heads, cfg.num_latents, cfg.dim_head)
-        self.latent_k = [torch.zeros(latent_shape, dtype=dtype, device=device) for _ in self.model.layers]
-        self.latent_v = [torch.zeros(latent_shape, dtype=dtype, device=device) for _ in self.model.layers]
-        # Static-step state: device-side counters, slot indices for the masks, in/out buffers.
+        self.cache = DecoderCache(b, cfg.heads, cfg.dim_head, cfg.max_seq_len, cfg.num_latents, cfg.depth,
+                                  dtype, tokens.dtype, device)
+        # Static-step state: device-side counters, slot indices for the masks, the input buffer.
         self._position = torch.zeros(1, dtype=torch.long, device=device)
         self._latent_index = torch.zeros(1, dtype=torch.long, device=device)
         self._slot_range = torch.arange(cfg.max_seq_len, device=device)
@@ -179,16 +176,12 @@ class CachedDecoder:
     def _project(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-attention keys/values of new tokens at positions self.length onwards."""
         positions = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
-        h = self.model.token_emb(tokens)
-        k, v = self.model.cross_attn.keys_values(h, self.model.rotation(positions, h.dtype))
+        k, v = self.model.cross_attn.keys_values(*self.model.embed(tokens, positions))
         return k, v, positions
 
     def _store(self, tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Write new tokens' keys/values and ids into the ring buffer (slot = position mod M)."""
-        slots = positions % self.model.config.max_seq_len
-        self.cross_k.index_copy_(2, slots, k)
-        self.cross_v.index_copy_(2, slots, v)
-        self.cross_ids.index_copy_(1, slots, tokens)
+        """Write new tokens' keys/values and ids into the ring buffer; count them."""
+        self.cache.store(tokens, k, v, positions)
         self.length += tokens.shape[1]
 
     def _set_counters(self) -> None:
@@ -197,48 +190,21 @@ class CachedDecoder:
             self._position.fill_(self.length)
             self._latent_index.fill_(self.num_cached)
 
-    def _window(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys, values and ids of the current context window in chronological order."""
-        m = self.model.config.max_seq_len
-        if self.length <= m:
-            return self.cross_k[:, :, : self.length], self.cross_v[:, :, : self.length], self.cross_ids[:, : self.length]
-        shift = -(self.length % m)  # the oldest slot moves to the front
-        return self.cross_k.roll(shift, dims=2), self.cross_v.roll(shift, dims=2), self.cross_ids.roll(shift, dims=1)
-
     def _rebuild(self, num_latents: int) -> torch.Tensor:
         """Recompute the latent stack for the last `num_latents` positions from the cached context."""
-        k_ctx, v_ctx, ids = self._window()
+        k_ctx, v_ctx, ids = self.cache.window(self.length)
         n = min(num_latents, ids.shape[1])
         positions = torch.arange(self.length - n, self.length, device=ids.device)
         self.num_cached = n
-        return self._latents(ids[:, -n:], positions, k_ctx, v_ctx, index=0)
-
-    def _decode_one(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        """One new latent: cross-attend to the whole window, then the cached latent stack."""
-        window = min(self.length, self.model.config.max_seq_len)
-        positions = torch.tensor([position], device=tokens.device)
-        index, self.num_cached = self.num_cached, self.num_cached + 1
-        return self._latents(tokens, positions, self.cross_k[:, :, :window], self.cross_v[:, :, :window], index)
-
-    def _latents(
-        self, ids: torch.Tensor, positions: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, index: int
-    ) -> torch.Tensor:
-        """Latents for `ids` at `positions` (bottom-right causal onto the context keys/values),
-        cached from latent slot `index` on; returns the next token's logits."""
-        model = self.model
-        h = model.token_emb(ids)
-        rot = model.rotation(positions, h.dtype)
-        x = model.cross_stage(h, rot, k_ctx, v_ctx)
-        x = model.latent_stack(x, rot, caches=list(zip(self.latent_k, self.latent_v)), index=index)
-        return model.head(x[:, -1])
+        h, rot = self.model.embed(ids[:, -n:], positions)
+        slots = torch.arange(n, device=ids.device)
+        return self.model.decode_latents(h, rot, (k_ctx, v_ctx), cache=self.cache.latents, slots=slots, filled=n, last=True)
 
     def _static_step(self) -> torch.Tensor:
-        """`_decode_one` with fixed shapes and device-side counters (what the CUDA graph records)."""
+        """One step in fixed shapes with device-side counters (what the CUDA graph records)."""
         step = _compiled_static_step() if self.compile else static_step
-        return step(
-            self.model, self._token_in, self._position, self._latent_index, self.cross_k, self.cross_v,
-            self.cross_ids, self._slot_range, self._latent_range, self.latent_k, self.latent_v,
-        )
+        return step(self.model, self.cache, self._token_in, self._position, self._latent_index,
+                    self._slot_range, self._latent_range)
 
     def _capture(self) -> None:
         """Record `_static_step` as a CUDA graph; the caches keep their contents.
@@ -270,34 +236,40 @@ class CachedDecoder:
                 tensor.copy_(copy)
 
     def _graph_state(self) -> list[torch.Tensor]:
-        return [self.cross_k, self.cross_v, self.cross_ids, self._position, self._latent_index, *self.latent_k, *self.latent_v]
+        return [*self.cache.tensors(), self._position, self._latent_index]
+
+
+def decode_step(
+    model: PerceiverAR, cache: DecoderCache, tokens: torch.Tensor, position: torch.Tensor, slot: torch.Tensor,
+    window: int | None, filled: int | None, context_mask: torch.Tensor | None = None,
+    latent_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One cached step, the same for every mode: `tokens` (b, 1) at `position` (1,) go into the
+    ring, their latent into latent `slot` (1,); returns the next logits (b, V).
+
+    Attention reads the first `window` ring slots and `filled` latent slots (the eager step), or
+    with None every slot under `context_mask` / `latent_mask` (the fixed-shape step)."""
+    h, rot = model.embed(tokens, position)
+    k, v = model.cross_attn.keys_values(h, rot)
+    cache.store(tokens, k, v, position)
+    return model.decode_latents(h, rot, cache.context.view(window), context_mask=context_mask, latent_mask=latent_mask,
+                                cache=cache.latents, slots=slot, filled=filled, last=True)
 
 
 def static_step(
-    model: PerceiverAR, tokens: torch.Tensor, position: torch.Tensor, index: torch.Tensor,
-    cross_k: torch.Tensor, cross_v: torch.Tensor, cross_ids: torch.Tensor,
-    slot_range: torch.Tensor, latent_range: torch.Tensor, latent_k: list[torch.Tensor], latent_v: list[torch.Tensor],
+    model: PerceiverAR, cache: DecoderCache, tokens: torch.Tensor, position: torch.Tensor, index: torch.Tensor,
+    slot_range: torch.Tensor, latent_range: torch.Tensor,
 ) -> torch.Tensor:
-    """One cached decoding step in fixed shapes: no Python state, so it can be graphed and compiled.
+    """`decode_step` in fixed shapes: no Python state, so it can be graphed and compiled.
 
-    Appends `tokens` (b, 1) at device position `position` (1,) to the ring buffer, decodes its
-    latent into latent slot `index` (1,), advances both counters in place and returns the logits.
-    Unfilled slots are masked rather than sliced off.
-    """
-    h = model.token_emb(tokens)
-    rot = model.rotation(position, h.dtype)
-    k, v = model.cross_attn.keys_values(h, rot)
-    slot = position % cross_k.shape[2]
-    cross_k.index_copy_(2, slot, k)
-    cross_v.index_copy_(2, slot, v)
-    cross_ids.index_copy_(1, slot, tokens)
+    Position `position` (1,) and latent slot `index` (1,) live on the device; unfilled slots are
+    masked rather than sliced off, and both counters advance in place."""
     filled = (slot_range <= position).view(1, 1, 1, -1)  # slot s holds a position <= p
-    x = model.cross_stage(h, rot, cross_k, cross_v, mask=filled)
     visible = (latent_range <= index).view(1, 1, 1, -1)
-    x = model.latent_stack(x, rot, mask=visible, caches=list(zip(latent_k, latent_v)), index=index)
+    logits = decode_step(model, cache, tokens, position, index, None, None, filled, visible)
     position.add_(1)
     index.add_(1)
-    return model.head(x[:, -1])
+    return logits
 
 
 @functools.cache

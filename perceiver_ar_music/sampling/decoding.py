@@ -67,6 +67,9 @@ class CachedDecoder:
       device, so a step reads no Python state: empty slots are masked instead of sliced off.
     - "graph": the static step captured once as a CUDA graph and replayed per token, which removes
       the per-kernel launch cost that bounds batch-1 decoding on a GPU (CUDA only, no autocast).
+    All three run `decode_step`, the dynamic one with Python slice lengths, the fixed-shape ones
+    through `static_step` with masks; the step, the prefill and the resets all end in the model's
+    one chain, `PerceiverAR.decode_latents`, and write the caches (`DecoderCache`) one way.
     None chooses "graph" on CUDA without autocast, else "static" with `compile=True`, else
     "dynamic". Resets and the prefill always run eagerly (they happen once every N - N' tokens).
     `compile=True` runs the fixed-shape step through torch.compile (static and graph modes), which

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
-from perceiver_ar_music.sampling.sampler import SamplingConfig, apply_repetition_penalty, filter_logits, sample_ids
+from perceiver_ar_music.sampling.sampler import SamplingConfig, filter_logits, sample_ids
 
 
 def tiny_model() -> PerceiverAR:
@@ -32,19 +32,9 @@ def test_top_k_top_p_min_p_and_temperature():
 
 
 def test_sampling_config_rejects_bad_values():
-    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=1.0), dict(repetition_penalty=0.5)):
+    for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=1.0)):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
-
-
-def test_repetition_penalty_only_touches_recent_and_allowed_tokens():
-    logits = torch.tensor([[2.0, -2.0, 2.0, 1.0]])
-    recent = torch.tensor([[0, 1]])
-    out = apply_repetition_penalty(logits, recent, 2.0)
-    torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 2.0, 1.0]]))
-    only_first = torch.tensor([True, False, False, False])
-    out = apply_repetition_penalty(logits, recent, 2.0, only_first)
-    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 2.0, 1.0]]))
 
 
 def test_same_seed_same_music_other_seed_other_music():

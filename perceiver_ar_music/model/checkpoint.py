@@ -20,7 +20,6 @@ weights, and resuming falls back to the newest checkpoint that is valid in full.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -340,8 +339,3 @@ def recover_run_dir(run_dir: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """`value` if it is a finite number, else None (JSON has no inf/NaN)."""
-    return value if value is not None and math.isfinite(value) else None

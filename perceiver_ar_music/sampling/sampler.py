@@ -1,4 +1,4 @@
-"""Sampling: logit filters (temperature, top-k, top-p, min-p, repetition penalty) and `sample_ids`.
+"""Sampling: logit filters (temperature, top-k, top-p, min-p) and `sample_ids`.
 
 `sample_ids` continues a batch of equal-length prompts with the cached decoder (or the reference
 path), any number of tokens past the model's context, reproducibly for a given seed.
@@ -36,8 +36,6 @@ class SamplingConfig:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     min_p: float = 0.0  # 0.0: off; keep tokens with p >= min_p * p_max
-    repetition_penalty: float = 1.0  # 1.0: off; > 1 discourages recently emitted tokens
-    repetition_window: int = 64  # how many recent tokens the penalty looks at
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -48,23 +46,6 @@ class SamplingConfig:
             raise ValueError("top_p must be in (0, 1]")
         if not 0.0 <= self.min_p < 1.0:
             raise ValueError("min_p must be in [0, 1)")
-        if self.repetition_penalty < 1.0:
-            raise ValueError("repetition_penalty must be >= 1")
-
-
-def apply_repetition_penalty(
-    logits: torch.Tensor, recent: torch.Tensor, penalty: float, penalized: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Divide positive (multiply negative) logits of tokens present in `recent` (b, W) by `penalty`.
-
-    `penalized` (V,) bool restricts the penalty to some token kinds (e.g. note-ons only: time
-    shifts and note-offs repeat by nature in performance events).
-    """
-    present = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, recent, True)
-    if penalized is not None:
-        present &= penalized
-    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(present, scaled, logits)
 
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -116,7 +97,6 @@ def sample_ids(
     eos_id: int | None = None,
     allowed_tokens: AllowedTokens | None = None,
     amend_tokens: AmendTokens | None = None,
-    penalized_tokens: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     selector: "TextureSelector | None" = None,
     reorder: Sequence[Reorder] = (),
@@ -162,9 +142,6 @@ def sample_ids(
             model_logits = logits
             if selector is not None and selector.bias is not None:
                 logits = logits + selector.bias.to(logits.dtype)
-            if sampling.repetition_penalty > 1.0:
-                recent = tokens[:, max(0, length - sampling.repetition_window) : length]
-                logits = apply_repetition_penalty(logits, recent, sampling.repetition_penalty, penalized_tokens)
             if allowed_tokens is not None:
                 logits = torch.where(allowed_tokens(tokens[:, :length]), logits, torch.finfo(logits.dtype).min)
             new = next_token(logits, sampling, generator)

@@ -254,7 +254,7 @@ def test_the_midi_file_keeps_the_polyphony_the_guard_counted(vocab, tmp_path):
     import json
 
     from perceiver_ar_music.cli import main
-    from perceiver_ar_music.sampling.continuation import write_sample_midi
+    from perceiver_ar_music.listening.sample_midi import write_sample_midi
 
     for lead in range(1, 12):  # onsets at several places of the file's tick grid
         ids = [vocab.bos_id, *shift(vocab, lead), *on(vocab, 60), *on(vocab, 64), *off(vocab, 64), *on(vocab, 71),

@@ -8,14 +8,13 @@ The pieces the `generate` command (and the studio) string together, each usable 
 - `continue_ids`: the cached (or reference) sampler with progress in tokens/s and seconds of
   music (a bar in a terminal, a line every few seconds elsewhere), an optional seconds budget,
   a per-step hook and stopping on EOS;
-- `sample_notes` / `write_sample_midi`: one sample's ids -> notes (notes left sounding when
-  sampling stopped get a clean ending) -> a MIDI file with the primer and the continuation on two
-  tracks and a text event at the boundary.
+- `sample_notes` / `write_sample_files`: one sample's ids -> notes (notes left sounding when
+  sampling stopped get a clean ending) -> its files: the sample MIDI file (`sample_midi`: the
+  primer and the continuation on two tracks, a text event at the boundary), piano roll, audio.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from perceiver_ar_music.runtime.atomic import atomic_path
 from perceiver_ar_music.sampling.constraints import NoteRules
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.data.events import END, START, music_clock, note_steps_and_open
@@ -329,25 +327,6 @@ def release_open_notes(notes: np.ndarray, still_sounding: np.ndarray, max_note_s
     return notes
 
 
-def write_sample_midi(notes: np.ndarray, primer_notes: int, boundary_s: float, path: str | os.PathLike[str]) -> None:
-    """A MIDI file with the primer and the continuation as two piano tracks and a boundary marker.
-
-    Notes are written with the times they have (no note is lengthened: a longer note would sound
-    beside notes the guards counted without it); a note of zero length is left out."""
-    import pretty_midi
-
-    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
-    for name, part in (("primer", notes[:primer_notes]), ("continuation", notes[primer_notes:])):
-        track = pretty_midi.Instrument(program=0, name=name)
-        for pitch, start, end, velocity in part[part[:, END] > part[:, START]]:
-            track.notes.append(pretty_midi.Note(int(velocity), int(pitch), float(start), float(end)))
-        midi.instruments.append(track)
-    if primer_notes:
-        midi.text_events.append(pretty_midi.Text("continuation starts", float(boundary_s)))
-    with atomic_path(Path(path)) as tmp:
-        midi.write(str(tmp))
-
-
 @dataclass
 class SampleFiles:
     """What `write_sample_files` wrote for one sample (file names relative to its folder)."""
@@ -377,6 +356,7 @@ def write_sample_files(
     from perceiver_ar_music.listening.music_stats import sample_report
     from perceiver_ar_music.listening.pianoroll import ROW_PIXELS, draw_piano_roll, roll_geometry, rows_for_height
     from perceiver_ar_music.listening.render import DEFAULT_SAMPLE_RATE, AudioUnavailable, render_midi
+    from perceiver_ar_music.listening.sample_midi import write_sample_midi
 
     notes, primer_notes, boundary = sample_notes(sequence, prompt_len, vocab, max_note_seconds)
     midi, roll = f"{name}.mid", f"{name}.png"

@@ -327,6 +327,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--window-size=1200,1800", "--hide-scrollbars", "--remote-debugging-pipe",
+    "--autoplay-policy=no-user-gesture-required",  # the page's audio clock runs in a headless test
 ]
 
 
@@ -368,9 +369,14 @@ class Browser:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
 
-    def open(self, url: str) -> None:
-        target = self.send("Target.createTarget", {"url": url})["targetId"]
+    def open(self, url: str, before: str | None = None) -> None:
+        """Open `url` in a new tab; `before` is a script run in the page before its own (a test's stand-in)."""
+        target = self.send("Target.createTarget", {"url": "about:blank" if before else url})["targetId"]
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        if before:
+            self.send("Page.enable")
+            self.send("Page.addScriptToEvaluateOnNewDocument", {"source": before})
+            self.send("Page.navigate", {"url": url})
 
     def js(self, expression: str):
         result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})

@@ -397,3 +397,31 @@ def test_a_finished_jobs_tokens_are_those_its_take_kept(server, studio):
     assert done["state"] == "done" and done["tokens"] == take["new_tokens"] < done["drawn"]  # (seed 4: it overshot)
     stats = dict(take["stats"])
     assert f"{take['new_seconds']:.1f} s" == stats["duration"]
+
+
+# ----- WebSockets: the same Host and Origin rules at the handshake -----
+@pytest.mark.parametrize("path", ["/ws/duet", "/ws/jobs/job-0000000000000000"])
+@pytest.mark.parametrize("headers, refused", [
+    ({"Origin": "http://attacker.example"}, True),  # another site's page
+    ({"Origin": "null"}, True),  # a sandboxed frame or a file:// page
+    ({"Host": "attacker.example", "Origin": "http://attacker.example"}, True),  # DNS rebinding
+    ({"Sec-Fetch-Site": "cross-site"}, True),
+    ({}, False),  # not a browser (no Origin): a program on this machine
+    ({"Origin": "SELF"}, False),  # the studio's own page
+])
+def test_websockets_from_other_sites_are_refused(server, path, headers, refused):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    own = f"127.0.0.1:{server.port}"
+    headers = {key: value.replace("SELF", f"http://{own}") for key, value in headers.items()}
+    host = headers.pop("Host", "127.0.0.1")
+    url = f"ws://{host}:{server.port}{path}"  # (the Host header names it; the socket goes to 127.0.0.1)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        with connect(url, sock=sock, additional_headers=headers, origin=None, open_timeout=10) as channel:
+            first = channel.recv(timeout=10) if path == "/ws/duet" else None
+        assert not refused, "a cross-site WebSocket was accepted"
+        assert first is None or json.loads(first)["type"] == "ready"
+    except InvalidStatus as exc:
+        assert refused and exc.response.status_code == 403, exc

@@ -185,6 +185,37 @@ def synthesize(events: list[tuple[float, object]], soundfont: Path, sample_rate:
     return out
 
 
+def render_notes(
+    notes: list[tuple[int, int]], soundfont: Path, *, hold_seconds: float, tail_seconds: float,
+    sample_rate: int = DEFAULT_SAMPLE_RATE, program: int = 0,
+) -> list[np.ndarray]:
+    """Each (pitch, velocity) note played alone by one FluidSynth: struck, held `hold_seconds`,
+    released, and `tail_seconds` of its release; stereo float32 (frames, 2) each, at one gain
+    (velocity layers keep their levels). The studio's page plays these (`studio.piano`)."""
+    fluidsynth = load_fluidsynth()
+    hold, tail = round(hold_seconds * sample_rate), round(tail_seconds * sample_rate)
+    synth = fluidsynth.Synth(gain=0.2, samplerate=float(sample_rate))
+    out = []
+    try:
+        if synth.sfload(str(soundfont), update_midi_preset=1) < 0:
+            raise UserError(f"FluidSynth could not load the soundfont: {soundfont}")
+        synth.program_change(0, program)
+        for pitch, velocity in notes:
+            samples = np.zeros((hold + tail, 2), dtype=np.float32)
+            write = _float_writer(fluidsynth, synth, samples)
+            synth.noteon(0, pitch, velocity)
+            write(0, hold)
+            synth.noteoff(0, pitch)
+            write(hold, tail)
+            synth.cc(0, 120, 0)  # all sound off: the next note starts in silence
+            scratch = np.zeros((sample_rate // 10, 2), dtype=np.float32)
+            _float_writer(fluidsynth, synth, scratch)(0, len(scratch))
+            out.append(samples)
+    finally:
+        synth.delete()
+    return out
+
+
 def _send(synth, message) -> None:
     if message.type == "note_on":
         synth.noteon(message.channel, message.note, message.velocity)  # velocity 0 is a release

@@ -50,11 +50,14 @@ class Progress:
     ended: float | None = None  # when sampling ended: tokens/s stays what it was then
     kept: int | None = None  # once the takes are written: the new tokens the longest take kept
     steps: list[torch.Tensor] = field(default_factory=list)
+    final_steps: int = 0  # the steps no texture choice can replace any more (what may be played)
     _ids: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, new: torch.Tensor) -> None:
         self.steps.append(new.detach().clone())  # the sampler may reuse its buffer
+        if self.candidates == 1:
+            self.final_steps = len(self.steps)
 
     def ids(self) -> np.ndarray:
         """(tokens so far, num_samples) int64 ids (of each sample's first candidate row)."""
@@ -65,6 +68,13 @@ class Progress:
         """Texture-keeping sampling kept one candidate: row i now continues from rows[i]."""
         with self._lock:
             self._ids = self._rows()[:, rows.cpu().numpy()]
+            self.final_steps = len(self._ids)
+
+    def final_ids(self, sample: int, start: int = 0) -> np.ndarray:
+        """Sample `sample`'s final tokens from step `start` on (those a texture choice cannot change)."""
+        with self._lock:
+            rows = self._rows()
+            return rows[start:self.final_steps, sample * self.candidates]
 
     def _rows(self) -> np.ndarray:
         """Every row's ids so far (call with the lock held)."""
@@ -104,6 +114,64 @@ class Studio:
         self.store = TakeStore(out, max_upload_bytes)
         self.audio_unavailable: str | None = None
         self.queue = JobQueue(self._run)
+        self._duet_model = None
+        from perceiver_ar_music.studio.duet import DuetLimits
+
+        self.duet_limits = DuetLimits()
+        from perceiver_ar_music.data.store_builder import cache_dir
+        from perceiver_ar_music.studio.piano import PianoSamples
+
+        self.piano = PianoSamples(self.soundfont, cache_dir())
+        self.piano.start()
+
+    @property
+    def duet_model(self):
+        """The model as the duet uses it (`duet.DuetModel`), made once."""
+        from perceiver_ar_music.sampling.note_limits import NoteLimits
+        from perceiver_ar_music.studio.duet import DuetModel
+
+        if self._duet_model is None:
+            limits = NoteLimits.from_meta(self.loaded.meta)
+            self._duet_model = DuetModel(self.loaded.model, self.vocab, self.device,
+                                         (limits.max_note_seconds, limits.max_polyphony))
+        return self._duet_model
+
+    def save_duet(self, notes: np.ndarray, is_model: np.ndarray) -> dict:
+        """A duet (notes (N, 4) in time order, which of them the model played) as a take: one MIDI
+        file with the player's and the model's tracks, its piano roll and its audio."""
+        from perceiver_ar_music.listening.music_stats import sample_report
+        from perceiver_ar_music.listening.pianoroll import draw_piano_roll, roll_geometry, rows_for_height
+        from perceiver_ar_music.listening.render import AudioUnavailable, render_midi
+        from perceiver_ar_music.studio.duet import MODEL, PLAYER
+
+        name = self.store.reserve("take")[0]
+        folder = self.store.folder
+        write_duet_midi(notes, is_model, folder / f"{name}.mid", (PLAYER, MODEL))
+        rows = rows_for_height(notes, ROLL_HEIGHT)
+        draw_piano_roll(notes, None, folder / f"{name}.png", row_pixels=rows)
+        audio, audio_note = None, self.audio_unavailable
+        if self.audio_unavailable is None:
+            try:
+                render_midi(folder / f"{name}.mid", folder / f"{name}.{self.audio_format}", soundfont=self.soundfont)
+                audio = f"{name}.{self.audio_format}"
+            except AudioUnavailable as exc:
+                self.audio_unavailable = audio_note = str(exc)
+            except (UserError, OSError) as exc:
+                audio_note = f"no audio: {getattr(exc, 'strerror', None) or exc}"
+        report = sample_report(notes, 0, 0.0)
+        take = {
+            "name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "kind": "duet",
+            "primer": None, "primer_label": "a duet", "primer_seconds": None, "sample": 1, "settings": {},
+            "new_tokens": 0, "new_seconds": round(float(notes[:, 2].max()) if len(notes) else 0.0, 2),
+            "boundary_seconds": None, "stopped_by": "save",
+            "player_notes": int((~is_model).sum()), "model_notes": int(is_model.sum()),
+            "tokens_per_second": 0.0, "midi": f"{name}.mid", "roll": f"{name}.png",
+            "roll_geometry": roll_geometry(notes, None, rows), "audio": audio, "audio_note": audio_note,
+            "stats": report.continuation.rows() if report.continuation else [],
+            "texture": "the player's", "windows": [], "checkpoint": str(self.loaded.path),
+        }
+        self.store.save_take(take)
+        return take
 
     # ----- what the page needs to know -----
     def config(self) -> dict:
@@ -355,6 +423,22 @@ def _plain(value: object) -> object:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 2)
+
+
+def write_duet_midi(notes: np.ndarray, is_model: np.ndarray, path: Path, names: tuple[str, str]) -> None:
+    """The duet as a MIDI file: the player's notes and the model's on two piano tracks."""
+    import pretty_midi
+
+    from perceiver_ar_music.runtime.atomic import atomic_path
+
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    for name, part in zip(names, (notes[~is_model], notes[is_model])):
+        track = pretty_midi.Instrument(program=0, name=name)
+        for pitch, start, end, velocity in part:
+            track.notes.append(pretty_midi.Note(int(velocity), int(pitch), float(start), float(end)))
+        midi.instruments.append(track)
+    with atomic_path(path) as tmp:
+        midi.write(str(tmp))
 
 
 def primer_label(ref: str | None) -> str:

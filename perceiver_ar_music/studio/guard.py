@@ -7,22 +7,26 @@ Two rules close it to other sites, applied to every request before any route see
   ``localhost`` or a name given with ``serve --allow-host``. A page of ``attacker.example`` whose
   name was re-pointed at 127.0.0.1 sends ``Host: attacker.example`` and is refused, so it can
   read nothing.
-- **Origin** (requests that change something, i.e. anything but GET and HEAD): a browser's
+- **Origin** (requests that change something, i.e. anything but GET and HEAD, and every
+  WebSocket handshake, which any page may open and which the same-origin policy does not guard): a browser's
   ``Origin`` must be the studio's own (``http://`` + the Host), its ``Sec-Fetch-Site`` (when sent)
   ``same-origin`` or ``none``. Clients outside a browser send neither and are let through: they
   run on this machine already. The routes then require a JSON or binary Content-Type, which no
   HTML form can send, so a browser without Origin headers is covered too.
 
-Refusals are ``403`` with ``{"error": "one line"}``, like every other error of the studio.
+Refusals are ``403`` with ``{"error": "one line"}``, like every other error of the studio; a
+refused WebSocket handshake is closed before it is accepted (the client sees HTTP 403).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from typing import Awaitable, Callable, Iterable
 
 SAFE_METHODS = ("GET", "HEAD")
+log = logging.getLogger("perceiver_ar_music.studio")
 SAME_SITE_FETCHES = ("same-origin", "none")
 
 Scope = dict
@@ -75,17 +79,22 @@ class Guard:
         self.allowed_names = tuple(allowed_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         if not host_allowed(headers.get("host"), self.allowed_names):
             reason = (f"unknown Host {headers.get('host', '')[:100]!r}: the studio answers to its IP address, localhost "
                       "or a name given with --allow-host")
-        else:
-            reason = cross_site_reason(scope["method"], headers)
+        else:  # a WebSocket handshake is a GET that opens a channel able to change things
+            reason = cross_site_reason(scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET", headers)
         if reason is None:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            log.warning("refused a WebSocket to %s: %s", scope.get("path", ""), reason)
+            await receive()  # the websocket.connect message
+            await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
             return
         body = json.dumps({"error": reason}).encode("utf-8")
         await send({"type": "http.response.start", "status": 403, "headers": [

@@ -30,6 +30,7 @@ BACKLOG = 512
 KEEP_ALIVE_SECONDS = 5
 MAX_CONNECTIONS = 256
 DEFAULT_HEAD_SECONDS = 10.0
+WS_MAX_BYTES = 64 * 1024  # the largest WebSocket message read (a duet message is checked for far less)
 
 
 class HeadDeadline(H11Protocol):
@@ -49,6 +50,13 @@ class HeadDeadline(H11Protocol):
         if self.cycle is not before and self._deadline is not None:  # the head is complete
             self._deadline.cancel()
             self._deadline = None
+
+    def handle_websocket_upgrade(self, event) -> None:  # type: ignore[override]
+        """The head was complete: the connection is the WebSocket protocol's from here on."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
@@ -113,7 +121,7 @@ def serve(studio: Studio, host: str, port: int, *, quiet: bool = False, ready: C
     protocol = type("StudioProtocol", (HeadDeadline,), {"head_seconds": head_seconds})
     config = uvicorn.Config(
         create_app(studio, allowed_hosts=allowed_hosts, body_seconds=body_seconds), http=protocol, lifespan="off",
-        ws="none", access_log=not quiet, log_level="warning" if quiet else "info",
+        ws="websockets-sansio", ws_max_size=WS_MAX_BYTES, access_log=not quiet, log_level="warning" if quiet else "info",
         log_config=None if quiet else uvicorn.config.LOGGING_CONFIG,
         backlog=BACKLOG, timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=MAX_CONNECTIONS,
         timeout_graceful_shutdown=2, server_header=False,

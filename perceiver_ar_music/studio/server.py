@@ -16,8 +16,13 @@ Routes (JSON unless noted; errors are ``{"error": "one line"}`` with a 4xx statu
     POST /api/jobs/ID/stop  (application/json)        stop: the take keeps what was made
     GET  /files/NAME                                  a file of the output folder, by name only
                                                       (byte ranges, for the audio players)
+    GET  /api/piano                                   the page's piano: its samples (rendered from
+                                                      the soundfont the takes use) or none
+    GET  /piano/NAME                                  one piano sample, by name only
+    WS   /ws/jobs/ID     the job's first sample as notes while it is decoded (playback while generating)
+    WS   /ws/duet        a duet (`duet.DuetSession`: keys in, the model's answers out)
 
-`guard.Guard` checks Host and Origin before any route; bodies are limited before they are read
+`guard.Guard` checks Host and Origin before any route (WebSocket handshakes too); bodies are limited before they are read
 (Content-Length first, then the bytes as they arrive, each chunk within `body_seconds`). The
 studio's work (tokenizing, drawing, queueing) runs in worker threads, never on the event loop.
 """
@@ -27,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+
+import numpy as np
 from importlib import resources
 from typing import Any, Callable
 from urllib.parse import unquote
@@ -36,14 +43,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.guard import Guard
 
 STATIC = {"index.html": "text/html; charset=utf-8", "studio.js": "text/javascript; charset=utf-8",
-          "studio.css": "text/css; charset=utf-8"}
+          "studio.css": "text/css; charset=utf-8", "piano.js": "text/javascript; charset=utf-8",
+          "duet.js": "text/javascript; charset=utf-8"}
+STREAM_POLL_SECONDS = 0.03  # how often a job's stream looks for new final tokens
 FILE_TYPES = {".mid": "audio/midi", ".png": "image/png", ".json": "application/json", ".ogg": "audio/ogg",
               ".flac": "audio/flac", ".wav": "audio/wav"}
 MAX_JSON_BYTES = 64 * 1024
@@ -80,6 +90,10 @@ def create_app(studio: Studio, *, allowed_hosts: tuple[str, ...] = (),
         Route("/api/jobs/{job}/roll/{sample:int}.png", routes.job_roll, methods=["GET"]),
         Route("/api/jobs/{job}/stop", routes.stop, methods=["POST"]),
         Route("/files/{name}", routes.file, methods=["GET"]),
+        Route("/api/piano", routes.piano, methods=["GET"]),
+        Route("/piano/{name}", routes.piano_sample, methods=["GET"]),
+        WebSocketRoute("/ws/jobs/{job}", routes.job_stream),
+        WebSocketRoute("/ws/duet", routes.duet_socket),
     ], exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     return Guard(app, allowed_hosts)
 
@@ -175,6 +189,88 @@ class Routes:
         if path is None:
             raise HttpError(404, f"no such file: {name[:100]}")
         return FileResponse(path, media_type=FILE_TYPES[path.suffix], headers=HEADERS)
+
+    @_answer
+    async def piano(self, request: Request) -> Response:
+        return _json(await run_in_threadpool(self.studio.piano.describe))
+
+    @_answer
+    async def piano_sample(self, request: Request) -> Response:
+        path = self.studio.piano.file(request.path_params["name"])
+        if path is None:
+            raise HttpError(404, "not found")
+        return FileResponse(path, media_type=FILE_TYPES[path.suffix], headers=HEADERS)
+
+    async def job_stream(self, socket: WebSocket) -> None:
+        """The job's first sample as note events while it is decoded, then ``{"type": "end"}``."""
+        from perceiver_ar_music.studio.engine import Progress
+        from perceiver_ar_music.studio.jobs import FINISHED
+        from perceiver_ar_music.studio.notestream import NoteStream
+
+        job = self.studio.queue.get(socket.path_params["job"])
+        await socket.accept()
+        if job is None:
+            await socket.close(4404, "no such job")
+            return
+        stream, done = NoteStream(self.studio.vocab), 0
+        budget = job.request.settings.seconds or float("inf")
+        eos = self.studio.vocab.eos_id
+        try:
+            while True:
+                finished = job.state in FINISHED  # (read first: the tokens below are then all there)
+                progress = job.progress
+                if isinstance(progress, Progress):
+                    ids = progress.final_ids(0, done)
+                    done += len(ids)
+                    ended = np.flatnonzero(ids == eos)
+                    events = [event for event in stream.feed(ids[: ended[0]] if len(ended) else ids)
+                              if "pitch" not in event or event["start"] < budget]  # the take keeps no more
+                    if events:
+                        await socket.send_text(json.dumps({"type": "notes", "notes": events}))
+                    if len(ended):
+                        finished = True
+                if finished:
+                    closing = stream.close()
+                    if closing:
+                        await socket.send_text(json.dumps({"type": "notes", "notes": closing}))
+                    await socket.send_text(json.dumps({"type": "end", "state": job.state, "seconds": stream.seconds}))
+                    await socket.close()
+                    return
+                await asyncio.sleep(STREAM_POLL_SECONDS)
+        except (WebSocketDisconnect, RuntimeError):  # the page went away
+            return
+
+    async def duet_socket(self, socket: WebSocket) -> None:
+        """A duet: JSON messages both ways (see `duet.DuetSession`)."""
+        from perceiver_ar_music.runtime import threads
+        from perceiver_ar_music.studio.duet import DuetSession
+
+        await socket.accept()
+        lock = asyncio.Lock()  # one message at a time, in order
+
+        async def send(message: dict) -> None:
+            async with lock:
+                await socket.send_text(json.dumps(message))
+
+        await run_in_threadpool(threads.refresh)
+        model = await run_in_threadpool(lambda: self.studio.duet_model)
+        session = DuetSession(model, send, self.studio.duet_limits, save=self.studio.save_duet)
+        log.info("duet: a player joined")
+        try:
+            await send({"type": "ready", "settings": session.settings.__dict__, "limits": session.limits.as_dict()})
+            while True:
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is None:
+                    await send({"type": "error", "error": "the duet speaks JSON text messages"})
+                    continue
+                await session.receive(message["text"])
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            session.close()
+            log.info("duet: the player left (%d notes)", len(session.notes))
 
     # ----- helpers -----
     def _static(self, name: str) -> Response:

@@ -155,9 +155,46 @@ function onPrimerSource(event) {
   else if (source === "upload" && $("primer-file").files.length) uploadPrimer($("primer-file").files[0]);
 }
 
+// ----- listening while a take is made: its first sample's notes over /ws/jobs/ID -----
+const LIVE_LOOKAHEAD = 0.25;  // seconds of margin between the first notes arriving and sounding
+const live = { socket: null, audio0: null, voices: new Map(), scheduled: 0, firstAt: null, pressed: null };
+
+function listenLive(job) {
+  stopListening();
+  if (!$("listen-live").checked) return;
+  const socket = new WebSocket(`ws://${location.host}/ws/jobs/${job}`);
+  live.socket = socket;
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type !== "notes" || live.socket !== socket) return;
+    const ctx = StudioPiano.context();
+    if (live.audio0 === null) live.audio0 = ctx.currentTime + LIVE_LOOKAHEAD;
+    for (const note of message.notes) {
+      if (note.pitch !== undefined) {
+        const when = Math.max(live.audio0 + note.start, ctx.currentTime);
+        const voice = StudioPiano.noteOn(note.pitch, note.velocity, when);
+        live.voices.set(note.id, voice);
+        live.scheduled += 1;
+        if (live.firstAt === null) live.firstAt = { received_ms: performance.now() - live.pressed, sounds_ms: performance.now() - live.pressed + (when - ctx.currentTime) * 1000 };
+        if (note.end !== null) StudioPiano.noteOff(voice, live.audio0 + note.end);
+      } else if (live.voices.has(note.id)) {
+        StudioPiano.noteOff(live.voices.get(note.id), live.audio0 + note.end);
+      }
+    }
+  };
+}
+
+function stopListening() {
+  if (live.socket) live.socket.close();
+  StudioPiano.stop(live.voices.values());
+  Object.assign(live, { socket: null, audio0: null, voices: new Map(), scheduled: 0, firstAt: null });
+}
+
 // ----- a job -----
 async function generate() {
   showError("generate-error", "");
+  live.pressed = performance.now();
+  if ($("listen-live").checked) { StudioPiano.resume(); StudioPiano.load(); }  // (a click: audio may start)
   try {
     const status = await api("/api/generate", {
       method: "POST", headers: { "Content-Type": "application/json" },
@@ -171,6 +208,7 @@ async function generate() {
 
 function startJob(status) {
   state.job = status.job;
+  listenLive(status.job);
   $("generate").disabled = true;
   $("stop").disabled = false;
   const live = $("live");
@@ -239,6 +277,7 @@ function finishJob() {
 }
 
 async function stop() {
+  stopListening();
   if (state.job) {
     try { await api(`/api/jobs/${state.job}/stop`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }); } catch (error) { showError("generate-error", error.message); }
   }
@@ -249,8 +288,9 @@ function takeCard(take) {
   const card = el("article", { className: "take", id: take.name, dataset: { name: take.name } });
   const from = take.primer ? `continues ${take.primer_label}` + (take.primer_seconds ? ` (first ${take.primer_seconds} s)` : "") : "from nothing";
   card.append(el("h3", {}, take.name));
-  card.append(el("p", { className: "muted" },
-    `${from}; ${take.new_tokens} new tokens, ${take.new_seconds} s of new music; stopped by ${take.stopped_by}; ${take.created}`));
+  card.append(el("p", { className: "muted" }, take.kind === "duet"
+    ? `a duet of ${take.new_seconds} s: ${take.player_notes} notes of yours, ${take.model_notes} of the model's; ${take.created}`
+    : `${from}; ${take.new_tokens} new tokens, ${take.new_seconds} s of new music; stopped by ${take.stopped_by}; ${take.created}`));
   if (take.audio) {
     card.append(el("audio", { controls: true, preload: "metadata", src: "/files/" + encodeURIComponent(take.audio) }));
   } else {
@@ -326,6 +366,13 @@ async function loadTakes() {
   $("no-takes").hidden = takes.length > 0;
 }
 
+// The page's panels: the takes (a primer continued) and the duet; one shows at a time.
+function showPanel(name) {
+  document.body.classList.toggle("show-duet", name === "duet");
+  for (const tab of document.querySelectorAll("#tabs button")) tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
+  if (name === "duet") StudioPiano.load();
+}
+
 async function main() {
   state.config = await api("/api/config");
   $("checkpoint").textContent = `model: ${state.config.checkpoint} · audio: ${state.config.audio_format}`;
@@ -340,6 +387,9 @@ async function main() {
   });
   $("primer-seconds").addEventListener("change", showPrimer);
   $("generate").addEventListener("click", generate);
+  for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => showPanel(tab.dataset.tab));
+  Duet.init(state.config);
+  document.addEventListener("studio:take", () => loadTakes());
   $("stop").addEventListener("click", stop);
   await showPrimer();
   await loadTakes();

@@ -224,9 +224,9 @@ def test_resuming_with_another_world_size_keeps_the_sample_position(tmp_path: Pa
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path, monkeypatch) -> None:
-    import perceiver_ar_music.training.train as train_module
+    import perceiver_ar_music.training.loss as loss_module
 
-    real = train_module.lm_loss
+    real = loss_module.lm_loss
     calls = {"n": 0}
 
     def poisoned(logits, targets, mask, z_loss):
@@ -236,7 +236,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, cor
             return loss * float("nan"), nats * float("nan")
         return loss, nats
 
-    monkeypatch.setattr(train_module, "lm_loss", poisoned)
+    monkeypatch.setattr(loss_module, "lm_loss", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
         train(make_run(run, corpus, max_steps=10, save_every=2, eval_every=100))
@@ -331,8 +331,9 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     config = json.loads((run / "run_config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["dim"] == 32 and config["model"]["num_tokens"] == 391
     assert config["train"]["max_steps"] == 2 and config["train"]["lr"] == PRESETS["tiny"].train.lr
-    assert (config["train"]["velocity_windows"], config["train"]["velocity_noise"], config["train"]["velocity_shift"]) == (0.5, 8.0, 24)
-    assert config["train"]["stretch_windows"] == 0.25
+    augment = config["train"]["augment"]
+    assert (augment["velocity_windows"], augment["velocity_noise"], augment["max_velocity_shift"]) == (0.5, 8.0, 24)
+    assert augment["stretch_windows"] == 0.25
     assert config["data"]["prepared"] == str(prepared.resolve())
     assert ckpt.load_model(run).meta["step"] == 2
 
@@ -350,6 +351,18 @@ def test_train_command_from_a_midi_folder_and_resume(tmp_path: Path, capsys) -> 
     assert "resuming with changed settings: {'max_steps': 4}" in text and "finished 4 steps" in text
     assert json.loads((run / "run_config.json").read_text())["train"]["max_steps"] == 4
     assert ckpt.latest_resumable(run) == run / "ckpt-4"
+
+    # A run folder saved before the augmentation was nested (flat fields) resumes as it was.
+    saved = json.loads((run / "run_config.json").read_text())
+    nested = saved["train"].pop("augment")
+    saved["train"].update(augment=True, max_transpose=nested["max_transpose"], stretch=0.05,
+                          stretch_windows=nested["stretch_windows"], velocity_windows=nested["velocity_windows"],
+                          velocity_shift=nested["max_velocity_shift"], velocity_noise=nested["velocity_noise"])
+    (run / "run_config.json").write_text(json.dumps(saved))
+    assert main(["train", "--resume", str(run), "--max-steps", "5", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "resuming with changed settings: {'max_steps': 5}" in text and "finished 5 steps" in text
+    assert json.loads((run / "run_config.json").read_text())["train"]["augment"] == nested
 
     assert main(["train", "--resume", str(run), "--dim", "64", "--no-progress"]) == 2
     assert "--dim cannot change when resuming" in capsys.readouterr().err
@@ -568,15 +581,39 @@ def test_tiny_preset_learns_well_below_the_unigram_entropy(tmp_path: Path, capsy
     assert rows[-1]["val_nats"] < 0.8 * unigram, (rows, unigram)
 
 
-def test_the_run_settings_reach_the_augmentation_field_by_field() -> None:
-    from perceiver_ar_music.training.train import augment_config
+def test_the_augmentation_flags_reach_the_one_augmentation_config_field_by_field() -> None:
+    import argparse
 
-    tc = TrainConfig(max_transpose=5, stretch=0.2, stretch_windows=0.3, velocity_windows=0.6, velocity_shift=17,
-                     velocity_noise=4.5, perform_windows=0.4, onset_jitter=0.03, tempo_drift=0.1, velocity_arc=9.0,
-                     pedal_hold=1.5)
-    config = augment_config(tc)
-    assert (config.max_transpose, config.min_stretch, config.max_stretch) == (5, pytest.approx(0.8), pytest.approx(1.2))
-    assert (config.stretch_windows, config.velocity_windows, config.max_velocity_shift, config.velocity_noise) == (0.3, 0.6, 17, 4.5)
-    assert (config.perform_windows, config.onset_jitter, config.tempo_drift, config.velocity_arc,
-            config.pedal_hold) == (0.4, 0.03, 0.1, 9.0, 1.5)
-    assert augment_config(dataclasses.replace(tc, augment=False)) is None
+    from perceiver_ar_music.commands import train as train_command
+    from perceiver_ar_music.training.augment import AugmentConfig
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    flags = ["--preset", "tiny", "--max-transpose", "5", "--stretch", "0.2", "--stretch-windows", "0.3",
+             "--velocity-windows", "0.6", "--velocity-shift", "17", "--velocity-noise", "4.5", "--perform-windows",
+             "0.4", "--onset-jitter", "0.03", "--tempo-drift", "0.1", "--velocity-arc", "9", "--pedal-hold", "1.5"]
+    _, tc = train_command.resolve_configs(parser.parse_args(flags))
+    assert tc.augment == AugmentConfig(max_transpose=5, min_stretch=0.8, max_stretch=1.2, stretch_windows=0.3,
+                                       velocity_windows=0.6, max_velocity_shift=17, velocity_noise=4.5,
+                                       perform_windows=0.4, onset_jitter=0.03, tempo_drift=0.1, velocity_arc=9.0,
+                                       pedal_hold=1.5)
+    assert train_command.resolve_configs(parser.parse_args(["--preset", "tiny"]))[1].augment == AugmentConfig()
+    assert train_command.resolve_configs(parser.parse_args([*flags, "--no-augment"]))[1].augment is None
+
+
+def test_old_flat_run_configs_load_as_the_nested_augmentation() -> None:
+    from perceiver_ar_music.training.augment import AugmentConfig
+
+    for path in sorted((ROOT / "checkpoints" / "default" / "training").glob("*run_config.json")):
+        config = RunConfig.from_dict(json.loads(path.read_text()))
+        assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    old = {"lr": 1e-3, "augment": True, "max_transpose": 2, "stretch": 0.25, "stretch_windows": 0.5,
+           "velocity_windows": 0.5, "velocity_shift": 20, "velocity_noise": 8.0}
+    tc = TrainConfig.from_dict(old)
+    assert tc.lr == 1e-3 and tc.augment == AugmentConfig(max_transpose=2, min_stretch=0.75, max_stretch=1.25,
+                                                         stretch_windows=0.5, velocity_windows=0.5,
+                                                         max_velocity_shift=20, velocity_noise=8.0)
+    assert TrainConfig.from_dict({**old, "augment": False}).augment is None
+    assert TrainConfig.from_dict({"max_transpose": 1}).augment == AugmentConfig(max_transpose=1)
+    with pytest.raises(ValueError, match="unknown augmentation config keys: bogus"):
+        TrainConfig.from_dict({"augment": {"bogus": 1}})

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 HELP = "train a Perceiver AR on a MIDI or prepared folder (presets maestro, small, tiny), or --resume a run"
 
-# Flag destination -> PerceiverARConfig / TrainConfig field.
+# Flag destination -> PerceiverARConfig / TrainConfig / AugmentConfig field (--stretch F is the
+# augmentation's range [1 - F, 1 + F]; --no-augment sets TrainConfig.augment to None).
 MODEL_FLAGS = {
     "max_seq_len": "max_seq_len", "num_latents": "num_latents", "dim": "dim", "depth": "depth",
     "heads": "heads", "dim_head": "dim_head", "cross_attn_dropout": "cross_attn_dropout", "dropout": "dropout",
@@ -24,13 +25,15 @@ MODEL_FLAGS = {
 TRAIN_FLAGS = {
     "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "min_lr_ratio": "min_lr_ratio",
     "warmup": "warmup_steps", "max_steps": "max_steps", "weight_decay": "weight_decay", "clip": "grad_clip",
-    "z_loss": "z_loss", "augment": "augment", "max_transpose": "max_transpose", "stretch": "stretch",
-    "stretch_windows": "stretch_windows",
-    "velocity_windows": "velocity_windows", "velocity_shift": "velocity_shift", "velocity_noise": "velocity_noise",
-    "perform_windows": "perform_windows", "onset_jitter": "onset_jitter", "tempo_drift": "tempo_drift",
-    "velocity_arc": "velocity_arc", "pedal_hold": "pedal_hold",
+    "z_loss": "z_loss", "augment": "augment",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed", "precision": "precision",
+}
+AUGMENT_FLAGS = {
+    "max_transpose": "max_transpose", "stretch_windows": "stretch_windows", "velocity_windows": "velocity_windows",
+    "velocity_shift": "max_velocity_shift", "velocity_noise": "velocity_noise", "perform_windows": "perform_windows",
+    "onset_jitter": "onset_jitter", "tempo_drift": "tempo_drift", "velocity_arc": "velocity_arc",
+    "pedal_hold": "pedal_hold",
 }
 
 
@@ -131,13 +134,21 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any
     return {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest) is not None}
 
 
+def _augment_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    fields = _overrides(args, AUGMENT_FLAGS)
+    if args.stretch is not None:
+        fields.update(min_stretch=1.0 - args.stretch, max_stretch=1.0 + args.stretch)
+    return fields
+
+
 def resolve_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(PerceiverARConfig, TrainConfig) of parsed `train` flags: the preset with the flags applied."""
     from perceiver_ar_music.runtime.errors import UserError
     from perceiver_ar_music.training.presets import resolve
 
     try:
-        return resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS))
+        return resolve(args.preset, _overrides(args, MODEL_FLAGS), _overrides(args, TRAIN_FLAGS),
+                       _augment_overrides(args))
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from None
 
@@ -151,7 +162,7 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
     from perceiver_ar_music.training.presets import RunConfig
     from perceiver_ar_music.data.store_builder import ensure_prepared
     from perceiver_ar_music.data.token_store import PreparedData
-    from perceiver_ar_music.training.train import METRICS_NAME, RUN_CONFIG_NAME
+    from perceiver_ar_music.training.run_folder import METRICS_NAME, RUN_CONFIG_NAME
 
     if not args.data:
         raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
@@ -190,7 +201,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def _find_run_dir(args: argparse.Namespace) -> Path:
     from perceiver_ar_music.runtime.errors import UserError
-    from perceiver_ar_music.training.train import RUN_CONFIG_NAME
+    from perceiver_ar_music.training.run_folder import RUN_CONFIG_NAME
 
     if args.resume:
         return Path(args.resume)
@@ -210,10 +221,10 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     from perceiver_ar_music.model import checkpoint as ckpt
     from perceiver_ar_music.runtime.atomic import write_json_atomic
     from perceiver_ar_music.runtime.errors import UserError
-    from perceiver_ar_music.training.presets import RunConfig
+    from perceiver_ar_music.training.presets import RunConfig, with_overrides
     from perceiver_ar_music.data.store_builder import ensure_prepared
     from perceiver_ar_music.data.token_store import PreparedData
-    from perceiver_ar_music.training.train import RUN_CONFIG_NAME
+    from perceiver_ar_music.training.run_folder import RUN_CONFIG_NAME
 
     run_dir = _find_run_dir(args)
     saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
@@ -233,7 +244,7 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change when resuming (the model's shape is fixed)")
     try:
-        train_config = replace(config.train, **_overrides(args, TRAIN_FLAGS))
+        train_config = with_overrides(config.train, _overrides(args, TRAIN_FLAGS), _augment_overrides(args))
     except (TypeError, ValueError) as exc:
         raise UserError(f"invalid configuration: {exc}") from None
     if args.data:

@@ -20,20 +20,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from perceiver_ar_music.runtime.devices import autocast
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, lm_loss
+from perceiver_ar_music.training.loss import window_loss
 from perceiver_ar_music.data.vocab import EventVocab
 from perceiver_ar_music.training.windows import EvalWindows, framed_slice
 
 METHODS = ("strided", "exact")
-
-
-def _nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of NLL in nats, number of targets) over the positions where `mask` is True."""
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-    return (nll * mask).sum(dtype=torch.float64), mask.sum()
 
 
 @torch.no_grad()
@@ -52,21 +46,14 @@ def score_windows(
     `model` may be wrapped (DDP, compiled); the caller puts it in eval mode.
     """
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
     for start in range(0, len(indices), batch_size):
         items = [dataset[int(i)] for i in indices[start : start + batch_size]]
-        tokens = torch.stack([item["tokens"] for item in items])
-        target_mask = torch.stack([item["target_mask"] for item in items])
-        inputs = tokens[:, :-1]
-        padding_mask = (inputs != pad_id) if bool((inputs == pad_id).any()) else None
-        inputs, targets = inputs.to(device), tokens[:, 1:].to(device)
-        with autocast(device, precision):
-            logits = model(inputs, None if padding_mask is None else padding_mask.to(device))
-        n = logits.shape[1]
-        nats, scored = _nll_sum(logits, targets[:, -n:], target_mask[:, -n:].to(device))
-        total += nats
+        batch = {key: torch.stack([item[key] for item in items]) for key in ("tokens", "target_mask")}
+        _, nats, scored = window_loss(model, batch, pad_id, device, precision)
+        total += nats.double() * scored
         count += scored
-    return float(total), int(count)
+    return float(total), count
 
 
 def strided_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVocab, batch_size: int,
@@ -106,9 +93,9 @@ def exact_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVoca
         with autocast(device, precision):
             logits = model(torch.from_numpy(inputs).to(device), padding_mask)
         targets = torch.tensor([target for _, target in batch], device=device)
-        nats, scored = _nll_sum(logits[:, -1:], targets[:, None], torch.ones_like(targets[:, None], dtype=torch.bool))
-        total += float(nats)
-        count += int(scored)
+        _, nats = lm_loss(logits[:, -1:], targets[:, None])
+        total += float(nats.double()) * len(batch)
+        count += len(batch)
         batch.clear()
 
     for window in _exact_windows(pieces, vocab, seq_len):

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from perceiver_ar_music.training.augment import AugmentConfig
 
-_AUGMENT = AugmentConfig()  # the home of the augmentation ranges' defaults
 # `--precision` of training and scoring (resolved per device by `devices.autocast_dtype`).
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -31,27 +30,19 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 1000  # linear warmup from 0
     max_steps: int = 50_000
+    max_minutes: float | None = None  # wall-clock budget: the run ends (and the lr decays) by time; None: by steps
     weight_decay: float = 0.1  # AdamW, on matrices only (not norms)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     z_loss: float = 1e-4
-    augment: bool = True  # random transposition, time stretch (and velocities) of training windows
-    max_transpose: int = _AUGMENT.max_transpose  # semitones, both ways
-    stretch: float = 0.05  # time stretch factor drawn from [1 - stretch, 1 + stretch]
-    stretch_windows: float = _AUGMENT.stretch_windows  # share of windows that are stretched (the rest keep the piece's time)
-    velocity_windows: float = _AUGMENT.velocity_windows  # share of windows whose velocities are varied (for corpora without dynamics)
-    velocity_shift: int = _AUGMENT.max_velocity_shift  # in those windows: one random shift, MIDI units both ways
-    velocity_noise: float = _AUGMENT.velocity_noise  # and each note's own change, std in MIDI units
-    perform_windows: float = _AUGMENT.perform_windows  # share of windows made to look played (tempo drift, jitter, pedal, dynamics)
-    onset_jitter: float = _AUGMENT.onset_jitter  # in those windows: std of each note's timing, seconds
-    tempo_drift: float = _AUGMENT.tempo_drift  # largest tempo change within a phrase (fraction)
-    velocity_arc: float = _AUGMENT.velocity_arc  # dynamic arc over a phrase, MIDI units both ways
-    pedal_hold: float = _AUGMENT.pedal_hold  # seconds a note may be held longer by the pedal-like lengthening
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # of training windows; None: off
     eval_every: int = 1000  # steps between validations (and best-checkpoint updates)
     eval_windows: int = 512  # validation windows scored each time, evenly spread; 0: all
     save_every: int = 1000  # steps between checkpoints
     keep_last: int = 3  # checkpoints kept besides best/
+    patience: int = 0  # early stopping: end after this many validations without a new best (0: never)
+    mix_share: float = 0.0  # share of training windows drawn from the run's mix data (keeps a base model's skills)
     log_every: int = 10  # steps between metrics.jsonl rows
     seed: int = 0
     precision: str = "auto"  # autocast of training and validation: auto (bf16 where fast), bf16 or fp32
@@ -64,20 +55,13 @@ class TrainConfig:
             (0 <= self.min_lr_ratio <= 1, "min lr ratio must be in [0, 1]"),
             (self.warmup_steps >= 0, "warmup must be >= 0 steps"),
             (self.max_steps >= 1, "max steps must be >= 1"),
+            (self.max_minutes is None or self.max_minutes > 0, "max minutes must be > 0"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (0 <= self.mix_share < 1, "mix share must be in [0, 1)"),
             (self.weight_decay >= 0, "weight decay must be >= 0"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must be in [0, 1)"),
             (self.grad_clip >= 0, "gradient clip must be >= 0"),
             (self.z_loss >= 0, "z-loss must be >= 0"),
-            (self.max_transpose >= 0, "max transpose must be >= 0"),
-            (0 <= self.stretch < 1, "stretch must be in [0, 1)"),
-            (0 <= self.stretch_windows <= 1, "stretch windows must be in [0, 1]"),
-            (0 <= self.velocity_windows <= 1, "velocity windows must be in [0, 1]"),
-            (0 <= self.velocity_shift <= 127 and 0 <= self.velocity_noise <= 127,
-             "velocity shift and noise must be in [0, 127]"),
-            (0 <= self.perform_windows <= 1 and 0 <= self.onset_jitter <= 1 and 0 <= self.tempo_drift < 1
-             and 0 <= self.velocity_arc <= 127 and 0 <= self.pedal_hold <= 10,
-             "perform windows must be in [0, 1], onset jitter in [0, 1] s, tempo drift in [0, 1), velocity arc "
-             "in [0, 127] and pedal hold in [0, 10] s"),
             (self.eval_every >= 1 and self.save_every >= 1 and self.log_every >= 1,
              "eval, save and log intervals must be >= 1 step"),
             (self.eval_windows >= 0, "eval windows must be >= 0 (0: all)"),
@@ -94,10 +78,55 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**data)
+        """Read `to_dict`'s output, or a ``run_config.json`` written before the augmentation was
+        nested (a flag ``augment`` and flat range fields); ValueError if it is neither."""
+        data = dict(data)
+        legacy = {key: data.pop(key) for key in _LEGACY_AUGMENT if key in data}
+        augment = data.pop("augment", True if legacy else {})
+        if isinstance(augment, bool):
+            augment = _legacy_augment(legacy) if augment else None
+        elif augment is not None:
+            augment = AugmentConfig(**_known(AugmentConfig, augment, "augmentation"))
+        return cls(**_known(cls, data, "training"), augment=augment)
+
+
+# Flat fields of run configs saved before the augmentation was nested -> AugmentConfig fields
+# (``stretch`` F was the range [1 - F, 1 + F]).
+_LEGACY_AUGMENT = {
+    "max_transpose": "max_transpose", "stretch": None, "stretch_windows": "stretch_windows",
+    "velocity_windows": "velocity_windows", "velocity_shift": "max_velocity_shift",
+    "velocity_noise": "velocity_noise", "perform_windows": "perform_windows", "onset_jitter": "onset_jitter",
+    "tempo_drift": "tempo_drift", "velocity_arc": "velocity_arc", "pedal_hold": "pedal_hold",
+}
+
+
+def _legacy_augment(flat: dict[str, Any]) -> AugmentConfig:
+    """The AugmentConfig an old flat run config meant (missing fields keep today's defaults)."""
+    fields_ = {new: flat[old] for old, new in _LEGACY_AUGMENT.items() if new is not None and old in flat}
+    if "stretch" in flat:
+        fields_.update(min_stretch=1.0 - flat["stretch"], max_stretch=1.0 + flat["stretch"])
+    return AugmentConfig(**fields_)
+
+
+def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError(f"the {what} config is not an object")
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {', '.join(unknown)}")
+    return data
+
+
+def with_overrides(tc: TrainConfig, train_overrides: dict[str, Any], augment_overrides: dict[str, Any]) -> TrainConfig:
+    """`tc` with the given training and augmentation fields replaced (None values are ignored);
+    ``augment=False`` among the training fields turns augmentation off, augmentation fields given
+    while it is off turn it on from the defaults. ValueError if the result is invalid."""
+    train, augment = _set(train_overrides), _set(augment_overrides)
+    if train.pop("augment", True) is False:
+        return replace(tc, **train, augment=None)
+    if augment:
+        return replace(tc, **train, augment=replace(tc.augment or AugmentConfig(), **augment))
+    return replace(tc, **train)
 
 
 @dataclass(frozen=True)
@@ -134,15 +163,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve(preset: str, model_overrides: dict[str, Any], train_overrides: dict[str, Any]) -> tuple["PerceiverARConfig", TrainConfig]:
-    """A preset with the given fields replaced (None values are ignored); ValueError if invalid."""
+def resolve(preset: str, model_overrides: dict[str, Any], train_overrides: dict[str, Any],
+            augment_overrides: dict[str, Any] | None = None) -> tuple["PerceiverARConfig", TrainConfig]:
+    """A preset with the given fields replaced (as `with_overrides`); ValueError if invalid."""
     from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})")
     base = PRESETS[preset]
     model = PerceiverARConfig.from_dict({**base.model, **_set(model_overrides)})
-    return model, replace(base.train, **_set(train_overrides))
+    return model, with_overrides(base.train, train_overrides, augment_overrides or {})
 
 
 def _set(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -157,17 +187,22 @@ class RunConfig:
     model: "PerceiverARConfig"
     train: TrainConfig
     preset: str | None = None
-    data: dict[str, str] = field(default_factory=dict)  # source, prepared (the folder), tokenizer_hash
+    data: dict[str, str] = field(default_factory=dict)  # source, prepared (the folder), tokenizer_hash, mix_prepared
     created: str = ""
+    init_from: dict[str, Any] | None = None  # fine-tuned from: checkpoint (path), run_name, step; None: random init
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_name": self.run_name, "preset": self.preset, "model": self.model.to_dict(),
-                "train": self.train.to_dict(), "data": dict(self.data), "created": self.created}
+                "train": self.train.to_dict(), "data": dict(self.data), "created": self.created,
+                "init_from": self.init_from}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         """Read back `to_dict`'s output; KeyError, TypeError or ValueError if it is not one."""
         from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig
 
+        init_from = data.get("init_from")
+        if init_from is not None and not (isinstance(init_from, dict) and isinstance(init_from.get("checkpoint"), str)):
+            raise ValueError("init_from has no checkpoint")
         return cls(data["run_name"], PerceiverARConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"]),
-                   data.get("preset"), dict(data["data"]), data.get("created", ""))
+                   data.get("preset"), dict(data["data"]), data.get("created", ""), init_from)

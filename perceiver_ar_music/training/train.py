@@ -18,9 +18,7 @@ and only rank 0 writes files and shows progress.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -31,24 +29,30 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.model import checkpoint as ckpt
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
 from perceiver_ar_music.runtime import distributed
-from perceiver_ar_music.runtime.atomic import write_text_atomic
-from perceiver_ar_music.training.augment import AugmentConfig
 from perceiver_ar_music.runtime.devices import allow_tf32, autocast, describe_precision
 from perceiver_ar_music.runtime.distributed import DistInfo
 from perceiver_ar_music.runtime.errors import UserError
-from perceiver_ar_music.training.evaluate import score_windows
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lm_loss
 from perceiver_ar_music.sampling.note_limits import note_limits
+from perceiver_ar_music.training.evaluate import score_windows
+from perceiver_ar_music.training.loss import window_loss
 from perceiver_ar_music.training.presets import RunConfig, TrainConfig
-from perceiver_ar_music.data.token_store import PreparedData
-from perceiver_ar_music.training.windows import EvalWindows, TrainWindows, WindowSampler
-
-RUN_CONFIG_NAME = "run_config.json"
-METRICS_NAME = "metrics.jsonl"
+from perceiver_ar_music.training.run_folder import (
+    METRICS_NAME,  # noqa: F401  (re-exported for scripts)
+    RUN_CONFIG_NAME,  # noqa: F401
+    Progress,
+    ResumeState,
+    RunFolder,
+    read_resume_state,
+    rng_state,
+    set_rng_state,
+)
+from perceiver_ar_music.training.windows import EvalWindows, MixedWindows, TrainWindows, WindowSampler
 
 
 class TrainingDiverged(UserError):
@@ -66,21 +70,15 @@ def _ignore_interrupts(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def augment_config(tc: TrainConfig) -> AugmentConfig | None:
-    """The training windows' augmentation ranges from the run's settings (None: augmentation off)."""
-    if not tc.augment:
-        return None
-    return AugmentConfig(max_transpose=tc.max_transpose, min_stretch=1.0 - tc.stretch, max_stretch=1.0 + tc.stretch,
-                         stretch_windows=tc.stretch_windows, velocity_windows=tc.velocity_windows,
-                         max_velocity_shift=tc.velocity_shift, velocity_noise=tc.velocity_noise,
-                         perform_windows=tc.perform_windows, onset_jitter=tc.onset_jitter, tempo_drift=tc.tempo_drift,
-                         velocity_arc=tc.velocity_arc, pedal_hold=tc.pedal_hold)
-
-
 def train_loader(data: PreparedData, cfg: PerceiverARConfig, tc: TrainConfig, info: DistInfo,
-                 start: int, workers: int, device: torch.device) -> DataLoader:
-    """Endless augmented training windows for this rank, from sample position `start` on."""
-    dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=augment_config(tc), seed=tc.seed)
+                 start: int, workers: int, device: torch.device, mix_data: PreparedData | None = None) -> DataLoader:
+    """Endless augmented training windows for this rank, from sample position `start` on (a
+    `tc.mix_share` of them from `mix_data`'s training pieces when given)."""
+    dataset: Dataset = TrainWindows(data.pieces("train"), data.vocab, cfg.max_seq_len, augment=tc.augment, seed=tc.seed)
+    if mix_data is not None and tc.mix_share > 0:
+        other = TrainWindows(mix_data.pieces("train"), mix_data.vocab, cfg.max_seq_len, augment=tc.augment,
+                             seed=tc.seed + 1)
+        dataset = MixedWindows(dataset, other, tc.mix_share)
     return DataLoader(
         dataset,
         batch_size=tc.batch_size,
@@ -131,29 +129,17 @@ def make_optimizer(model: PerceiverAR, tc: TrainConfig, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type in ("cuda", "cpu"))
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to the minimum."""
+def lr_at(step: int, tc: TrainConfig, time_used: float | None = None) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to the minimum
+    over the steps, or, with a time budget, over `time_used` (the share of it used)."""
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
     min_lr = tc.lr * tc.min_lr_ratio
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+    if time_used is not None:
+        progress = min(1.0, time_used)
+    else:
+        progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - min_lr)
-
-
-def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], pad_id: int, z_loss: float,
-                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(loss to optimise, NLL nats/token, scored targets) of one micro-batch of windows; the
-    forward under `devices.autocast(device, precision)`, the loss in fp32."""
-    tokens, target_mask = batch["tokens"], batch["target_mask"]
-    inputs = tokens[:, :-1]
-    padding_mask = (inputs != pad_id) if bool((inputs == pad_id).any()) else None
-    tokens = tokens.to(device, non_blocking=True)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    with autocast(device, precision):
-        logits = model(inputs, None if padding_mask is None else padding_mask.to(device, non_blocking=True))
-    n = logits.shape[1]  # the latents: the last n targets are scored
-    loss, nats = lm_loss(logits, targets[:, -n:], target_mask[:, -n:].to(device, non_blocking=True), z_loss)
-    return loss, nats, int(target_mask[:, -n:].sum())
 
 
 @dataclass
@@ -174,7 +160,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
         last = index == tc.grad_accum - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss, nats, count = forward_loss(model, batch, pad_id, tc.z_loss, device, tc.precision)
+            loss, nats, count = window_loss(model, batch, pad_id, device, tc.precision, tc.z_loss)
             (loss / tc.grad_accum).backward()
         nats_sum += nats
         targets += count
@@ -226,74 +212,7 @@ def stop_on_signals(stop: StopRequest, second_interrupt_aborts: bool = True) -> 
             signal.signal(sig, old)
 
 
-# ----------------------------------------------------------------------------- state
-
-
-def _encode_rng(state: torch.Tensor) -> str:
-    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _decode_rng(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-def rng_state(device: torch.device) -> dict[str, str | None]:
-    """This process's torch RNG states (CPU and its GPU), as base64 text."""
-    cuda = _encode_rng(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-    return {"cpu": _encode_rng(torch.get_rng_state()), "cuda": cuda}
-
-
-def set_rng_state(state: dict[str, str | None], device: torch.device) -> None:
-    torch.set_rng_state(_decode_rng(state["cpu"]))
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state(_decode_rng(state["cuda"]), device)
-
-
-@dataclass
-class Progress:
-    """Where the run stands; saved as part of ``trainer_state.json``."""
-
-    step: int = 0  # optimizer steps done
-    samples_per_rank: int = 0  # training windows each rank has consumed
-    tokens_seen: int = 0  # scored target tokens, all ranks
-    best_val_nats: float | None = None
-    elapsed_seconds: float = 0.0
-
-
-@dataclass
-class ResumeState:
-    """A checkpoint read and checked in full before anything of it is applied."""
-
-    path: Path
-    weights: dict[str, torch.Tensor]
-    optimizer: dict[int, dict[str, torch.Tensor]]
-    progress: Progress
-    world_size: int
-    rng: list[dict[str, str | None]]
-
-
-def read_trainer_state(checkpoint: Path) -> tuple[Progress, int, list[dict[str, str | None]]]:
-    """(progress, world size, per-rank RNG states) of ``trainer_state.json``; UserError if corrupt."""
-    path = checkpoint / ckpt.TRAINER_STATE_NAME
-    state = ckpt.read_json(path)
-    try:
-        progress = Progress(**state["progress"])
-        world_size = state["world_size"]
-        rng = state["rng"]
-        counters = (progress.step, progress.samples_per_rank, progress.tokens_seen, world_size)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters) or world_size < 1:
-            raise ValueError("bad counters")
-        if progress.best_val_nats is not None and not math.isfinite(progress.best_val_nats):
-            raise ValueError("bad best_val_nats")
-        cpu_size = torch.get_rng_state().numel()
-        if not isinstance(rng, list) or any(_decode_rng(r["cpu"]).numel() != cpu_size for r in rng):
-            raise ValueError("bad RNG state")
-        for r in rng:
-            if r.get("cuda") is not None:
-                _decode_rng(r["cuda"])
-    except (KeyError, TypeError, ValueError, AttributeError):  # binascii.Error is a ValueError
-        raise UserError(f"{path} is corrupt") from None
-    return progress, world_size, rng
+# ----------------------------------------------------------------------------- the run
 
 
 @dataclass
@@ -309,6 +228,8 @@ class TrainRun:
     workers: int = 0
     resume_from: Path | None = None  # a resumable checkpoint folder
     progress: bool = True
+    init_from: Path | None = None  # a checkpoint whose weights a new run starts from (fine-tuning)
+    mix_data: PreparedData | None = None  # a `config.train.mix_share` of the windows come from its training pieces
 
 
 @dataclass
@@ -318,6 +239,7 @@ class TrainResult:
     stopped_by_signal: int | None
     last_checkpoint: Path | None
     best_val_nats: float | None
+    ended_by: str = "steps"  # "steps", "time" (the budget), "early stopping" or "signal"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -340,17 +262,22 @@ class Trainer:
                             f"{len(self.data.vocab)}")
         if "train" not in self.data.manifest["splits"]:
             raise UserError(f"{self.data.root} has no training pieces")
-        self.tokenizer_path = self.data.tokenizer_path
         self.pad_id = self.data.vocab.pad_id
         # the sampler's note guards take their limits from the training data (rank 0 writes them)
         self.note_limits = note_limits(self.data.pieces("train"), self.data.vocab) if info.is_main else None
 
+        self.folder = RunFolder(run.run_dir, info.is_main, self.data.tokenizer_path, self.data.tokenizer_hash)
+
         torch.manual_seed(self.tc.seed)
         self.model = PerceiverAR(self.cfg)
         self.progress = Progress()
-        resume = self._read_resume_state(run.resume_from) if run.resume_from is not None else None
-        if resume is not None:
+        resume = None
+        if run.resume_from is not None:
+            params = [p for group in _decay_split(self.model) for p in group]
+            resume = read_resume_state(run.resume_from, self.model, params, info.is_main)
             self.model.load_state_dict(resume.weights)
+        elif run.init_from is not None:
+            ckpt.load_weights(self.model, run.init_from)
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.tc, self.device)
         if resume is not None:
@@ -369,34 +296,10 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=device_ids)
         self.validation = ValidationSet.build(self.data, self.cfg, self.tc.eval_windows)
-        self.tensorboard: Any = None  # opened by run() when tensorboard is installed
         self.rate_window = (time.perf_counter(), 0)  # (start, scored targets since) for tokens/s
 
-    # -- resume
-
-    def _read_resume_state(self, newest: Path) -> ResumeState:
-        """Read `newest` in full, else the newest older checkpoint of its run that is valid (weights
-        finite and fitting, optimizer and trainer state intact), saying which were skipped."""
-        newest_step = ckpt.checkpoint_step(newest)
-        older = [p for p in ckpt.resumable_checkpoints(newest.parent)
-                 if p != newest and newest_step is not None and (ckpt.checkpoint_step(p) or 0) < newest_step]
-        params = [p for group in _decay_split(self.model) for p in group]
-        skipped = []
-        for path in [newest, *older]:
-            try:
-                weights = ckpt.read_weights(self.model, path)
-                optimizer = ckpt.read_optimizer_state(path, params)
-                progress, world_size, rng = read_trainer_state(path)
-            except UserError as exc:
-                skipped.append(f"{path.name}: {exc}")
-                continue
-            if skipped and self.info.is_main:
-                print(f"warning: not resuming from {'; '.join(skipped)}; resuming from {path} instead", flush=True)
-            return ResumeState(path, weights, optimizer, progress, world_size, rng)
-        raise UserError(f"no checkpoint of {newest.parent} can be resumed ({'; '.join(skipped)}): start the run "
-                        f"again without --resume")
-
     def _restore(self, resume: ResumeState) -> None:
+        """Apply a checkpoint's optimizer state, progress and RNG states (read in full before)."""
         ckpt.load_optimizer_state(self.optimizer, resume.path, resume.optimizer)
         self.progress = resume.progress
         saved_world, rng_states = resume.world_size, resume.rng
@@ -407,46 +310,6 @@ class Trainer:
             set_rng_state(rng_states[self.info.rank], self.device)
         else:
             torch.manual_seed(self.tc.seed + 1 + self.info.rank + self.progress.step)
-
-    # -- logging
-
-    def _metrics_path(self) -> Path:
-        return self.run_spec.run_dir / METRICS_NAME
-
-    def _log(self, row: dict[str, Any]) -> None:
-        if not self.info.is_main:
-            return
-        with open(self._metrics_path(), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, row["step"])
-
-    def _open_tensorboard(self) -> Any:
-        """A TensorBoard writer for ``tb/`` if tensorboard is installed (rank 0), else None."""
-        if not self.info.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        # purge_step hides events a killed run logged after the checkpoint it resumes from.
-        return SummaryWriter(str(self.run_spec.run_dir / "tb"), purge_step=self.progress.step + 1)
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows past the resumed step (written after the last checkpoint)."""
-        path = self._metrics_path()
-        if not self.info.is_main or not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= self.progress.step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut by a kill
-        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
     # -- evaluation and saving
 
@@ -473,6 +336,7 @@ class Trainer:
             "best_val_nats": self.progress.best_val_nats,
             "tokens_seen": self.progress.tokens_seen,
             "note_limits": self.note_limits,
+            **({"fine_tuned_from": self.run_spec.config.init_from} if self.run_spec.config.init_from else {}),
         }
 
     @torch.no_grad()
@@ -504,47 +368,38 @@ class Trainer:
         self._check_healthy()
         rng = distributed.gather_objects(rng_state(self.device))
         self.saved_step = self.progress.step
-        if not self.info.is_main:
-            return
         trainer_state = {
             "progress": vars(self.progress),
             "world_size": self.info.world_size,
             "rng": rng,
             "run_config": self.run_spec.config.to_dict(),
         }
-        path = self.run_spec.run_dir / f"ckpt-{self.progress.step}"
-        ckpt.save_checkpoint(path, self.model, self.tokenizer_path, tokenizer_hash=self.data.tokenizer_hash,
-                             meta=self._meta(val_nats), trainer_state=trainer_state, optimizer=self.optimizer)
-        self.last_checkpoint = path
-        ckpt.prune_checkpoints(self.run_spec.run_dir, self.tc.keep_last)
+        self.last_checkpoint = self.folder.save(self.progress.step, self.model, self.optimizer, self._meta(val_nats),
+                                                trainer_state, self.tc.keep_last)
 
     def save_best(self, val_nats: float) -> None:
         self._check_healthy()
-        if self.info.is_main:
-            ckpt.save_checkpoint(self.run_spec.run_dir / ckpt.BEST_NAME, self.model, self.tokenizer_path,
-                                 tokenizer_hash=self.data.tokenizer_hash, meta=self._meta(val_nats))
+        self.folder.save_best(self.model, self._meta(val_nats))
 
     # -- the loop
 
     def run(self, on_step: Callable[[int], None] | None = None) -> TrainResult:
         tc, info = self.tc, self.info
-        if info.is_main:
-            self.run_spec.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.recover_run_dir(self.run_spec.run_dir)
-            if self.run_spec.resume_from is not None:
-                self._truncate_metrics()
+        self.folder.open(self.progress.step if self.resumed_from is not None else None)
         self._announce()
-        self.tensorboard = self._open_tensorboard()
         batches = iter(train_loader(self.data, self.cfg, tc, info, self.progress.samples_per_rank,
-                                    self.run_spec.workers, self.device))
+                                    self.run_spec.workers, self.device, self.run_spec.mix_data))
         bar = self._progress_bar()
         self.step_model.train()
         self.rate_window = (time.perf_counter(), 0)
+        loop_start, wall_before = time.perf_counter(), self.progress.wall_seconds
+        time_used = None if tc.max_minutes is None else wall_before / (60 * tc.max_minutes)
+        ended_by = self._ended_by(time_used)
         try:
             with stop_on_signals(self.stop, second_interrupt_aborts=not info.enabled):
-                while self.progress.step < tc.max_steps:
+                while ended_by is None:
                     started = time.perf_counter()
-                    lr = lr_at(self.progress.step, tc)
+                    lr = lr_at(self.progress.step, tc, time_used)
                     micro = (next(batches) for _ in range(tc.grad_accum))
                     stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device)
                     loss, targets, grad_norm = self._reduce(stats)
@@ -559,17 +414,24 @@ class Trainer:
                     self.progress.elapsed_seconds += time.perf_counter() - started
                     step = self.progress.step
                     self._log_step(bar, loss, lr, targets, stats)
+                    if tc.max_minutes is not None:  # the ranks' mean clock: the same lr and end on every rank
+                        wall = torch.tensor([wall_before + time.perf_counter() - loop_start], dtype=torch.float64,
+                                            device=self.device)
+                        self.progress.wall_seconds = float(distributed.all_reduce_sum(wall)) / info.world_size
+                        time_used = self.progress.wall_seconds / (60 * tc.max_minutes)
+                    ended_by = self._ended_by(time_used)
                     val_nats = None
-                    if step % tc.eval_every == 0 or step == tc.max_steps:
+                    if step % tc.eval_every == 0 or ended_by is not None:
                         val_nats = self._evaluate_and_keep_best(bar)
-                    if step % tc.save_every == 0 or step == tc.max_steps:
+                        ended_by = self._ended_by(time_used)
+                    if step % tc.save_every == 0 or ended_by is not None:
                         self.save(val_nats)
                     if on_step is not None:
                         on_step(step)
-                    if distributed.any_process(self.stop.requested, self.device):
+                    if ended_by is None and distributed.any_process(self.stop.requested, self.device):
                         if self.saved_step != step:
                             self.save(val_nats)
-                        break
+                        ended_by = "signal"
         except torch.cuda.OutOfMemoryError:
             raise UserError(
                 f"CUDA out of memory (batch size {tc.batch_size}, context {self.cfg.max_seq_len}): use a smaller "
@@ -577,10 +439,19 @@ class Trainer:
         finally:
             del batches  # shuts the DataLoader workers down now, even while an exception propagates
             bar.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            self.folder.close()
         return TrainResult(self.model, self.progress.step, self.stop.signum, self.last_checkpoint,
-                           self.progress.best_val_nats)
+                           self.progress.best_val_nats, ended_by or "steps")
+
+    def _ended_by(self, time_used: float | None) -> str | None:
+        """Why the run is over (the same on every rank), or None while it goes on."""
+        if self.progress.step >= self.tc.max_steps:
+            return "steps"
+        if time_used is not None and time_used >= 1:
+            return "time"
+        if self.tc.patience and self.progress.evals_since_best >= self.tc.patience:
+            return "early stopping"
+        return None
 
     def _reduce(self, stats: StepStats) -> tuple[float, int, float]:
         """(mean loss over processes, scored targets of all processes, gradient norm or 0 without
@@ -601,7 +472,7 @@ class Trainer:
             rate = window_tokens / max(now - window_start, 1e-9)
             window_start, window_tokens = now, 0
             grad_norm = None if stats.grad_norm is None else float(stats.grad_norm)
-            self._log({"step": step, "loss": loss, "bits": loss / math.log(2), "lr": lr, "grad_norm": grad_norm,
+            self.folder.log({"step": step, "loss": loss, "bits": loss / math.log(2), "lr": lr, "grad_norm": grad_norm,
                        "tokens": self.progress.tokens_seen, "target_tokens_per_s": rate,
                        "elapsed_s": self.progress.elapsed_seconds})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
@@ -615,11 +486,14 @@ class Trainer:
         if not math.isfinite(val_nats):
             raise TrainingDiverged(f"the validation loss became {val_nats} at step {self.progress.step}: stopped "
                                    f"without saving; {self._last_good()} (try a lower --lr or a longer --warmup)")
-        self._log({"step": self.progress.step, "val_nats": val_nats, "val_bits": val_nats / math.log(2)})
+        self.folder.log({"step": self.progress.step, "val_nats": val_nats, "val_bits": val_nats / math.log(2)})
         best = self.progress.best_val_nats
         if best is None or val_nats < best:
             self.progress.best_val_nats = val_nats
+            self.progress.evals_since_best = 0
             self.save_best(val_nats)
+        else:
+            self.progress.evals_since_best += 1
         if self.info.is_main:
             bar.write(f"step {self.progress.step}: validation {val_nats:.4f} nats/token "
                       f"({val_nats / math.log(2):.4f} bits/token)" + (" (best)" if val_nats == self.progress.best_val_nats else ""))
@@ -649,7 +523,8 @@ class Trainer:
     def _progress_bar(self) -> Any:
         from tqdm import tqdm
 
-        return tqdm(total=self.tc.max_steps, initial=self.progress.step, unit="step", dynamic_ncols=True,
+        total = None if self.tc.max_minutes is not None else self.tc.max_steps
+        return tqdm(total=total, initial=self.progress.step, unit="step", dynamic_ncols=True,
                     disable=not (self.info.is_main and self.run_spec.progress), desc=self.run_spec.config.run_name)
 
 

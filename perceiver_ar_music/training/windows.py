@@ -161,6 +161,24 @@ class TrainWindows(Dataset):
             margin *= 2
 
 
+class MixedWindows(Dataset):
+    """Training windows of which a `share` come from `other` (another corpus' `TrainWindows`, e.g.
+    a base model's data while fine-tuning), the rest from `main`. Sample number `i` picks its
+    source from ``(seed, i)`` alone and keeps its number there, so the stream stays resumable."""
+
+    def __init__(self, main: TrainWindows, other: TrainWindows, share: float) -> None:
+        if not 0 <= share < 1:
+            raise UserError(f"the mixed share must be in [0, 1), got {share}")
+        self.main, self.other, self.share = main, other, share
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        pick = np.random.default_rng((self.main.seed, int(index), 1)).random()
+        return (self.other if pick < self.share else self.main)[index]
+
+
 class WindowSampler(Sampler[int]):
     """Sample numbers for ``TrainWindows`` on one DDP rank: ``rank + world_size * k`` for
     ``k = start, start + 1, ...`` (`num_samples` of them, or endlessly when None)."""

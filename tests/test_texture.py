@@ -112,6 +112,72 @@ def test_user_settings_override_and_scale_the_primer_figures():
         build_target({"density": Curve.parse("x2")}, None)
 
 
+def test_set_voices_and_density_move_the_figures_that_follow_from_them():
+    """voices = density x mean note length: asking half the voices at the same density halves
+    the note length the target holds, and the max voices; doubling the density alone halves the
+    note length; what the user sets stays as set."""
+    primer = primer_figures(chords(20, 0.5, 3, 0.5), 10.0)
+    figures = primer[0]
+    half = build_target({"voices": Curve.parse("x0.5")}, primer)
+    assert half.steered == frozenset({"voices"})
+    assert half.curves["note_length"].at(0) == pytest.approx(figures["note_length"] / 2)
+    assert half.curves["max_voices"].at(0) == pytest.approx(max(1.0, figures["max_voices"] / 2))
+    fast = build_target({"density": Curve.parse("x2")}, primer)
+    assert fast.curves["note_length"].at(0) == pytest.approx(figures["note_length"] / 2)
+    assert fast.curves["max_voices"].at(0) == pytest.approx(figures["max_voices"])  # voices not set
+    rising = build_target({"voices": Curve.parse("0:x1,60:x2")}, primer)
+    assert rising.curves["note_length"].at(60) == pytest.approx(2 * figures["note_length"])
+    kept = build_target({"voices": Curve.parse("x0.5"), "note_length": Curve.constant(0.3)}, primer)
+    assert kept.curves["note_length"].at(0) == 0.3
+    assert build_target({}, primer).steered == frozenset()
+    assert build_target({}, primer).curves["note_length"].at(0) == pytest.approx(figures["note_length"])
+
+
+def test_per_row_voice_limits_cap_one_row_and_hold_notes_of_another(vocab):
+    """`limit_rows`: row 0 may not add a third voice, row 1 may not release a note younger than
+    its hold; the other row of each is free; the limits follow a reorder."""
+    on, off = vocab.note_on_id, vocab.note_off_id
+    velocity = vocab.velocity.index(63)
+    seqs = torch.tensor([[vocab.bos_id, on[60], velocity, on[64], velocity, vocab.shift_id[10]]] * 2)
+    rules = NoteRules(vocab, grammar=True)
+    rules.observe(seqs)
+    with pytest.raises(RuntimeError, match="row_limits"):
+        rules.limit_rows(torch.tensor([2, 99]), None)
+    rules.row_limits = True
+    assert rules.masks
+    rules.limit_rows(torch.tensor([2, 99]), torch.tensor([0, 20]))  # 10 steps have passed
+    allowed = rules.allowed()
+    assert not allowed[0, on[67]] and allowed[1, on[67]]  # row 0: two voices sound, its cap
+    assert allowed[0, off[60]] and not allowed[1, off[60]] and not allowed[1, off[64]]  # row 1 holds
+    assert allowed[1, vocab.shift_id[10]]  # time goes on
+    rules.reorder(torch.tensor([1, 1]))
+    assert torch.equal(rules.row_polyphony, torch.tensor([99, 99]))
+    assert not rules.allowed()[0, off[60]]
+    later = torch.cat([seqs[[1, 1]], torch.full((2, 1), vocab.shift_id[10])], dim=1)
+    rules.observe(later)  # 20 steps: old enough
+    assert rules.allowed()[0, off[60]]
+
+
+def test_voices_set_by_the_user_become_a_cap_and_a_hold_in_the_rules(vocab):
+    primer = primer_figures(chords(40, 0.5, 4, 1.0), 20.0)  # 8 notes/s, 8 voices, 1 s notes
+    selector = TextureSelector(vocab, [build_target({"voices": Curve.parse("x0.5")}, primer)], 1,
+                               candidates=2, segment_tokens=8)
+    cap, hold = selector.voice_limits(selector.targets[0], 0.0)
+    wanted = selector.targets[0].at(0.0)
+    assert cap == math.ceil(wanted["max_polyphony"]) and cap < primer[0]["max_voices"]
+    assert hold == pytest.approx(selector.hold * wanted["mean_polyphony"] / wanted["notes_per_second"])
+    plain = TextureSelector(vocab, [build_target({}, primer)], 1)
+    assert plain.voice_limits(plain.targets[0], 0.0) == (0, 0.0)  # the primer's own voices: no limits
+    rules = NoteRules(vocab, grammar=True, max_note_steps=400)
+    selector.attach(rules)
+    prompt = np.asarray(notes_to_ids(chords(40, 0.5, 4, 1.0), vocab), dtype=np.int64)
+    tokens = torch.as_tensor(np.stack([prompt, prompt]))
+    rules.observe(tokens)
+    selector.choose(tokens, torch.zeros(2), 8)
+    assert rules.row_polyphony.tolist() == [cap, cap]
+    assert rules.row_min_steps.tolist() == [round(hold / vocab.seconds_per_step)] * 2
+
+
 def test_the_distance_is_zero_on_target_and_grows_away_from_it():
     notes = chords(20, 0.5, 3, 0.5)
     stats = music_stats(notes)

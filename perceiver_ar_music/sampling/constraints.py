@@ -7,6 +7,9 @@ and whether a Velocity is due, and applies up to three rules, each optional:
   NoteOn only for a silent pitch, a NoteOff only for a sounding one; any TimeShift; EOS; never PAD
   or BOS.
 - **polyphony cap** (`max_polyphony` P): no NoteOn while P notes sound (a masked token).
+- **per-row voice limits** (`limit_rows`, set while sampling by texture steering): a lower
+  polyphony cap for some rows, and a minimum note length (no NoteOff of a note younger than
+  M grid steps), so that a sample can be held to fewer or more voices than it would write.
 - **maximum note duration** (`max_note_steps` D): when the drawn token is a TimeShift that would
   carry a sounding note past D grid steps, the NoteOff of the oldest sounding note is emitted
   in its place (`amend`) and the shift is kept back; once no note is too old any more, the kept
@@ -79,12 +82,24 @@ class NoteRules:
         self.clock: torch.Tensor | None = None
         self.velocity_due: torch.Tensor | None = None  # (b,) the last token was a NoteOn
         self.kept: torch.Tensor | None = None  # (b,) the shift held back by `amend`, else NOTHING
+        self.row_polyphony: torch.Tensor | None = None  # (b,) per-row caps (`limit_rows`)
+        self.row_min_steps: torch.Tensor | None = None  # (b,) per-row minimum note lengths
+        self.row_limits = False  # whether `limit_rows` may be called (the sampler asks `masks` once)
         self.seen = 0
 
     @property
     def masks(self) -> bool:
         """Whether `__call__` can mask anything (else callers may skip it)."""
-        return self.grammar or self.max_polyphony is not None
+        return self.grammar or self.max_polyphony is not None or self.row_limits
+
+    def limit_rows(self, max_polyphony: torch.Tensor | None, min_note_steps: torch.Tensor | None) -> None:
+        """Per-row voice limits from now on: a polyphony cap (b,) (below the global one, if any)
+        and a minimum note length in grid steps (b,) (0: none); None leaves a limit off. Needs
+        `row_limits` set before sampling starts."""
+        if not self.row_limits:
+            raise RuntimeError("limit_rows needs NoteRules.row_limits = True before sampling")
+        self.row_polyphony = max_polyphony
+        self.row_min_steps = min_note_steps
 
     def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
         """Allowed next tokens (b, V) for sequences (b, L) that extend those seen before."""
@@ -139,6 +154,12 @@ class NoteRules:
         if self.max_polyphony is not None:  # (the spare column is always SILENT: no slice needed)
             full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.max_polyphony
             allowed = torch.where(full, allowed & self.not_note_on, allowed)
+        if self.row_polyphony is not None:
+            full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.row_polyphony[:, None]
+            allowed = torch.where(full, allowed & self.not_note_on, allowed)
+        if self.row_min_steps is not None:  # a NoteOff only for a note at least M steps old
+            young = (self.clock[:, None] - self.onset[:, self.column_of_id]) < self.row_min_steps[:, None]
+            allowed = allowed & ~(self.note_off & young)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
         return allowed.expand(self.onset.shape[0], -1)
@@ -148,6 +169,10 @@ class NoteRules:
         if self.onset is not None:
             self.onset = self.onset[rows]
             self.clock, self.velocity_due, self.kept = self.clock[rows], self.velocity_due[rows], self.kept[rows]
+        if self.row_polyphony is not None:
+            self.row_polyphony = self.row_polyphony[rows]
+        if self.row_min_steps is not None:
+            self.row_min_steps = self.row_min_steps[rows]
 
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """The tokens (b,) to emit after `sequences` (b, L) given the drawn ones `new`: a shift

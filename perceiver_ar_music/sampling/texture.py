@@ -39,6 +39,7 @@ import torch
 from perceiver_ar_music.data.events import ids_to_notes, music_clock, tables
 from perceiver_ar_music.listening.music_stats import MusicStats, checked_notes, pitch_class_histogram, span_stats
 from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
+from perceiver_ar_music.sampling.constraints import NoteRules
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ DEFAULT_STEER_GAIN = 1.0  # logit bias per unit of log-ratio error
 DEFAULT_STEER_INTEGRAL = 0.2  # added to the integral per segment and unit of error
 DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
 DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
+DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 
@@ -177,6 +179,7 @@ class TextureTarget:
     curves: Mapping[str, Curve]
     pitch_classes: np.ndarray | None = None
     source: str = ""
+    steered: frozenset[str] = frozenset()  # the figures the user set (the others: the primer's)
 
     def at(self, seconds: float) -> dict[str, float]:
         """The target figures (by MusicStats field) at `seconds` of new music."""
@@ -238,11 +241,33 @@ def build_target(
         curves[name] = curve
     if not curves:
         return None
+    if primer is not None:
+        curves.update(_dependent_curves(curves, primer[0], set(settings)))
     user = ", ".join(sorted(settings))
     words = f"{source}'s last part" if primer is not None else ""
     if user:
         words = f"{words}; set: {user}" if words else f"set: {user}"
-    return TextureTarget(curves, primer[1] if primer is not None else None, words)
+    return TextureTarget(curves, primer[1] if primer is not None else None, words, frozenset(settings))
+
+
+def _dependent_curves(curves: Mapping[str, Curve], figures: Mapping[str, float], user: set[str]) -> dict[str, Curve]:
+    """The primer's figures that must move with the user's voices and density to stay consistent
+    (voices = density x mean note length): the note length scaled by (voices ratio) / (density
+    ratio), and the max voices by the voices ratio, unless the user set them too."""
+    if not user & {"voices", "density"}:
+        return {}
+    times = sorted({t for name in ("voices", "density") for t, _ in curves[name].points})
+
+    def ratio(name: str, time: float) -> float:
+        return curves[name].at(time) / max(figures[name], 1e-6)
+
+    out = {}
+    if "note_length" not in user:
+        out["note_length"] = Curve(tuple((t, figures["note_length"] * ratio("voices", t) / max(ratio("density", t), 1e-6))
+                                         for t in times))
+    if "voices" in user and "max_voices" not in user:
+        out["max_voices"] = Curve(tuple((t, max(1.0, figures["max_voices"] * ratio("voices", t))) for t in times))
+    return out
 
 
 def texture_distance(stats: MusicStats, pitch_classes: np.ndarray | None, target: TextureTarget, seconds: float) -> float:
@@ -306,7 +331,9 @@ class TextureSelector:
     steer_integral: float = DEFAULT_STEER_INTEGRAL
     steer_limit: float = DEFAULT_STEER_LIMIT
     steer_tempo: float = DEFAULT_STEER_TEMPO
+    hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
+    rules: NoteRules | None = None
 
     def __post_init__(self) -> None:
         if self.candidates < 1 or self.segment_tokens < 1:
@@ -324,6 +351,23 @@ class TextureSelector:
         steps = np.maximum(table.shift_steps, 1)
         self._tempo_offset = torch.as_tensor(np.where(table.kind == TIME_SHIFT, -np.log(steps / 20.0) / np.log(5.0), 0.0),
                                              dtype=torch.float32)
+
+    def attach(self, rules: NoteRules) -> None:
+        """Steer voices through `rules` too (see `voice_limits`); call before sampling starts."""
+        rules.row_limits = True
+        self.rules = rules
+
+    def voice_limits(self, target: TextureTarget, seconds: float) -> tuple[int, float]:
+        """(polyphony cap, minimum note length in seconds) for a sample whose voices the user
+        set: the cap is the target's max voices (rounded up); no note is released before `hold`
+        times the target's mean note length (voices / density), so block chords cannot halve the
+        voices by ending early, nor stay short when more voices are asked. (0, 0.0): no limit."""
+        if "voices" not in target.steered:
+            return 0, 0.0
+        wanted = target.at(seconds)
+        cap = math.ceil(wanted.get("max_polyphony", 0.0)) if "max_polyphony" in wanted else 0
+        mean_length = wanted["mean_polyphony"] / max(wanted.get("notes_per_second", 0.0), RATIO_FLOOR)
+        return max(cap, 1) if cap else 0, self.hold * mean_length if "notes_per_second" in wanted else 0.0
 
     def target_of(self, sample: int) -> TextureTarget | None:
         """The target sample `sample` was held to (its own anchor once made)."""
@@ -347,6 +391,8 @@ class TextureSelector:
         while len(self._steering) < samples:
             self._steering.append(Steering())
         controls = np.zeros((samples, 3), dtype=np.float32)
+        no_cap = np.iinfo(np.int32).max
+        caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
         for sample in range(samples):
             target = self._target(sample, samples)
             first = sample * k
@@ -360,6 +406,11 @@ class TextureSelector:
             best = int(np.argmax(scores))
             chosen[first:first + k] = first + best
             _, seconds, stats = scored[best]
+            cap, hold_s = self.voice_limits(target, seconds)
+            caps[sample] = cap or no_cap
+            holds[sample] = round(hold_s / self.vocab.seconds_per_step)
+            if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
+                holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
             if self.steer_limit > 0:
                 control = self._steering[sample].update(self._errors(stats, target, seconds), self.steer_gain,
                                                         self.steer_integral, self.steer_limit)
@@ -368,6 +419,10 @@ class TextureSelector:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             self.bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
                          - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset).to(tokens.device)
+        if self.rules is not None:
+            device = tokens.device
+            self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device),
+                                  torch.as_tensor(np.repeat(holds, k), device=device))
         return torch.as_tensor(chosen, device=tokens.device)
 
     @staticmethod

@@ -21,6 +21,22 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so'; then
   fi
 fi
 
+# 1b. The piano the takes (and the studio's page) are played with: the best free GM soundfont the
+# Debian registry offers (docs/benchmarks.md, "Soundfonts"); rendering prefers it. Without root,
+# the bundled TimGM6mb (inside pretty_midi) is used.
+SOUNDFONT_PACKAGE=${SOUNDFONT_PACKAGE:-fluid-soundfont-gm}
+SOUNDFONT_FILE=${SOUNDFONT_FILE:-/usr/share/sounds/sf2/FluidR3_GM.sf2}
+if [ ! -f "$SOUNDFONT_FILE" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing the piano soundfont ($SOUNDFONT_PACKAGE)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$SOUNDFONT_PACKAGE" >/dev/null \
+      || log "NOTE: could not install $SOUNDFONT_PACKAGE: audio uses the small bundled TimGM6mb"
+  else
+    log "NOTE: for a better piano, 'sudo apt-get install $SOUNDFONT_PACKAGE' (audio uses the small bundled TimGM6mb)"
+  fi
+fi
+
 # 2. A virtual environment.
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

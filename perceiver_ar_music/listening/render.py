@@ -46,6 +46,11 @@ WRITE_BLOCK_FRAMES = 65_536
 FULL_DISK_BYTES = 1 << 20  # a failed write with less free space than this was a full disk
 
 # Standard places of a General MIDI soundfont, best piano first; the first that exists wins.
+# FluidR3_GM (Debian fluid-soundfont-gm, which scripts/setup.sh installs) first: a sampled Yamaha
+# grand (40 samples, 9 velocity ranges, 3.25 s at middle C) that loads in 0.2 s. MuseScore General
+# (.sf3) has truer dynamics (soft notes darker) but takes ~11 s to load per render, so it is not
+# chosen by default (--soundfont takes it); TimGM6mb (one 0.5 s looped sample per ~10 keys) last.
+# The measurements: docs/benchmarks.md, "Soundfonts for the piano".
 SYSTEM_SOUNDFONTS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
     "/usr/share/soundfonts/FluidR3_GM.sf2",

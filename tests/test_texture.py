@@ -114,17 +114,18 @@ def test_user_settings_override_and_scale_the_primer_figures():
 
 def test_set_voices_and_density_move_the_figures_that_follow_from_them():
     """voices = density x mean note length: asking half the voices at the same density halves
-    the note length the target holds, and the max voices; doubling the density alone halves the
-    note length; what the user sets stays as set."""
+    the note length the target holds, and the max voices; a density set alone leaves them; what
+    the user sets stays as set."""
     primer = primer_figures(chords(20, 0.5, 3, 0.5), 10.0)
     figures = primer[0]
     half = build_target({"voices": Curve.parse("x0.5")}, primer)
     assert half.steered == frozenset({"voices"})
     assert half.curves["note_length"].at(0) == pytest.approx(figures["note_length"] / 2)
     assert half.curves["max_voices"].at(0) == pytest.approx(max(1.0, figures["max_voices"] / 2))
-    fast = build_target({"density": Curve.parse("x2")}, primer)
-    assert fast.curves["note_length"].at(0) == pytest.approx(figures["note_length"] / 2)
-    assert fast.curves["max_voices"].at(0) == pytest.approx(figures["max_voices"])  # voices not set
+    fast = build_target({"density": Curve.parse("x2")}, primer)  # alone: the primer's note length
+    assert fast.curves["note_length"].at(0) == pytest.approx(figures["note_length"])
+    both = build_target({"density": Curve.parse("x2"), "voices": Curve.parse("x0.5")}, primer)
+    assert both.curves["note_length"].at(0) == pytest.approx(figures["note_length"] / 4)
     rising = build_target({"voices": Curve.parse("0:x1,60:x2")}, primer)
     assert rising.curves["note_length"].at(60) == pytest.approx(2 * figures["note_length"])
     kept = build_target({"voices": Curve.parse("x0.5"), "note_length": Curve.constant(0.3)}, primer)

@@ -251,10 +251,12 @@ def build_target(
 
 
 def _dependent_curves(curves: Mapping[str, Curve], figures: Mapping[str, float], user: set[str]) -> dict[str, Curve]:
-    """The primer's figures that must move with the user's voices and density to stay consistent
-    (voices = density x mean note length): the note length scaled by (voices ratio) / (density
-    ratio), and the max voices by the voices ratio, unless the user set them too."""
-    if not user & {"voices", "density"}:
+    """The primer's figures that must move with the user's voices to stay consistent (voices =
+    density x mean note length): the note length scaled by (voices ratio) / (density ratio), and
+    the max voices by the voices ratio, unless the user set them too. A density set alone keeps
+    the primer's note length and voices (measured: moving the note length with it held half the
+    density on fewer windows, its voices falling to one or two)."""
+    if "voices" not in user:
         return {}
     times = sorted({t for name in ("voices", "density") for t, _ in curves[name].points})
 

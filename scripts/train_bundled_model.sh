@@ -13,13 +13,13 @@
 # The model card there records the numbers and the commands that measured them.
 #
 # Time on the development machine (2 cores, Intel Xeon, torch 2.13 CPU): corpus about 20 min (music21
-# parses the string quartets slowly), prepare a few seconds, training about 80 min on one thread.
+# parses the string quartets slowly), prepare a few seconds, training about 65 min on one thread.
 # Re-running after an interruption resumes what is done: the corpus skips converted files (all of it once it
 # has finished), prepare keeps what it prepared, and training resumes its run folder (same schedule).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-STEPS=${STEPS:-5400}       # v3 plan (v2: 6,600): about 80 min at 0.8-0.9 s/step, 1 thread, other work alongside
+STEPS=${STEPS:-4500}       # v3 plan (v2: 6,600): about 65 min at 0.8-0.9 s/step, 1 thread, other work alongside
 THREADS=${THREADS:-1}
 NAME=${NAME:-bundled-v3}
 start=$(date +%s)

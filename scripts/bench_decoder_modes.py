@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tokens/s of the cached decoder's modes on a checkpoint (default: the bundled model), on CPU.
 
-    python scripts/bench_decoder_modes.py [--checkpoint checkpoints/default] [--tokens 1024]
+    python scripts/bench_decoder_modes.py [--checkpoint checkpoints/default] [--tokens 1024] [--threads 1]
 
 Continues a random prompt of `--prompt` tokens by `--tokens` tokens with top-p 0.95 at batch 1 and
 4, for the sliced eager step (`dynamic`), the fixed-shape step (`static`) and the compiled
@@ -26,7 +26,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="checkpoints/default")
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint).model
     prompt = torch.randint(3, model.config.num_tokens, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     sampling = SamplingConfig(top_p=0.95)

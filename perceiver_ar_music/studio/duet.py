@@ -372,7 +372,10 @@ class DuetSession:
         settings = DuetSettings(**self.settings.__dict__)
 
         def emit(events: list[dict], done: bool) -> None:
-            self.loop.call_soon_threadsafe(self._events, answer, events, done)
+            try:
+                self.loop.call_soon_threadsafe(self._events, answer, events, done)
+            except RuntimeError:  # the studio is shutting down: nobody listens any more
+                answer.stop.set()
 
         def work() -> None:
             try:

@@ -157,6 +157,30 @@ def test_per_row_voice_limits_cap_one_row_and_hold_notes_of_another(vocab):
     later = torch.cat([seqs[[1, 1]], torch.full((2, 1), vocab.shift_id[10])], dim=1)
     rules.observe(later)  # 20 steps: old enough
     assert rules.allowed()[0, off[60]]
+    free = NoteRules(vocab, grammar=False)  # without the grammar the hold touches only sounding notes
+    free.row_limits = True
+    free.observe(seqs)
+    free.limit_rows(None, torch.tensor([20, 20]))
+    assert not free.allowed()[0, off[60]] and free.allowed()[0, off[67]]
+
+
+def test_texture_without_set_voices_samples_as_it_did_before_the_rules_took_limits(vocab, tokenizer, tmp_path):
+    """Attaching the rules changes nothing unless the user set voices (the default path's tokens)."""
+    from perceiver_ar_music.model.checkpoint import load_model
+
+    model = load_model(write_tiny_checkpoint(tmp_path, tokenizer)).model.eval()
+    primer = primer_figures(chords(40, 0.5, 4, 1.0), 20.0)
+    prompt = torch.tensor([[vocab.bos_id]])
+    outs = []
+    for attach in (False, True):
+        selector = TextureSelector(vocab, [build_target({"density": Curve.parse("x0.5")}, primer)], 1,
+                                   candidates=2, segment_tokens=16, window_s=4.0)
+        rules = NoteRules(vocab, grammar=False, max_polyphony=12, max_note_steps=400)
+        if attach:
+            selector.attach(rules)
+        outs.append(sample_ids(model, prompt.expand(2, -1), 300, SamplingConfig(), seed=0, selector=selector,
+                               allowed_tokens=rules, amend_tokens=rules.amend, reorder=[rules.reorder]))
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_voices_set_by_the_user_become_a_cap_and_a_hold_in_the_rules(vocab):

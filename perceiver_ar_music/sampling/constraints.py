@@ -157,8 +157,9 @@ class NoteRules:
         if self.row_polyphony is not None:
             full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.row_polyphony[:, None]
             allowed = torch.where(full, allowed & self.not_note_on, allowed)
-        if self.row_min_steps is not None:  # a NoteOff only for a note at least M steps old
-            young = (self.clock[:, None] - self.onset[:, self.column_of_id]) < self.row_min_steps[:, None]
+        if self.row_min_steps is not None:  # a sounding note's NoteOff only once it is M steps old
+            onset = self.onset[:, self.column_of_id]
+            young = (onset < SILENT) & (self.clock[:, None] - onset < self.row_min_steps[:, None])
             allowed = allowed & ~(self.note_off & young)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)

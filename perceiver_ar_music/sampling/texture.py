@@ -421,10 +421,10 @@ class TextureSelector:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             self.bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
                          - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset).to(tokens.device)
-        if self.rules is not None:
+        if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
-            self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device),
-                                  torch.as_tensor(np.repeat(holds, k), device=device))
+            self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
+                                  torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
 
     @staticmethod

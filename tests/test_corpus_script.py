@@ -1,4 +1,4 @@
-"""scripts/make_music21_corpus.py without music21: the stuck-notes check and the piece names."""
+"""scripts/make_music21_corpus.py without music21: the stuck-notes check, the piece names, and\nthat a piece appears only once checked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pretty_midi
 import pytest
 
 from perceiver_ar_music.tools import music21_corpus as corpus
-
 
 
 def four_voices(path: Path, held: int = 0) -> Path:
@@ -57,3 +56,32 @@ def test_a_piece_stored_twice_is_converted_once(tmp_path: Path) -> None:
     pairs = [("bach", "/x/corpus/bach/bwv1.krn"), ("bach", "/x/corpus/bach/bwv1.mxl"), ("bach", "/x/corpus/bach/bwv2.mxl")]
     jobs = corpus.unique_jobs(pairs, tmp_path)
     assert [Path(out).name for _, _, out in jobs] == ["bwv1.mid", "bwv2.mid"] and jobs[0][1].endswith(".krn")
+
+
+class FakeScore:
+    """A music21 score stand-in that writes a given MIDI file."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def write(self, fmt: str, fp: str) -> None:
+        Path(fp).write_bytes(self.source.read_bytes())
+
+
+@pytest.mark.parametrize("check", ["stuck", "fails"])
+def test_a_piece_that_fails_its_check_leaves_no_file(tmp_path: Path, monkeypatch, check: str) -> None:
+    """A hanging-notes piece, or a check that raises (an alarm during it), leaves nothing behind;
+    a clean piece appears."""
+    converter = pytest.importorskip("music21.converter")
+    stuck, clean = four_voices(tmp_path / "stuck-src.mid", held=2), four_voices(tmp_path / "clean-src.mid")
+    monkeypatch.setattr(converter, "parse", lambda path: FakeScore(Path(path)))
+    if check == "fails":
+        def broken(path):
+            raise TimeoutError("conversion took longer than 180 s")
+        monkeypatch.setattr(corpus, "stuck_notes", broken)
+    out = tmp_path / "out" / "bach" / "piece.mid"
+    line = corpus.convert(("bach", str(stuck), str(out)))
+    assert line is not None and line.startswith("skipped bach stuck-src.mid")
+    assert not out.exists() and not out.with_suffix(".tmp").exists()
+    if check == "stuck":
+        assert corpus.convert(("bach", str(clean), str(out))) is None and out.exists()

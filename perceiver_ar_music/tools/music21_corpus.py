@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -68,7 +70,9 @@ def target_name(composer: str, path: str) -> str:
 
 
 def convert(job: tuple[str, str, str]) -> str | None:
-    """Convert one piece; returns an error line or None."""
+    """Convert one piece; returns an error line or None. The file appears (atomically) only once
+    it has passed the stuck-notes check: a piece whose conversion or check fails or times out
+    leaves nothing behind, so a later run tries it again."""
     composer, path, out = job
     target = Path(out)
     if target.exists():
@@ -76,24 +80,37 @@ def convert(job: tuple[str, str, str]) -> str | None:
     signal.signal(signal.SIGALRM, _timed_out)
     signal.alarm(TIMEOUT_S)
     try:
-        from music21 import converter
+        with tempfile.TemporaryDirectory(prefix="music21-corpus-") as work:
+            from music21 import converter
 
-        score = converter.parse(path)
-        if hasattr(score, "mergeScores"):  # an Opus: the .abc pieces store one voice per tune
-            score = score.mergeScores()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        score.write("midi", fp=str(tmp))
-        os.replace(tmp, target)
-        problem = stuck_notes(target)  # (a run killed just before this check: see --recheck)
-        if problem:
-            target.unlink()
-            return f"skipped {composer} {Path(path).name}: {problem}"
+            score = converter.parse(path)
+            if hasattr(score, "mergeScores"):  # an Opus: the .abc pieces store one voice per tune
+                score = score.mergeScores()
+            converted = Path(work) / target.name
+            score.write("midi", fp=str(converted))
+            problem = stuck_notes(converted)
+            if problem:
+                return f"skipped {composer} {Path(path).name}: {problem}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(converted, tmp)
+            os.replace(tmp, target)
     except Exception as exc:  # music21 raises many kinds; one line each, keep going
         return f"skipped {composer} {Path(path).name}: {type(exc).__name__}: {str(exc)[:120]}"
     finally:
         signal.alarm(0)
     return None
+
+
+def load_checkers() -> None:
+    """Import what `convert` needs once per worker, before any piece's alarm can go off: an
+    import cut short by the alarm leaves torch half-initialised, and every later piece of that
+    worker would then fail its check."""
+    from music21 import converter  # noqa: F401
+
+    from perceiver_ar_music.data import events, tokenizer  # noqa: F401
+
+    tokenizer.load_tokenizer()
 
 
 def stuck_notes(midi_path: Path) -> str | None:
@@ -138,7 +155,7 @@ def main() -> int:
                 Path(out).unlink()
                 print(f"removed {composer} {Path(path).name}: {problem}", file=sys.stderr)
         jobs = [job for job in jobs if Path(job[2]).exists()]  # rechecked: not converted again
-    with multiprocessing.Pool(args.workers) as pool:
+    with multiprocessing.Pool(args.workers, initializer=load_checkers) as pool:
         errors = [e for e in pool.imap_unordered(convert, jobs, chunksize=4) if e]
     for line in errors:
         print(line, file=sys.stderr)

@@ -14,7 +14,8 @@ from perceiver_ar_music.runtime.devices import autocast, autocast_dtype, describ
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.training.evaluate import strided_nll
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
-from perceiver_ar_music.training.presets import PRECISIONS, RunConfig, TrainConfig
+from perceiver_ar_music.runtime.cli_types import PRECISIONS
+from perceiver_ar_music.training.presets import RunConfig, TrainConfig
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.training.train import RUN_CONFIG_NAME, train
 from tests.test_train import MICRO, MICRO_FLAGS, corpus, make_run, one_thread  # noqa: F401 (fixtures)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from perceiver_ar_music.runtime.cli_types import bounded_int
-from perceiver_ar_music.training.presets import PRECISIONS
+from perceiver_ar_music.runtime.cli_types import PRECISIONS
 
 HELP = "score a split (default test) under a checkpoint: NLL in nats and bits per token, per note and per second"
 

@@ -16,6 +16,9 @@ import math
 import re
 from typing import Callable
 
+# The choices of --precision (train, evaluate): checked by the run config and by devices.autocast.
+PRECISIONS = ("auto", "bf16", "fp32")
+
 SEED_MAX = 2**63 - 1
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 

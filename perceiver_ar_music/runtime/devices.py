@@ -9,7 +9,7 @@ import contextlib
 import torch
 
 from perceiver_ar_music.runtime.errors import UserError
-from perceiver_ar_music.training.presets import PRECISIONS
+from perceiver_ar_music.runtime.cli_types import PRECISIONS
 
 
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:

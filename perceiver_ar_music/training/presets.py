@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from perceiver_ar_music.runtime.cli_types import PRECISIONS
 from perceiver_ar_music.training.augment import AugmentConfig
 
 # `--precision` of training and scoring (resolved per device by `devices.autocast_dtype`).
-PRECISIONS = ("auto", "bf16", "fp32")
 
 if TYPE_CHECKING:
     from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig

@@ -28,6 +28,7 @@ TRAIN_FLAGS = {
     "z_loss": "z_loss", "augment": "augment",
     "eval_every": "eval_every", "eval_windows": "eval_windows", "save_every": "save_every",
     "keep_last": "keep_last", "log_every": "log_every", "seed": "seed", "precision": "precision",
+    "minutes": "max_minutes", "patience": "patience", "mix_share": "mix_share",
 }
 AUGMENT_FLAGS = {
     "max_transpose": "max_transpose", "stretch_windows": "stretch_windows", "velocity_windows": "velocity_windows",
@@ -43,7 +44,8 @@ _FRACTION = finite_float(0, 1, max_inclusive=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceiver_ar_music.training.presets import PRECISIONS, PRESETS
+    from perceiver_ar_music.runtime.cli_types import PRECISIONS
+    from perceiver_ar_music.training.presets import PRESETS
 
     run = parser.add_argument_group("run")
     run.add_argument("--data", metavar="DIR",
@@ -57,6 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--name", help="run name (default: PRESET-YYYYmmdd-HHMMSS); the run folder is OUT/NAME")
     run.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
                      help="continue a run from its latest checkpoint: RUN_DIR, else OUT/NAME, else the newest run in OUT")
+    run.add_argument("--init-from", nargs="?", const="", metavar="CHECKPOINT",
+                     help="fine-tune: start from a checkpoint or run folder (the bundled model when no value is "
+                          "given); its shape and tokenizer are kept, and the schedule defaults to a fine-tuning one "
+                          "(lower lr, short warmup, a step budget sized to the data, early stopping)")
+    run.add_argument("--minutes", type=finite_float(0, 10**7, min_inclusive=False), metavar="M",
+                     help="wall-clock budget: the run ends after M minutes (the lr decays over them), saved")
+    run.add_argument("--mix-data", metavar="DIR",
+                     help="with --init-from: mix the base model's own music (prepared or MIDI folder) back in, "
+                          "to keep its skills")
+    run.add_argument("--mix-share", type=_FRACTION, metavar="P",
+                     help="share of the training windows drawn from --mix-data (default 0.2)")
     run.add_argument("--device", default="auto", help="auto (the GPU if any, else CPU), cpu, cuda, cuda:N, mps")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--precision", choices=PRECISIONS,
@@ -119,6 +132,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     obs.add_argument("--save-every", type=_COUNT, metavar="STEPS", help="steps between checkpoints")
     obs.add_argument("--keep-last", type=bounded_int(1, 10**6), metavar="K", help="step checkpoints kept (besides best/)")
     obs.add_argument("--log-every", type=_COUNT, metavar="STEPS", help="steps between metrics.jsonl rows")
+    obs.add_argument("--patience", type=bounded_int(0, 10**6), metavar="N",
+                     help="early stopping: end after N validations without a new best (0: never; fine-tuning: 4)")
 
 
 class Plan(NamedTuple):
@@ -128,6 +143,8 @@ class Plan(NamedTuple):
     config: "RunConfig"
     data: "PreparedData"
     resume_from: Path | None  # the checkpoint to resume from
+    init_from: Path | None = None  # a new fine-tuning run's starting checkpoint
+    mix_data: "PreparedData | None" = None  # the data mixed into the training windows
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -166,6 +183,10 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
 
     if not args.data:
         raise UserError("--data is required (a MIDI folder or a prepared folder), unless --resume")
+    if args.init_from is not None:
+        return _finetune_plan(args)
+    if args.mix_data or args.mix_share is not None:
+        raise UserError("--mix-data and --mix-share go with --init-from (fine-tuning)")
     name = args.name or f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name '{name}' must be a plain folder name")
@@ -190,6 +211,21 @@ def _fresh_plan(args: argparse.Namespace) -> Plan:
         (run_dir / METRICS_NAME).unlink(missing_ok=True)  # rows of steps that were never saved
     write_json_atomic(run_dir / RUN_CONFIG_NAME, config.to_dict())  # makes the run folder (none if it fails)
     return Plan(run_dir, config, data, None)
+
+
+def _finetune_plan(args: argparse.Namespace) -> Plan:
+    """Resolve a new fine-tuning run on rank 0 (see `training.finetune.plan`)."""
+    from perceiver_ar_music.training import finetune
+
+    train = _overrides(args, TRAIN_FLAGS)
+    train.pop("max_minutes", None)  # the schedule's own argument
+    augment = _augment_overrides(args)
+    found = finetune.plan(args.data, init_from=args.init_from, out=args.out, name=args.name, minutes=args.minutes,
+                          mix_data=args.mix_data, mix_share=args.mix_share or finetune.MIX_SHARE,
+                          train_overrides=train, augment_overrides=augment,
+                          model_overrides=_overrides(args, MODEL_FLAGS), prepared_cache=args.prepared_cache,
+                          progress=not args.no_progress)
+    return Plan(found.run_dir, found.config, found.data, None, found.init_checkpoint, found.mix_data)
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -226,6 +262,8 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     from perceiver_ar_music.data.token_store import PreparedData
     from perceiver_ar_music.training.run_folder import RUN_CONFIG_NAME
 
+    if args.init_from is not None:
+        raise UserError("--init-from starts a new run; --resume continues one (it keeps its weights)")
     run_dir = _find_run_dir(args)
     saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
     if saved is None:
@@ -250,6 +288,10 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     if args.data:
         prepared = str(ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress).resolve())
     data = PreparedData.open(prepared, expected_tokenizer_hash=tokenizer_hash)
+    mixed = config.data.get("mix_prepared")
+    if args.mix_data:
+        raise UserError("--mix-data cannot change when resuming (--mix-share can)")
+    mix_data = PreparedData.open(mixed, expected_tokenizer_hash=tokenizer_hash) if mixed else None
     if train_config != config.train:
         old = config.train.to_dict()
         changes = {k: v for k, v in train_config.to_dict().items() if old[k] != v}
@@ -257,7 +299,7 @@ def _resume_plan(args: argparse.Namespace) -> Plan:
     updated = replace(config, train=train_config, data={**config.data, "prepared": str(data.root)})
     if updated != config:
         write_json_atomic(run_dir / RUN_CONFIG_NAME, {**saved, **updated.to_dict()})
-    return Plan(run_dir, updated, data, checkpoint)
+    return Plan(run_dir, updated, data, checkpoint, None, mix_data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -283,8 +325,14 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers if args.workers is not None else (4 if device.type == "cuda" else 0),
             resume_from=plan.resume_from,
             progress=not args.no_progress,
+            init_from=plan.init_from,
+            mix_data=plan.mix_data,
         )
         result = train(spec, info)
+        if info.is_main and plan.config.init_from:
+            from perceiver_ar_music.training.finetune import write_card
+
+            write_card(plan.run_dir, plan.config, result.step, result.best_val_nats, result.ended_by)
     except OSError as exc:  # a full disk or a folder that became unwritable mid-run
         raise UserError(f"cannot write the run: {os_error_text(exc)}") from None
     finally:
@@ -297,5 +345,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped by {name} at step {result.step}: saved {result.last_checkpoint}; continue with "
               f"'perceiver-music train --resume {spec.run_dir}'", flush=True)
         return 128 + result.stopped_by_signal
+    if result.ended_by in ("time", "early stopping"):
+        print(f"ended by {'the time budget' if result.ended_by == 'time' else 'early stopping'}", flush=True)
     print(f"finished {result.step} steps: last checkpoint {result.last_checkpoint}, best validation {best}", flush=True)
     return 0

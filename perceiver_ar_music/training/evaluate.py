@@ -39,9 +39,11 @@ def score_windows(
     device: torch.device,
     pad_id: int,
     precision: str = "auto",
+    min_tokens: int | None = None,
 ) -> tuple[float, int]:
     """(total nats, targets scored) of the given windows of an ``EvalWindows`` dataset, the
-    forwards under `devices.autocast(device, precision)` (the NLL itself in fp32).
+    forwards under `devices.autocast(device, precision)` (the NLL itself in fp32); `min_tokens`
+    as in `loss.window_loss` (shared left padding cut off).
 
     `model` may be wrapped (DDP, compiled); the caller puts it in eval mode.
     """
@@ -50,7 +52,7 @@ def score_windows(
     for start in range(0, len(indices), batch_size):
         items = [dataset[int(i)] for i in indices[start : start + batch_size]]
         batch = {key: torch.stack([item[key] for item in items]) for key in ("tokens", "target_mask")}
-        _, nats, scored = window_loss(model, batch, pad_id, device, precision)
+        _, nats, scored = window_loss(model, batch, pad_id, device, precision, min_tokens=min_tokens)
         total += nats.double() * scored
         count += scored
     return float(total), count
@@ -61,7 +63,8 @@ def strided_nll(model: PerceiverAR, pieces: Sequence[np.ndarray], vocab: EventVo
     """(total nats, targets) of `pieces` by the strided approximation (module doc)."""
     cfg = model.config
     windows = EvalWindows(pieces, vocab, seq_len=cfg.max_seq_len, score_len=cfg.num_latents)
-    return score_windows(model, windows, range(len(windows)), batch_size, device, vocab.pad_id, precision)
+    return score_windows(model, windows, range(len(windows)), batch_size, device, vocab.pad_id, precision,
+                         min_tokens=cfg.num_latents + 1)
 
 
 def _exact_windows(pieces: Sequence[np.ndarray], vocab: EventVocab, seq_len: int) -> Iterator[tuple[np.ndarray, int]]:

@@ -150,8 +150,9 @@ class StepStats:
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable[dict[str, torch.Tensor]],
-                   tc: TrainConfig, lr: float, pad_id: int, device: torch.device) -> StepStats:
-    """One optimizer step over `tc.grad_accum` micro-batches (DDP syncs gradients on the last)."""
+                   tc: TrainConfig, lr: float, pad_id: int, device: torch.device, min_tokens: int | None = None) -> StepStats:
+    """One optimizer step over `tc.grad_accum` micro-batches (DDP syncs gradients on the last);
+    `min_tokens` as in `loss.window_loss`."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     nats_sum = torch.zeros((), device=device)
@@ -160,7 +161,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
         last = index == tc.grad_accum - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss, nats, count = window_loss(model, batch, pad_id, device, tc.precision, tc.z_loss)
+            loss, nats, count = window_loss(model, batch, pad_id, device, tc.precision, tc.z_loss, min_tokens)
             (loss / tc.grad_accum).backward()
         nats_sum += nats
         targets += count
@@ -289,6 +290,8 @@ class Trainer:
         self.saved_step = self.progress.step if resume is not None else -1
 
         self.step_model: torch.nn.Module = torch.compile(self.model) if run.compile else self.model
+        # batches of short pieces skip their shared padding (not compiled: one graph per length)
+        self.min_tokens = None if run.compile else self.cfg.num_latents + 1
         self.eval_model = self.step_model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -320,7 +323,7 @@ class Trainer:
         self.eval_model.eval()
         mine = self.validation.indices[self.info.rank :: self.info.world_size]
         nats, count = score_windows(self.eval_model, self.validation.windows, mine, self.tc.batch_size,
-                                    self.device, self.pad_id, self.tc.precision)
+                                    self.device, self.pad_id, self.tc.precision, self.min_tokens)
         self.eval_model.train()
         totals = distributed.all_reduce_sum(torch.tensor([nats, float(count)], dtype=torch.float64, device=self.device))
         nats, count = totals.tolist()
@@ -401,7 +404,8 @@ class Trainer:
                     started = time.perf_counter()
                     lr = lr_at(self.progress.step, tc, time_used)
                     micro = (next(batches) for _ in range(tc.grad_accum))
-                    stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device)
+                    stats = optimizer_step(self.step_model, self.optimizer, micro, tc, lr, self.pad_id, self.device,
+                                           self.min_tokens)
                     loss, targets, grad_norm = self._reduce(stats)
                     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"

@@ -20,14 +20,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from perceiver_ar_music.tools import REPO as ROOT
 
 PHRASES = [  # (pitch, seconds) pairs: short phrases in C, a player's kind of input
     [(60, 0.25), (64, 0.25), (67, 0.25), (72, 0.5), (71, 0.25), (67, 0.25), (64, 0.5)],
@@ -92,8 +90,7 @@ def server_turns(url: str, turns: int, silence: float, answer_seconds: float) ->
 
 def browser_turns(url: str, turns: int, silence: float) -> dict[str, list[float]]:
     """What the page adds, per answer, in headless Chromium (see the module docstring)."""
-    from tests.test_duet import FAKE_MIDI
-    from tests.test_studio import Browser, chromium
+    from perceiver_ar_music.tools.browser import WEB_MIDI_STAND_IN as FAKE_MIDI, Browser, require_chromium as chromium
 
     with tempfile.TemporaryDirectory() as profile:
         browser = Browser(chromium(), Path(profile))
@@ -125,7 +122,7 @@ def browser_turns(url: str, turns: int, silence: float) -> dict[str, list[float]
 def take_first_notes(url: str, runs: int) -> list[dict]:
     """Playback while generating: from pressing Generate (the example primer, 30 s, texture on) to
     the first note arriving and to its sounding, in headless Chromium (ms)."""
-    from tests.test_studio import Browser, chromium
+    from perceiver_ar_music.tools.browser import Browser, require_chromium as chromium
 
     found = []
     with tempfile.TemporaryDirectory() as profile:

@@ -49,3 +49,30 @@ def test_runtime_stands_on_nothing_of_the_package():
     for p in modules("runtime"):
         above = [n for n in imported(p) if not n.startswith("perceiver_ar_music.runtime")]
         assert not above, f"runtime/{p.name} imports {above}"
+
+
+def test_scripts_are_thin_entry_points_listed_by_kind():
+    """Every script is in scripts/README.md's table; none edits sys.path (but gpu_check, which runs
+    where the package is not installed) or imports another script."""
+    readme = (ROOT / "scripts" / "README.md").read_text()
+    scripts = sorted(p for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh"))
+    assert [p.name for p in scripts if f"`{p.name}`" not in readme] == []
+    names = {p.stem for p in scripts}
+    for p in scripts:
+        if p.suffix != ".py":
+            continue
+        text = p.read_text()
+        if p.name != "gpu_check.py":
+            assert "sys.path" not in text, p.name
+        assert not (imported_top_level(p) & names), p.name
+
+
+def imported_top_level(path: Path) -> set[str]:
+    """Top-level module names a script imports."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names

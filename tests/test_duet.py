@@ -26,7 +26,8 @@ from perceiver_ar_music.studio.duet import DuetLimits
 from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.listen import serve
 from perceiver_ar_music.studio.notestream import NoteStream
-from tests.test_studio import Browser, chromium
+from perceiver_ar_music.tools.browser import WEB_MIDI_STAND_IN, Browser
+from tests.test_studio import chromium
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,14 +60,21 @@ def test_the_note_stream_gives_the_decoders_notes_piece_by_piece():
     assert got.shape == reference.shape and np.allclose(got, reference, atol=1e-6)
 
 
-def test_a_note_waits_for_its_velocity():
+def test_a_note_waits_for_its_velocity_and_for_time_to_move():
+    """A note is sent once its velocity is known and time has moved past its start (a note
+    released at the instant it is struck makes no sound, and the take's MIDI file leaves it out)."""
     vocab = load_tokenizer().vocab
     stream = NoteStream(vocab)
     assert stream.feed([vocab.note_on_id[60]]) == []
     velocity = max(range(len(vocab.velocity)), key=lambda i: vocab.velocity[i])  # the loudest bin
-    (event,) = stream.feed([velocity])
+    assert stream.feed([velocity]) == []  # it could still end here
+    (event,) = stream.feed([vocab.shift_id[50]])
     assert (event["pitch"], event["velocity"], event["start"], event["end"]) == (60, vocab.velocity[velocity], 0.0, None)
-    assert stream.feed([vocab.shift_id[50], vocab.note_off_id[60]]) == [{"id": 0, "end": 0.5}]
+    assert stream.feed([vocab.note_off_id[60]]) == [{"id": 0, "end": 0.5}]
+    # struck and released at once: never sent; the next note keeps its place
+    assert stream.feed([vocab.note_on_id[62], velocity, vocab.note_off_id[62], vocab.note_on_id[64], velocity]) == []
+    (event,) = stream.feed([vocab.shift_id[10]])
+    assert (event["id"], event["pitch"], event["start"]) == (2, 64, 0.5)
 
 
 # ----- the duet over its WebSocket -----
@@ -225,13 +233,7 @@ def test_a_job_stream_for_no_such_job_is_closed(studio_server):
 
 
 # ----- the page, end to end -----
-FAKE_MIDI = """
-(() => {
-  const input = { name: "Test keyboard", onmidimessage: null };
-  window.__midi = { input, send: (data) => input.onmidimessage && input.onmidimessage({ data: new Uint8Array(data) }) };
-  navigator.requestMIDIAccess = async () => ({ inputs: new Map([["test", input]]), outputs: new Map() });
-})();
-"""
+FAKE_MIDI = WEB_MIDI_STAND_IN
 
 
 def test_the_duet_page_end_to_end(studio_server, tmp_path):

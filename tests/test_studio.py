@@ -8,12 +8,9 @@ model) also saves a screenshot of the page for the README.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
-import select
-import shutil
 import subprocess
 import threading
 import time
@@ -30,6 +27,7 @@ from perceiver_ar_music.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNN
 from perceiver_ar_music.studio.listen import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
 from perceiver_ar_music.data.tokenizer import load_tokenizer
+from perceiver_ar_music.tools.browser import Browser, find_chromium
 from tests import midi_factory
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -323,98 +321,9 @@ def test_uploads_are_limited_and_checked(studio_url, tmp_path):
 
 
 # ----- the page in a real browser -----
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1200,1800", "--hide-scrollbars", "--remote-debugging-pipe",
-    "--autoplay-policy=no-user-gesture-required",  # the page's audio clock runs in a headless test
-]
-
-
-class Browser:
-    """Headless Chromium driven over the Chrome DevTools Protocol on its pipe (fd 3 in, fd 4 out)."""
-
-    def __init__(self, executable: str, profile: Path) -> None:
-        to_browser_r, self.to_browser = os.pipe()
-        self.from_browser, from_browser_w = os.pipe()
-        self.process = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', executable, *CHROMIUM_FLAGS,
-             f"--user-data-dir={profile}", "about:blank"],
-            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self.buffer, self.next_id, self.session = b"", 0, None
-
-    def send(self, method: str, params: dict | None = None, timeout: float = 30) -> dict:
-        self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params or {}}
-        if self.session:
-            message["sessionId"] = self.session
-        os.write(self.to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\0" not in self.buffer:
-                ready, _, _ = select.select([self.from_browser], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    raise TimeoutError(f"no answer to {method}")
-                chunk = os.read(self.from_browser, 1 << 16)
-                if not chunk:
-                    raise ConnectionError("chromium closed its pipe")
-                self.buffer += chunk
-            raw, self.buffer = self.buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def open(self, url: str, before: str | None = None) -> None:
-        """Open `url` in a new tab; `before` is a script run in the page before its own (a test's stand-in)."""
-        target = self.send("Target.createTarget", {"url": "about:blank" if before else url})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        if before:
-            self.send("Page.enable")
-            self.send("Page.addScriptToEvaluateOnNewDocument", {"source": before})
-            self.send("Page.navigate", {"url": url})
-
-    def js(self, expression: str):
-        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 180):  # generous: CI machines are shared
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if value := self.js(expression):
-                return value
-            time.sleep(0.05)
-        raise TimeoutError(f"still false after {timeout} s: {expression}\n{self.js('document.body.innerText')}")
-
-    def set_file(self, selector: str, path: Path) -> None:
-        node = self.send("Runtime.evaluate", {"expression": f"document.querySelector({json.dumps(selector)})"})
-        self.send("DOM.setFileInputFiles", {"files": [str(path)], "objectId": node["result"]["objectId"]})
-
-    def screenshot(self, path: Path) -> None:
-        height = self.js("document.documentElement.scrollHeight")
-        self.send("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": min(int(height), 2400),
-                                                         "deviceScaleFactor": 1, "mobile": False})
-        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
-        path.write_bytes(base64.b64decode(data))
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-        os.close(self.to_browser)
-        os.close(self.from_browser)
-
-
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    """The Chromium to test with, or skip (Debian: apt-get install chromium)."""
+    return find_chromium() or pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ the page: a struck note once its Velocity token is there (``{"id", "pitch", "sta
 (``{"id", "end"}``). Times are seconds from the stream's start. The notes are those of THE note
 decoder (`events.note_steps_and_open`), run again over the tokens since the oldest note still
 sounding (so a long take is never decoded from its start again); zero-length notes are left out
-(they make no sound, as in `continuation.sample_notes`).
+(they make no sound, as in `continuation.sample_notes`): a note is sent once time has moved past
+its start or it has ended, so one released at the instant it is struck is never played.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ class NoteStream:
         steps, open_ = note_steps_and_open(self.ids, self.vocab)
         waiting_velocity = self.kind[self.ids[-1]] == NOTE_ON if 0 <= self.ids[-1] < len(self.kind) else False
         known = len(steps) - (1 if waiting_velocity else 0)  # a NoteOn's velocity comes with the next token
+        now = int(clock_steps(self.ids, self.vocab)[-1])
         events: list[dict] = []
         step = self.vocab.seconds_per_step
         for index in range(max(self.sent - self.base_note, 0), known):
             note_id = self.base_note + index
             pitch, start, end, velocity = (int(v) for v in steps[index][[PITCH, START, END, VELOCITY_COLUMN]])
             closed = not open_[index]
+            if not closed and start >= now:  # struck at this instant: it may still end here, unheard
+                break
             if closed and end <= start:
                 self.skipped.add(note_id)
             else:

@@ -29,3 +29,22 @@ def _seeded_torch():
         return
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (a steady pace on a shared machine); see `pytestmark`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Synthetic performances prepared into train/validation/test, once per module."""
+    from tests.tiny import prepared_corpus
+
+    return prepared_corpus(tmp_path_factory.mktemp("corpus"))

@@ -14,12 +14,11 @@ import torch
 
 from perceiver_ar_music.model.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
 from perceiver_ar_music.data.store_builder import prepare
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.training.presets import TrainConfig
 from tests.test_download import fake_files, make_zip, serve
-from tests.test_train import MICRO, write_corpus
+from tests.tiny import tiny_model, write_corpus
 
 BIG = str(2**70)
 
@@ -32,7 +31,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     prepare(midi, root / "prepared", workers=1, split_ratios=(0.5, 0.25, 0.25), progress=False)
     data = PreparedData.open(root / "prepared")
     torch.manual_seed(0)
-    model = PerceiverAR(PerceiverARConfig(num_tokens=len(data.vocab), **MICRO))
+    model = tiny_model(len(data.vocab))
     save_checkpoint(root / "good", model, data.tokenizer_path, tokenizer_hash=data.tokenizer_hash)
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")

@@ -13,9 +13,11 @@ from perceiver_ar_music.model import checkpoint as ckpt
 from perceiver_ar_music.model.checkpoint import find_checkpoint, load_model, save_checkpoint
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
-from tests.test_train import one_thread  # noqa: F401 (autouse fixture)
+from tests.tiny import tiny_config
 
-CONFIG = PerceiverARConfig(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=32, num_latents=16)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = tiny_config(max_seq_len=32, num_latents=16)
 
 
 @pytest.fixture(scope="module")

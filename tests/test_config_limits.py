@@ -15,7 +15,7 @@ import pytest
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.model.perceiver_ar import MAX_PARAMETERS, PerceiverAR, PerceiverARConfig
 from perceiver_ar_music.data.tokenizer import load_tokenizer
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import tiny_config, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_a_bad_config_is_refused_before_building(good, tmp_path, capsys, change,
 
 
 def test_the_estimate_is_a_close_lower_bound():
-    for config in (PerceiverARConfig(), PerceiverARConfig(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96, num_latents=48)):
+    for config in (PerceiverARConfig(), tiny_config(max_seq_len=96, num_latents=48)):
         actual = sum(p.numel() for p in PerceiverAR(config).parameters())
         assert 0.98 * actual <= config.min_parameters() <= actual
     assert PerceiverARConfig(dim=1024, depth=12, heads=16, dim_head=64).min_parameters() < MAX_PARAMETERS

@@ -9,6 +9,7 @@ from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.sampling.sampler import sample_ids
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, VELOCITY
+from tests.tiny import tiny_model
 
 
 def violations(ids: list[int], vocab) -> list[str]:
@@ -33,7 +34,7 @@ def violations(ids: list[int], vocab) -> list[str]:
 
 
 def random_model(vocab_size: int) -> PerceiverAR:
-    model = PerceiverAR(num_tokens=vocab_size, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64, num_latents=16)
+    model = tiny_model(vocab_size, max_seq_len=64, num_latents=16)
     torch.nn.init.normal_(model.to_logits.weight, std=1.0)
     return model.eval()
 

@@ -10,6 +10,7 @@ import torch
 from perceiver_ar_music.sampling.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
+from tests.tiny import tiny_model
 
 M, N = 24, 8  # context and latents of the test model
 MODE = "dynamic"  # the decoding mode under test (set by the fixture below)
@@ -23,7 +24,7 @@ def decoding_mode(request, monkeypatch):
 
 
 def model_in(dtype: torch.dtype = torch.float64) -> PerceiverAR:
-    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=M, num_latents=N)
+    model = tiny_model(50, depth=2, max_seq_len=M, num_latents=N)
     torch.nn.init.normal_(model.to_logits.weight, std=0.5)
     return model.to(dtype).eval()
 

@@ -19,7 +19,9 @@ from perceiver_ar_music.model import checkpoint as ckpt
 from perceiver_ar_music.runtime import distributed
 from perceiver_ar_music.runtime.devices import pick_device
 from perceiver_ar_music.training.train import train
-from tests.test_train import MICRO_FLAGS, make_run, metrics, one_thread, prepared_corpus, subprocess_env  # noqa: F401
+from tests.tiny import MICRO_FLAGS, make_run, metrics, prepared_corpus, subprocess_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Same windows either way: rank r of 2 takes samples r, r + 2, ...; one process with 2 micro-batches
 # of 1 takes samples 2s and 2s + 1 at step s. Dropouts off so no random numbers differ.

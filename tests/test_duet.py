@@ -28,7 +28,7 @@ from perceiver_ar_music.studio.listen import serve
 from perceiver_ar_music.studio.notestream import NoteStream
 from perceiver_ar_music.tools.browser import WEB_MIDI_STAND_IN, Browser
 from tests.test_studio import chromium
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"

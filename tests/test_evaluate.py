@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from perceiver_ar_music.model.checkpoint import save_checkpoint
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.training.evaluate import evaluate_pieces, exact_nll, strided_nll
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.training.windows import EvalWindows
-from tests.test_train import one_thread, prepared_corpus, write_corpus  # noqa: F401 (fixture)
+from tests.tiny import prepared_corpus, tiny_config, write_corpus
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 
@@ -31,7 +33,7 @@ def data(tmp_path_factory) -> PreparedData:
 
 def random_model(max_seq_len: int = 24, num_latents: int = 8, seed: int = 0) -> PerceiverAR:
     torch.manual_seed(seed)
-    model = PerceiverAR(PerceiverARConfig(dim=32, depth=2, heads=2, dim_head=16, max_seq_len=max_seq_len,
+    model = PerceiverAR(tiny_config(depth=2, max_seq_len=max_seq_len,
                                           num_latents=num_latents))
     torch.nn.init.normal_(model.to_logits.weight, std=0.3)  # informative, input-dependent predictions
     return model.eval()
@@ -137,7 +139,7 @@ def test_rates_per_token_note_and_second(data: PreparedData) -> None:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, data: PreparedData) -> Path:
     torch.manual_seed(0)
-    model = PerceiverAR(PerceiverARConfig(num_tokens=len(data.vocab), dim=32, depth=1, heads=2, dim_head=16,
+    model = PerceiverAR(tiny_config(num_tokens=len(data.vocab), depth=1,
                                           max_seq_len=48, num_latents=16))
     torch.nn.init.normal_(model.to_logits.weight, std=0.1)
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "ckpt-7", model, data.tokenizer_path,

@@ -19,9 +19,8 @@ from perceiver_ar_music.model import checkpoint as ckpt
 from perceiver_ar_music.sampling.note_limits import note_limits
 from perceiver_ar_music.training import finetune
 from perceiver_ar_music.training.train import StopRequest, Trainer, train
-from tests import midi_factory
-from tests.test_train import make_run, prepared_corpus
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from perceiver_ar_music.tools import midi_factory
+from tests.tiny import make_run, prepared_corpus, tiny_config, tiny_model, write_tiny_checkpoint
 
 FAST = ["--batch-size", "2", "--eval-windows", "4", "--no-progress"]
 
@@ -90,11 +89,10 @@ def test_a_fine_tuning_run_starts_from_the_checkpoint_weights(tmp_path: Path, ba
 
 
 def test_the_default_schedule_is_a_fine_tuning_one(tmp_path: Path) -> None:
-    from perceiver_ar_music.model.perceiver_ar import PerceiverARConfig
     from perceiver_ar_music.training.presets import PRESETS
 
     data = PreparedData.open(prepared_corpus(tmp_path))
-    cfg = PerceiverARConfig(num_tokens=len(data.vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96,
+    cfg = tiny_config(num_tokens=len(data.vocab), max_seq_len=96,
                             num_latents=48)
     tc = finetune.schedule(cfg, data, minutes=None)
     assert tc.lr < PRESETS["tiny"].train.lr and tc.warmup_steps <= 20
@@ -210,12 +208,11 @@ def test_a_folder_of_one_piece_fine_tunes_on_its_held_out_end(tmp_path: Path, ba
 
 
 def test_short_windows_skip_their_shared_padding_and_score_the_same() -> None:
-    from perceiver_ar_music.model.perceiver_ar import PerceiverAR
     from perceiver_ar_music.training.loss import trim_padding, window_loss
 
     vocab = load_tokenizer().vocab
     torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=96,
+    model = tiny_model(len(vocab), max_seq_len=96,
                         num_latents=24).eval()
     tokens = torch.full((2, 97), vocab.pad_id)
     tokens[0, -40:] = torch.randint(3, len(vocab), (40,))

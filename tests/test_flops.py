@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from perceiver_ar_music.training.flops import forward_flops, peak_bf16_flops, training_step_flops
 from perceiver_ar_music.model.kernels import lower_right_causal
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
+from tests.tiny import tiny_config
 
 MATMULS = {"mm", "addmm", "bmm", "matmul"}
 
@@ -25,7 +26,7 @@ def matmul_flops(counts: dict[str, int]) -> int:
 
 @pytest.mark.parametrize("length, num_latents", [(48, 16), (16, 16), (10, 16)])
 def test_projection_flops_match_torchs_counter(length, num_latents):
-    cfg = PerceiverARConfig(num_tokens=40, dim=32, depth=3, heads=2, dim_head=16, max_seq_len=48, num_latents=num_latents)
+    cfg = tiny_config(num_tokens=40, depth=3, max_seq_len=48, num_latents=num_latents)
     model = PerceiverAR(cfg).eval()
     tokens = torch.randint(0, 40, (3, length))
     with torch.no_grad():
@@ -34,7 +35,7 @@ def test_projection_flops_match_torchs_counter(length, num_latents):
 
 
 def test_training_counts_three_forwards_with_prefix_dropout():
-    cfg = PerceiverARConfig(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=48, num_latents=16, cross_attn_dropout=0.5)
+    cfg = tiny_config(num_tokens=40, depth=2, max_seq_len=48, num_latents=16, cross_attn_dropout=0.5)
     model = PerceiverAR(cfg).train()
     tokens = torch.randint(0, 40, (2, 48))
     counts = counted(lambda: model(tokens).float().square().mean().backward())
@@ -46,7 +47,7 @@ def test_training_counts_three_forwards_with_prefix_dropout():
 
 
 def test_attention_flops_count_the_pairs_the_masks_keep():
-    cfg = PerceiverARConfig(num_tokens=40, dim=32, depth=3, heads=2, dim_head=16, max_seq_len=48, num_latents=16)
+    cfg = tiny_config(num_tokens=40, depth=3, max_seq_len=48, num_latents=16)
     inner = cfg.heads * cfg.dim_head
     cross_pairs = int(lower_right_causal(16, 48, torch.device("cpu")).sum())
     latent_pairs = int(torch.ones(16, 16).tril().sum())

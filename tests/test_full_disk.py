@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.tools import midi_factory
-from tests.test_train import MICRO_FLAGS, write_corpus
+from tests.tiny import MICRO_FLAGS, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"
@@ -89,7 +87,7 @@ def _failing_write(write_audio):
 
 def test_generate_with_audio_on_a_full_disk(tiny_disk, capsys, tmp_path):
     from perceiver_ar_music.data.tokenizer import load_tokenizer
-    from tests.tiny_checkpoint import write_tiny_checkpoint
+    from tests.tiny import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
     code = main(["generate", "--checkpoint", str(checkpoint), "--primer", str(EXAMPLE), "--length", "40",
@@ -105,7 +103,7 @@ def test_the_studio_keeps_a_take_when_the_disk_fills(tiny_disk, tmp_path):
     its details fit, the job fails with one line and nothing is listed or served."""
     from perceiver_ar_music.studio.engine import Studio
     from perceiver_ar_music.data.tokenizer import load_tokenizer
-    from tests.tiny_checkpoint import write_tiny_checkpoint
+    from tests.tiny import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
     studio = Studio(checkpoint, tiny_disk / "takes", device="cpu", audio_format="wav")
@@ -174,7 +172,7 @@ def prepared_with_a_bad_id(tmp_path_factory) -> Path:
 ])
 def test_out_of_vocabulary_ids_are_refused_before_any_work(prepared_with_a_bad_id, tmp_path, capsys, command):
     from perceiver_ar_music.data.tokenizer import load_tokenizer
-    from tests.tiny_checkpoint import write_tiny_checkpoint
+    from tests.tiny import write_tiny_checkpoint
 
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
     argv = command.format(data=prepared_with_a_bad_id, out=tmp_path / "runs", checkpoint=checkpoint).split()

@@ -19,7 +19,7 @@ from perceiver_ar_music.sampling.continuation import truncate_to_seconds
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.data.vocab import NOTE_ON
 from perceiver_ar_music.tools import midi_factory
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ from perceiver_ar_music.sampling.note_limits import NoteLimits, note_limits
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.data.vocab import NOTE_ON, TIME_SHIFT, VELOCITY
+from tests.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_grammar_and_cap_combine(vocab):
 def biased_model(vocab, hold: bool, context: int = 32, latents: int = 8) -> PerceiverAR:
     """A random model that strikes many notes and rarely releases them (drones, dense chords)."""
     torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=context,
+    model = tiny_model(len(vocab), max_seq_len=context,
                         num_latents=latents)
     head = torch.nn.Linear(32, len(vocab), bias=True)  # the model's head, with a bias to steer it
     torch.nn.init.normal_(head.weight, std=0.2)

@@ -14,7 +14,7 @@ import pytest
 from perceiver_ar_music.cli import main
 from perceiver_ar_music.data.midi_load import MAX_FILE_BYTES, MAX_NOTES, MidiReadError, read_score
 from perceiver_ar_music.tools import midi_factory
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import write_tiny_checkpoint
 
 
 def _vlq(n: int) -> bytes:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig, lm_loss
+from tests.tiny import tiny_model
 
 SMALL = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=24, num_latents=8)
 
@@ -250,7 +251,7 @@ def test_bf16_autocast_keeps_queries_keys_and_values_in_one_dtype():
 
 def test_rotary_frequencies_stay_float64_when_the_weights_are_cast():
     """The CLI loads the model in bf16 on CUDA: the rotary angles must keep full precision."""
-    model = PerceiverAR(num_tokens=20, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=4096, num_latents=8)
+    model = tiny_model(20, max_seq_len=4096, num_latents=8)
     before = model.rotary.inv_freq.clone()
     model.to(torch.bfloat16)
     assert model.rotary.inv_freq.dtype == torch.float64

@@ -18,7 +18,9 @@ from perceiver_ar_music.runtime.cli_types import PRECISIONS
 from perceiver_ar_music.training.presets import RunConfig, TrainConfig
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.training.train import RUN_CONFIG_NAME, train
-from tests.test_train import MICRO, MICRO_FLAGS, corpus, make_run, one_thread  # noqa: F401 (fixtures)
+from tests.tiny import make_run, MICRO, MICRO_FLAGS, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 
@@ -80,7 +82,7 @@ def test_bf16_training_keeps_fp32_master_weights_and_runs_the_forward_in_bf16(tm
 def test_bf16_scoring_is_close_to_fp32(corpus: Path) -> None:
     data = PreparedData.open(corpus)
     torch.manual_seed(0)
-    model = PerceiverAR(**MICRO, num_tokens=len(data.vocab)).eval()
+    model = tiny_model(len(data.vocab)).eval()
     torch.nn.init.normal_(model.to_logits.weight, std=0.3)  # input-dependent predictions
     pieces = data.pieces("validation")
     fp32, count = strided_nll(model, pieces, data.vocab, 4, CPU, "fp32")

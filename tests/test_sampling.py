@@ -7,10 +7,12 @@ import torch
 
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.sampling.sampler import SamplingConfig, filter_logits, sample_ids
+from tests.tiny import tiny_model
 
 
-def tiny_model() -> PerceiverAR:
-    model = PerceiverAR(num_tokens=30, dim=32, depth=1, heads=2, dim_head=16, max_seq_len=16, num_latents=6)
+def sharp_model() -> PerceiverAR:
+    """A tiny random model with sharper logits (std 0.5), in eval mode."""
+    model = tiny_model(30, max_seq_len=16, num_latents=6)
     torch.nn.init.normal_(model.to_logits.weight, std=0.5)
     return model.eval()
 
@@ -38,7 +40,7 @@ def test_sampling_config_rejects_bad_values():
 
 
 def test_same_seed_same_music_other_seed_other_music():
-    model = tiny_model()
+    model = sharp_model()
     prompt = torch.ones(3, 2, dtype=torch.long)
     cfg = SamplingConfig(temperature=1.0, top_p=0.95)
     a = sample_ids(model, prompt, 20, cfg, seed=7)
@@ -49,14 +51,14 @@ def test_same_seed_same_music_other_seed_other_music():
 
 
 def test_continues_far_past_the_context_with_resets():
-    model = tiny_model()
+    model = sharp_model()
     out = sample_ids(model, torch.ones(2, 3, dtype=torch.long), 100, SamplingConfig(top_k=5), seed=0)
     assert out.shape == (2, 103)
     assert ((out >= 0) & (out < 30)).all()
 
 
 def test_eos_stops_when_every_sequence_has_ended():
-    model = tiny_model()
+    model = sharp_model()
     with torch.no_grad():  # make EOS (id 2) overwhelmingly likely from the first step
         model.to_logits.weight.zero_()
         model.norm_out.weight.zero_()
@@ -68,7 +70,7 @@ def test_eos_stops_when_every_sequence_has_ended():
 
 
 def test_allowed_tokens_mask_is_respected_and_callback_sees_every_step():
-    model = tiny_model()
+    model = sharp_model()
     allowed = torch.zeros(30, dtype=torch.bool)
     allowed[[4, 9]] = True
     seen = []
@@ -86,7 +88,7 @@ def test_allowed_tokens_mask_is_respected_and_callback_sees_every_step():
 
 
 def test_generate_restores_training_mode():
-    model = tiny_model().train()
+    model = sharp_model().train()
     sample_ids(model, torch.ones(1, 1, dtype=torch.long), 3)
     assert model.training
 
@@ -94,7 +96,7 @@ def test_generate_restores_training_mode():
 @pytest.mark.parametrize("ends", [(3, 7), (5, 40), (0, 33)])
 def test_eos_output_ends_exactly_where_the_last_sequence_ended(ends):
     """EOS is polled every EOS_CHECK_EVERY steps, but the output is cut at the true end."""
-    model = tiny_model()
+    model = sharp_model()
 
     def allowed(seqs):  # row r may only emit EOS once it has generated ends[r] tokens
         mask = torch.zeros(seqs.shape[0], 30, dtype=torch.bool)

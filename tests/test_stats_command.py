@@ -14,7 +14,7 @@ from perceiver_ar_music.data.store_builder import prepare
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.tools import midi_factory
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

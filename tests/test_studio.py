@@ -28,8 +28,8 @@ from perceiver_ar_music.studio.listen import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.tools.browser import Browser, find_chromium
-from tests import midi_factory
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from perceiver_ar_music.tools import midi_factory
+from tests.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"

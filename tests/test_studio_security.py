@@ -21,7 +21,7 @@ from perceiver_ar_music.studio.guard import host_allowed
 from perceiver_ar_music.studio.jobs import JobQueue
 from perceiver_ar_music.studio.listen import serve
 from perceiver_ar_music.data.tokenizer import load_tokenizer
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"

@@ -23,7 +23,7 @@ from perceiver_ar_music.sampling.texture import (
 )
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.tools import midi_factory
-from tests.tiny_checkpoint import write_tiny_checkpoint
+from tests.tiny import tiny_model, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +226,9 @@ def test_the_distance_is_zero_on_target_and_grows_away_from_it():
 M, N = 24, 8
 
 
-def tiny_model() -> PerceiverAR:
-    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=M, num_latents=N)
+def sharp_model() -> PerceiverAR:
+    """A tiny random model with sharper logits (std 0.5), in eval mode."""
+    model = tiny_model(50, depth=2, max_seq_len=M, num_latents=N)
     torch.nn.init.normal_(model.to_logits.weight, std=0.5)
     return model.double().eval()
 
@@ -237,7 +238,7 @@ def test_a_reordered_cache_decodes_like_the_reordered_history_from_scratch(mode)
     """Fork mid-way (rows copied from others), then go on past resets and past the context: every
     logit equals that of a fresh decoder teacher-forced on the reordered history."""
     torch.manual_seed(1)
-    model = tiny_model()
+    model = sharp_model()
     seq = torch.randint(0, 50, (3, 2 * M + 7))
     fork_at, rows = 15, torch.tensor([2, 2, 0])
     forked = CachedDecoder(model, reset_latents=3, mode=mode)
@@ -302,7 +303,7 @@ class PickRichest:
 
 def test_the_sampler_keeps_the_chosen_candidate_every_segment_and_returns_one_row_per_prompt():
     torch.manual_seed(0)
-    model = tiny_model().float()
+    model = sharp_model().float()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
     selector = PickRichest(candidates=5, segment_tokens=7, wanted=9)
     out = sample_ids(model, prompt, 30, SamplingConfig(), seed=3, selector=selector)
@@ -326,7 +327,7 @@ def test_texture_sampling_is_the_same_on_the_fixed_shape_step_and_the_reference_
     """The candidates' forks on the static (CUDA-graph) step and on the slow reference path
     give the dynamic cached path's tokens (within one window, where the three are exact)."""
     torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=50, dim=32, depth=2, heads=2, dim_head=16, max_seq_len=64, num_latents=64)
+    model = tiny_model(50, depth=2, max_seq_len=64, num_latents=64)
     torch.nn.init.normal_(model.to_logits.weight, std=0.5)
     model = model.double().eval()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -339,7 +340,7 @@ def test_the_sampler_forks_rules_and_hooks_with_the_tokens(vocab):
     """With the guards on and a reorder hook, every fork keeps the guards' promise (no note
     longer than D) and the hook sees each choice."""
     torch.manual_seed(0)
-    model = PerceiverAR(num_tokens=len(vocab), dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64, num_latents=32).eval()
+    model = tiny_model(len(vocab), max_seq_len=64, num_latents=32).eval()
     rules = NoteRules(vocab, grammar=True, max_polyphony=3, max_note_steps=60)
     seen = []
     selector = PickRichest(candidates=3, segment_tokens=16, wanted=vocab.note_on_id[60])

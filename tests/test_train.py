@@ -23,81 +23,22 @@ import torch
 
 from perceiver_ar_music.model import checkpoint as ckpt
 from perceiver_ar_music.cli import main
-from perceiver_ar_music.runtime.devices import pick_device
 from perceiver_ar_music.runtime.errors import UserError
-from perceiver_ar_music.model.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.training.presets import PRESETS, RunConfig, TrainConfig, resolve
 from perceiver_ar_music.data.token_store import PreparedData
 from perceiver_ar_music.training.train import (
     StopRequest,
     TrainingDiverged,
-    TrainRun,
     lr_at,
     make_optimizer,
     stop_on_signals,
     train,
 )
-from tests import midi_factory
+from tests.tiny import make_run, metrics, MICRO_FLAGS, prepared_corpus, same_weights, subprocess_env, tiny_config, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = dict(dim=32, depth=1, heads=2, dim_head=16, max_seq_len=64, num_latents=32)
-MICRO_FLAGS = ["--dim", "32", "--depth", "1", "--heads", "2", "--dim-head", "16", "--max-seq-len", "64",
-               "--num-latents", "32", "--batch-size", "2", "--eval-windows", "4"]
-
-
-def write_corpus(folder: Path, files: int, notes: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(files):
-        midi_factory.write_performance(folder / f"piece{i:02d}.mid", seed=i, num_notes=notes)
-    return folder
-
-
-def prepared_corpus(root: Path, files: int = 10, notes: int = 120) -> Path:
-    """Synthetic performances prepared into train/validation/test (each split non-empty)."""
-    from perceiver_ar_music.data.store_builder import prepare
-
-    midi = write_corpus(root / "midi", files, notes)
-    prepare(midi, root / "prepared", workers=1, split_ratios=(0.6, 0.2, 0.2), progress=False)
-    data = PreparedData.open(root / "prepared")
-    assert set(data.splits) == {"train", "validation", "test"}
-    return root / "prepared"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return prepared_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_run(run_dir: Path, data: Path, max_steps: int = 6, resume_from: Path | None = None, model=None,
-             device: torch.device | None = None, **train_fields) -> TrainRun:
-    model_fields = {**MICRO, "cross_attn_dropout": 0.25, "dropout": 0.1, **(model or {})}
-    fields = dict(batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=2, max_steps=max_steps, eval_every=3,
-                  eval_windows=4, save_every=100, log_every=1, seed=3)
-    fields.update(train_fields)
-    config = RunConfig(run_dir.name, PerceiverARConfig(**model_fields), TrainConfig(**fields))
-    return TrainRun(run_dir=run_dir, config=config, data=PreparedData.open(data), device=device or pick_device(),
-                    progress=False, resume_from=resume_from)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
-
-
-def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- schedule and presets
@@ -134,7 +75,7 @@ def test_presets() -> None:
 
 
 def test_weight_decay_only_on_matrices() -> None:
-    model = PerceiverAR(PerceiverARConfig(**MICRO))
+    model = PerceiverAR(tiny_config())
     optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
@@ -145,8 +86,8 @@ def test_weight_decay_only_on_matrices() -> None:
 def test_the_fused_cpu_optimizer_matches_the_plain_adamw_loop() -> None:
     """The training optimizer (fused AdamW) against torch's one-op-at-a-time AdamW, same groups."""
     torch.manual_seed(0)
-    fused_model = PerceiverAR(PerceiverARConfig(**MICRO))
-    plain_model = PerceiverAR(PerceiverARConfig(**MICRO))
+    fused_model = PerceiverAR(tiny_config())
+    plain_model = PerceiverAR(tiny_config())
     plain_model.load_state_dict(fused_model.state_dict())
     tc = TrainConfig(lr=1e-2, weight_decay=0.1)
     fused = make_optimizer(fused_model, tc, torch.device("cpu"))

@@ -44,7 +44,7 @@ MODES = {"off": (False, False), "guards": (True, False), "guards+grammar": (True
 
 
 def synthetic_primer(folder: Path) -> Path:
-    """A 2-minute synthetic performance with sustain pedal (tests/midi_factory.py)."""
+    """A 2-minute synthetic performance with sustain pedal (perceiver_ar_music/tools/midi_factory.py)."""
     from perceiver_ar_music.tools import midi_factory
 
     path = folder / "synthetic-pedal.mid"

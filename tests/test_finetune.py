@@ -25,12 +25,7 @@ from tests.tiny import make_run, prepared_corpus, tiny_config, tiny_model, write
 FAST = ["--batch-size", "2", "--eval-windows", "4", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 @pytest.fixture(scope="module")

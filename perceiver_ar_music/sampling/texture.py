@@ -367,7 +367,7 @@ class TextureSelector:
         if "voices" not in target.steered:
             return 0, 0.0
         wanted = target.at(seconds)
-        cap = math.ceil(wanted.get("max_polyphony", 0.0)) if "max_polyphony" in wanted else 0
+        cap = math.ceil(wanted.get("max_polyphony", 0.0))
         mean_length = wanted["mean_polyphony"] / max(wanted.get("notes_per_second", 0.0), RATIO_FLOOR)
         return max(cap, 1) if cap else 0, self.hold * mean_length if "notes_per_second" in wanted else 0.0
 

@@ -24,11 +24,12 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizer):
-    """A MIDI folder (the primer among three pieces), its prepared folder, and a generate output."""
+    """A MIDI folder (the primer among four pieces, so each is whole in its split), its prepared
+    folder, and a generate output."""
     root = tmp_path_factory.mktemp("stats")
     midi_dir = root / "midi"
     midi_dir.mkdir()
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, 4):
         midi_factory.write_performance(midi_dir / f"piece-{seed}.mid", seed=seed, num_notes=60)
     primer = midi_dir / "piece-3.mid"
     prepare(midi_dir, root / "prepared", workers=1, progress=False)
@@ -79,7 +80,7 @@ def test_plain_files_and_data_folders(world, capsys):
     assert run_stats(world["primer"], world["midi"], world["prepared"]) == 0
     printed = capsys.readouterr().out
     assert "no primer" in printed and "piece" in printed
-    assert f"{world['midi']}: 3 pieces" in printed and f"{world['prepared']}: 3 pieces" in printed
+    assert f"{world['midi']}: 4 pieces" in printed and f"{world['prepared']}: 4 pieces" in printed
     assert "median" in printed and "90th pct" in printed
     # a raw MIDI folder as the reference: figures, no memorisation
     assert run_stats(world["generated"] / "sample-02.mid", "--reference", world["midi"]) == 0

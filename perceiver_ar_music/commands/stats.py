@@ -124,7 +124,7 @@ def _prepared_stats(data, splits):
     from perceiver_ar_music.data.events import ids_to_notes
     from perceiver_ar_music.listening.music_stats import music_stats
 
-    return [music_stats(ids_to_notes(piece, data.vocab)) for split in splits for piece in data.pieces(split)]
+    return [music_stats(ids_to_notes(piece, data.vocab)) for _, piece in data.whole_pieces(splits)]
 
 
 def _prepared_reference(folder: Path, split: str):

@@ -47,6 +47,7 @@ from perceiver_ar_music.data.vocab import NOTE_ON, TIME_SHIFT
 from perceiver_ar_music.data.token_store import (
     FORMAT,
     FORMAT_VERSION,
+    HELD_OUT_END,
     MANIFEST_NAME,
     SPLIT_ORDER,
     TOKEN_DTYPE,
@@ -449,35 +450,53 @@ def _prepare_locked(
     return result
 
 
-HELD_OUT_END = "#held-out-end"  # suffix of the validation part of a folder's only piece
 HELD_OUT_SHARE = 0.1  # of that piece's tokens
+FEW_PIECES = 3  # a folder of at most this many pieces holds out the end of each, not a whole piece
 
 
 def ensure_validation(pieces: dict[str, Piece], vocab) -> list[str]:
     """Give a small folder split by path hash a validation set (in place); the notices saying so.
 
-    The rule (with a validation share in the ratios): when no hash-split piece landed in
-    validation, one moves there if there are at least two pieces (a test piece if there is one,
-    else the last training piece by path); a folder of one piece keeps its last
-    `HELD_OUT_SHARE` of tokens (cut at a time shift) apart as validation windows and trains on
-    the rest. Pieces split by metadata are never moved."""
+    The rule (with a validation share in the ratios), when no hash-split piece landed in
+    validation: a folder of `FEW_PIECES` pieces or fewer trains on every piece the hash put in
+    training or test and holds out the last `HELD_OUT_SHARE` of each one's tokens (cut at a time shift) as validation windows and trains on the
+    rest, so no piece is lost to training; a larger folder moves one piece to validation (a test
+    piece if there is one, else the last training piece by path). Pieces split by metadata are
+    never moved or cut."""
     hashed = [path for path, piece in pieces.items() if piece.split_source == "hash"]
     if not hashed or any(piece.split == "validation" for piece in pieces.values()):
         return []
-    if len(pieces) >= 2:
-        moved = validation_pick({path: piece.split for path, piece in pieces.items()}, hashed)
-        if moved is None:
-            return []
-        pieces[moved] = dataclasses.replace(pieces[moved], split="validation")
-        return [f"{len(pieces)} pieces and none in validation by the hash: {moved} moved to validation "
-                "(a folder of 2 or more pieces always has one, so training reports a validation loss)"]
-    (path,) = pieces
+    count = len(pieces)
+    if count <= FEW_PIECES:
+        for path in hashed:  # too few pieces to keep one apart for testing either
+            if pieces[path].split == "test":
+                pieces[path] = dataclasses.replace(pieces[path], split="train")
+        cut = [path for path in sorted(hashed) if pieces[path].split == "train" and _hold_out_end(pieces, path, vocab)]
+        if cut:
+            held = [pieces[path + HELD_OUT_END] for path in cut]
+            tokens, seconds = sum(len(p.ids) for p in held), sum(p.seconds for p in held)
+            which = f"one piece ({cut[0]}): its" if count == 1 else f"{count} pieces, too few to hold one out: each one's"
+            return [f"{which} last {HELD_OUT_SHARE:.0%} ({tokens} tokens, {seconds:.1f} s) held out as validation "
+                    "windows, the rest is trained on"]
+        if count == 1:
+            return [f"one piece ({hashed[0]}), too short to hold out its end: no validation loss"]
+    moved = validation_pick({path: piece.split for path, piece in pieces.items()}, hashed)
+    if moved is None:
+        return []
+    pieces[moved] = dataclasses.replace(pieces[moved], split="validation")
+    return [f"{len(pieces)} pieces and none in validation by the hash: {moved} moved to validation "
+            "(a folder of 2 or more pieces always has one, so training reports a validation loss)"]
+
+
+def _hold_out_end(pieces: dict[str, Piece], path: str, vocab) -> bool:
+    """Split piece `path` (in place) into its training head and its last `HELD_OUT_SHARE` of
+    tokens, cut at a time shift, as a validation piece; False if it is too short to cut."""
     piece = pieces[path]
     kinds = np.asarray(vocab.kind)[piece.ids]
     shifts = np.flatnonzero(kinds == TIME_SHIFT)
     cut = shifts[shifts < round(len(piece.ids) * (1 - HELD_OUT_SHARE))]
-    if not len(cut):
-        return [f"one piece ({path}), too short to hold out its end: no validation loss"]
+    if not len(cut) or cut[-1] + 1 >= len(piece.ids):
+        return False
     head, tail = piece.ids[: cut[-1] + 1], piece.ids[cut[-1] + 1 :]
     tail_seconds = vocab.seconds(tail.tolist())
     tail_notes = int(np.count_nonzero(np.asarray(vocab.kind)[tail] == NOTE_ON))
@@ -486,8 +505,7 @@ def ensure_validation(pieces: dict[str, Piece], vocab) -> list[str]:
                                        num_notes=piece.num_notes - tail_notes, seconds=piece.seconds - tail_seconds)
     pieces[path + HELD_OUT_END] = Piece(path + HELD_OUT_END, "validation", "held-out end", _part_digest(piece.sha256, "tail"),
                                         tail, tail_notes, tail_seconds, 0)
-    return [f"one piece ({path}): its last {len(tail)} tokens ({tail_seconds:.1f} s) are held out as validation "
-            "windows, the rest is trained on"]
+    return True
 
 
 def validation_pick(splits: Mapping[str, str], movable: Iterable[str]) -> str | None:

@@ -28,6 +28,8 @@ import numpy as np
 from perceiver_ar_music.runtime.errors import UserError
 from perceiver_ar_music.data.vocab import EventVocab
 
+HELD_OUT_END = "#held-out-end"  # suffix of the validation part of a piece whose end is held out
+
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 FORMAT = "perceiver-ar-music/prepared"
@@ -120,6 +122,21 @@ class PreparedData:
         """Each piece of a split as a read-only uint16 view into the split's memory-mapped file."""
         tokens = self.tokens(split)
         return [tokens[e["offset"] : e["offset"] + e["num_tokens"]] for e in self.files(split)]
+
+    def whole_pieces(self, splits: list[str] | tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+        """(path, ids) of every piece of `splits`, a piece whose end was held out as validation
+        windows (a small folder's, see `store_builder.ensure_validation`) joined again when both
+        parts are in `splits`: one entry per MIDI file, for statistics of the music."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for split in splits:
+            for entry, ids in zip(self.files(split), self.pieces(split)):
+                path = entry["path"].removesuffix(HELD_OUT_END)
+                parts.setdefault(path, [])
+                if entry["path"].endswith(HELD_OUT_END):
+                    parts[path].append(ids)
+                else:
+                    parts[path].insert(0, ids)
+        return [(path, np.concatenate(pieces) if len(pieces) > 1 else pieces[0]) for path, pieces in parts.items()]
 
     def tokens(self, split: str) -> np.ndarray:
         """All of a split's ids back to back (read-only memory map)."""

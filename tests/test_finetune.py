@@ -202,6 +202,15 @@ def test_a_folder_of_one_piece_fine_tunes_on_its_held_out_end(tmp_path: Path, ba
     assert "last 10% of the piece is held out" in capsys.readouterr().out
 
 
+def test_a_folder_of_three_pieces_trains_on_all_three_and_validates_on_their_ends(tmp_path: Path, base: Path, capsys) -> None:
+    three = midi_folder(tmp_path / "three", files=3, notes=200)
+    assert cli("--data", str(three), "--init-from", str(base), "--out", str(tmp_path / "runs"), "--name", "t",
+               "--max-steps", "2", *FAST) == 0
+    out = capsys.readouterr().out
+    assert "training on 3 piece(s); too few pieces to hold one out, so the last 10% of each of the 3 pieces" in out
+    assert "step 0: validation" in out and "before fine-tuning" in out
+
+
 def test_short_windows_skip_their_shared_padding_and_score_the_same() -> None:
     from perceiver_ar_music.training.loss import trim_padding, window_loss
 
@@ -240,7 +249,10 @@ def test_fine_tuning_under_torchrun_with_a_time_budget_and_mixed_data(tmp_path: 
                str(mix), "--minutes", "0.05", "--eval-every", "3", "--out", str(out), "--name", "ddp", *FAST]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("ended by the time budget") == 1 and result.stdout.count("fine-tuning") == 1
+    lines = result.stdout.splitlines()
+    assert result.stdout.count("ended by the time budget") == 1
+    assert sum(line.startswith("fine-tuning ") for line in lines) == 1  # rank 0 speaks
+    assert sum(line.endswith("before fine-tuning") for line in lines) == 1
     run = out / "ddp"
     state = ckpt.read_json(ckpt.latest_resumable(run) / ckpt.TRAINER_STATE_NAME)
     assert state["world_size"] == 2 and state["progress"]["wall_seconds"] >= 3

@@ -188,3 +188,44 @@ def test_prepared_data_checks_ids_when_it_opens(prepared_with_a_bad_id):
 
     with pytest.raises(UserError, match="outside the vocabulary of 391"):
         PreparedData.open(prepared_with_a_bad_id)
+
+
+# ----- fine-tuning: the disk fills while the run saves -----
+def test_fine_tuning_on_a_disk_that_fills_ends_with_one_line_and_no_half_checkpoint(tiny_disk, tmp_path, capsys):
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
+    from tests.tiny import write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
+    midi = write_corpus(tmp_path / "midi", files=3, notes=60)
+    fill(tiny_disk, leave=48 * 1024)  # the run config and metrics fit; a checkpoint does not
+    code = main(["train", "--data", str(midi), "--init-from", str(base), "--prepared-cache", str(tmp_path / "cache"),
+                 "--max-steps", "4", "--device", "cpu", "--no-progress", "--out", str(tiny_disk / "runs"), "--name", "ft"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "No space left on device" in err[-1] and len([e for e in err if "error" in e]) == 1, err
+    run = tiny_disk / "runs" / "ft"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "run_config.json"]  # no half-written checkpoint
+    json.loads((run / "run_config.json").read_text())
+
+
+def test_the_studio_says_in_one_line_when_the_disk_fills_while_it_teaches(tiny_disk, tmp_path):
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
+    from perceiver_ar_music.studio.engine import Studio
+    from tests.tiny import write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "ckpt", load_tokenizer())
+    midi = write_corpus(tmp_path / "midi", files=2, notes=60)
+    studio = Studio(base, tiny_disk / "studio", device="cpu")
+    try:
+        set_id = studio.teacher.new_set()["set"]
+        for path in sorted(midi.iterdir()):
+            studio.teacher.add(set_id, path.read_bytes(), path.name)
+        fill(tiny_disk, leave=64 * 1024)
+        job = studio.teach({"set": set_id, "minutes": 0.05})
+        assert studio.queue.wait(job, 120) and job.state == "failed"
+        assert job.error.startswith("cannot write: No space left on device") and "\n" not in job.error, job.error
+        (_, model) = studio.teacher.models()
+        assert model["state"] == "failed" and model["error"] == job.error and not model["usable"]
+        run = studio.teacher.models_dir / model["id"]
+        assert not [p for p in run.iterdir() if p.name.startswith(("ckpt-", "best", "."))]
+    finally:
+        studio.close()

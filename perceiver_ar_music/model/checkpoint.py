@@ -78,8 +78,6 @@ def save_checkpoint(
     hash of `tokenizer_path` (which loads the tokenizer). `trainer_state` (JSON-able) and
     `optimizer` make the checkpoint resumable.
     """
-    from safetensors.torch import save_file
-
     if tokenizer_hash is None:
         from perceiver_ar_music.data.tokenizer import load_tokenizer
 
@@ -98,13 +96,29 @@ def save_checkpoint(
         write_json_atomic(tmp / CONFIG_NAME, model.config.to_dict())
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)
         weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS_NAME)
+        write_tensors(weights, tmp / WEIGHTS_NAME)
         if optimizer is not None:
-            save_file(optimizer_tensors(optimizer), tmp / OPTIMIZER_NAME)
+            write_tensors(optimizer_tensors(optimizer), tmp / OPTIMIZER_NAME)
         if trainer_state is not None:
             write_json_atomic(tmp / TRAINER_STATE_NAME, trainer_state)
         write_json_atomic(tmp / META_NAME, full_meta)  # written last: a complete folder has it
     return path
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' `save_file`, with a write the file system refused (a full disk) raised as the
+    OSError it is (safetensors reports it as its own error, with the OS error number in the text)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path)
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

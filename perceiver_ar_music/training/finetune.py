@@ -79,7 +79,8 @@ def describe_validation(data: PreparedData) -> str:
         return f"training on {train} pieces; no validation split: no validation loss and no early stopping"
     held = data.files("validation")
     if any(entry.get("split_source") == "held-out end" for entry in held):
-        return (f"training on {train} piece(s); too few pieces to hold one out, so the last 10% of the piece is "
+        which = "the piece" if train == 1 else f"each of the {train} pieces"
+        return (f"training on {train} piece(s); too few pieces to hold one out, so the last 10% of {which} is "
                 f"held out as validation windows")
     return f"training on {train} pieces; validating on {len(held)} held-out piece(s) never trained on"
 
@@ -199,7 +200,7 @@ def finetune(data: str | Path, *, init_from: str | Path | None = None, out: str 
              name: str | None = None, minutes: float | None = None, mix_data: str | Path | None = None,
              mix_share: float = MIX_SHARE, train_overrides: dict[str, Any] | None = None,
              device: str = "auto", on_step: Callable[[int, Any], None] | None = None, stop: Any = None,
-             progress: bool = False) -> Any:
+             prepared_cache: str | Path | None = None, progress: bool = False) -> Any:
     """Fine-tune in this process (the studio's entry point): plan, train, write the card.
 
     `on_step(step, progress)` is called after every step with the step number and the run's
@@ -213,7 +214,8 @@ def finetune(data: str | Path, *, init_from: str | Path | None = None, out: str 
     from perceiver_ar_music.training.train import StopRequest, Trainer, TrainRun
 
     found = plan(data, init_from=init_from, out=out, name=name, minutes=minutes, mix_data=mix_data,
-                 mix_share=mix_share, train_overrides=train_overrides, progress=progress)
+                 mix_share=mix_share, train_overrides=train_overrides, prepared_cache=prepared_cache,
+                 progress=progress)
     spec = TrainRun(run_dir=found.run_dir, config=found.config, data=found.data, device=pick_device(device),
                     progress=progress, init_from=found.init_checkpoint, mix_data=found.mix_data)
     trainer = Trainer(spec, DistInfo(), stop or StopRequest())

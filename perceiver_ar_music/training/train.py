@@ -390,6 +390,8 @@ class Trainer:
         tc, info = self.tc, self.info
         self.folder.open(self.progress.step if self.resumed_from is not None else None)
         self._announce()
+        if self.run_spec.init_from is not None and self.resumed_from is None:
+            self._validate_start()
         batches = iter(train_loader(self.data, self.cfg, tc, info, self.progress.samples_per_rank,
                                     self.run_spec.workers, self.device, self.run_spec.mix_data))
         bar = self._progress_bar()
@@ -482,6 +484,16 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
         self.rate_window = (window_start, window_tokens)
         bar.update(1)
+
+    def _validate_start(self) -> None:
+        """A fine-tuning run's starting point: the validation loss of the weights it starts from,
+        logged as step 0 (not a best: the run's best/ is always its own). Not in the time budget."""
+        val_nats = self.validate()
+        if val_nats is None:
+            return
+        self.folder.log({"step": 0, "val_nats": val_nats, "val_bits": val_nats / math.log(2), "start": True})
+        if self.info.is_main:
+            print(f"step 0: validation {val_nats:.4f} nats/token before fine-tuning", flush=True)
 
     def _evaluate_and_keep_best(self, bar: Any) -> float | None:
         val_nats = self.validate()

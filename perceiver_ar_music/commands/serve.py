@@ -8,7 +8,7 @@ from pathlib import Path
 from perceiver_ar_music.runtime.cli_types import bounded_int, finite_float
 from perceiver_ar_music.runtime.threads import add_argument as add_threads_argument
 
-HELP = "the studio: continue primers take by take in a browser page (upload, settings, live progress, listen)"
+HELP = "the studio: continue primers, play duets and teach the model your music, in a browser page"
 DEFAULT_OUT = Path("out") / "studio"
 
 

@@ -1,9 +1,11 @@
-"""The studio: `perceiver-music serve`, a page in the browser to continue primers take by take.
+"""The studio: `perceiver-music serve`, a page in the browser to continue primers take by take,
+play duets with the model and teach it your music.
 
 - `jobs`: the one-at-a-time job queue (one generation per process, the rest wait in line);
 - `takes`: the output folder: takes and uploaded primers as files, served only by name;
 - `settings`: the page's generation settings, parsed and checked by `generate`'s own parser;
-- `engine`: the loaded model, primers, sampling with live progress, writing a take;
+- `engine`: the loaded models, primers, sampling with live progress, writing a take;
+- `teach`: "Teach it your music": sets of the user's files, fine-tuning jobs, the models they make;
 - `duet`: duet mode: the player's turns in, the model's answers out (decoded during the pause);
 - `notestream`: a growing token sequence as note events (playback while decoding);
 - `piano`: the page's piano, samples rendered from the takes' soundfont;

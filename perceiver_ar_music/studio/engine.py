@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from perceiver_ar_music.studio import settings as studio_settings
 from perceiver_ar_music.studio.jobs import Job, JobQueue
 from perceiver_ar_music.sampling.texture import TextureSelector
 from perceiver_ar_music.studio.takes import DEFAULT_MAX_UPLOAD_BYTES, TakeStore
+from perceiver_ar_music.studio.teach import DEFAULT_MODEL, Teacher, TeachRequest
 
 EXAMPLE = "example"  # the primer reference of the bundled example
 EXAMPLE_PRIMER = Path(__file__).resolve().parents[2] / "examples" / "primer.mid"
@@ -38,6 +40,8 @@ class Request:
     prompt: np.ndarray  # BOS + primer ids
     settings: GenerationSettings
     texture: TextureSelector | None  # texture-keeping sampling (None: plain)
+    model: str = "default"  # which model makes it (`teach.Teacher` ids)
+    loaded: Any = None  # that model, loaded
 
 
 @dataclass
@@ -114,6 +118,10 @@ class Studio:
         self.store = TakeStore(out, max_upload_bytes)
         self.audio_unavailable: str | None = None
         self.queue = JobQueue(self._run)
+        self.teacher = Teacher(self.store.folder, self.loaded.path, self.device, self.tokenizer)
+        self.teacher.queue = self.queue
+        self._other: tuple[str, Path, Any] | None = None  # the last taught model used: (id, checkpoint, loaded)
+        self._other_lock = threading.Lock()
         self._duet_model = None
         from perceiver_ar_music.studio.duet import DuetLimits
 
@@ -265,6 +273,7 @@ class Studio:
 
         form = dict(form)
         primer = form.pop("primer", None)
+        model = form.pop("model", None) or DEFAULT_MODEL
         if primer is not None and not isinstance(primer, str):
             raise UserError("primer: expected a name")
         args = studio_settings.parse_settings(form.pop("settings", {}) or {}, self.parser)
@@ -272,16 +281,50 @@ class Studio:
             raise UserError(f"unknown field: {sorted(form)[0]!r}")
         if args.seed is None:  # a random take still records the seed that makes it again
             args.seed = secrets.randbelow(2**31)
-        settings = GenerationSettings.from_args(args, self.loaded)
+        loaded = self.model(model)
+        settings = GenerationSettings.from_args(args, loaded)
         primer_ids = self.primer_ids(primer, settings.primer_seconds)
         prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
         try:
             texture = texture_selector(settings.texture, self.vocab, primer_ids, len(prompt))
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        return self.queue.submit(Request(args, primer or None, prompt, settings, texture))
+        return self.queue.submit(Request(args, primer or None, prompt, settings, texture, model, loaded))
 
-    def _run(self, job: Job) -> list[str]:
+    def model(self, model: str) -> Any:
+        """The loaded model of an id (the studio's own, or one taught here: the last one asked
+        for stays loaded)."""
+        from perceiver_ar_music.runtime.devices import inference_dtype
+        from perceiver_ar_music.sampling.continuation import load_for_generation
+
+        checkpoint = self.teacher.checkpoint(model)
+        if model == DEFAULT_MODEL:
+            return self.loaded
+        with self._other_lock:
+            if self._other is None or self._other[:2] != (model, checkpoint):
+                loaded, tokenizer = load_for_generation(checkpoint, self.device, dtype=inference_dtype(self.device))
+                if tokenizer.hash != self.tokenizer.hash:
+                    raise UserError(f"model {self.teacher.name_of(model)!r} has another tokenizer than the studio's")
+                self._other = (model, checkpoint, loaded)
+            return self._other[2]
+
+    def teach(self, form: dict) -> Job:
+        """Queue fine-tuning the studio's model on a set of files ({"set", "minutes", "name"})."""
+        request = self.teacher.request(form)
+        try:
+            job = self.queue.submit(request)
+        except UserError as exc:
+            self.teacher.cancel(request.model, f"not queued: {exc}")
+            raise
+        self.teacher.record_job(request.model, job.id)
+        return job
+
+    def _run(self, job: Job) -> Any:
+        if isinstance(job.request, TeachRequest):
+            return self.teacher.run(job)
+        return self._sample(job)
+
+    def _sample(self, job: Job) -> list[str]:
         from perceiver_ar_music.runtime import threads
         from perceiver_ar_music.sampling.continuation import continue_ids, sampling_rules
 
@@ -300,7 +343,7 @@ class Studio:
         if job.stop_requested:  # stopped while it was being prepared: nothing was made
             return []
         result = continue_ids(
-            self.loaded.model, request.prompt, self.vocab, settings.length, settings.num_samples, settings.sampling,
+            request.loaded.model, request.prompt, self.vocab, settings.length, settings.num_samples, settings.sampling,
             seconds=settings.seconds, seed=settings.seed, rules=rules, progress=False, on_step=on_step,
             use_cache=settings.use_cache, reset_latents=settings.reset_latents, texture=request.texture,
             on_reorder=progress.reorder,
@@ -355,16 +398,30 @@ class Studio:
             "stats": files.report.continuation.rows() if files.report.continuation else [],
             "texture": target.describe() if target is not None else "off (plain sampling)",
             "windows": take_windows(files.report),
-            "checkpoint": str(self.loaded.path),
+            "checkpoint": str(request.loaded.path),
+            "model": request.model,
+            "model_name": self.teacher.name_of(request.model),
         }
         self.store.save_take(take)
         return take
+
+    def models_status(self) -> dict:
+        """The models to choose from, and the fine-tuning job that has not finished (the page
+        follows it again after a reload)."""
+        from perceiver_ar_music.studio.jobs import FINISHED
+
+        teaching = [job for job in self.queue.jobs_list() if isinstance(job.request, TeachRequest)
+                    and job.state not in FINISHED]
+        return {"models": self.teacher.models(), "teaching": self.job_status(teaching[0]) if teaching else None,
+                "restart_notes": self.teacher.restart_notes}
 
     def job_status(self, job: Job) -> dict:
         """What the page shows while a job waits, runs, and when it has finished."""
         from perceiver_ar_music.sampling.continuation import music_clock
 
-        status = {"job": job.id, "state": job.state, "position": self.queue.position(job), "error": job.error,
+        if isinstance(job.request, TeachRequest):
+            return self.teacher.status(job)
+        status = {"job": job.id, "kind": "take", "state": job.state, "position": self.queue.position(job), "error": job.error,
                   "takes": job.result or [], "tokens": 0, "tokens_per_second": 0.0, "music_seconds": 0.0,
                   "num_samples": job.request.settings.num_samples, "stopping": job.stop_requested}
         progress = job.progress
@@ -384,6 +441,8 @@ class Studio:
         from perceiver_ar_music.listening.pianoroll import piano_roll_image, png_bytes, rows_for_height
 
         request: Request = job.request
+        if not isinstance(request, Request):
+            raise UserError("this job makes no piano roll")
         if not 0 <= sample < request.settings.num_samples:
             raise UserError(f"no sample {sample} in this job")
         ids = job.progress.ids() if isinstance(job.progress, Progress) else np.zeros((0, request.settings.num_samples), np.int64)

@@ -92,6 +92,11 @@ class JobQueue:
         with self.lock:
             return self.jobs.get(job_id)
 
+    def jobs_list(self) -> list[Job]:
+        """Every job the queue knows, oldest first."""
+        with self.lock:
+            return sorted(self.jobs.values(), key=lambda job: job.submitted)
+
     def position(self, job: Job) -> int:
         """How many jobs run or wait before `job` (0 when it runs or has finished)."""
         with self.lock:

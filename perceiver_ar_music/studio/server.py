@@ -9,9 +9,17 @@ Routes (JSON unless noted; errors are ``{"error": "one line"}`` with a 4xx statu
     GET  /api/primer/roll.png?primer=REF&seconds=S    its piano roll (PNG)
     POST /api/primer  (body: the MIDI file, application/octet-stream, header X-Filename)
                                                       keep an uploaded primer
-    POST /api/generate  {"primer": REF, "settings": {...}}  (application/json)
+    POST /api/generate  {"primer": REF, "settings": {...}, "model": ID}  (application/json)
                                                       queue a request -> its status (429: queue full)
+    GET  /api/models                                  the models (the studio's own, those taught here,
+                                                      with their loss curves) and the fine-tuning job
+                                                      that has not finished, if any
+    POST /api/teach/sets  (application/json, {})      a new, empty set of files to teach
+    POST /api/teach/sets/SET/files  (body: a MIDI file or a zip, application/octet-stream or
+                                     application/zip, header X-Filename)   add to the set
+    POST /api/teach  {"set": SET, "minutes": M, "name": TEXT}  queue fine-tuning -> its status
     GET  /api/jobs/ID          progress: state, place in the queue, tokens, tokens/s, music
+                               (a fine-tuning job: step, minutes, validation curve)
     GET  /api/jobs/ID/roll/K.png                      the piano roll of sample K so far
     POST /api/jobs/ID/stop  (application/json)        stop: the take keeps what was made
     GET  /files/NAME                                  a file of the output folder, by name only
@@ -52,13 +60,14 @@ from perceiver_ar_music.studio.guard import Guard
 
 STATIC = {"index.html": "text/html; charset=utf-8", "studio.js": "text/javascript; charset=utf-8",
           "studio.css": "text/css; charset=utf-8", "piano.js": "text/javascript; charset=utf-8",
-          "duet.js": "text/javascript; charset=utf-8"}
+          "duet.js": "text/javascript; charset=utf-8", "teach.js": "text/javascript; charset=utf-8"}
 STREAM_POLL_SECONDS = 0.03  # how often a job's stream looks for new final tokens
 FILE_TYPES = {".mid": "audio/midi", ".png": "image/png", ".json": "application/json", ".ogg": "audio/ogg",
               ".flac": "audio/flac", ".wav": "audio/wav"}
 MAX_JSON_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16  # the requests are two levels deep; deeper nesting is refused before parsing
 UPLOAD_TYPES = ("application/octet-stream", "audio/midi", "audio/x-midi", "audio/mid")
+TEACH_UPLOAD_TYPES = UPLOAD_TYPES + ("application/zip", "application/x-zip-compressed")
 DEFAULT_BODY_SECONDS = 30.0  # the longest wait for the next piece of a request body
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
            "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "no-referrer"}
@@ -86,6 +95,10 @@ def create_app(studio: Studio, *, allowed_hosts: tuple[str, ...] = (),
         Route("/api/primer", routes.upload, methods=["POST"]),
         Route("/api/primer/roll.png", routes.primer_roll, methods=["GET"]),
         Route("/api/generate", routes.generate, methods=["POST"]),
+        Route("/api/models", routes.models, methods=["GET"]),
+        Route("/api/teach/sets", routes.new_set, methods=["POST"]),
+        Route("/api/teach/sets/{set}/files", routes.add_files, methods=["POST"]),
+        Route("/api/teach", routes.teach, methods=["POST"]),
         Route("/api/jobs/{job}", routes.job, methods=["GET"]),
         Route("/api/jobs/{job}/roll/{sample:int}.png", routes.job_roll, methods=["GET"]),
         Route("/api/jobs/{job}/stop", routes.stop, methods=["POST"]),
@@ -157,12 +170,42 @@ class Routes:
         form = await self._json_body(request)
         if not isinstance(form, dict):
             raise UserError("the request is not a JSON object")
-        unknown = sorted(set(form) - {"primer", "settings"})
+        unknown = sorted(set(form) - {"primer", "settings", "model"})
         if unknown:
             raise UserError(f"unknown field: {unknown[0]!r}")
         if not isinstance(form.get("settings") or {}, dict):
             raise UserError("settings: expected an object of generate's settings")
         job = await run_in_threadpool(self.studio.submit, form)
+        return _json(self.studio.job_status(job))
+
+    @_answer
+    async def models(self, request: Request) -> Response:
+        return _json(await run_in_threadpool(self.studio.models_status))
+
+    @_answer
+    async def new_set(self, request: Request) -> Response:
+        form = await self._json_body(request)
+        if form not in ({}, None):
+            raise UserError("a new set takes no fields")
+        return _json(await run_in_threadpool(self.studio.teacher.new_set))
+
+    @_answer
+    async def add_files(self, request: Request) -> Response:
+        from perceiver_ar_music.studio.teach import MAX_ARCHIVE_BYTES
+
+        _require_type(request, TEACH_UPLOAD_TYPES, "a MIDI file or a zip archive (application/octet-stream)")
+        set_id = request.path_params["set"]
+        self.studio.teacher.set_folder(set_id)  # an unknown set is refused before the body is read
+        data = await self._body(request, MAX_ARCHIVE_BYTES, "the file")
+        name = unquote(request.headers.get("x-filename", "upload.mid"))
+        return _json(await run_in_threadpool(self.studio.teacher.add, set_id, data, name))
+
+    @_answer
+    async def teach(self, request: Request) -> Response:
+        form = await self._json_body(request)
+        if not isinstance(form, dict):
+            raise UserError("the request is not a JSON object")
+        job = await run_in_threadpool(self.studio.teach, form)
         return _json(self.studio.job_status(job))
 
     @_answer
@@ -207,9 +250,11 @@ class Routes:
         from perceiver_ar_music.studio.jobs import FINISHED
         from perceiver_ar_music.studio.notestream import NoteStream
 
+        from perceiver_ar_music.studio.teach import TeachRequest
+
         job = self.studio.queue.get(socket.path_params["job"])
         await socket.accept()
-        if job is None:
+        if job is None or isinstance(job.request, TeachRequest):
             await socket.close(4404, "no such job")
             return
         stream, done = NoteStream(self.studio.vocab), 0

@@ -83,9 +83,11 @@ class Browser:
             time.sleep(0.05)
         raise TimeoutError(f"still false after {timeout} s: {expression}\n{self.js('document.body.innerText')}")
 
-    def set_file(self, selector: str, path: Path) -> None:
+    def set_file(self, selector: str, path: Path | list[Path]) -> None:
+        """Choose a file (or several, for an input with `multiple`) in a file input, as a user would."""
+        paths = path if isinstance(path, list) else [path]
         node = self.send("Runtime.evaluate", {"expression": f"document.querySelector({json.dumps(selector)})"})
-        self.send("DOM.setFileInputFiles", {"files": [str(path)], "objectId": node["result"]["objectId"]})
+        self.send("DOM.setFileInputFiles", {"files": [str(p) for p in paths], "objectId": node["result"]["objectId"]})
 
     def screenshot(self, path: Path) -> None:
         height = self.js("document.documentElement.scrollHeight")

@@ -141,7 +141,7 @@ const Duet = (() => {
   }
 
   function computerKey(event, down) {
-    if (!document.body.classList.contains("show-duet") || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (!document.body.dataset.tab === "duet" || event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target instanceof Element && event.target.closest("input, select, textarea")) return;
     const key = event.key.toLowerCase();
     if (down && (key === "z" || key === "x")) { state.octave = Math.max(-3, Math.min(3, state.octave + (key === "z" ? -1 : 1))); return; }

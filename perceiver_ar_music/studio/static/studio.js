@@ -198,7 +198,7 @@ async function generate() {
   try {
     const status = await api("/api/generate", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ primer: state.primer.ref, settings: settingsValues() }),
+      body: JSON.stringify({ primer: state.primer.ref, settings: settingsValues(), model: $("model").value || "default" }),
     });
     startJob(status);
   } catch (error) {
@@ -283,11 +283,20 @@ async function stop() {
   }
 }
 
+// ----- the models to make takes with (the studio's own and those taught here) -----
+function showModels(models) {
+  const select = $("model");
+  const chosen = select.value || "default";
+  select.replaceChildren(...models.filter((m) => m.usable).map((m) => el("option", { value: m.id }, m.name)));
+  select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "default";
+}
+
 // ----- takes -----
 function takeCard(take) {
   const card = el("article", { className: "take", id: take.name, dataset: { name: take.name } });
   const from = take.primer ? `continues ${take.primer_label}` + (take.primer_seconds ? ` (first ${take.primer_seconds} s)` : "") : "from nothing";
   card.append(el("h3", {}, take.name));
+  if (take.model_name) card.append(el("p", { className: "by muted" }, `by ${take.model_name}`));
   card.append(el("p", { className: "muted" }, take.kind === "duet"
     ? `a duet of ${take.new_seconds} s: ${take.player_notes} notes of yours, ${take.model_notes} of the model's; ${take.created}`
     : `${from}; ${take.new_tokens} new tokens, ${take.new_seconds} s of new music; stopped by ${take.stopped_by}; ${take.created}`));
@@ -366,9 +375,9 @@ async function loadTakes() {
   $("no-takes").hidden = takes.length > 0;
 }
 
-// The page's panels: the takes (a primer continued) and the duet; one shows at a time.
+// The page's panels: the takes (a primer continued), the duet and teaching; one shows at a time.
 function showPanel(name) {
-  document.body.classList.toggle("show-duet", name === "duet");
+  document.body.dataset.tab = name;
   for (const tab of document.querySelectorAll("#tabs button")) tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
   if (name === "duet") StudioPiano.load();
 }
@@ -390,10 +399,18 @@ async function main() {
   for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListener("click", () => showPanel(tab.dataset.tab));
   Duet.init(state.config);
   document.addEventListener("studio:take", () => loadTakes());
+  document.addEventListener("studio:models", (event) => showModels(event.detail));
+  document.addEventListener("studio:use-model", (event) => {
+    $("model").value = event.detail;
+    showPanel("takes");
+    $("settings-panel").scrollIntoView({ behavior: "smooth" });
+  });
+  await Teach.init();
   $("stop").addEventListener("click", stop);
   await showPrimer();
   await loadTakes();
   document.body.dataset.ready = "1";
 }
 
+showPanel("takes");
 main().catch((error) => showError("generate-error", error.message));

@@ -252,54 +252,26 @@ def _find_run_dir(args: argparse.Namespace) -> Path:
 
 def _resume_plan(args: argparse.Namespace) -> Plan:
     """Resolve a resumed run on rank 0: its saved config with the allowed overrides, its data opened."""
-    from dataclasses import replace
-
-    from perceiver_ar_music.model import checkpoint as ckpt
-    from perceiver_ar_music.runtime.atomic import write_json_atomic
     from perceiver_ar_music.runtime.errors import UserError
-    from perceiver_ar_music.training.presets import RunConfig, with_overrides
     from perceiver_ar_music.data.store_builder import ensure_prepared
-    from perceiver_ar_music.data.token_store import PreparedData
-    from perceiver_ar_music.training.run_folder import RUN_CONFIG_NAME
+    from perceiver_ar_music.training.run_folder import plan_resume
 
     if args.init_from is not None:
         raise UserError("--init-from starts a new run; --resume continues one (it keeps its weights)")
-    run_dir = _find_run_dir(args)
-    saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
-    if saved is None:
-        raise UserError(f"{run_dir} is not a run folder (no {RUN_CONFIG_NAME})")
-    checkpoint = ckpt.latest_resumable(run_dir)
-    if checkpoint is None:
-        raise UserError(f"{run_dir} has no resumable checkpoint yet: start it again without --resume "
-                        f"(the same --name works)")
-    try:
-        config = RunConfig.from_dict(saved)
-        tokenizer_hash, prepared = config.data["tokenizer_hash"], config.data["prepared"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{run_dir / RUN_CONFIG_NAME} is corrupt ({exc})") from None
-    changed = [f"--{dest.replace('_', '-')}" for dest, field in MODEL_FLAGS.items()
-               if getattr(args, dest) is not None and getattr(args, dest) != getattr(config.model, field)]
-    if changed:
-        raise UserError(f"{', '.join(changed)} cannot change when resuming (the model's shape is fixed)")
-    try:
-        train_config = with_overrides(config.train, _overrides(args, TRAIN_FLAGS), _augment_overrides(args))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"invalid configuration: {exc}") from None
-    if args.data:
-        prepared = str(ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress).resolve())
-    data = PreparedData.open(prepared, expected_tokenizer_hash=tokenizer_hash)
-    mixed = config.data.get("mix_prepared")
     if args.mix_data:
         raise UserError("--mix-data cannot change when resuming (--mix-share can)")
-    mix_data = PreparedData.open(mixed, expected_tokenizer_hash=tokenizer_hash) if mixed else None
-    if train_config != config.train:
-        old = config.train.to_dict()
-        changes = {k: v for k, v in train_config.to_dict().items() if old[k] != v}
-        print(f"resuming with changed settings: {changes}", flush=True)
-    updated = replace(config, train=train_config, data={**config.data, "prepared": str(data.root)})
-    if updated != config:
-        write_json_atomic(run_dir / RUN_CONFIG_NAME, {**saved, **updated.to_dict()})
-    return Plan(run_dir, updated, data, checkpoint, None, mix_data)
+
+    def check(config) -> None:
+        changed = [f"--{dest.replace('_', '-')}" for dest, field in MODEL_FLAGS.items()
+                   if getattr(args, dest) is not None and getattr(args, dest) != getattr(config.model, field)]
+        if changed:
+            raise UserError(f"{', '.join(changed)} cannot change when resuming (the model's shape is fixed)")
+
+    prepared = None
+    if args.data:
+        prepared = ensure_prepared(args.data, args.prepared_cache, progress=not args.no_progress).resolve()
+    found = plan_resume(_find_run_dir(args), _overrides(args, TRAIN_FLAGS), _augment_overrides(args), prepared, check)
+    return Plan(found.run_dir, found.config, found.data, found.checkpoint, None, found.mix_data)
 
 
 def run(args: argparse.Namespace) -> int:

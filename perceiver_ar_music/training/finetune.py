@@ -210,15 +210,48 @@ def finetune(data: str | Path, *, init_from: str | Path | None = None, out: str 
     Returns the `train.TrainResult`; raises `UserError` (one line) on bad input.
     """
     from perceiver_ar_music.runtime.devices import pick_device
-    from perceiver_ar_music.runtime.distributed import DistInfo
-    from perceiver_ar_music.training.train import StopRequest, Trainer, TrainRun
+    from perceiver_ar_music.training.train import TrainRun
 
     found = plan(data, init_from=init_from, out=out, name=name, minutes=minutes, mix_data=mix_data,
                  mix_share=mix_share, train_overrides=train_overrides, prepared_cache=prepared_cache,
                  progress=progress)
     spec = TrainRun(run_dir=found.run_dir, config=found.config, data=found.data, device=pick_device(device),
                     progress=progress, init_from=found.init_checkpoint, mix_data=found.mix_data)
+    return _train_and_card(spec, on_step, stop)
+
+
+def train_on(run_dir: str | Path, *, minutes: float, device: str = "auto",
+             on_step: Callable[[int, Any], None] | None = None, stop: Any = None, progress: bool = False) -> Any:
+    """Go on fine-tuning a run for `minutes` more of wall clock (the studio's "Train on"): resumed
+    from its newest checkpoint like ``train --resume``, its time budget extended by `minutes` (the
+    lr then decays over the longer budget), its card rewritten. Same `on_step`, `stop` and result
+    as `finetune`; UserError for a run that cannot go on."""
+    from perceiver_ar_music.model import checkpoint as ckpt
+    from perceiver_ar_music.runtime.devices import pick_device
+    from perceiver_ar_music.training.run_folder import plan_resume, read_trainer_state
+    from perceiver_ar_music.training.train import TrainRun
+
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UserError(f"minutes must be > 0, got {minutes}")
+    run_dir = Path(run_dir)
+    newest = ckpt.latest_resumable(run_dir)
+    if newest is None:
+        raise UserError(f"{run_dir} has no checkpoint to go on from")
+    used = read_trainer_state(newest)[0].wall_seconds / 60
+    found = plan_resume(run_dir, {"max_minutes": used + minutes, "max_steps": TIMED_MAX_STEPS})
+    if not found.config.init_from:
+        raise UserError(f"{run_dir} is not a fine-tuning run")
+    spec = TrainRun(run_dir=run_dir, config=found.config, data=found.data, device=pick_device(device),
+                    progress=progress, resume_from=found.checkpoint, mix_data=found.mix_data)
+    return _train_and_card(spec, on_step, stop)
+
+
+def _train_and_card(spec: Any, on_step: Callable[[int, Any], None] | None, stop: Any) -> Any:
+    """Train a planned run in this process, then write its card."""
+    from perceiver_ar_music.runtime.distributed import DistInfo
+    from perceiver_ar_music.training.train import StopRequest, Trainer
+
     trainer = Trainer(spec, DistInfo(), stop or StopRequest())
     result = trainer.run(None if on_step is None else (lambda step: on_step(step, trainer.progress)))
-    write_card(found.run_dir, found.config, result.step, result.best_val_nats, result.ended_by)
+    write_card(spec.run_dir, spec.config, result.step, result.best_val_nats, result.ended_by)
     return result

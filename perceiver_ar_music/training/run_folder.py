@@ -201,3 +201,59 @@ class RunFolder:
         if self.is_main:
             ckpt.save_checkpoint(self.path / ckpt.BEST_NAME, model, self.tokenizer_path,
                                  tokenizer_hash=self.tokenizer_hash, meta=meta)
+
+
+@dataclass
+class ResumePlan:
+    """A run to resume, resolved: its folder, its config (with the overrides), data and checkpoint."""
+
+    run_dir: Path
+    config: Any  # presets.RunConfig
+    data: Any  # token_store.PreparedData
+    checkpoint: Path  # the newest resumable checkpoint
+    mix_data: Any = None
+
+
+def plan_resume(run_dir: Path, train_overrides: dict[str, Any] | None = None,
+                augment_overrides: dict[str, Any] | None = None, prepared: str | Path | None = None,
+                check: Any = None) -> ResumePlan:
+    """Resolve resuming `run_dir`: its saved config with `train_overrides` / `augment_overrides`
+    (as `presets.with_overrides`), its data (or `prepared`, a prepared folder of the same
+    tokenizer) and mixed data opened, its newest resumable checkpoint. `check(config)` may refuse
+    (UserError) before anything is written; a changed config is then saved. UserError (one line)
+    for anything missing or corrupt."""
+    from dataclasses import replace
+
+    from perceiver_ar_music.data.token_store import PreparedData
+    from perceiver_ar_music.runtime.atomic import write_json_atomic
+    from perceiver_ar_music.training.presets import RunConfig, with_overrides
+
+    saved = ckpt.read_json(run_dir / RUN_CONFIG_NAME) if (run_dir / RUN_CONFIG_NAME).is_file() else None
+    if saved is None:
+        raise UserError(f"{run_dir} is not a run folder (no {RUN_CONFIG_NAME})")
+    checkpoint = ckpt.latest_resumable(run_dir)
+    if checkpoint is None:
+        raise UserError(f"{run_dir} has no resumable checkpoint yet: start it again without --resume "
+                        f"(the same --name works)")
+    try:
+        config = RunConfig.from_dict(saved)
+        tokenizer_hash, saved_prepared = config.data["tokenizer_hash"], config.data["prepared"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{run_dir / RUN_CONFIG_NAME} is corrupt ({exc})") from None
+    if check is not None:
+        check(config)
+    try:
+        train_config = with_overrides(config.train, train_overrides or {}, augment_overrides or {})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid configuration: {exc}") from None
+    data = PreparedData.open(prepared or saved_prepared, expected_tokenizer_hash=tokenizer_hash)
+    mixed = config.data.get("mix_prepared")
+    mix_data = PreparedData.open(mixed, expected_tokenizer_hash=tokenizer_hash) if mixed else None
+    if train_config != config.train:
+        old = config.train.to_dict()
+        changes = {k: v for k, v in train_config.to_dict().items() if old[k] != v}
+        print(f"resuming with changed settings: {changes}", flush=True)
+    updated = replace(config, train=train_config, data={**config.data, "prepared": str(data.root)})
+    if updated != config:
+        write_json_atomic(run_dir / RUN_CONFIG_NAME, {**saved, **updated.to_dict()})
+    return ResumePlan(run_dir, updated, data, checkpoint, mix_data)

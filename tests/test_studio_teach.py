@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
 from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.runtime.errors import UserError
@@ -230,6 +231,51 @@ def test_a_teaching_job_stops_when_asked_and_keeps_what_it_learned(studio, songs
     assert [m["state"] for m in studio.teacher.models()][2] == "cancelled"
 
 
+def test_a_model_trains_on_from_its_newest_checkpoint_for_more_minutes(studio, songs):
+    teacher = studio.teacher
+    set_id = teacher.new_set()["set"]
+    teacher.add(set_id, songs[0].read_bytes(), "a.mid")
+    job = studio.teach({"set": set_id, "minutes": 30, "name": "mine"})
+    deadline = time.monotonic() + 60
+    while studio.job_status(job)["step"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    studio.queue.stop(job.id)
+    wait(studio, job)
+    (_, before) = teacher.models()
+    assert before["state"] == "stopped" and before["can_train_on"]
+    more = studio.teach({"model": "model-0001", "minutes": 0.05}, train_on=True)
+    with pytest.raises(UserError, match="'mine' cannot train on: it is queued"):
+        studio.teach({"model": "model-0001", "minutes": 1}, train_on=True)
+    wait(studio, more)
+    status = studio.job_status(more)
+    assert status["state"] == DONE and status["minutes"] == pytest.approx(30.05) and status["step"] > before["step"]
+    (_, after) = teacher.models()
+    assert after["state"] == DONE and after["ended_by"] == "the time budget" and after["minutes"] == pytest.approx(30.05)
+    assert after["step"] > before["step"] and after["usable"] and after.get("was") is None
+    steps = [row[0] for row in after["curve"]["loss"]]
+    assert steps == sorted(steps) and steps[-1] > before["step"]  # one run, resumed
+    card = (teacher.models_dir / "model-0001" / "README.md").read_text()
+    assert f"steps: {after['step']} (ended by time)" in card
+    # a request to train on that is stopped while it waits leaves the model as it was
+    blocker = studio.submit({"primer": None, "settings": {"length": 100000, "seed": 1}})
+    waiting = studio.teach({"model": "model-0001", "minutes": 1}, train_on=True)
+    studio.queue.stop(waiting.id)
+    studio.queue.stop(blocker.id)
+    wait(studio, blocker)
+    (_, kept) = teacher.models()
+    assert kept["state"] == DONE and kept["step"] == after["step"] and "it was to train on" in kept["note"]
+    # what cannot go on
+    record = json.loads((teacher.models_dir / "model-0001.json").read_text())
+    (teacher.models_dir / "model-0001.json").write_text(json.dumps({**record, "ended_by": "early stopping (x)"}))
+    with pytest.raises(UserError, match="early stopping ended it"):
+        studio.teach({"model": "model-0001", "minutes": 1}, train_on=True)
+    for form, message in [({"model": "model-0009"}, "no such model"), ({"model": "default"}, "no such model"),
+                          ({"model": "model-0001", "minutes": -1}, "minutes: expected"),
+                          ({"model": "model-0001", "set": "x"}, "unknown field: 'set'")]:
+        with pytest.raises(UserError, match=message):
+            studio.teach(form, train_on=True)
+
+
 def test_a_restarted_studio_says_what_happened_to_unfinished_models(tmp_path, checkpoint, songs):
     folder = tmp_path / "studio"
     first = Studio(checkpoint, folder, device="cpu")
@@ -254,7 +300,8 @@ def test_a_restarted_studio_says_what_happened_to_unfinished_models(tmp_path, ch
         listed = {m["id"]: m for m in again.models_status()["models"]}
         assert listed["model-0001"]["state"] == "interrupted" and listed["model-0001"]["usable"]
         assert "stopped while it was training: its checkpoint of step" in listed["model-0001"]["note"]
-        assert f"perceiver-music train --resume {records / 'model-0001'}" in listed["model-0001"]["note"]
+        assert f"Train on (or perceiver-music train --resume {records / 'model-0001'})" in listed["model-0001"]["note"]
+        assert listed["model-0001"]["can_train_on"]
         assert listed["model-0002"]["state"] == "interrupted" and not listed["model-0002"]["usable"]
         assert "saved no checkpoint yet" in listed["model-0002"]["note"]
         assert listed["model-0003"]["state"] == "cancelled" and "before this model's turn" in listed["model-0003"]["note"]
@@ -262,7 +309,7 @@ def test_a_restarted_studio_says_what_happened_to_unfinished_models(tmp_path, ch
         job = again.submit({"primer": None, "model": "model-0001", "settings": {"length": 8, "seed": 1}})
         wait(again, job)
         assert job.state == DONE
-        with pytest.raises(UserError, match="has no saved checkpoint|cannot make takes"):
+        with pytest.raises(UserError, match="has no saved checkpoint yet"):
             again.submit({"model": "model-0002", "settings": {"length": 8}})
         assert not leftover.exists()
     finally:
@@ -370,6 +417,28 @@ def test_the_routes_check_what_they_are_sent(studio, songs):
         assert status == 400 and answer["error"] == "this job makes no piano roll"
         status, answer = request(url, "POST", "/api/generate", json.dumps({"model": "model-0001", "settings": {"length": 8}}).encode(), JSON)
         assert status == 200 and answer["kind"] == "take"
+        status, answer = request(url, "POST", "/api/teach/train-on", b'{"model": "model-0001", "minutes": 0.05}',
+                                 {**JSON, "Origin": "http://evil.example"})
+        assert status == 403
+        # a duet with the taught model: chosen mid-duet, named in the saved take
+        with connect(url.replace("http://", "ws://") + "/ws/duet") as socket:
+            assert json.loads(socket.recv(timeout=30))["type"] == "ready"
+            socket.send(json.dumps({"type": "model", "model": "model-0009"}))
+            assert "no such model" in json.loads(socket.recv(timeout=30))["error"]
+            socket.send(json.dumps({"type": "model", "model": "model-0001"}))
+            assert json.loads(socket.recv(timeout=30)) == {"type": "model", "model": "model-0001"}
+            socket.send(json.dumps({"type": "settings", "silence": 0.3, "answer_seconds": 2}))
+            for t, pitch in enumerate([60, 64, 67]):
+                socket.send(json.dumps({"type": "on", "pitch": pitch, "velocity": 80, "t": t * 0.2}))
+                socket.send(json.dumps({"type": "off", "pitch": pitch, "t": t * 0.2 + 0.15}))
+            seen = []
+            while not seen or seen[-1].get("type") != "answer_end":
+                seen.append(json.loads(socket.recv(timeout=60)))
+            socket.send(json.dumps({"type": "save"}))
+            while seen[-1].get("type") != "saved":
+                seen.append(json.loads(socket.recv(timeout=60)))
+        take = seen[-1]["take"]
+        assert take["model"] == "model-0001" and take["model_name"] == "taught on 2 file(s)" and "model-0001" in take["checkpoint"]
 
 
 # ----- the page in a real browser -----
@@ -433,6 +502,17 @@ def test_the_teach_panel_end_to_end(tmp_path, checkpoint, songs):
             browser.wait("document.getElementById('teach-status').dataset.state === 'done'")
             browser.wait("document.getElementById('model-model-0002') && "
                          "document.getElementById('model-model-0002').textContent.includes('stopped (ended by stop)')")
+            # Train on: the stopped model goes on for the budget in the form
+            browser.js("document.getElementById('teach-minutes').value = '0.05'; "
+                       "document.querySelector('#model-model-0002 .train-on').click()")
+            browser.wait("document.getElementById('model-model-0002').textContent.includes('done (ended by ')")  # time or early stopping
+            assert "of a 30.05-minute budget" in browser.js("document.getElementById('model-model-0002').textContent")
+            browser.js("document.querySelector('#tabs button[data-tab=duet]').click()")
+            assert browser.js("[...document.getElementById('duet-model').options].map(o => o.value)") == \
+                ["default", "model-0001", "model-0002"]
+            browser.js("const d = document.getElementById('duet-model'); d.value = 'model-0001'; d.dispatchEvent(new Event('change'))")
+            browser.js("document.getElementById('duet-start').click()")
+            browser.wait("document.body.dataset.duetModel === 'model-0001'")
         studio.close()
         studio = Studio(checkpoint, folder, device="cpu")  # a restarted server keeps the models
         with running(studio) as url:

@@ -131,6 +131,7 @@ class DuetModel:
 
     def __init__(self, model: torch.nn.Module, vocab, device: torch.device, note_limits: tuple[float | None, int | None]):
         self.model, self.vocab, self.device = model, vocab, device
+        self.model_id, self.checkpoint = "default", None  # which of the studio's models (set by the studio)
         self.max_note_seconds, self.max_polyphony = note_limits
 
     def prompt(self, notes: np.ndarray, start: float) -> np.ndarray:
@@ -231,8 +232,10 @@ class DuetSession:
     """One player's duet (see the module docstring): the notes so far and the turn being taken."""
 
     def __init__(self, model: DuetModel, send: Send, limits: DuetLimits = DuetLimits(),
-                 save: Callable[[np.ndarray, np.ndarray], dict] | None = None) -> None:
+                 save: Callable[[np.ndarray, np.ndarray, str | None], dict] | None = None,
+                 choose: Callable[[str], DuetModel] | None = None) -> None:
         self.model, self.send, self.limits, self.save_notes = model, send, limits, save
+        self.choose = choose  # a model id -> that model as the duet uses it (UserError if none)
         self.settings = DuetSettings()
         self.loop = asyncio.get_running_loop()
         self.notes: list[tuple[int, float, float, int, str]] = []  # pitch, start, end, velocity, part
@@ -284,6 +287,9 @@ class DuetSession:
         elif kind == "settings":
             self.settings.update(message, self.limits)
             await self.send({"type": "settings", "settings": self.settings.__dict__})
+        elif kind == "model":
+            self._check_fields(message, {"type", "model"})
+            await self.choose_model(message.get("model"))
         elif kind == "save":
             self._check_fields(message, {"type"})
             await self.save()
@@ -484,6 +490,15 @@ class DuetSession:
     def _parts(self) -> list[str]:
         return [note[4] for note in sorted(self.notes, key=lambda n: n[1])]
 
+    async def choose_model(self, model: Any) -> None:
+        """Answer with another model from the next answer on (the duet so far is kept)."""
+        if self.choose is None:
+            raise UserError("this duet has one model")
+        if not isinstance(model, str) or len(model) > 40:
+            raise UserError("model: expected a model's id")
+        self.model = await self.loop.run_in_executor(None, self.choose, model)
+        await self.send({"type": "model", "model": model})
+
     async def save(self) -> None:
         """Write the duet as a take (one MIDI file, two tracks; its roll and audio)."""
         self._settle()
@@ -493,7 +508,7 @@ class DuetSession:
             raise UserError("nothing to save yet: play something first")
         notes = self._notes_array()
         is_model = np.array([part == MODEL for part in self._parts()])
-        take = await asyncio.to_thread(self.save_notes, notes, is_model)
+        take = await asyncio.to_thread(self.save_notes, notes, is_model, getattr(self.model, "model_id", None))
         await self.send({"type": "saved", "take": take})
 
     async def clear(self) -> None:

@@ -134,19 +134,27 @@ class Studio:
 
     @property
     def duet_model(self):
-        """The model as the duet uses it (`duet.DuetModel`), made once."""
+        """The studio's own model as the duet uses it (`duet.DuetModel`), made once."""
+        if self._duet_model is None:
+            self._duet_model = self.duet_model_for(DEFAULT_MODEL)
+        return self._duet_model
+
+    def duet_model_for(self, model: str):
+        """A model (the studio's own or one taught here) as the duet uses it; UserError if none."""
         from perceiver_ar_music.sampling.note_limits import NoteLimits
         from perceiver_ar_music.studio.duet import DuetModel
 
-        if self._duet_model is None:
-            limits = NoteLimits.from_meta(self.loaded.meta)
-            self._duet_model = DuetModel(self.loaded.model, self.vocab, self.device,
-                                         (limits.max_note_seconds, limits.max_polyphony))
-        return self._duet_model
+        if model == DEFAULT_MODEL and self._duet_model is not None:
+            return self._duet_model
+        loaded = self.model(model)
+        limits = NoteLimits.from_meta(loaded.meta)
+        duet = DuetModel(loaded.model, self.vocab, self.device, (limits.max_note_seconds, limits.max_polyphony))
+        duet.model_id, duet.checkpoint = model, loaded.path
+        return duet
 
-    def save_duet(self, notes: np.ndarray, is_model: np.ndarray) -> dict:
-        """A duet (notes (N, 4) in time order, which of them the model played) as a take: one MIDI
-        file with the player's and the model's tracks, its piano roll and its audio."""
+    def save_duet(self, notes: np.ndarray, is_model: np.ndarray, model: str | None = None) -> dict:
+        """A duet (notes (N, 4) in time order, which of them the model played, which model) as a
+        take: one MIDI file with the player's and the model's tracks, its piano roll and its audio."""
         from perceiver_ar_music.listening.music_stats import sample_report
         from perceiver_ar_music.listening.pianoroll import draw_piano_roll, roll_geometry, rows_for_height
         from perceiver_ar_music.listening.render import AudioUnavailable, render_midi
@@ -176,7 +184,8 @@ class Studio:
             "tokens_per_second": 0.0, "midi": f"{name}.mid", "roll": f"{name}.png",
             "roll_geometry": roll_geometry(notes, None, rows), "audio": audio, "audio_note": audio_note,
             "stats": report.continuation.rows() if report.continuation else [],
-            "texture": "the player's", "windows": [], "checkpoint": str(self.loaded.path),
+            "texture": "the player's", "windows": [], "model": model or DEFAULT_MODEL,
+            "model_name": self.teacher.name_of(model), "checkpoint": str(self.teacher.checkpoint(model or DEFAULT_MODEL)),
         }
         self.store.save_take(take)
         return take
@@ -308,9 +317,10 @@ class Studio:
                 self._other = (model, checkpoint, loaded)
             return self._other[2]
 
-    def teach(self, form: dict) -> Job:
-        """Queue fine-tuning the studio's model on a set of files ({"set", "minutes", "name"})."""
-        request = self.teacher.request(form)
+    def teach(self, form: dict, train_on: bool = False) -> Job:
+        """Queue fine-tuning the studio's model on a set of files ({"set", "minutes", "name"}), or
+        going on training a model taught here ({"model", "minutes"}) with `train_on`."""
+        request = self.teacher.request_train_on(form) if train_on else self.teacher.request(form)
         try:
             job = self.queue.submit(request)
         except UserError as exc:

@@ -18,6 +18,7 @@ Routes (JSON unless noted; errors are ``{"error": "one line"}`` with a 4xx statu
     POST /api/teach/sets/SET/files  (body: a MIDI file or a zip, application/octet-stream or
                                      application/zip, header X-Filename)   add to the set
     POST /api/teach  {"set": SET, "minutes": M, "name": TEXT}  queue fine-tuning -> its status
+    POST /api/teach/train-on  {"model": ID, "minutes": M}      queue training a taught model on
     GET  /api/jobs/ID          progress: state, place in the queue, tokens, tokens/s, music
                                (a fine-tuning job: step, minutes, validation curve)
     GET  /api/jobs/ID/roll/K.png                      the piano roll of sample K so far
@@ -99,6 +100,7 @@ def create_app(studio: Studio, *, allowed_hosts: tuple[str, ...] = (),
         Route("/api/teach/sets", routes.new_set, methods=["POST"]),
         Route("/api/teach/sets/{set}/files", routes.add_files, methods=["POST"]),
         Route("/api/teach", routes.teach, methods=["POST"]),
+        Route("/api/teach/train-on", routes.train_on, methods=["POST"]),
         Route("/api/jobs/{job}", routes.job, methods=["GET"]),
         Route("/api/jobs/{job}/roll/{sample:int}.png", routes.job_roll, methods=["GET"]),
         Route("/api/jobs/{job}/stop", routes.stop, methods=["POST"]),
@@ -209,6 +211,14 @@ class Routes:
         return _json(self.studio.job_status(job))
 
     @_answer
+    async def train_on(self, request: Request) -> Response:
+        form = await self._json_body(request)
+        if not isinstance(form, dict):
+            raise UserError("the request is not a JSON object")
+        job = await run_in_threadpool(self.studio.teach, form, True)
+        return _json(self.studio.job_status(job))
+
+    @_answer
     async def job(self, request: Request) -> Response:
         job = self._job(request)
         return _json(await run_in_threadpool(self.studio.job_status, job))
@@ -299,7 +309,8 @@ class Routes:
 
         await run_in_threadpool(threads.refresh)
         model = await run_in_threadpool(lambda: self.studio.duet_model)
-        session = DuetSession(model, send, self.studio.duet_limits, save=self.studio.save_duet)
+        session = DuetSession(model, send, self.studio.duet_limits, save=self.studio.save_duet,
+                              choose=self.studio.duet_model_for)
         log.info("duet: a player joined")
         try:
             await send({"type": "ready", "settings": session.settings.__dict__, "limits": session.limits.as_dict()})

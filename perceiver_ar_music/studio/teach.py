@@ -54,7 +54,9 @@ class TeachRequest:
     model: str  # the new model's id (models/MODEL)
     set_id: str
     name: str  # what the user called it
-    minutes: float
+    minutes: float  # this job's time budget
+    budget: float = 0.0  # the model's whole budget (more than `minutes` when it trains on)
+    train_on: bool = False  # go on training an existing model (from its newest checkpoint)
 
 
 @dataclass
@@ -175,15 +177,7 @@ class Teacher:
             raise UserError("the set has no MIDI files yet: add some first")
         if self._set_taught(folder.name):
             raise UserError("this set is being taught or was taught already: start a new set")
-        minutes = form.get("minutes", DEFAULT_MINUTES)
-        if isinstance(minutes, str) and minutes.strip():
-            try:
-                minutes = float(minutes)
-            except ValueError:
-                raise UserError(f"minutes: expected a number, got {minutes[:20]!r}") from None
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) \
-                or not MIN_MINUTES <= minutes <= MAX_MINUTES:
-            raise UserError(f"minutes: expected a number from {MIN_MINUTES:g} to {MAX_MINUTES:g}, got {str(minutes)[:20]}")
+        minutes = _minutes(form)
         name = form.get("name") or ""
         if not isinstance(name, str):
             raise UserError("name: expected text")
@@ -194,7 +188,27 @@ class Teacher:
             self._write(model, {"id": model, "name": name, "state": QUEUED, "set": folder.name,
                                 "files": len(self._set_files(folder)), "minutes": float(minutes),
                                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), "base": str(self.base)})
-        return TeachRequest(model, folder.name, name, float(minutes))
+        return TeachRequest(model, folder.name, name, minutes, minutes)
+
+    def request_train_on(self, form: dict) -> TeachRequest:
+        """Check a request to go on training a model ({"model", "minutes"}) and record it as
+        queued; a UserError for a model that cannot go on."""
+        unknown = sorted(set(form) - {"model", "minutes"})
+        if unknown:
+            raise UserError(f"unknown field: {unknown[0]!r}")
+        model = form.get("model")
+        if not isinstance(model, str) or not MODEL_ID.fullmatch(model) or self._read(model) is None:
+            raise UserError(f"no such model: {str(model)[:40]!r}")
+        minutes = _minutes(form)
+        with self.lock:
+            record = self._read(model)
+            why = self._cannot_train_on(record)
+            if why:
+                raise UserError(f"{record['name']!r} cannot train on: {why}")
+            budget = float(record.get("minutes") or 0) + minutes
+            was = {key: record.get(key) for key in ("state", "note", "ended_by")}
+            self._write(model, {**record, "state": QUEUED, "note": None, "was": was})
+        return TeachRequest(model, record["set"], record["name"], minutes, budget, train_on=True)
 
     def record_job(self, model: str, job_id: str) -> None:
         self._update(model, job=job_id)
@@ -203,7 +217,7 @@ class Teacher:
         """The queue's work for a TeachRequest: fine-tune, keeping the record up to date."""
         from perceiver_ar_music.runtime import threads
         from perceiver_ar_music.runtime.atomic import os_error_text
-        from perceiver_ar_music.training.finetune import finetune
+        from perceiver_ar_music.training.finetune import finetune, train_on
         from perceiver_ar_music.training.train import StopRequest
 
         threads.refresh()
@@ -220,12 +234,16 @@ class Teacher:
                 stop.set()
 
         if job.stop_requested:
-            self._update(request.model, state=CANCELLED, note="stopped before it started")
+            self.cancel(request.model, "stopped before it started")
             return request.model
         try:
-            result = finetune(self.lessons / request.set_id, init_from=self.base, out=self.models_dir,
-                              name=request.model, minutes=request.minutes, device=str(self.device), on_step=on_step,
-                              stop=stop, prepared_cache=self.prepared / request.set_id, progress=False)
+            if request.train_on:
+                result = train_on(self.models_dir / request.model, minutes=request.minutes, device=str(self.device),
+                                  on_step=on_step, stop=stop)
+            else:
+                result = finetune(self.lessons / request.set_id, init_from=self.base, out=self.models_dir,
+                                  name=request.model, minutes=request.minutes, device=str(self.device), on_step=on_step,
+                                  stop=stop, prepared_cache=self.prepared / request.set_id, progress=False)
         except UserError as exc:
             self._finish(request.model, FAILED, error=str(exc))
             raise
@@ -239,7 +257,7 @@ class Teacher:
         state = STOPPED if result.ended_by == "signal" else DONE
         progress.phase = "done"
         self._finish(request.model, state, step=result.step, ended_by=_ENDINGS.get(result.ended_by, result.ended_by),
-                     best_val_nats=result.best_val_nats)
+                     best_val_nats=result.best_val_nats, minutes=request.budget, was=None)
         return request.model
 
     def status(self, job) -> dict:
@@ -247,10 +265,10 @@ class Teacher:
         request: TeachRequest = job.request
         progress = job.progress if isinstance(job.progress, TeachProgress) else None
         seconds = progress.seconds if progress else 0.0
-        budget = request.minutes * 60
+        budget = request.budget * 60
         return {"job": job.id, "kind": "teach", "state": job.state, "error": job.error,
                 "position": self.queue.position(job) if self.queue is not None else 0,
-                "model": request.model, "name": request.name, "minutes": request.minutes,
+                "model": request.model, "name": request.name, "minutes": request.budget,
                 "phase": progress.phase if progress else "waiting", "step": progress.step if progress else 0,
                 "seconds": round(seconds, 1), "fraction": round(min(1.0, seconds / budget), 4) if budget else 0.0,
                 "best_val_nats": progress.best_val_nats if progress else None, "stopping": job.stop_requested,
@@ -271,9 +289,10 @@ class Teacher:
             record = self._settle(record)
             try:
                 record["checkpoint"] = str(ckpt.find_checkpoint(self.models_dir / record["id"]))
-                record["usable"] = record["state"] in (DONE, STOPPED, INTERRUPTED)
+                record["usable"] = True
             except UserError:
                 record["checkpoint"], record["usable"] = None, False
+            record["can_train_on"] = not self._cannot_train_on(record)
             record["curve"] = self.curve(record["id"])
             found.append(record)
         return found
@@ -286,13 +305,11 @@ class Teacher:
             return self.base
         if not isinstance(model, str) or not MODEL_ID.fullmatch(model) or self._read(model) is None:
             raise UserError(f"no such model: {str(model)[:40]!r}")
-        record = self._settle(self._read(model))
-        if record["state"] not in (DONE, STOPPED, INTERRUPTED):
-            raise UserError(f"model {record['name']!r} is {record['state']}: it cannot make takes yet")
+        record = self._read(model)
         try:
             return ckpt.find_checkpoint(self.models_dir / model)
         except UserError:
-            raise UserError(f"model {record['name']!r} has no saved checkpoint") from None
+            raise UserError(f"model {record['name']!r} has no saved checkpoint yet ({record['state']})") from None
 
     def name_of(self, model: str | None) -> str:
         if model in (None, "", DEFAULT_MODEL):
@@ -351,8 +368,26 @@ class Teacher:
             return record
 
     def cancel(self, model: str, note: str) -> None:
-        """A model whose request never ran (the queue refused it)."""
-        self._finish(model, CANCELLED, note=note)
+        """A request that never ran (refused by the queue, or stopped while it waited): a new
+        model is cancelled; one that was to train on is as it was before, with the note."""
+        record = self._read(model) or {}
+        was = record.get("was")
+        if was:
+            self._update(model, **{**was, "note": f"{note} (it was to train on)"}, was=None)
+        else:
+            self._finish(model, CANCELLED, note=note)
+
+    def _cannot_train_on(self, record: dict) -> str | None:
+        """Why a model cannot go on training (None: it can)."""
+        from perceiver_ar_music.model import checkpoint as ckpt
+
+        if record.get("state") not in (DONE, STOPPED, INTERRUPTED):
+            return f"it is {record.get('state')}"
+        if str(record.get("ended_by", "")).startswith("early stopping"):
+            return "early stopping ended it: its validation loss had stopped improving"
+        if ckpt.latest_resumable(self.models_dir / record["id"]) is None:
+            return "it has no checkpoint to go on from"
+        return None
 
     def _finish(self, model: str, state: str, **fields: Any) -> None:
         self._update(model, state=state, ended=time.strftime("%Y-%m-%d %H:%M:%S"), **fields)
@@ -362,7 +397,8 @@ class Teacher:
         if record.get("state") == QUEUED and self.queue is not None:
             job = self.queue.get(record.get("job", ""))
             if job is not None and job.state == CANCELLED:
-                record = self._update(record["id"], state=CANCELLED, note="stopped before it started")
+                self.cancel(record["id"], "stopped before it started")
+                record = self._read(record["id"]) or record
         return record
 
     def _reserve(self) -> str:
@@ -407,20 +443,34 @@ class Teacher:
                 continue
             run = self.models_dir / record["id"]
             if record["state"] == QUEUED:
-                state, note = CANCELLED, "the studio stopped before this model's turn came: nothing was trained"
+                note = "the studio stopped before this model's turn came: nothing was trained"
+                self.cancel(record["id"], note)
             else:
-                state = INTERRUPTED
                 try:
                     found = ckpt.find_checkpoint(run)
                     meta = ckpt.read_json(found / ckpt.META_NAME)
-                    kept = (f"its checkpoint of step {meta.get('step')} is kept and makes takes; to train on: "
-                            f"perceiver-music train --resume {run}")
+                    kept = (f"its checkpoint of step {meta.get('step')} is kept and makes takes; Train on (or "
+                            f"perceiver-music train --resume {run}) goes on from it")
                 except UserError:
                     kept = "it had saved no checkpoint yet, so nothing is usable"
                 note = f"the studio stopped while it was training: {kept}"
-            self._finish(record["id"], state, note=note)
+                self._finish(record["id"], INTERRUPTED, note=note, was=None)
             notes.append(f"{record['id']} ({record.get('name')}): {note}")
         return notes
+
+
+def _minutes(form: dict) -> float:
+    """A request's time budget in minutes (a number or its text), checked."""
+    minutes = form.get("minutes", DEFAULT_MINUTES)
+    if isinstance(minutes, str) and minutes.strip():
+        try:
+            minutes = float(minutes)
+        except ValueError:
+            raise UserError(f"minutes: expected a number, got {minutes[:20]!r}") from None
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) \
+            or not MIN_MINUTES <= minutes <= MAX_MINUTES:
+        raise UserError(f"minutes: expected a number from {MIN_MINUTES:g} to {MAX_MINUTES:g}, got {str(minutes)[:20]}")
+    return float(minutes)
 
 
 _ENDINGS = {"time": "the time budget", "early stopping": "early stopping (no better validation loss for a while)",

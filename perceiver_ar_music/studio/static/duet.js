@@ -39,7 +39,15 @@ const Duet = (() => {
 
   function receive(message, ready) {
     const handlers = {
-      ready: () => { state.limits = message.limits; sendSettings(); document.body.dataset.duet = "ready"; ready(); say("Play something, then pause: the model answers."); },
+      ready: () => {
+        state.limits = message.limits;
+        sendSettings();
+        if ($("duet-model").value && $("duet-model").value !== "default") sendModel();
+        document.body.dataset.duet = "ready";
+        ready();
+        say("Play something, then pause: the model answers.");
+      },
+      model: () => { document.body.dataset.duetModel = message.model; say(`${$("duet-model").selectedOptions[0].textContent} answers from now on`); },
       settings: () => { state.settings = message.settings; },
       answer: () => { state.answer = { number: message.answer, start: message.start, audio0: null, voices: new Map() }; say("the model answers…"); },
       notes: () => answerNotes(message),
@@ -226,6 +234,15 @@ const Duet = (() => {
     };
   }
   function sendSettings() { send(readSettings()); }
+  function sendModel() { send({ type: "model", model: $("duet-model").value || "default" }); }
+
+  // The models to play with: those that can make takes (the page's list, from "studio:models").
+  function showModels(models) {
+    const select = $("duet-model");
+    const chosen = select.value || "default";
+    select.replaceChildren(...models.filter((m) => m.usable).map((m) => Object.assign(document.createElement("option"), { value: m.id, textContent: m.name })));
+    select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "default";
+  }
 
   function init(config) {
     state.colours = { player: config.colours.primer, model: config.colours.continuation };
@@ -237,6 +254,8 @@ const Duet = (() => {
     $("duet-save").addEventListener("click", async () => { await start(); for (const p of [...state.held.keys()]) keyUp(p); send({ type: "save" }); say("saving…"); });
     $("duet-clear").addEventListener("click", async () => { await start(); silenceAnswer(); send({ type: "clear" }); });
     for (const id of ["duet-silence", "duet-length", "duet-temperature", "duet-texture"]) $(id).addEventListener("change", sendSettings);
+    $("duet-model").addEventListener("change", sendModel);
+    document.addEventListener("studio:models", (event) => showModels(event.detail));
     requestAnimationFrame(draw);
   }
 

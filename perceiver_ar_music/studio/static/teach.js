@@ -86,6 +86,17 @@ const Teach = (() => {
     }
   }
 
+  async function trainOn(model) {
+    showError("");
+    if (state.job) return showError("a model is being taught: wait for it, or stop it, first");
+    try {
+      follow(await postJson("/api/teach/train-on", { model, minutes: $("teach-minutes").value.trim() }));
+      await refreshModels();
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+
   async function stop() {
     if (!state.job) return;
     try { await postJson(`/api/jobs/${state.job}/stop`, {}); } catch (error) { showError(error.message); }
@@ -178,6 +189,11 @@ const Teach = (() => {
       const use = node("button", { type: "button", className: "use-model" }, "Make takes with it");
       use.onclick = () => document.dispatchEvent(new CustomEvent("studio:use-model", { detail: model.id }));
       row.append(use);
+    }
+    if (model.can_train_on) {
+      const more = node("button", { type: "button", className: "train-on", title: "go on training it for the time budget above" }, "Train on");
+      more.onclick = () => trainOn(model.id);
+      row.append(more);
     }
     if (model.note || model.error) row.append(node("p", { className: model.error ? "note error" : "note muted" }, model.error || model.note));
     return row;

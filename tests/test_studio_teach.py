@@ -111,6 +111,18 @@ def test_a_set_takes_midi_files_and_zips_and_refuses_what_it_cannot_use(studio, 
         teacher.add("../../etc", songs[0].read_bytes(), "a.mid")
 
 
+def test_midi_bombs_are_refused_in_milliseconds_alone_or_zipped(studio):
+    teacher = studio.teacher
+    set_id = teacher.new_set()["set"]
+    for name, data in midi_factory.MIDI_BOMBS.items():
+        for upload, filename in [(data, f"{name}.mid"), (zipped({f"{name}.mid": data}), f"{name}.zip")]:
+            started = time.perf_counter()
+            with pytest.raises(UserError, match=f"^{filename}: no usable MIDI file in it") as caught:
+                teacher.add(set_id, upload, filename)
+            assert time.perf_counter() - started < 0.5 and "\n" not in str(caught.value)
+    assert teacher.describe_set(set_id)["files"] == []
+
+
 def test_a_set_has_limits_on_files_and_bytes(studio, songs, monkeypatch):
     teacher = studio.teacher
     set_id = teacher.new_set()["set"]

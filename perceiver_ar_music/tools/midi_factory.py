@@ -14,6 +14,7 @@ The ``write_*`` functions at the end write the bad files every loader must rejec
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,4 +357,32 @@ BAD_FILES = {
     "text": write_text_file,
     "no_notes": write_no_notes,
     "drums_only": write_drums_only,
+}
+
+
+# ----- MIDI bombs -----
+def _vlq(n: int) -> bytes:
+    out = [n & 0x7F]
+    n >>= 7
+    while n:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes(reversed(out))
+
+
+def _midi(events: list[bytes], ticks_per_beat: int = 1) -> bytes:
+    track = b"".join(events) + b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, ticks_per_beat) + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+LATE = 0x0FFFFFFF  # the largest delta time: 2**28 ticks
+MIDI_BOMBS = {  # a few dozen bytes each, asking for hundreds of millions of tokens
+    # 37 bytes: one note at tick 2**28, one tick per beat: 134M seconds of silence first
+    "late_note": _midi([_vlq(LATE) + b"\x90\x3c\x40", b"\x00\x80\x3c\x40"]),
+    # one note held for 2**28 beats
+    "long_note": _midi([b"\x00\x90\x3c\x40", _vlq(LATE) + b"\x80\x3c\x40"]),
+    # 44 bytes: the slowest tempo (16.7 s per beat) and a note 2**24 beats long
+    "slow_tempo": _midi([b"\x00\xff\x51\x03\xff\xff\xff", b"\x00\x90\x3c\x40", _vlq(0x00FFFFFF) + b"\x80\x3c\x40"]),
+    # a short note under a sustain pedal released at tick 2**28
+    "endless_pedal": _midi([b"\x00\x90\x3c\x40\x00\xb0\x40\x7f\x01\x80\x3c\x40", _vlq(LATE) + b"\xb0\x40\x00"]),
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -24,11 +23,10 @@ from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.sampling.continuation import load_primer
 from perceiver_ar_music.studio.duet import DuetLimits
 from perceiver_ar_music.studio.engine import Studio
-from perceiver_ar_music.studio.listen import serve
 from perceiver_ar_music.studio.notestream import NoteStream
 from perceiver_ar_music.tools.browser import WEB_MIDI_STAND_IN, Browser
 from tests.test_studio import chromium
-from tests.tiny import write_tiny_checkpoint
+from tests.tiny import serving, studio_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"
@@ -80,24 +78,14 @@ def test_a_note_waits_for_its_velocity_and_for_time_to_move():
 # ----- the duet over its WebSocket -----
 @pytest.fixture(scope="module")
 def studio_server(tmp_path_factory):
-    checkpoint = (Path(os.environ["STUDIO_CHECKPOINT"]) if os.environ.get("STUDIO_CHECKPOINT")
-                  else write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), load_tokenizer()))
-    studio = Studio(checkpoint, tmp_path_factory.mktemp("duet") / "takes", device="cpu")
-    ready, holder = threading.Event(), {}
-
-    def started(server):
-        holder["server"] = server
-        ready.set()
-
-    thread = threading.Thread(target=serve, args=(studio, "127.0.0.1", 0), kwargs={"quiet": True, "ready": started},
-                              daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    studio.piano.ready.wait(120)
-    yield holder["server"].url, studio
-    holder["server"].shutdown()
-    thread.join(10)
-    studio.close()
+    studio = Studio(studio_checkpoint(tmp_path_factory.mktemp("ckpt")), tmp_path_factory.mktemp("duet") / "takes",
+                    device="cpu")
+    try:
+        with serving(studio) as url:
+            studio.piano.ready.wait(120)
+            yield url, studio
+    finally:
+        studio.close()
 
 
 def messages(socket, until: str, timeout: float = 60) -> list[dict]:

@@ -26,10 +26,9 @@ from perceiver_ar_music.studio.engine import Studio
 from perceiver_ar_music.studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue, QueueFull
 from perceiver_ar_music.studio.listen import is_loopback, serve
 from perceiver_ar_music.studio.takes import TakeStore, check_upload_bytes
-from perceiver_ar_music.data.tokenizer import load_tokenizer
 from perceiver_ar_music.tools.browser import Browser, find_chromium
 from perceiver_ar_music.tools import midi_factory
-from tests.tiny import write_tiny_checkpoint
+from tests.tiny import studio_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "primer.mid"
@@ -232,9 +231,7 @@ def test_serve_refuses_an_unwritable_out(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random model (as in test_generate), or STUDIO_CHECKPOINT for the screenshot."""
-    if os.environ.get("STUDIO_CHECKPOINT"):
-        return Path(os.environ["STUDIO_CHECKPOINT"])
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), load_tokenizer())
+    return studio_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,17 @@
 - `write_tiny_checkpoint`: a random checkpoint for end-to-end tests of `generate`, `stats` and
   the studio;
 - `write_corpus` / `prepared_corpus`: synthetic performances, as MIDI files or prepared;
-- `make_run`, `metrics`, `same_weights`, `subprocess_env`: training runs and what they leave.
+- `make_run`, `metrics`, `same_weights`, `subprocess_env`: training runs and what they leave;
+- `studio_checkpoint`, `serving`: the studio's tests' model (STUDIO_CHECKPOINT for a screenshot
+  with a real one) and a studio served on a free port for the length of a `with`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -95,3 +99,34 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def studio_checkpoint(folder: Path) -> Path:
+    """STUDIO_CHECKPOINT (a real model, for the README's screenshots), else a tiny random one in `folder`."""
+    from perceiver_ar_music.data.tokenizer import load_tokenizer
+
+    if os.environ.get("STUDIO_CHECKPOINT"):
+        return Path(os.environ["STUDIO_CHECKPOINT"])
+    return write_tiny_checkpoint(folder, load_tokenizer())
+
+
+@contextlib.contextmanager
+def serving(studio):
+    """The studio served on 127.0.0.1 (a free port) in a thread; yields its URL."""
+    from perceiver_ar_music.studio.listen import serve
+
+    ready, holder = threading.Event(), {}
+
+    def started(server):
+        holder["server"] = server
+        ready.set()
+
+    thread = threading.Thread(target=serve, args=(studio, "127.0.0.1", 0), kwargs={"quiet": True, "ready": started},
+                              daemon=True)
+    thread.start()
+    assert ready.wait(10), "the studio did not start"
+    try:
+        yield holder["server"].url
+    finally:
+        holder["server"].shutdown()
+        thread.join(10)

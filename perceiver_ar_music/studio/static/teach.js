@@ -1,6 +1,7 @@
 // "Teach it your music": drop MIDI files (or a zip) into a set, fine-tune the studio's model on
 // it in the studio's queue, follow the steps and the validation loss, stop at any time, and find
 // the new model in the list (and in the generate form). A reload finds a running job again.
+// `api` and `el` are studio.js's (called once the page has loaded every script).
 "use strict";
 
 const Teach = (() => {
@@ -8,25 +9,9 @@ const Teach = (() => {
   const state = { set: null, files: 0, job: null, timer: null, uploading: 0 };
   const SVG = "http://www.w3.org/2000/svg";
 
-  async function api(path, options = {}) {
-    const response = await fetch(path, options);
-    let body = null;
-    try { body = await response.json(); } catch (e) { body = { error: `${response.status} ${response.statusText}` }; }
-    if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
-    return body;
-  }
   const postJson = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
   function showError(message) { const e = $("teach-error"); e.textContent = message || ""; e.hidden = !message; }
-
-  function node(tag, props = {}, ...children) {
-    const n = document.createElement(tag);
-    for (const [key, value] of Object.entries(props)) {
-      if (key in n) n[key] = value; else n.setAttribute(key, value);
-    }
-    for (const child of children) n.append(child);
-    return n;
-  }
 
   // ----- the set of files -----
   async function addFiles(files) {
@@ -50,7 +35,7 @@ const Teach = (() => {
         }
       }
       const list = $("teach-skipped");
-      list.replaceChildren(...skipped.map((line) => node("li", {}, "skipped " + line)));
+      list.replaceChildren(...skipped.map((line) => el("li", {}, "skipped " + line)));
       list.hidden = skipped.length === 0;
     } catch (error) {
       showError(error.message);
@@ -183,19 +168,19 @@ const Teach = (() => {
 
   // ----- the models -----
   function modelRow(model) {
-    const row = node("div", { className: "model", id: "model-" + model.id });
-    row.append(node("strong", {}, model.name), node("span", { className: "state muted" }, describe(model)));
+    const row = el("div", { className: "model", id: "model-" + model.id });
+    row.append(el("strong", {}, model.name), el("span", { className: "state muted" }, describe(model)));
     if (model.usable) {
-      const use = node("button", { type: "button", className: "use-model" }, "Make takes with it");
+      const use = el("button", { type: "button", className: "use-model" }, "Make takes with it");
       use.onclick = () => document.dispatchEvent(new CustomEvent("studio:use-model", { detail: model.id }));
       row.append(use);
     }
     if (model.can_train_on) {
-      const more = node("button", { type: "button", className: "train-on", title: "go on training it for the time budget above" }, "Train on");
+      const more = el("button", { type: "button", className: "train-on", title: "go on training it for the time budget above" }, "Train on");
       more.onclick = () => trainOn(model.id);
       row.append(more);
     }
-    if (model.note || model.error) row.append(node("p", { className: model.error ? "note error" : "note muted" }, model.error || model.note));
+    if (model.note || model.error) row.append(el("p", { className: model.error ? "note error" : "note muted" }, model.error || model.note));
     return row;
   }
 

@@ -264,13 +264,20 @@ def test_a_model_trains_on_from_its_newest_checkpoint_for_more_minutes(studio, s
     card = (teacher.models_dir / "model-0001" / "README.md").read_text()
     assert f"steps: {after['step']} (ended by {'time' if after['ended_by'] == 'the time budget' else 'early stopping'})" in card
     # a request to train on that is stopped while it waits leaves the model as it was
+    other = teacher.new_set()["set"]
+    teacher.add(other, songs[1].read_bytes(), "b.mid")
+    job = studio.teach({"set": other, "minutes": 30, "name": "other"})
+    while studio.job_status(job)["step"] < 3 and time.monotonic() < deadline + 60:
+        time.sleep(0.05)
+    studio.queue.stop(job.id)
+    wait(studio, job)
     blocker = studio.submit({"primer": None, "settings": {"length": 100000, "seed": 1}})
-    waiting = studio.teach({"model": "model-0001", "minutes": 1}, train_on=True)
+    waiting = studio.teach({"model": "model-0002", "minutes": 1}, train_on=True)
     studio.queue.stop(waiting.id)
     studio.queue.stop(blocker.id)
     wait(studio, blocker)
-    (_, kept) = teacher.models()
-    assert kept["state"] == DONE and kept["step"] == after["step"] and "it was to train on" in kept["note"]
+    kept = teacher.models()[2]
+    assert kept["state"] == "stopped" and kept["ended_by"] == "stop" and "it was to train on" in kept["note"]
     # what cannot go on
     record = json.loads((teacher.models_dir / "model-0001.json").read_text())
     (teacher.models_dir / "model-0001.json").write_text(json.dumps({**record, "ended_by": "early stopping (x)"}))

@@ -126,6 +126,7 @@ class Studio:
         from perceiver_ar_music.studio.duet import DuetLimits
 
         self.duet_limits = DuetLimits()
+        self.duet_seed: int | None = None  # the duet's answers' seed (None: a new draw each answer)
         from perceiver_ar_music.data.store_builder import cache_dir
         from perceiver_ar_music.studio.piano import PianoSamples
 

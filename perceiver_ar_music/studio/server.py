@@ -311,6 +311,7 @@ class Routes:
         model = await run_in_threadpool(lambda: self.studio.duet_model)
         session = DuetSession(model, send, self.studio.duet_limits, save=self.studio.save_duet,
                               choose=self.studio.duet_model_for)
+        session.seed = self.studio.duet_seed  # None: a new draw each answer (tests fix it)
         log.info("duet: a player joined")
         try:
             await send({"type": "ready", "settings": session.settings.__dict__, "limits": session.limits.as_dict()})

@@ -207,7 +207,7 @@ class Teacher:
                 raise UserError(f"{record['name']!r} cannot train on: {why}")
             budget = float(record.get("minutes") or 0) + minutes
             was = {key: record.get(key) for key in ("state", "note", "ended_by")}
-            self._write(model, {**record, "state": QUEUED, "note": None, "was": was})
+            self._write(model, {**record, "state": QUEUED, "note": None, "ended_by": None, "was": was})
         return TeachRequest(model, record["set"], record["name"], minutes, budget, train_on=True)
 
     def record_job(self, model: str, job_id: str) -> None:
@@ -454,7 +454,7 @@ class Teacher:
                 except UserError:
                     kept = "it had saved no checkpoint yet, so nothing is usable"
                 note = f"the studio stopped while it was training: {kept}"
-                self._finish(record["id"], INTERRUPTED, note=note, was=None)
+                self._finish(record["id"], INTERRUPTED, note=note, ended_by=None, was=None)
             notes.append(f"{record['id']} ({record.get('name')}): {note}")
         return notes
 

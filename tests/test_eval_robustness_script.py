@@ -49,3 +49,30 @@ def test_the_played_column_keeps_every_note_and_is_the_same_each_time():
         notes, original = ids_to_notes(after, vocab), ids_to_notes(before, vocab)
         assert len(notes) == len(original) and after.tolist() != before.tolist()
         assert entry["seconds"] == pytest.approx(notes[:, 2].max(), abs=1.5)
+
+
+def test_played_without_jitter_moves_no_onset_off_the_drifting_tempo():
+    """The "no jitter" column plays with tempo drift, arc and pedal only: a note's onset is where
+    the tempo drift puts it, so notes of one chord still start together."""
+    vocab = load_tokenizer().vocab
+    chord = [vocab.note_on_id[60], vocab.velocity.index(63), vocab.note_on_id[64], vocab.velocity.index(63),
+             vocab.shift_id[50], vocab.note_off_id[60], vocab.note_off_id[64], vocab.shift_id[10]]
+    pieces, entries = [np.array(chord * 20)], [{"path": "c", "seconds": 12.0}]
+    jittered, _ = script.transformed(pieces, entries, "played", vocab)
+    steady, _ = script.transformed(pieces, entries, "played, no jitter", vocab)
+
+    def together(ids) -> float:
+        notes = ids_to_notes(ids, vocab)
+        onsets = notes[np.lexsort((notes[:, 0], notes[:, 1]))][:, 1]
+        return float(np.mean(np.isclose(onsets[0::2], onsets[1::2])))
+
+    assert together(steady[0]) == 1.0 and together(jittered[0]) < 0.5
+
+
+def test_the_jitter_floor_is_the_entropy_of_the_rounded_draw():
+    assert script.jitter_nats(0.0) == 0.0
+    # much finer than the grid: one step, or (near a half step) two; much coarser: a normal's entropy on the grid
+    assert script.jitter_nats(0.05) < 0.15
+    assert script.jitter_nats(20.0) == pytest.approx(0.5 * np.log(2 * np.pi * np.e * 20.0**2), abs=0.03)
+    values = [script.jitter_nats(s) for s in (0.5, 1.0, 2.0, 4.0)]
+    assert values == sorted(values) and values[2] == pytest.approx(2.11, abs=0.01)  # 20 ms on the 10-ms grid

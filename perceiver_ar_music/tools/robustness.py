@@ -4,7 +4,8 @@ note on the validation pieces as they are, transposed, and played slower and fas
 Augmentation (transposition, time stretch) costs fit to the corpus as it is, and should buy
 robustness to primers in other keys and tempi: this puts both on one table. The "played" column
 plays each piece as the performance-like augmentation draws it (`augment.perform`, fixed seeds):
-how far a model is from music that is played rather than written. The score is nats per
+how far a model is from music that is played rather than written; "played, no jitter" the same
+without the onset jitter, whose random timing (`jitter_nats`) no model can predict. The score is nats per
 note, which does not depend on how many time shifts a tempo needs. The transforms are the
 training augmentations' own functions (`augment.transpose`, `augment.time_stretch`), applied to
 whole pieces; a transposition that would push a piece off the keyboard leaves it out of that
@@ -24,7 +25,7 @@ import numpy as np
 
 
 TRANSFORMS = ("as is", "transpose -5", "transpose +5", "transpose +2", "tempo x0.9", "tempo x1.1", "tempo x0.8",
-              "played")
+              "played", "played, no jitter")
 PLAYED_SEED = 0  # the "played" column: each piece played as AugmentConfig's defaults draw it, seed (this, index)
 
 
@@ -35,8 +36,8 @@ def transformed(pieces, entries, name: str, vocab):
 
     if name == "as is":
         return list(pieces), list(entries)
-    if name == "played":  # performance-like: tempo drift, onset jitter, pedal-like holds, a dynamic arc
-        config = AugmentConfig(perform_windows=1.0)
+    if name.startswith("played"):  # performance-like: tempo drift, onset jitter, pedal-like holds, a dynamic arc
+        config = AugmentConfig(perform_windows=1.0, **({"onset_jitter": 0.0} if "no jitter" in name else {}))
         played = [perform(ids, config.sample_performance(vocab, np.random.default_rng((PLAYED_SEED, i))), vocab)
                   for i, ids in enumerate(pieces)]
         return played, [{**entry, "seconds": float(music_clock(ids, vocab)[-1]) if len(ids) else 0.0}
@@ -56,6 +57,29 @@ def transformed(pieces, entries, name: str, vocab):
             out_pieces.append(time_stretch(ids, 1.0 / speed, vocab))
             out_entries.append({**entry, "seconds": entry["seconds"] / speed})
     return out_pieces, out_entries
+
+
+def jitter_nats(std_steps: float, cut: float = 3.0, phases: int = 200) -> float:
+    """The information one note's onset jitter adds, in nats: the entropy of a normal draw of
+    `std_steps` grid steps (cut at `cut` std, as `augment.perform` draws it) rounded to the grid,
+    averaged over where between two grid steps the note falls. No model can predict a random draw,
+    so a played piece costs at least about this much per note more than the piece as written (less
+    only what the played times give away about each other; the chords' shared time, at most)."""
+    if std_steps <= 0:
+        return 0.0
+    from math import erf, log, sqrt
+
+    def cdf(x: float) -> float:  # of the cut normal, in std units
+        clipped = min(max(x, -cut), cut)
+        return (erf(clipped / sqrt(2)) - erf(-cut / sqrt(2))) / (2 * erf(cut / sqrt(2)))
+
+    total = 0.0
+    reach = int(cut * std_steps) + 2
+    for phase in (np.arange(phases) + 0.5) / phases:
+        probabilities = [cdf((k + 0.5 - phase) / std_steps) - cdf((k - 0.5 - phase) / std_steps)
+                         for k in range(-reach, reach + 1)]
+        total -= sum(p * log(p) for p in probabilities if p > 0)
+    return total / phases
 
 
 def main() -> int:
@@ -78,6 +102,11 @@ def main() -> int:
     pieces, entries = data.pieces(args.split)[: args.max_pieces], data.files(args.split)[: args.max_pieces]
     columns = {name: transformed(pieces, entries, name, data.vocab) for name in TRANSFORMS}
     print(f"{args.split} pieces per column: " + ", ".join(f"{name} {len(p)}" for name, (p, _) in columns.items()))
+    from perceiver_ar_music.training.augment import AugmentConfig
+
+    jitter_steps = AugmentConfig().onset_jitter / data.vocab.seconds_per_step
+    print(f"the played onset jitter ({AugmentConfig().onset_jitter * 1000:g} ms) alone adds {jitter_nats(jitter_steps):.2f} "
+          f"nats/note of random timing that no model can predict")
     print("checkpoint | " + " | ".join(TRANSFORMS) + "   (nats/note)")
     for checkpoint in args.checkpoint:
         model = load_model(checkpoint).model

@@ -165,8 +165,10 @@ def plan(data: str | Path, *, init_from: str | Path | None = None, out: str | Pa
           f"{describe_validation(opened)}" + (f"; {tc.mix_share:.0%} of the windows from {mixed.root}" if mixed else ""),
           flush=True)
     budget = f"{minutes:g} minutes" if minutes else f"{tc.max_steps} steps"
+    stopping = (f"early stopping after {tc.patience} validations without a new best" if tc.patience
+                else "no early stopping")
     print(f"schedule: peak lr {tc.lr:g}, {tc.warmup_steps} warmup steps, {budget}, validation every "
-          f"{tc.eval_every} steps, early stopping after {tc.patience} validations without a new best", flush=True)
+          f"{tc.eval_every} steps, {stopping}", flush=True)
     write_json_atomic(run_dir / RUN_CONFIG_NAME, config.to_dict())  # makes the run folder (none if it fails)
     return FinetunePlan(run_dir, config, opened, mixed, checkpoint)
 

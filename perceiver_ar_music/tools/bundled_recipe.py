@@ -18,20 +18,26 @@ RECIPE = ROOT / "scripts" / "train_bundled_model.sh"
 
 
 def bundled_flags(script: Path = RECIPE) -> list[str]:
-    """The bundled model's `train` flags: the script's COMMON array and its model's shape,
-    without --data/--out (the caller's)."""
+    """The bundled recipe's `train` flags for a run of the bundled model's shape from scratch: the
+    script's ARGS array (its --init-from, --data, --out and --name left out, $STEPS read from its
+    default) and the shape of the checkpoint it starts from (the bundled model's shape)."""
+    import json
+
     text = script.read_text()
-    common = shlex.split(re.search(r"^COMMON=\((.*?)\)", text, re.S | re.M).group(1))
-    model = shlex.split(re.search(r"^\s+(--dim \d+ --depth .*)$", text, re.M).group(1))
+    args = shlex.split(re.search(r"^ARGS=\((.*?)\)", text, re.S | re.M).group(1))
+    steps = re.search(r"^STEPS=\$\{STEPS:-(\d+)\}", text, re.M).group(1)
     flags, skip = [], False
-    for flag in common + model:
+    for flag in args:
         if skip:
             skip = False
-        elif flag in ("--data", "--out"):
+        elif flag in ("--init-from", "--data", "--out", "--name"):
             skip = True
         else:
-            flags.append(flag)
-    return flags
+            flags.append(steps if flag == "$STEPS" else flag)
+    shape = json.loads((ROOT / "checkpoints" / "default" / "config.json").read_text())
+    for key in ("max_seq_len", "num_latents", "dim", "depth", "heads", "dim_head"):
+        flags += [f"--{key.replace('_', '-')}", str(shape[key])]
+    return ["--preset", "tiny", *flags]
 
 
 def recipe_configs(flags: list[str], vocab_size: int | None = None) -> tuple[PerceiverARConfig, TrainConfig]:

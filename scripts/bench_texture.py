@@ -7,13 +7,16 @@ checkpoint's note guards and the default top-p, and counts over every 30-second 
 continuation (the issue's targets):
 
 - windows within 0.67-1.5x of the primer's notes/s, and within 0.67-1.5x of its mean voices;
+- windows within 0.67-1.5x of the primer's pitch spread (standard deviation of the pitches: does
+  the register keep its width, bass and treble included);
 - windows with max voices <= 16 and <= 1% of notes over 4 s;
 - the model's NLL of the kept continuation tokens (strided, as `evaluate` scores), plain vs texture;
 - with `--reference PREPARED`, the longest passage copied from its training pieces;
 - wall time per continuation, plain vs texture (alternated, same process, same threads).
 
 `--steer` adds runs with `--density` and `--voices` set to half and double the first primer's
-figures, counting windows within 25% of the asked value.
+figures, counting windows within 25% of the asked value (`--steer-figure pitch_spread`: `--spread`
+at 0.67 and 1.5 times the primer's).
 
     python scripts/bench_texture.py --length 8192 --seeds 0 1 2 3 --json out/texture.json
 
@@ -92,6 +95,7 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
     if primer is not None:
         for key, name in (("notes_per_second", "density_ok"), ("mean_polyphony", "voices_ok")):
             counts[name] = sum(BAND[0] <= getattr(w, key) / getattr(primer, key) <= BAND[1] for w in windows)
+        counts["spread_ok"] = sum(BAND[0] <= (w.pitch_std + 0.1) / (primer.pitch_std + 0.1) <= BAND[1] for w in windows)
         counts["both_ok"] = sum(
             all(BAND[0] <= getattr(w, k) / getattr(primer, k) <= BAND[1] for k in ("notes_per_second", "mean_polyphony"))
             for w in windows)
@@ -135,7 +139,7 @@ def main() -> None:
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
-    parser.add_argument("--steer-figure", choices=["density", "voices"], help="steer only this figure")
+    parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread"], help="steer only this figure")
     parser.add_argument("--reference", type=Path, help="prepared training data: the longest copied passage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -186,9 +190,11 @@ def main() -> None:
         if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]
             report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
-            steered = (("notes_per_second", "density"), ("mean_polyphony", "voices"))
-            for key, flag in [(k, f) for k, f in steered if not args.steer_figure or f == args.steer_figure]:
-                for factor in (0.5, 2.0):
+            steered = (("notes_per_second", "density", (0.5, 2.0)), ("mean_polyphony", "voices", (0.5, 2.0)),
+                       ("pitch_std", "pitch_spread", (0.67, 1.5)))
+            for key, flag, factors in [s for s in steered if s[1] == args.steer_figure or
+                                       (not args.steer_figure and s[1] != "pitch_spread")]:
+                for factor in factors:
                     wanted = getattr(report.primer, key) * factor
                     steer = TextureSettings(curves={flag: Curve.constant(wanted)}, candidates=args.candidates,
                                             segment_tokens=args.segment_tokens)
@@ -199,9 +205,9 @@ def main() -> None:
             copied = (report.memorization or {}).get("continuation") or {}
             runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,
                          "counts": counts, "copied_notes": copied.get("notes"), "report": report.as_dict()})
-            w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}" for x in report.windows]
+            w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}/{x.stats.pitch_std:.1f}" for x in report.windows]
             print(f"{name} seed {seed} {mode}: {seconds:.1f} s, NLL {nll:.3f}, {counts}, copied {copied.get('notes')}; "
-                  f"primer {report.primer.notes_per_second:.2f}/{report.primer.mean_polyphony:.2f}; "
+                  f"primer {report.primer.notes_per_second:.2f}/{report.primer.mean_polyphony:.2f}/{report.primer.pitch_std:.1f}; "
                   f"windows {' '.join(w)}", flush=True)
     summarize(runs)
     if args.json:
@@ -214,7 +220,7 @@ def summarize(runs: list[dict]) -> None:
     wall time, the longest copied passage."""
     import statistics
 
-    print("\nprimer | mode | windows | density ok | voices ok | both | max voices <= 16 | <= 1% over 4 s | steered ok "
+    print("\nprimer | mode | windows | density ok | voices ok | both | pitch spread ok | max voices <= 16 | <= 1% over 4 s | steered ok "
           "| NLL | wall s | copied max")
     groups = [(p, m) for p in dict.fromkeys(r["primer"] for r in runs) for m in dict.fromkeys(r["mode"] for r in runs)]
     groups += [("all", m) for m in dict.fromkeys(r["mode"] for r in runs)]
@@ -230,7 +236,7 @@ def summarize(runs: list[dict]) -> None:
 
         steered = [k for k in rows[0]["counts"] if k.endswith("_steered_ok")]
         copied = [r["copied_notes"] for r in rows if r["copied_notes"] is not None]
-        print(f"{primer} | {mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | "
+        print(f"{primer} | {mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | {share('spread_ok')} | "
               f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | "
               f"{statistics.median(r['nll'] for r in rows):.3f} | {statistics.median(r['wall_s'] for r in rows):.1f} | "
               f"{max(copied) if copied else '-'}")

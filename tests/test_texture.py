@@ -370,6 +370,48 @@ def test_steering_moves_the_density_towards_the_target(vocab, tokenizer, tmp_pat
     assert densities[30.0] > 3 * densities[1.0]
 
 
+def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_the_opposite(vocab):
+    """The spread control: music narrower than the target's pitch spread favours pitches far from
+    the target's mean (and disfavours the middle); wider music, the reverse."""
+    narrow, wide = chords(40, 0.5, 3, 0.4, pitch=60), chords(40, 0.5, 3, 0.4, pitch=40)
+    wide[1::3, 0] += 36  # one voice three octaves up: a spread of about 17 semitones
+    bias_at = {}
+    for name, kept, held in (("too narrow", narrow, wide), ("too wide", wide, narrow)):
+        figures = primer_figures(held, 20.0)
+        target = build_target({"pitch_spread": Curve.constant(figures[0]["pitch_spread"])}, figures)
+        selector = TextureSelector(vocab, [target], prompt_len=1, candidates=1, window_s=10.0)
+        ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(kept, vocab)]))[None]
+        selector.choose(ids, torch.zeros(1), 64)
+        center = round(target.at(0.0)["pitch_mean"])
+        bias = selector.bias[0]
+        far = (bias[vocab.note_on_id[center + 24]] + bias[vocab.note_on_id[center - 24]]) / 2
+        bias_at[name] = float(far - bias[vocab.note_on_id[center]])
+    assert bias_at["too narrow"] > 0.5 and bias_at["too wide"] < -0.5
+    # the primer's own spread, not set by the user, is held by the choice alone: no spread bias
+    unset = TextureSelector(vocab, [build_target({}, primer_figures(wide, 20.0))], prompt_len=1, candidates=1)
+    unset.choose(torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(narrow, vocab)]))[None], torch.zeros(1), 64)
+    center = round(unset.targets[0].at(0.0)["pitch_mean"])
+    far = (unset.bias[0][vocab.note_on_id[center + 24]] + unset.bias[0][vocab.note_on_id[center - 24]]) / 2
+    assert float(far - unset.bias[0][vocab.note_on_id[center]]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_steering_widens_or_narrows_the_pitch_spread(vocab, tokenizer, tmp_path):
+    """A random model held to a wide and to a narrow pitch spread: the kept music follows."""
+    checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
+    from perceiver_ar_music.model.checkpoint import load_model
+
+    model = load_model(checkpoint).model.eval()
+    prompt = torch.tensor([[vocab.bos_id]])
+    spreads = {}
+    for wanted in (3.0, 20.0):
+        target = build_target({"pitch_spread": Curve.constant(wanted)}, None)
+        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0)
+        out = sample_ids(model, prompt, 600, SamplingConfig(), seed=0, selector=selector)
+        notes = ids_to_notes(out[0].tolist(), vocab)
+        spreads[wanted] = float(notes[:, 0].std())
+    assert spreads[20.0] > 1.2 * spreads[3.0]  # without the spread control: 34.7 and 34.9
+
+
 def test_without_a_primer_each_sample_holds_its_own_first_seconds(vocab):
     selector = TextureSelector(vocab, [None], prompt_len=1, candidates=2, segment_tokens=8, anchor_s=2.0)
     notes = chords(12, 0.25, 2, 0.25)
@@ -404,13 +446,15 @@ def test_generate_holds_a_set_texture_and_shows_the_target_beside_each_window(tm
     out = tmp_path / "out"
     assert main(["generate", "--no-progress", "--checkpoint", str(checkpoint), "--primer", str(primer), "--seconds", "40",
                  "--seed", "0", "--no-audio", "--density", "0:x1,20:x2", "--voices", "2", "--register", "C4",
-                 "--candidates", "3", "--segment-tokens", "32", "--out", str(out)]) == 0
+                 "--spread", "x1.5", "--candidates", "3", "--segment-tokens", "32", "--out", str(out)]) == 0
     stats = json.loads((out / "stats.json").read_text())
     sample = stats["samples"]["sample-01"]
     assert "3 candidates per sample" in stats["details"]["texture"]
     assert sample["texture_target"] and all("target" in w for w in sample["windows"])
     first = sample["windows"][0]["target"]
     assert first["mean_polyphony"] == 2.0 and first["pitch_mean"] == 60.0
+    assert sample["primer"]["duration_s"] < 30  # so the target is taken over all of it
+    assert first["pitch_std"] == pytest.approx(1.5 * sample["primer"]["pitch_std"], rel=1e-6)
     assert first["notes_per_second"] >= sample["primer"]["notes_per_second"] * 0.999
     page = (out / "index.html").read_text()
     assert '<tr class="target">' in page
@@ -432,6 +476,8 @@ def test_generate_with_texture_and_a_seconds_budget_ends_each_sample_there(tmp_p
     (["--density", "x2"], "needs a primer"),
     (["--density", "fast"], "argument --density"),
     (["--register", "H4"], "argument --register"),
+    (["--spread", "0"], "argument --spread"),
+    (["--spread", "x1.5"], "needs a primer"),
     (["--candidates", "1"], "argument --candidates"),
 ])
 def test_bad_texture_settings_are_one_line_errors(tmp_path, tokenizer, capsys, flags, message):

@@ -43,6 +43,7 @@ TEXTURE_FLAGS: dict[str, tuple[str, dict]] = {
     "density": ("density", {"low": 0.05, "high": 200.0}),
     "voices": ("voices", {"low": 0.5, "high": 64.0}),
     "register": ("register", {"pitch": True, "low": 0.0, "high": 127.0}),
+    "spread": ("pitch_spread", {"low": 0.5, "high": 48.0}),
     "velocity": ("velocity", {"low": 1.0, "high": 127.0}),
 }
 
@@ -87,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     guards.add_argument("--max-polyphony", type=bounded_int(0, 128), metavar="P", help="no note-on while P notes sound (0: off)")
     guards.add_argument("--no-guards", action="store_true", help="switch both guards off")
     texture = parser.add_argument_group(
-        "texture", "keep the primer's texture (density, voices, note lengths, register, pitch classes, "
+        "texture", "keep the primer's texture (density, voices, note lengths, register and its spread, pitch classes, "
         "velocity) or the one you set: each sample is drawn as several candidates and, every segment, "
         "the one closest to the target (and likely under the model) is kept. A value is a number, "
         "xFACTOR (times the primer's), or a curve SECONDS:VALUE,... over the new music")
@@ -100,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="mean number of notes sounding together (default: the primer's)")
     texture.add_argument("--register", type=_curve(*TEXTURE_FLAGS["register"]), metavar="PITCH",
                          help="mean pitch, a MIDI number or a name like C4 (default: the primer's)")
+    texture.add_argument("--spread", type=_curve(*TEXTURE_FLAGS["spread"]), metavar="SEMITONES",
+                         help="how far the pitches spread around the register: their standard deviation in "
+                         "semitones, 0.5-48 (default: the primer's; x1.5 for a wider range, bass and treble)")
     texture.add_argument("--velocity", type=_curve(*TEXTURE_FLAGS["velocity"]), metavar="V",
                          help="mean MIDI velocity, 1-127 (default: the primer's)")
     texture.add_argument("--candidates", type=bounded_int(2, MAX_CANDIDATES), default=DEFAULT_CANDIDATES, metavar="K",

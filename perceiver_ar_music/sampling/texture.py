@@ -76,6 +76,7 @@ DEFAULT_STEER_GAIN = 1.0  # logit bias per unit of log-ratio error
 DEFAULT_STEER_INTEGRAL = 0.2  # added to the integral per segment and unit of error
 DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
 DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
+DEFAULT_STEER_SPREAD = 0.5  # the weight of the pitch-spread control, on when the user sets the spread (0: off)
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -293,7 +294,7 @@ def texture_distance(stats: MusicStats, pitch_classes: np.ndarray | None, target
 class Steering:
     """A proportional-integral controller of one sample's logit biases (see `TextureSelector`)."""
 
-    integral: dict[str, float] = field(default_factory=lambda: {"on": 0.0, "off": 0.0, "register": 0.0})
+    integral: dict[str, float] = field(default_factory=lambda: {"on": 0.0, "off": 0.0, "register": 0.0, "spread": 0.0})
 
     def update(self, errors: Mapping[str, float], gain: float, integral_gain: float, limit: float) -> dict[str, float]:
         out = {}
@@ -309,12 +310,17 @@ class TextureSelector:
     steers the next segment's draws (see the module docstring); `sampling.sample_ids(selector=...)`
     drives it.
 
-    Steering: after each choice, the kept music's density, voices and register are compared with
-    the target (log ratios; semitones / 12), and a proportional-integral controller per sample
-    sets the logit biases of the next segment: the density control on every NoteOn and, weighted
-    by `steer_tempo`, on time shifts by their length (shorter shifts for more notes per second);
-    the voices control on every NoteOff (longer or shorter notes: more or fewer voices at the same
-    density); the register control on NoteOns by pitch. `bias` (b * k, V) is what the sampler adds to
+    Steering: after each choice, the kept music's density, voices, register and pitch spread are
+    compared with the target (log ratios; semitones / 12), and a proportional-integral controller
+    per sample sets the logit biases of the next segment: the density control on every NoteOn and,
+    weighted by `steer_tempo`, on time shifts by their length (shorter shifts for more notes per
+    second); the voices control on every NoteOff (longer or shorter notes: more or fewer voices at
+    the same density); the register control on NoteOns by pitch; and, when the user sets the
+    pitch spread (`--spread`), the spread control on NoteOns by their distance from the target's
+    mean pitch (octaves beyond half an octave: a wider spread favours the bass and the treble, a
+    narrower one the middle). The primer's own spread is held by the choice alone: steering it
+    too (`--spread x1`) holds it in 97% of windows instead of 66%, but the bundled model pays 0.17
+    nats/token more for a madrigal's range (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
     the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
 
     `targets`: one per sample, or one for all; None entries are anchored on the sample's own
@@ -333,6 +339,7 @@ class TextureSelector:
     steer_integral: float = DEFAULT_STEER_INTEGRAL
     steer_limit: float = DEFAULT_STEER_LIMIT
     steer_tempo: float = DEFAULT_STEER_TEMPO
+    steer_spread: float = DEFAULT_STEER_SPREAD
     hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
     rules: NoteRules | None = None
@@ -349,6 +356,8 @@ class TextureSelector:
         self._note_off = torch.as_tensor(table.kind == NOTE_OFF, dtype=torch.float32)
         self._pitch_offset = torch.as_tensor(np.where(table.kind == NOTE_ON, (table.pitch - 60.0) / 12.0, 0.0),
                                              dtype=torch.float32)
+        self._is_note_on = table.kind == NOTE_ON
+        self._pitch = table.pitch.astype(np.float32)
         # shorter time shifts for more notes per second: +1 at 4 steps, 0 at 20, -1 at 100
         steps = np.maximum(table.shift_steps, 1)
         self._tempo_offset = torch.as_tensor(np.where(table.kind == TIME_SHIFT, -np.log(steps / 20.0) / np.log(5.0), 0.0),
@@ -392,7 +401,8 @@ class TextureSelector:
         chosen = np.arange(rows)
         while len(self._steering) < samples:
             self._steering.append(Steering())
-        controls = np.zeros((samples, 3), dtype=np.float32)
+        controls = np.zeros((samples, 4), dtype=np.float32)
+        centers = np.full(samples, 60.0, dtype=np.float32)  # the pitch the spread control measures from
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
         for sample in range(samples):
@@ -416,22 +426,34 @@ class TextureSelector:
             if self.steer_limit > 0:
                 control = self._steering[sample].update(self._errors(stats, target, seconds), self.steer_gain,
                                                         self.steer_integral, self.steer_limit)
-                controls[sample] = (control["on"], control["off"], control["register"])
+                spread = control["spread"] if "pitch_spread" in target.steered else 0.0  # only when asked (see the docstring)
+                controls[sample] = (control["on"], control["off"], control["register"], spread)
+                centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             self.bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
-                         - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset).to(tokens.device)
+                         - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset
+                         + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
+                         ).to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
             self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
                                   torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
 
+    def _spread_offset(self, centers: np.ndarray) -> torch.Tensor:
+        """(rows, V): each NoteOn's distance in octaves from its row's center pitch, less half an
+        octave (about the mean distance of a spread of 8 semitones), held within -0.5..1 (so the
+        far ends of the keyboard get no more than an octave and a half away does); 0 for every other id."""
+        distance = np.clip(np.abs(self._pitch[None, :] - centers[:, None]) / 12.0 - 0.5, -0.5, 1.0)
+        return torch.as_tensor(np.where(self._is_note_on[None, :], distance, 0.0), dtype=torch.float32)
+
     @staticmethod
     def _errors(stats: MusicStats, target: TextureTarget, seconds: float) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
-        density x note length); the register error is in octaves."""
+        density x note length); the register error is in octaves; the pitch spread's log ratio
+        drives the spread bias (once two notes give it a value)."""
         wanted = target.at(seconds)
         def log_ratio(field_name: str) -> float:
             if field_name not in wanted:
@@ -442,7 +464,10 @@ class TextureSelector:
         register = 0.0
         if "pitch_mean" in wanted and stats.note_count:
             register = (wanted["pitch_mean"] - stats.pitch_mean) / 12.0
-        return {"on": density, "off": voices - density, "register": register}
+        spread = 0.0
+        if "pitch_std" in wanted and stats.note_count >= 2:
+            spread = log_ratio("pitch_std")
+        return {"on": density, "off": voices - density, "register": register, "spread": spread}
 
     def _recent(self, row: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(notes of the recent music in seconds, its end in seconds since the sequence start,

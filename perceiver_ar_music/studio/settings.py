@@ -15,7 +15,7 @@ from perceiver_ar_music.runtime.errors import UserError
 SETTINGS = (
     "length", "seconds", "temperature", "top_p", "top_k", "min_p",
     "max_note_seconds", "max_polyphony", "no_guards", "constrain", "seed", "num_samples",
-    "texture", "density", "voices", "register", "velocity", "candidates",
+    "texture", "density", "voices", "register", "spread", "velocity", "candidates",
 )
 PRIMER_SETTINGS = ("primer_seconds",)
 # How the page names each setting, in a musician's words (the flag stays beside it as a hint), and
@@ -30,6 +30,7 @@ LABELS: dict[str, tuple[str, bool]] = {
     "density": ("Notes per second", False),
     "voices": ("Voices", False),
     "register": ("Register", False),
+    "spread": ("Pitch spread (semitones)", True),
     "velocity": ("Loudness", False),
     "max_polyphony": ("Most notes at once", False),
     "max_note_seconds": ("Longest note (s)", False),

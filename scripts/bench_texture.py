@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--candidates", type=int, default=TextureSettings.candidates)
     parser.add_argument("--segment-tokens", type=int, default=TextureSettings.segment_tokens)
+    parser.add_argument("--spread", type=float, metavar="FACTOR",
+                        help="texture runs also hold the pitch spread at FACTOR times the primer's (generate --spread xFACTOR)")
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
@@ -168,7 +170,8 @@ def main() -> None:
         from perceiver_ar_music.data.token_store import PreparedData
 
         index = ReferenceIndex.from_prepared(PreparedData.open(args.reference))
-    texture = TextureSettings(candidates=args.candidates, segment_tokens=args.segment_tokens)
+    texture = TextureSettings(candidates=args.candidates, segment_tokens=args.segment_tokens,
+                              curves={"pitch_spread": Curve(((0.0, args.spread),), relative=True)} if args.spread else {})
     plain = TextureSettings(enabled=False)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

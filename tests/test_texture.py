@@ -395,6 +395,25 @@ def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_th
     assert float(far - unset.bias[0][vocab.note_on_id[center]]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_spread_control_reads_the_last_30_seconds_where_the_register_moves(vocab):
+    """Three 10-s blocks of chords, each an octave higher: each 12-s stretch is narrow, the last
+    30 s are wide. Asked for the 30 s's spread, the control sees no error; reading 12 s it would
+    widen."""
+    blocks = [chords(20, 0.5, 2, 0.4, pitch=48 + 12 * b) for b in range(3)]
+    for b, block in enumerate(blocks):
+        block[:, 1:3] += 10.0 * b
+    music = np.concatenate(blocks)
+    ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(music, vocab)]))[None]
+    wide = float(span_stats(music, 0.0, 30.0).pitch_std)
+    errors = {}
+    for window in (30.0, 12.0):
+        target = build_target({"pitch_spread": Curve.constant(wide)}, None)
+        selector = TextureSelector(vocab, [target], prompt_len=1, candidates=1, spread_window_s=window)
+        selector.choose(ids, torch.zeros(1), 64)
+        errors[window] = selector._steering[0].integral["spread"]
+    assert abs(errors[30.0]) < 0.02 and errors[12.0] > 0.1
+
+
 def test_steering_widens_or_narrows_the_pitch_spread(vocab, tokenizer, tmp_path):
     """A random model held to a wide and to a narrow pitch spread: the kept music follows."""
     checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
@@ -405,7 +424,8 @@ def test_steering_widens_or_narrows_the_pitch_spread(vocab, tokenizer, tmp_path)
     spreads = {}
     for wanted in (3.0, 20.0):
         target = build_target({"pitch_spread": Curve.constant(wanted)}, None)
-        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0)
+        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0,
+                                   spread_window_s=4.0)  # a random model wanders: steer on what it just played
         out = sample_ids(model, prompt, 600, SamplingConfig(), seed=0, selector=selector)
         notes = ids_to_notes(out[0].tolist(), vocab)
         spreads[wanted] = float(notes[:, 0].std())

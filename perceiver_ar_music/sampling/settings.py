@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="mean pitch, a MIDI number or a name like C4 (default: the primer's)")
     texture.add_argument("--spread", type=_curve(*TEXTURE_FLAGS["spread"]), metavar="SEMITONES",
                          help="how far the pitches spread around the register: their standard deviation in "
-                         "semitones, 0.5-48 (default: the primer's; x1.5 for a wider range, bass and treble)")
+                         "semitones, 0.5-48, steered when set (default: the candidates are chosen by it, not "
+                         "steered; x1 holds the primer's range, bass and treble; x1.5 widens it)")
     texture.add_argument("--velocity", type=_curve(*TEXTURE_FLAGS["velocity"]), metavar="V",
                          help="mean MIDI velocity, 1-127 (default: the primer's)")
     texture.add_argument("--candidates", type=bounded_int(2, MAX_CANDIDATES), default=DEFAULT_CANDIDATES, metavar="K",

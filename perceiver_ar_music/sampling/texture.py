@@ -77,6 +77,7 @@ DEFAULT_STEER_INTEGRAL = 0.2  # added to the integral per segment and unit of er
 DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
 DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
 DEFAULT_STEER_SPREAD = 0.5  # the weight of the pitch-spread control, on when the user sets the spread (0: off)
+DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -318,9 +319,10 @@ class TextureSelector:
     the same density); the register control on NoteOns by pitch; and, when the user sets the
     pitch spread (`--spread`), the spread control on NoteOns by their distance from the target's
     mean pitch (octaves beyond half an octave: a wider spread favours the bass and the treble, a
-    narrower one the middle). The primer's own spread is held by the choice alone: steering it
-    too (`--spread x1`) holds it in 97% of windows instead of 66%, but the bundled model pays 0.17
-    nats/token more for a madrigal's range (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
+    narrower one the middle), read over the last `spread_window_s` seconds. The primer's own
+    spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
+    windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
+    (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
     the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
 
     `targets`: one per sample, or one for all; None entries are anchored on the sample's own
@@ -340,6 +342,7 @@ class TextureSelector:
     steer_limit: float = DEFAULT_STEER_LIMIT
     steer_tempo: float = DEFAULT_STEER_TEMPO
     steer_spread: float = DEFAULT_STEER_SPREAD
+    spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
     rules: NoteRules | None = None
@@ -424,8 +427,12 @@ class TextureSelector:
             if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
                 holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
             if self.steer_limit > 0:
-                control = self._steering[sample].update(self._errors(stats, target, seconds), self.steer_gain,
-                                                        self.steer_integral, self.steer_limit)
+                spread_stats = stats
+                if "pitch_spread" in target.steered and self.spread_window_s > self.window_s:
+                    notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
+                    spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
+                control = self._steering[sample].update(self._errors(stats, target, seconds, spread_stats),
+                                                        self.steer_gain, self.steer_integral, self.steer_limit)
                 spread = control["spread"] if "pitch_spread" in target.steered else 0.0  # only when asked (see the docstring)
                 controls[sample] = (control["on"], control["off"], control["register"], spread)
                 centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
@@ -449,11 +456,13 @@ class TextureSelector:
         return torch.as_tensor(np.where(self._is_note_on[None, :], distance, 0.0), dtype=torch.float32)
 
     @staticmethod
-    def _errors(stats: MusicStats, target: TextureTarget, seconds: float) -> dict[str, float]:
+    def _errors(stats: MusicStats, target: TextureTarget, seconds: float,
+                spread_stats: MusicStats | None = None) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio
-        drives the spread bias (once two notes give it a value)."""
+        drives the spread bias (once two notes give it a value), read from `spread_stats` when given
+        (a longer stretch of music than the others)."""
         wanted = target.at(seconds)
         def log_ratio(field_name: str) -> float:
             if field_name not in wanted:
@@ -465,18 +474,20 @@ class TextureSelector:
         if "pitch_mean" in wanted and stats.note_count:
             register = (wanted["pitch_mean"] - stats.pitch_mean) / 12.0
         spread = 0.0
-        if "pitch_std" in wanted and stats.note_count >= 2:
-            spread = log_ratio("pitch_std")
+        spread_stats = stats if spread_stats is None else spread_stats
+        if "pitch_std" in wanted and spread_stats.note_count >= 2:
+            spread = math.log((wanted["pitch_std"] + RATIO_FLOOR) / (spread_stats.pitch_std + RATIO_FLOOR))
         return {"on": density, "off": voices - density, "register": register, "spread": spread}
 
-    def _recent(self, row: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """(notes of the recent music in seconds, its end in seconds since the sequence start,
-        seconds of new music) of one row's ids."""
+    def _recent(self, row: np.ndarray, window_s: float | None = None) -> tuple[np.ndarray, float, float]:
+        """(notes of the last `window_s` (default: `self.window_s`) seconds of music, in seconds,
+        its end in seconds since the sequence start, seconds of new music) of one row's ids."""
+        window_s = self.window_s if window_s is None else window_s
         clock = music_clock(row, self.vocab)
         end = float(clock[-1]) if len(clock) else 0.0
         start_new = float(clock[self.prompt_len - 1]) if self.prompt_len > 0 and len(clock) else 0.0
         # decode from a little before the window, so notes sounding into it are known
-        first = int(np.searchsorted(clock, end - self.window_s - 5.0, side="left"))
+        first = int(np.searchsorted(clock, end - window_s - 5.0, side="left"))
         notes = ids_to_notes(row[first:], self.vocab)
         notes[:, 1:3] += float(clock[first - 1]) if first else 0.0
         return notes, end, end - start_new

@@ -352,7 +352,25 @@ def test_the_sampler_forks_rules_and_hooks_with_the_tokens(vocab):
     assert len(notes) and (notes[:, 2] - notes[:, 1]).max() <= 0.6 + 1e-9
 
 
-def test_steering_moves_the_density_towards_the_target(vocab, tokenizer, tmp_path):
+def _density(notes: np.ndarray) -> float:
+    return len(notes) / max(notes[:, 2].max(), 1e-9)
+
+
+def _spread(notes: np.ndarray) -> float:
+    return float(notes[:, 0].std())
+
+
+# figure, a low and a high target, how the kept music is measured, how far apart the two must end
+# (the spread without its control: 34.7 and 34.9), extra selector settings (a random model wanders:
+# steer its spread on what it just played)
+STEERED = [
+    ("density", (1.0, 30.0), _density, 3.0, {}),
+    ("pitch_spread", (3.0, 20.0), _spread, 1.2, {"spread_window_s": 4.0}),
+]
+
+
+@pytest.mark.parametrize("figure, targets, measure, factor, extra", STEERED, ids=[row[0] for row in STEERED])
+def test_steering_moves_a_figure_towards_the_target(vocab, tokenizer, tmp_path, figure, targets, measure, factor, extra):
     """A random model, one target far below and one far above what it plays: the kept music
     follows (the likelihood term can not do that alone)."""
     checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
@@ -360,14 +378,13 @@ def test_steering_moves_the_density_towards_the_target(vocab, tokenizer, tmp_pat
 
     model = load_model(checkpoint).model.eval()
     prompt = torch.tensor([[vocab.bos_id]])
-    densities = {}
-    for wanted in (1.0, 30.0):
-        target = build_target({"density": Curve.constant(wanted)}, None)
-        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0)
+    measured = {}
+    for wanted in targets:
+        target = build_target({figure: Curve.constant(wanted)}, None)
+        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0, **extra)
         out = sample_ids(model, prompt, 600, SamplingConfig(), seed=0, selector=selector)
-        notes = ids_to_notes(out[0].tolist(), vocab)
-        densities[wanted] = len(notes) / max(notes[:, 2].max(), 1e-9)
-    assert densities[30.0] > 3 * densities[1.0]
+        measured[wanted] = measure(ids_to_notes(out[0].tolist(), vocab))
+    assert measured[targets[1]] > factor * measured[targets[0]]
 
 
 def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_the_opposite(vocab):
@@ -412,24 +429,6 @@ def test_the_spread_control_reads_the_last_30_seconds_where_the_register_moves(v
         selector.choose(ids, torch.zeros(1), 64)
         errors[window] = selector._steering[0].integral["spread"]
     assert abs(errors[30.0]) < 0.02 and errors[12.0] > 0.1
-
-
-def test_steering_widens_or_narrows_the_pitch_spread(vocab, tokenizer, tmp_path):
-    """A random model held to a wide and to a narrow pitch spread: the kept music follows."""
-    checkpoint = write_tiny_checkpoint(tmp_path, tokenizer)
-    from perceiver_ar_music.model.checkpoint import load_model
-
-    model = load_model(checkpoint).model.eval()
-    prompt = torch.tensor([[vocab.bos_id]])
-    spreads = {}
-    for wanted in (3.0, 20.0):
-        target = build_target({"pitch_spread": Curve.constant(wanted)}, None)
-        selector = TextureSelector(vocab, [target], 1, candidates=4, segment_tokens=32, window_s=4.0,
-                                   spread_window_s=4.0)  # a random model wanders: steer on what it just played
-        out = sample_ids(model, prompt, 600, SamplingConfig(), seed=0, selector=selector)
-        notes = ids_to_notes(out[0].tolist(), vocab)
-        spreads[wanted] = float(notes[:, 0].std())
-    assert spreads[20.0] > 1.2 * spreads[3.0]  # without the spread control: 34.7 and 34.9
 
 
 def test_without_a_primer_each_sample_holds_its_own_first_seconds(vocab):

@@ -427,21 +427,23 @@ class TextureSelector:
             if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
                 holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
             if self.steer_limit > 0:
-                spread_stats = stats
-                if "pitch_spread" in target.steered and self.spread_window_s > self.window_s:
-                    notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
-                    spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
+                spread_stats = None  # the spread is steered only when asked (see the docstring)
+                if "pitch_spread" in target.steered:
+                    spread_stats = stats
+                    if self.spread_window_s > self.window_s:
+                        notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
+                        spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
+                    centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
                 control = self._steering[sample].update(self._errors(stats, target, seconds, spread_stats),
                                                         self.steer_gain, self.steer_integral, self.steer_limit)
-                spread = control["spread"] if "pitch_spread" in target.steered else 0.0  # only when asked (see the docstring)
-                controls[sample] = (control["on"], control["off"], control["register"], spread)
-                centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
+                controls[sample] = (control["on"], control["off"], control["register"], control["spread"])
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
-            self.bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
-                         - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset
-                         + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
-                         ).to(tokens.device)
+            bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
+                    - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset)
+            if controls[:, 3].any():
+                bias = bias + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
+            self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
             self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
@@ -460,23 +462,21 @@ class TextureSelector:
                 spread_stats: MusicStats | None = None) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
-        density x note length); the register error is in octaves; the pitch spread's log ratio
-        drives the spread bias (once two notes give it a value), read from `spread_stats` when given
-        (a longer stretch of music than the others)."""
+        density x note length); the register error is in octaves; the pitch spread's log ratio, read
+        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value."""
         wanted = target.at(seconds)
-        def log_ratio(field_name: str) -> float:
+        def log_ratio(field_name: str, of: MusicStats = stats) -> float:
             if field_name not in wanted:
                 return 0.0
-            return math.log((wanted[field_name] + RATIO_FLOOR) / (float(getattr(stats, field_name)) + RATIO_FLOOR))
+            return math.log((wanted[field_name] + RATIO_FLOOR) / (float(getattr(of, field_name)) + RATIO_FLOOR))
         density = log_ratio("notes_per_second")
         voices = log_ratio("mean_polyphony")
         register = 0.0
         if "pitch_mean" in wanted and stats.note_count:
             register = (wanted["pitch_mean"] - stats.pitch_mean) / 12.0
         spread = 0.0
-        spread_stats = stats if spread_stats is None else spread_stats
-        if "pitch_std" in wanted and spread_stats.note_count >= 2:
-            spread = math.log((wanted["pitch_std"] + RATIO_FLOOR) / (spread_stats.pitch_std + RATIO_FLOOR))
+        if spread_stats is not None and spread_stats.note_count >= 2:
+            spread = log_ratio("pitch_std", spread_stats)
         return {"on": density, "off": voices - density, "register": register, "spread": spread}
 
     def _recent(self, row: np.ndarray, window_s: float | None = None) -> tuple[np.ndarray, float, float]:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every measure a bundled-model candidate is judged by (issue 25's targets, and issue 24's texture
+# figures on it), on one CPU thread, into out/candidates/NAME/:
+#
+#   bash scripts/judge_candidate.sh checkpoints/v3a          # about 35 min on one thread
+#
+#   test.txt        `evaluate` on the 98 test pieces of data/music21-prepared
+#   robustness.txt  validation NLL per note as is, transposed, at other tempi and played (40 pieces)
+#   judge/          the judge: 48 samples of 120 s from nothing and after the Quickstart primer,
+#                   guards off, top-p 0.85; also the first 53 test pieces (summary.md)
+#   synthetic.json  bench_texture on the two synthetic pedalled performances, plain and
+#                   texture-keeping, 8,192 tokens, seeds 0-3
+#   real.json       the same on the Quickstart chorale and the madrigal
+# Needs data/music21-prepared, data/music21-midi (scripts/train_bundled_model.sh makes both) and
+# data/m21-prepared (the Bach reference for memorisation). Steps already done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+CKPT=${1:?usage: judge_candidate.sh CHECKPOINT_DIR}
+NAME=$(basename "$CKPT")
+OUT=out/candidates/$NAME
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1
+step() {  # step FILE COMMAND...: run COMMAND into FILE unless FILE exists
+  local file=$1; shift
+  [ -s "$file" ] && return 0
+  echo "$(date +%H:%M:%S) $NAME: $file"
+  "$@" > "$file.tmp" 2>&1 && mv "$file.tmp" "$file"
+}
+step "$OUT/test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/music21-prepared
+step "$OUT/robustness.txt" "$PY" scripts/eval_robustness.py --data data/music21-prepared --checkpoint "$CKPT" \
+  --threads 1 --max-pieces 40
+step "$OUT/synthetic.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
+  --seeds 0 1 2 3 --only 2 3 --reference data/m21-prepared --json "$OUT/synthetic.json"
+step "$OUT/judge.log" "$PY" scripts/judge_model.py --checkpoint "$CKPT" --data data/music21-prepared \
+  --midi data/music21-midi --out "$OUT/judge" --seconds 120 --samples 16 --seed 0 1 2 --sampling "--top-p 0.85"
+step "$OUT/real.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
+  --seeds 0 1 2 3 --only 0 1 --reference data/m21-prepared --json "$OUT/real.json"
+echo "$(date +%H:%M:%S) $NAME: done, $OUT"

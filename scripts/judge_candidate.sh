@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 CKPT=${1:?usage: judge_candidate.sh CHECKPOINT_DIR}
-NAME=$(basename "$CKPT")
+NAME=${NAME:-$(echo "${CKPT%/}" | sed 's|^checkpoints/||; s|/|-|g')}  # checkpoints/v3a/best -> v3a-best
 OUT=out/candidates/$NAME
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1

@@ -12,7 +12,7 @@ Far from the chorales and masses that make up most of the corpus: a check of tex
 music like the primers users bring (dense piano, ensembles, several tracks).
 
     python scripts/make_heldout_primers.py --midi data/music21-midi --data data/music21-prepared --out out/heldout-primers
-    python scripts/bench_texture.py --primer out/heldout-primers/*.mid --length 8192 --seeds 0 1 2 3
+    python scripts/bench_texture.py --primer out/heldout-primers/joplin-maple_leaf_rag.mid --primer ... --length 8192 --seeds 0 1 2 3
 """
 
 from __future__ import annotations

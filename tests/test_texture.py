@@ -360,12 +360,17 @@ def _spread(notes: np.ndarray) -> float:
     return float(notes[:, 0].std())
 
 
+def _loudness(notes: np.ndarray) -> float:
+    return float(notes[:, 3].mean())
+
+
 # figure, a low and a high target, how the kept music is measured, how far apart the two must end
 # (the spread without its control: 34.7 and 34.9), extra selector settings (a random model wanders:
 # steer its spread on what it just played)
 STEERED = [
     ("density", (1.0, 30.0), _density, 3.0, {}),
     ("pitch_spread", (3.0, 20.0), _spread, 1.2, {"spread_window_s": 4.0}),
+    ("velocity", (20.0, 110.0), _loudness, 1.5, {}),
 ]
 
 
@@ -410,6 +415,30 @@ def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_th
     center = round(unset.targets[0].at(0.0)["pitch_mean"])
     far = (unset.bias[0][vocab.note_on_id[center + 24]] + unset.bias[0][vocab.note_on_id[center - 24]]) / 2
     assert float(far - unset.bias[0][vocab.note_on_id[center]]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_velocity_control_runs_only_when_the_velocity_is_set_and_points_to_it(vocab):
+    """Music at velocity 70 against a set level of 30: louder Velocity ids lose, softer ones gain;
+    against 110 the reverse. The primer's own velocity (not set) gets no velocity bias at all."""
+    kept = chords(40, 0.5, 3, 0.4)
+    ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(kept, vocab)]))[None]
+    from perceiver_ar_music.data.events import tables
+    from perceiver_ar_music.data.vocab import VELOCITY
+
+    table = tables(vocab)
+    velocity_ids = np.flatnonzero(table.kind == VELOCITY)
+    loud, soft = (int(velocity_ids[np.argmin(np.abs(table.velocity[velocity_ids] - v))]) for v in (112, 24))
+    tilt = {}
+    for wanted in (30.0, 110.0):
+        selector = TextureSelector(vocab, [build_target({"velocity": Curve.constant(wanted)}, None)], prompt_len=1, candidates=1)
+        selector.choose(ids, torch.zeros(1), 64)
+        tilt[wanted] = float(selector.bias[0][loud] - selector.bias[0][soft])
+    assert tilt[30.0] < -0.5 and tilt[110.0] > 0.5
+    figures = primer_figures(chords(40, 0.5, 3, 0.4), 20.0)
+    figures[0]["velocity"] = 110.0  # a primer louder than the kept music: held by the choice, not steered
+    unset = TextureSelector(vocab, [build_target({}, figures)], prompt_len=1, candidates=1)
+    unset.choose(ids, torch.zeros(1), 64)
+    assert float(unset.bias[0][loud] - unset.bias[0][soft]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_spread_control_reads_the_last_30_seconds_where_the_register_moves(vocab):

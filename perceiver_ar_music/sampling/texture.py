@@ -7,7 +7,7 @@ candidate whose recent music sits closest to the target, copying its state (toke
 caches, guard state) over the other k - 1 rows (`sampling.sample_ids` does the copying; no
 re-prefill). Between choices the candidates are the model's draws under a small logit bias that
 steers them towards the target (`TextureSelector`: note-ons, time-shift lengths, note-offs,
-pitches); their likelihood is measured without it.
+pitches, and velocities when set); their likelihood is measured without it.
 
 A candidate's score is its segment's mean log-likelihood under the model, times
 `likelihood_weight`, minus its texture distance: the figures of the last `window_s` seconds of
@@ -38,7 +38,7 @@ import torch
 
 from perceiver_ar_music.data.events import ids_to_notes, music_clock, tables
 from perceiver_ar_music.listening.music_stats import MusicStats, checked_notes, pitch_class_histogram, span_stats
-from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, EventVocab
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY, EventVocab
 from perceiver_ar_music.sampling.constraints import NoteRules
 
 
@@ -77,6 +77,7 @@ DEFAULT_STEER_INTEGRAL = 0.2  # added to the integral per segment and unit of er
 DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
 DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
 DEFAULT_STEER_SPREAD = 0.5  # the weight of the pitch-spread control, on when the user sets the spread (0: off)
+DEFAULT_STEER_VELOCITY = 0.5  # the weight of the velocity control, on when the user sets the velocity (0: off)
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
@@ -295,7 +296,8 @@ def texture_distance(stats: MusicStats, pitch_classes: np.ndarray | None, target
 class Steering:
     """A proportional-integral controller of one sample's logit biases (see `TextureSelector`)."""
 
-    integral: dict[str, float] = field(default_factory=lambda: {"on": 0.0, "off": 0.0, "register": 0.0, "spread": 0.0})
+    integral: dict[str, float] = field(default_factory=lambda: {"on": 0.0, "off": 0.0, "register": 0.0, "spread": 0.0,
+                                                                "velocity": 0.0})
 
     def update(self, errors: Mapping[str, float], gain: float, integral_gain: float, limit: float) -> dict[str, float]:
         out = {}
@@ -319,7 +321,9 @@ class TextureSelector:
     the same density); the register control on NoteOns by pitch; and, when the user sets the
     pitch spread (`--spread`), the spread control on NoteOns by their distance from the target's
     mean pitch (octaves beyond half an octave: a wider spread favours the bass and the treble, a
-    narrower one the middle), read over the last `spread_window_s` seconds. The primer's own
+    narrower one the middle), read over the last `spread_window_s` seconds; and, when the user
+    sets the velocity (`--velocity`), the velocity control on Velocity ids by their value (the
+    choice alone does not move it: the model repeats the velocity it last played). The primer's own
     spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
     windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
     (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
@@ -342,6 +346,7 @@ class TextureSelector:
     steer_limit: float = DEFAULT_STEER_LIMIT
     steer_tempo: float = DEFAULT_STEER_TEMPO
     steer_spread: float = DEFAULT_STEER_SPREAD
+    steer_velocity: float = DEFAULT_STEER_VELOCITY
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
@@ -360,6 +365,9 @@ class TextureSelector:
         self._pitch_offset = torch.as_tensor(np.where(table.kind == NOTE_ON, (table.pitch - 60.0) / 12.0, 0.0),
                                              dtype=torch.float32)
         self._is_note_on = table.kind == NOTE_ON
+        # louder velocities for a louder target: -1 at velocity 32, 0 at 64, +1 at 96
+        self._velocity_offset = torch.as_tensor(np.where(table.kind == VELOCITY, (table.velocity - 64.0) / 32.0, 0.0),
+                                                dtype=torch.float32)
         self._pitch = table.pitch.astype(np.float32)
         # shorter time shifts for more notes per second: +1 at 4 steps, 0 at 20, -1 at 100
         steps = np.maximum(table.shift_steps, 1)
@@ -404,7 +412,7 @@ class TextureSelector:
         chosen = np.arange(rows)
         while len(self._steering) < samples:
             self._steering.append(Steering())
-        controls = np.zeros((samples, 4), dtype=np.float32)
+        controls = np.zeros((samples, 5), dtype=np.float32)
         centers = np.full(samples, 60.0, dtype=np.float32)  # the pitch the spread control measures from
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
@@ -434,15 +442,18 @@ class TextureSelector:
                         notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
                         spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
-                control = self._steering[sample].update(self._errors(stats, target, seconds, spread_stats),
-                                                        self.steer_gain, self.steer_integral, self.steer_limit)
-                controls[sample] = (control["on"], control["off"], control["register"], control["spread"])
+                errors = self._errors(stats, target, seconds, spread_stats, "velocity" in target.steered)
+                control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
+                controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
+                                    control["velocity"])
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
                     - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset)
             if controls[:, 3].any():
                 bias = bias + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
+            if controls[:, 4].any():  # (a sample with the velocity set)
+                bias = bias + self.steer_velocity * per_row[:, 4:5] * self._velocity_offset
             self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
@@ -459,11 +470,12 @@ class TextureSelector:
 
     @staticmethod
     def _errors(stats: MusicStats, target: TextureTarget, seconds: float,
-                spread_stats: MusicStats | None = None) -> dict[str, float]:
+                spread_stats: MusicStats | None = None, velocity: bool = False) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio, read
-        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value."""
+        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value;
+        with `velocity` (the user set it), the mean velocity's error in units of 32 drives the velocity bias."""
         wanted = target.at(seconds)
         def log_ratio(field_name: str, of: MusicStats = stats) -> float:
             if field_name not in wanted:
@@ -477,7 +489,10 @@ class TextureSelector:
         spread = 0.0
         if spread_stats is not None and spread_stats.note_count >= 2:
             spread = log_ratio("pitch_std", spread_stats)
-        return {"on": density, "off": voices - density, "register": register, "spread": spread}
+        loudness = 0.0
+        if velocity and "velocity_mean" in wanted and stats.note_count:
+            loudness = (wanted["velocity_mean"] - stats.velocity_mean) / 32.0
+        return {"on": density, "off": voices - density, "register": register, "spread": spread, "velocity": loudness}
 
     def _recent(self, row: np.ndarray, window_s: float | None = None) -> tuple[np.ndarray, float, float]:
         """(notes of the last `window_s` (default: `self.window_s`) seconds of music, in seconds,

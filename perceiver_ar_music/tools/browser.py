@@ -22,6 +22,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# what the DevTools protocol answers to an evaluation that a navigation cut off
+NAVIGATION_ERRORS = ("Inspected target navigated or closed", "Cannot find context with specified id",
+                     "Execution context was destroyed")
+
+
 class Browser:
     """Headless Chromium driven over the Chrome DevTools Protocol on its pipe (fd 3 in, fd 4 out)."""
 
@@ -76,9 +81,17 @@ class Browser:
         return result["result"].get("value")
 
     def wait(self, expression: str, timeout: float = 180):  # generous: CI machines are shared
+        """`expression`'s value once it is truthy; asked again while a reload replaces the page
+        (an evaluation the navigation cuts off is not an answer)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if value := self.js(expression):
+            try:
+                value = self.js(expression)
+            except RuntimeError as error:
+                if not any(cut in str(error) for cut in NAVIGATION_ERRORS):
+                    raise
+                value = None
+            if value:
                 return value
             time.sleep(0.05)
         raise TimeoutError(f"still false after {timeout} s: {expression}\n{self.js('document.body.innerText')}")

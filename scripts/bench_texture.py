@@ -44,7 +44,7 @@ from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P  # noqa: E402
 from perceiver_ar_music.listening.music_stats import full_windows, sample_report  # noqa: E402
 from perceiver_ar_music.sampling.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
-from perceiver_ar_music.sampling.texture import Curve, TextureSettings, texture_selector  # noqa: E402
+from perceiver_ar_music.sampling.texture import RATIO_FLOOR, Curve, TextureSettings, texture_selector  # noqa: E402
 from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
 
 BAND = (1 / 1.5, 1.5)
@@ -95,7 +95,7 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
     if primer is not None:
         for key, name in (("notes_per_second", "density_ok"), ("mean_polyphony", "voices_ok")):
             counts[name] = sum(BAND[0] <= getattr(w, key) / getattr(primer, key) <= BAND[1] for w in windows)
-        counts["spread_ok"] = sum(BAND[0] <= (w.pitch_std + 0.1) / (primer.pitch_std + 0.1) <= BAND[1] for w in windows)
+        counts["spread_ok"] = sum(BAND[0] <= (w.pitch_std + RATIO_FLOOR) / (primer.pitch_std + RATIO_FLOOR) <= BAND[1] for w in windows)
         counts["both_ok"] = sum(
             all(BAND[0] <= getattr(w, k) / getattr(primer, k) <= BAND[1] for k in ("notes_per_second", "mean_polyphony"))
             for w in windows)

@@ -35,6 +35,8 @@ def cut(source: Path, target: Path, seconds: float) -> int:
     ones cut, every track and its program kept); returns the number of notes written."""
     import pretty_midi
 
+    from perceiver_ar_music.runtime.atomic import atomic_path
+
     midi = pretty_midi.PrettyMIDI(str(source))
     kept = 0
     for instrument in midi.instruments:
@@ -45,9 +47,8 @@ def cut(source: Path, target: Path, seconds: float) -> int:
         instrument.pitch_bends = [b for b in instrument.pitch_bends if b.time < seconds]
         kept += len(instrument.notes)
     midi.instruments = [instrument for instrument in midi.instruments if instrument.notes]
-    partial = target.with_suffix(".mid.partial")
-    midi.write(str(partial))
-    partial.replace(target)
+    with atomic_path(target) as partial:
+        midi.write(str(partial))
     return kept
 
 

@@ -104,8 +104,8 @@ def main() -> int:
     print(f"{args.split} pieces per column: " + ", ".join(f"{name} {len(p)}" for name, (p, _) in columns.items()))
     from perceiver_ar_music.training.augment import AugmentConfig
 
-    jitter_steps = AugmentConfig().onset_jitter / data.vocab.seconds_per_step
-    print(f"the played onset jitter ({AugmentConfig().onset_jitter * 1000:g} ms) alone adds {jitter_nats(jitter_steps):.2f} "
+    jitter_s = AugmentConfig().onset_jitter
+    print(f"the played onset jitter ({jitter_s * 1000:g} ms) alone adds {jitter_nats(jitter_s / data.vocab.seconds_per_step):.2f} "
           f"nats/note of random timing that no model can predict")
     print("checkpoint | " + " | ".join(TRANSFORMS) + "   (nats/note)")
     for checkpoint in args.checkpoint:

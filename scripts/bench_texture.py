@@ -16,7 +16,7 @@ continuation (the issue's targets):
 
 `--steer` adds runs with `--density` and `--voices` set to half and double the first primer's
 figures, counting windows within 25% of the asked value (`--steer-figure pitch_spread`: `--spread`
-at 0.67 and 1.5 times the primer's).
+at 0.67 and 1.5 times the primer's; `--steer-figure velocity`: `--velocity` at 0.6 and 1.45 times).
 
     python scripts/bench_texture.py --length 8192 --seeds 0 1 2 3 --json out/texture.json
 
@@ -141,7 +141,8 @@ def main() -> None:
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
-    parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread"], help="steer only this figure")
+    parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread", "velocity"],
+                        help="steer only this figure (velocity: 0.6 and 1.45 times the primer's, 41 and 99 for the chorale)")
     parser.add_argument("--reference", type=Path, help="prepared training data: the longest copied passage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write every run's figures here")
@@ -194,9 +195,9 @@ def main() -> None:
             name, ids, prompt = loaded_primers[0]
             report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
             steered = (("notes_per_second", "density", (0.5, 2.0)), ("mean_polyphony", "voices", (0.5, 2.0)),
-                       ("pitch_std", "pitch_spread", (0.67, 1.5)))
+                       ("pitch_std", "pitch_spread", (0.67, 1.5)), ("velocity_mean", "velocity", (0.6, 1.45)))
             for key, flag, factors in [s for s in steered if s[1] == args.steer_figure or
-                                       (not args.steer_figure and s[1] != "pitch_spread")]:
+                                       (not args.steer_figure and s[1] in ("density", "voices"))]:
                 for factor in factors:
                     wanted = getattr(report.primer, key) * factor
                     steer = TextureSettings(curves={flag: Curve.constant(wanted)}, candidates=args.candidates,
@@ -208,7 +209,8 @@ def main() -> None:
             copied = (report.memorization or {}).get("continuation") or {}
             runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,
                          "counts": counts, "copied_notes": copied.get("notes"), "report": report.as_dict()})
-            w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}/{x.stats.pitch_std:.1f}" for x in report.windows]
+            w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}/{x.stats.pitch_std:.1f}/{x.stats.velocity_mean:.0f}"
+                 for x in report.windows]
             print(f"{name} seed {seed} {mode}: {seconds:.1f} s, NLL {nll:.3f}, {counts}, copied {copied.get('notes')}; "
                   f"primer {report.primer.notes_per_second:.2f}/{report.primer.mean_polyphony:.2f}/{report.primer.pitch_std:.1f}; "
                   f"windows {' '.join(w)}", flush=True)

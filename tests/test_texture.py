@@ -441,6 +441,55 @@ def test_the_velocity_control_runs_only_when_the_velocity_is_set_and_points_to_i
     assert float(unset.bias[0][loud] - unset.bias[0][soft]) == pytest.approx(0.0, abs=1e-6)
 
 
+def _velocity_ids(vocab) -> tuple[np.ndarray, np.ndarray]:
+    from perceiver_ar_music.data.events import tables
+    from perceiver_ar_music.data.vocab import VELOCITY
+
+    table = tables(vocab)
+    ids = np.flatnonzero(table.kind == VELOCITY)
+    return ids, table.velocity[ids]
+
+
+def test_the_velocity_pull_peaks_at_the_set_level_and_follows_its_curve(vocab):
+    """With the pull on, the Velocity id nearest the set level gets the largest bias of all
+    Velocity ids, falling off on both sides (no swing past the level); a curve moves the peak."""
+    kept = chords(40, 0.5, 3, 0.4)
+    ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(kept, vocab)]))[None]
+    velocity_ids, levels = _velocity_ids(vocab)
+    for curve, at_end in ((Curve.constant(40.0), 40.0), (Curve.parse("0:100,10:30"), 30.0)):
+        selector = TextureSelector(vocab, [build_target({"velocity": curve}, None)], prompt_len=1, candidates=1,
+                                   velocity_pull=2.0, steer_velocity=0.0)
+        selector.choose(ids, torch.zeros(1), 64)
+        bias = selector.bias[0][velocity_ids].numpy()
+        assert abs(levels[int(np.argmax(bias))] - at_end) <= 4
+        nearest = int(np.argmin(np.abs(levels - at_end)))
+        assert np.all(np.diff(bias[:nearest + 1]) >= 0) and np.all(np.diff(bias[nearest:]) <= 0)
+        assert bias.max() - bias.min() > 1.0  # 2 logits per 32 steps: the far end is well below
+    selector = TextureSelector(vocab, [build_target({"velocity": Curve.constant(40.0)}, None)], prompt_len=1, candidates=1,
+                               velocity_pull=0.0, steer_velocity=0.0)
+    selector.choose(ids, torch.zeros(1), 64)
+    assert float(selector.bias[0][velocity_ids].abs().max()) == 0.0  # pull 0: off
+
+
+def test_the_velocity_control_reads_the_last_seconds_not_the_whole_window(vocab):
+    """Ten loud seconds, then four at the set level: read over the last 4 s the level is reached
+    (no push further down, which would swing past it); read over 12 s it looks too loud."""
+    loud, soft = chords(20, 0.5, 3, 0.4), chords(8, 0.5, 3, 0.4)
+    loud[:, 3], soft[:, 3] = 112.0, 40.0
+    soft[:, 1:3] += 10.0
+    ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(np.concatenate([loud, soft]), vocab)]))[None]
+    velocity_ids, levels = _velocity_ids(vocab)
+    high, low = int(np.argmin(np.abs(levels - 112))), int(np.argmin(np.abs(levels - 24)))
+    tilt = {}
+    for window_s in (4.0, 12.0):
+        selector = TextureSelector(vocab, [build_target({"velocity": Curve.constant(40.0)}, None)], prompt_len=1,
+                                   candidates=1, window_s=12.0, velocity_window_s=window_s, velocity_pull=0.0)
+        selector.choose(ids, torch.zeros(1), 64)
+        bias = selector.bias[0][velocity_ids]
+        tilt[window_s] = float(bias[high] - bias[low])
+    assert abs(tilt[4.0]) < 0.2 and tilt[12.0] < -0.5
+
+
 def test_the_spread_control_reads_the_last_30_seconds_where_the_register_moves(vocab):
     """Three 10-s blocks of chords, each an octave higher: each 12-s stretch is narrow, the last
     30 s are wide. Asked for the 30 s's spread, the control sees no error; reading 12 s it would

@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "steered; x1 holds the primer's range, bass and treble; x1.5 widens it)")
     texture.add_argument("--velocity", type=_curve(*TEXTURE_FLAGS["velocity"]), metavar="V",
                          help="mean MIDI velocity, 1-127, steered when set (default: the primer's, held by the choice of "
-                         "candidates; a set level is reached over a minute or two)")
+                         "candidates; a set level is reached within about a minute)")
     texture.add_argument("--candidates", type=bounded_int(2, MAX_CANDIDATES), default=DEFAULT_CANDIDATES, metavar="K",
                          help=f"candidates drawn per sample (default: {DEFAULT_CANDIDATES}; the cost grows with K)")
     texture.add_argument("--segment-tokens", type=bounded_int(8, 4096), default=DEFAULT_SEGMENT_TOKENS, metavar="N",

@@ -78,6 +78,8 @@ DEFAULT_STEER_LIMIT = 3.0  # the largest bias, in logits
 DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths (beside the NoteOns)
 DEFAULT_STEER_SPREAD = 0.5  # the weight of the pitch-spread control, on when the user sets the spread (0: off)
 DEFAULT_STEER_VELOCITY = 0.5  # the weight of the velocity control, on when the user sets the velocity (0: off)
+DEFAULT_VELOCITY_PULL = 3.0  # with a set velocity: logits per 32 MIDI steps away from it, on Velocity ids (0: off)
+DEFAULT_VELOCITY_WINDOW_S = 4.0  # the velocity control reads this much music: the model repeats its last velocity
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
@@ -323,7 +325,9 @@ class TextureSelector:
     mean pitch (octaves beyond half an octave: a wider spread favours the bass and the treble, a
     narrower one the middle), read over the last `spread_window_s` seconds; and, when the user
     sets the velocity (`--velocity`), the velocity control on Velocity ids by their value (the
-    choice alone does not move it: the model repeats the velocity it last played). The primer's own
+    choice alone does not move it: the model repeats the velocity it last played), read over the
+    last `velocity_window_s` seconds, beside a pull of `velocity_pull` logits per 32 MIDI steps
+    towards the set level (a tilt alone swings past the level while the kept music lags). The primer's own
     spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
     windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
     (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
@@ -347,6 +351,8 @@ class TextureSelector:
     steer_tempo: float = DEFAULT_STEER_TEMPO
     steer_spread: float = DEFAULT_STEER_SPREAD
     steer_velocity: float = DEFAULT_STEER_VELOCITY
+    velocity_pull: float = DEFAULT_VELOCITY_PULL
+    velocity_window_s: float = DEFAULT_VELOCITY_WINDOW_S
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
@@ -368,6 +374,8 @@ class TextureSelector:
         # louder velocities for a louder target: -1 at velocity 32, 0 at 64, +1 at 96
         self._velocity_offset = torch.as_tensor(np.where(table.kind == VELOCITY, (table.velocity - 64.0) / 32.0, 0.0),
                                                 dtype=torch.float32)
+        self._is_velocity = table.kind == VELOCITY
+        self._velocity = table.velocity.astype(np.float32)
         self._pitch = table.pitch.astype(np.float32)
         # shorter time shifts for more notes per second: +1 at 4 steps, 0 at 20, -1 at 100
         steps = np.maximum(table.shift_steps, 1)
@@ -414,6 +422,7 @@ class TextureSelector:
             self._steering.append(Steering())
         controls = np.zeros((samples, 5), dtype=np.float32)
         centers = np.full(samples, 60.0, dtype=np.float32)  # the pitch the spread control measures from
+        levels = np.full(samples, np.nan, dtype=np.float32)  # the set velocity the pull draws towards
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
         for sample in range(samples):
@@ -442,7 +451,14 @@ class TextureSelector:
                         notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
                         spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
-                errors = self._errors(stats, target, seconds, spread_stats, "velocity" in target.steered)
+                velocity_stats = None  # the velocity is steered only when set
+                if "velocity" in target.steered:
+                    velocity_stats = stats
+                    if self.velocity_window_s < self.window_s:  # a faster reading of the level
+                        notes, end, _ = self._recent(ids[first + best], self.velocity_window_s)
+                        velocity_stats = span_stats(notes, max(end - self.velocity_window_s, 0.0), end)
+                    levels[sample] = target.at(seconds).get("velocity_mean", np.nan)
+                errors = self._errors(stats, target, seconds, spread_stats, velocity_stats)
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])
@@ -454,12 +470,21 @@ class TextureSelector:
                 bias = bias + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
             if controls[:, 4].any():  # (a sample with the velocity set)
                 bias = bias + self.steer_velocity * per_row[:, 4:5] * self._velocity_offset
+            if self.velocity_pull > 0 and not np.isnan(levels).all():
+                bias = bias + self._velocity_pull(np.repeat(levels, k))
             self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
             self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
                                   torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
+
+    def _velocity_pull(self, levels: np.ndarray) -> torch.Tensor:
+        """(rows, V): minus `velocity_pull` logits per 32 MIDI steps between each Velocity id and
+        its row's set level (NaN: no pull); 0 for every other id."""
+        distance = np.abs(self._velocity[None, :] - levels[:, None]) / 32.0
+        pull = np.where(self._is_velocity[None, :] & ~np.isnan(levels)[:, None], -self.velocity_pull * distance, 0.0)
+        return torch.as_tensor(pull, dtype=torch.float32)
 
     def _spread_offset(self, centers: np.ndarray) -> torch.Tensor:
         """(rows, V): each NoteOn's distance in octaves from its row's center pitch, less half an
@@ -470,12 +495,13 @@ class TextureSelector:
 
     @staticmethod
     def _errors(stats: MusicStats, target: TextureTarget, seconds: float,
-                spread_stats: MusicStats | None = None, velocity: bool = False) -> dict[str, float]:
+                spread_stats: MusicStats | None = None, velocity_stats: MusicStats | None = None) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio, read
         from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value;
-        with `velocity` (the user set it), the mean velocity's error in units of 32 drives the velocity bias."""
+        the mean velocity's error in units of 32, read from `velocity_stats` (None: not steered, 0), drives
+        the velocity bias."""
         wanted = target.at(seconds)
         def log_ratio(field_name: str, of: MusicStats = stats) -> float:
             if field_name not in wanted:
@@ -490,8 +516,8 @@ class TextureSelector:
         if spread_stats is not None and spread_stats.note_count >= 2:
             spread = log_ratio("pitch_std", spread_stats)
         loudness = 0.0
-        if velocity and "velocity_mean" in wanted and stats.note_count:
-            loudness = (wanted["velocity_mean"] - stats.velocity_mean) / 32.0
+        if velocity_stats is not None and "velocity_mean" in wanted and velocity_stats.note_count:
+            loudness = (wanted["velocity_mean"] - velocity_stats.velocity_mean) / 32.0
         return {"on": density, "off": voices - density, "register": register, "spread": spread, "velocity": loudness}
 
     def _recent(self, row: np.ndarray, window_s: float | None = None) -> tuple[np.ndarray, float, float]:

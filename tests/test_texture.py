@@ -471,6 +471,28 @@ def test_the_velocity_pull_peaks_at_the_set_level_and_follows_its_curve(vocab):
     assert float(selector.bias[0][velocity_ids].abs().max()) == 0.0  # pull 0: off
 
 
+def test_the_velocity_pull_grows_while_the_level_stays_off(vocab):
+    """A model sure of its velocity (the Maple Leaf Rag stuck at 127, p 0.94) outweighs a fixed
+    pull: while the kept music stays off the set level, the pull grows with the control's
+    integral (up to 1 + steer_limit times); with no growth it stays as it was."""
+    kept = chords(40, 0.5, 3, 0.4)
+    kept[:, 3] = 112.0
+    ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(kept, vocab)]))[None]
+    velocity_ids, levels = _velocity_ids(vocab)
+    at, off = int(np.argmin(np.abs(levels - 40))), int(np.argmin(np.abs(levels - 112)))
+    gaps = {}
+    for growth in (0.0, 1.0):
+        selector = TextureSelector(vocab, [build_target({"velocity": Curve.constant(40.0)}, None)], prompt_len=1, candidates=1,
+                                   velocity_pull=2.0, velocity_pull_growth=growth, steer_velocity=0.0)
+        gaps[growth] = []
+        for _ in range(30):
+            selector.choose(ids, torch.zeros(1), 64)
+            bias = selector.bias[0][velocity_ids]
+            gaps[growth].append(float(bias[at] - bias[off]))
+    assert gaps[0.0][0] == pytest.approx(gaps[0.0][-1]) == pytest.approx(2.0 * 72 / 32, abs=0.3)
+    assert np.all(np.diff(gaps[1.0]) >= -1e-6) and gaps[1.0][-1] == pytest.approx(gaps[0.0][0] * (1 + 3.0), rel=0.05)
+
+
 def test_the_velocity_control_reads_the_last_seconds_not_the_whole_window(vocab):
     """Ten loud seconds, then four at the set level: read over the last 4 s the level is reached
     (no push further down, which would swing past it); read over 12 s it looks too loud."""

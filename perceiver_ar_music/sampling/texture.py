@@ -79,6 +79,7 @@ DEFAULT_STEER_TEMPO = 0.5  # the density control's weight on time-shift lengths 
 DEFAULT_STEER_SPREAD = 0.5  # the weight of the pitch-spread control, on when the user sets the spread (0: off)
 DEFAULT_STEER_VELOCITY = 0.5  # the weight of the velocity control, on when the user sets the velocity (0: off)
 DEFAULT_VELOCITY_PULL = 3.0  # with a set velocity: logits per 32 MIDI steps away from it, on Velocity ids (0: off)
+DEFAULT_VELOCITY_PULL_GROWTH = 1.0  # the pull grows by this times the velocity control's integral (0..steer_limit)
 DEFAULT_VELOCITY_WINDOW_S = 4.0  # the velocity control reads this much music: the model repeats its last velocity
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
@@ -327,7 +328,9 @@ class TextureSelector:
     sets the velocity (`--velocity`), the velocity control on Velocity ids by their value (the
     choice alone does not move it: the model repeats the velocity it last played), read over the
     last `velocity_window_s` seconds, beside a pull of `velocity_pull` logits per 32 MIDI steps
-    towards the set level (a tilt alone swings past the level while the kept music lags). The primer's own
+    towards the set level (a tilt alone swings past the level while the kept music lags), which
+    grows by `velocity_pull_growth` times the control's integral while the level stays off (a model
+    sure of its velocity, a rag stuck at 127, outweighs a fixed pull). The primer's own
     spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
     windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
     (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
@@ -352,6 +355,7 @@ class TextureSelector:
     steer_spread: float = DEFAULT_STEER_SPREAD
     steer_velocity: float = DEFAULT_STEER_VELOCITY
     velocity_pull: float = DEFAULT_VELOCITY_PULL
+    velocity_pull_growth: float = DEFAULT_VELOCITY_PULL_GROWTH
     velocity_window_s: float = DEFAULT_VELOCITY_WINDOW_S
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
@@ -423,6 +427,7 @@ class TextureSelector:
         controls = np.zeros((samples, 5), dtype=np.float32)
         centers = np.full(samples, 60.0, dtype=np.float32)  # the pitch the spread control measures from
         levels = np.full(samples, np.nan, dtype=np.float32)  # the set velocity the pull draws towards
+        pulls = np.zeros(samples, dtype=np.float32)
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
         for sample in range(samples):
@@ -462,6 +467,7 @@ class TextureSelector:
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])
+                pulls[sample] = self.velocity_pull * (1.0 + self.velocity_pull_growth * abs(self._steering[sample].integral["velocity"]))
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
@@ -471,7 +477,7 @@ class TextureSelector:
             if controls[:, 4].any():  # (a sample with the velocity set)
                 bias = bias + self.steer_velocity * per_row[:, 4:5] * self._velocity_offset
             if self.velocity_pull > 0 and not np.isnan(levels).all():
-                bias = bias + self._velocity_pull(np.repeat(levels, k))
+                bias = bias + self._velocity_pull(np.repeat(levels, k), np.repeat(pulls, k))
             self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
             device = tokens.device
@@ -479,11 +485,11 @@ class TextureSelector:
                                   torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
 
-    def _velocity_pull(self, levels: np.ndarray) -> torch.Tensor:
-        """(rows, V): minus `velocity_pull` logits per 32 MIDI steps between each Velocity id and
+    def _velocity_pull(self, levels: np.ndarray, pulls: np.ndarray) -> torch.Tensor:
+        """(rows, V): minus `pulls` (per row) logits per 32 MIDI steps between each Velocity id and
         its row's set level (NaN: no pull); 0 for every other id."""
         distance = np.abs(self._velocity[None, :] - levels[:, None]) / 32.0
-        pull = np.where(self._is_velocity[None, :] & ~np.isnan(levels)[:, None], -self.velocity_pull * distance, 0.0)
+        pull = np.where(self._is_velocity[None, :] & ~np.isnan(levels)[:, None], -pulls[:, None] * distance, 0.0)
         return torch.as_tensor(pull, dtype=torch.float32)
 
     def _spread_offset(self, centers: np.ndarray) -> torch.Tensor:

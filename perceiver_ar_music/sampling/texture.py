@@ -467,7 +467,8 @@ class TextureSelector:
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])
-                pulls[sample] = self.velocity_pull * (1.0 + self.velocity_pull_growth * abs(self._steering[sample].integral["velocity"]))
+                wound = abs(self._steering[sample].integral["velocity"])  # how long the level has stayed off
+                pulls[sample] = self.velocity_pull * (1.0 + self.velocity_pull_growth * wound)
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)

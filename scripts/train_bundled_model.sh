@@ -21,7 +21,8 @@
 # Time on the development machine (2 cores, Intel Xeon without AMX, so fp32; torch 2.13 CPU): corpus
 # about 15 min, prepare a few seconds, training 52 min for 8,000 steps at 2 threads (0.39 s/step alone).
 # The result of this recipe is kept as checkpoints/candidate-v3, not shipped: see its card, which also
-# measures two variants (no played windows; played timing only). Judge a run with
+# measures four variants (no played windows or played timing only, each with a 0.75-1.25 and a 0.9-1.1
+# stretch). Judge a run with
 # `bash scripts/judge_candidate.sh checkpoints/$NAME/best` (every figure of the card, one thread).
 # Re-running after an interruption resumes what is done: the corpus skips converted files, prepare
 # keeps what it prepared, and training resumes its run folder (same schedule).

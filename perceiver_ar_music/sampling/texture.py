@@ -453,15 +453,13 @@ class TextureSelector:
                 if "pitch_spread" in target.steered:
                     spread_stats = stats
                     if self.spread_window_s > self.window_s:
-                        notes, end, _ = self._recent(ids[first + best], self.spread_window_s)
-                        spread_stats = span_stats(notes, max(end - self.spread_window_s, 0.0), end)
+                        spread_stats = self._recent_stats(ids[first + best], self.spread_window_s)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
                 velocity_stats = None  # the velocity is steered only when set
                 if "velocity" in target.steered:
                     velocity_stats = stats
                     if self.velocity_window_s < self.window_s:  # a faster reading of the level
-                        notes, end, _ = self._recent(ids[first + best], self.velocity_window_s)
-                        velocity_stats = span_stats(notes, max(end - self.velocity_window_s, 0.0), end)
+                        velocity_stats = self._recent_stats(ids[first + best], self.velocity_window_s)
                     levels[sample] = target.at(seconds).get("velocity_mean", np.nan)
                 errors = self._errors(stats, target, seconds, spread_stats, velocity_stats)
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
@@ -539,6 +537,11 @@ class TextureSelector:
         notes = ids_to_notes(row[first:], self.vocab)
         notes[:, 1:3] += float(clock[first - 1]) if first else 0.0
         return notes, end, end - start_new
+
+    def _recent_stats(self, row: np.ndarray, window_s: float) -> MusicStats:
+        """The figures of one row's last `window_s` seconds of music (a control's own reading)."""
+        notes, end, _ = self._recent(row, window_s)
+        return span_stats(notes, max(end - window_s, 0.0), end)
 
     def _score(self, row: np.ndarray, target: TextureTarget) -> tuple[float, float, MusicStats]:
         """(texture distance, seconds of new music, the recent figures) of one candidate row."""

@@ -417,9 +417,11 @@ def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_th
     assert float(far - unset.bias[0][vocab.note_on_id[center]]) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_velocity_control_runs_only_when_the_velocity_is_set_and_points_to_it(vocab):
+def test_the_velocity_control_points_to_a_set_level_and_holds_the_primers_only_beyond_a_band(vocab):
     """Music at velocity 70 against a set level of 30: louder Velocity ids lose, softer ones gain;
-    against 110 the reverse. The primer's own velocity (not set) gets no velocity bias at all."""
+    against 110 the reverse. The primer's own velocity (not set) gets no bias at all while the
+    music stays within the band of it, and beyond the band a tilt towards it, smaller than a set
+    level's."""
     kept = chords(40, 0.5, 3, 0.4)
     ids = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(kept, vocab)]))[None]
     from perceiver_ar_music.data.events import tables
@@ -435,10 +437,19 @@ def test_the_velocity_control_runs_only_when_the_velocity_is_set_and_points_to_i
         tilt[wanted] = float(selector.bias[0][loud] - selector.bias[0][soft])
     assert tilt[30.0] < -0.5 and tilt[110.0] > 0.5
     figures = primer_figures(chords(40, 0.5, 3, 0.4), 20.0)
-    figures[0]["velocity"] = 110.0  # a primer louder than the kept music: held by the choice, not steered
-    unset = TextureSelector(vocab, [build_target({}, figures)], prompt_len=1, candidates=1)
-    unset.choose(ids, torch.zeros(1), 64)
-    assert float(unset.bias[0][loud] - unset.bias[0][soft]) == pytest.approx(0.0, abs=1e-6)
+    played = figures[0]["velocity"]
+    unset_tilt = {}
+    for primer_level in (played + 11.0, played + 40.0, played - 40.0):
+        figures[0]["velocity"] = primer_level
+        unset = TextureSelector(vocab, [build_target({}, figures)], prompt_len=1, candidates=1)
+        assert unset.velocity_band == 12.0
+        unset.choose(ids, torch.zeros(1), 64)
+        unset_tilt[primer_level - played] = float(unset.bias[0][loud] - unset.bias[0][soft])
+    assert unset_tilt[11.0] == pytest.approx(0.0, abs=1e-6)  # within the band: the primer's dynamics are free
+    assert 0.3 < unset_tilt[40.0] < tilt[110.0] and -tilt[110.0] < unset_tilt[-40.0] < -0.3
+    off = TextureSelector(vocab, [build_target({}, figures)], prompt_len=1, candidates=1, velocity_band=0.0)
+    off.choose(ids, torch.zeros(1), 64)
+    assert float(off.bias[0][loud] - off.bias[0][soft]) == pytest.approx(0.0, abs=1e-6)  # band 0: not held
 
 
 def _velocity_ids(vocab) -> tuple[np.ndarray, np.ndarray]:

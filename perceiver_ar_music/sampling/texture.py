@@ -81,6 +81,7 @@ DEFAULT_STEER_VELOCITY = 0.5  # the weight of the velocity control, on when the 
 DEFAULT_VELOCITY_PULL = 3.0  # with a set velocity: logits per 32 MIDI steps away from it, on Velocity ids (0: off)
 DEFAULT_VELOCITY_PULL_GROWTH = 1.0  # the pull grows by this times the velocity control's integral (0..steer_limit)
 DEFAULT_VELOCITY_WINDOW_S = 4.0  # the velocity control reads this much music: the model repeats its last velocity
+DEFAULT_VELOCITY_BAND = 12.0  # the primer's own level (not set) is held only beyond this many MIDI steps from it (0: not held)
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
@@ -330,7 +331,12 @@ class TextureSelector:
     last `velocity_window_s` seconds, beside a pull of `velocity_pull` logits per 32 MIDI steps
     towards the set level (a tilt alone swings past the level while the kept music lags), which
     grows by `velocity_pull_growth` times the control's integral while the level stays off (a model
-    sure of its velocity, a rag stuck at 127, outweighs a fixed pull). The primer's own
+    sure of its velocity, a rag stuck at 127, outweighs a fixed pull). When the velocity is not
+    set, the primer's own level is held with a dead band: while the kept music's mean velocity
+    over `window_s` stays within `velocity_band` MIDI steps of it, nothing steers it (a primer's
+    dynamics are the model's to play); beyond the band, the same control on the whole error (a
+    dead zone on the error itself took a minute of a rag stuck at 127 to answer) and a pull that
+    grows only with the control's integral bring it back. The primer's own
     spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
     windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
     (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
@@ -357,6 +363,7 @@ class TextureSelector:
     velocity_pull: float = DEFAULT_VELOCITY_PULL
     velocity_pull_growth: float = DEFAULT_VELOCITY_PULL_GROWTH
     velocity_window_s: float = DEFAULT_VELOCITY_WINDOW_S
+    velocity_band: float = DEFAULT_VELOCITY_BAND
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
     bias: torch.Tensor | None = None
@@ -455,27 +462,30 @@ class TextureSelector:
                     if self.spread_window_s > self.window_s:
                         spread_stats = self._recent_stats(ids[first + best], self.spread_window_s)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
-                velocity_stats = None  # the velocity is steered only when set
-                if "velocity" in target.steered:
+                velocity_stats, band, base_pull = None, 0.0, 1.0
+                if "velocity" in target.steered:  # set: steered towards it, read over the last seconds
                     velocity_stats = stats
                     if self.velocity_window_s < self.window_s:  # a faster reading of the level
                         velocity_stats = self._recent_stats(ids[first + best], self.velocity_window_s)
+                elif self.velocity_band > 0:  # the primer's level: held only beyond the band
+                    velocity_stats, band, base_pull = stats, self.velocity_band, 0.0
+                if velocity_stats is not None:
                     levels[sample] = target.at(seconds).get("velocity_mean", np.nan)
-                errors = self._errors(stats, target, seconds, spread_stats, velocity_stats)
+                errors = self._errors(stats, target, seconds, spread_stats, velocity_stats, band)
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])
                 wound = abs(self._steering[sample].integral["velocity"])  # how long the level has stayed off
-                pulls[sample] = self.velocity_pull * (1.0 + self.velocity_pull_growth * wound)
+                pulls[sample] = self.velocity_pull * (base_pull + self.velocity_pull_growth * wound)
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
                     - per_row[:, 1:2] * self._note_off + per_row[:, 2:3] * self._pitch_offset)
             if controls[:, 3].any():
                 bias = bias + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
-            if controls[:, 4].any():  # (a sample with the velocity set)
+            if controls[:, 4].any():  # (a sample with the velocity set, or its primer's level left)
                 bias = bias + self.steer_velocity * per_row[:, 4:5] * self._velocity_offset
-            if self.velocity_pull > 0 and not np.isnan(levels).all():
+            if self.velocity_pull > 0 and (pulls[~np.isnan(levels)] > 0).any():
                 bias = bias + self._velocity_pull(np.repeat(levels, k), np.repeat(pulls, k))
             self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
@@ -500,13 +510,15 @@ class TextureSelector:
 
     @staticmethod
     def _errors(stats: MusicStats, target: TextureTarget, seconds: float,
-                spread_stats: MusicStats | None = None, velocity_stats: MusicStats | None = None) -> dict[str, float]:
+                spread_stats: MusicStats | None = None, velocity_stats: MusicStats | None = None,
+                velocity_band: float = 0.0) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio, read
         from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value;
-        the mean velocity's error in units of 32, read from `velocity_stats` (None: not steered, 0), drives
-        the velocity bias."""
+        the mean velocity's error in units of 32, read from `velocity_stats` (None: not steered, 0),
+        counted only when it exceeds `velocity_band` MIDI steps (within the band: 0), drives the
+        velocity bias."""
         wanted = target.at(seconds)
         def log_ratio(field_name: str, of: MusicStats = stats) -> float:
             if field_name not in wanted:
@@ -522,7 +534,8 @@ class TextureSelector:
             spread = log_ratio("pitch_std", spread_stats)
         loudness = 0.0
         if velocity_stats is not None and "velocity_mean" in wanted and velocity_stats.note_count:
-            loudness = (wanted["velocity_mean"] - velocity_stats.velocity_mean) / 32.0
+            off = wanted["velocity_mean"] - velocity_stats.velocity_mean
+            loudness = (off if abs(off) > velocity_band else 0.0) / 32.0
         return {"on": density, "off": voices - density, "register": register, "spread": spread, "velocity": loudness}
 
     def _recent(self, row: np.ndarray, window_s: float | None = None) -> tuple[np.ndarray, float, float]:

@@ -14,6 +14,7 @@ from perceiver_ar_music.cli import main
 from perceiver_ar_music.sampling.constraints import NoteRules
 from perceiver_ar_music.sampling.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.data.events import ids_to_notes, notes_to_ids
+from perceiver_ar_music.data.vocab import VELOCITY
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.listening.music_stats import music_stats, span_stats
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
@@ -164,8 +165,38 @@ def test_per_row_voice_limits_cap_one_row_and_hold_notes_of_another(vocab):
     assert not free.allowed()[0, off[60]] and free.allowed()[0, off[67]]
 
 
-def test_texture_without_set_voices_samples_as_it_did_before_the_rules_took_limits(vocab, tokenizer, tmp_path):
-    """Attaching the rules changes nothing unless the user set voices (the default path's tokens)."""
+def test_rows_with_a_steered_velocity_follow_each_note_on_with_a_velocity(vocab):
+    """Without the grammar a NoteOn may go without its Velocity (and plays the last one again); a
+    row whose velocity is steered gets only Velocity ids right after a NoteOn, the other rows stay
+    free, and the flag follows a reorder. The selector sets it for a set velocity."""
+    on = vocab.note_on_id
+    seqs = torch.tensor([[vocab.bos_id, on[60]]] * 2)
+    rules = NoteRules(vocab, grammar=False, max_polyphony=12)
+    rules.row_limits = True
+    rules.observe(seqs)
+    rules.limit_rows(None, None, torch.tensor([True, False]))
+    allowed = rules.allowed()
+    velocity_ids = torch.as_tensor(np.asarray(vocab.kind) == VELOCITY)
+    assert torch.equal(allowed[0], velocity_ids)
+    assert allowed[1, on[64]] and allowed[1, vocab.shift_id[10]]
+    rules.reorder(torch.tensor([1, 1]))
+    assert not rules.row_velocity.any()
+    after_velocity = torch.cat([seqs, torch.full((2, 1), vocab.velocity.index(63))], dim=1)
+    rules.limit_rows(None, None, torch.tensor([True, True]))
+    rules.observe(after_velocity)
+    assert rules.allowed()[0, on[64]]  # no longer due
+    selector = TextureSelector(vocab, [build_target({"velocity": Curve.constant(40.0)}, None)], prompt_len=1, candidates=2)
+    ruled = NoteRules(vocab, grammar=False, max_polyphony=12)
+    selector.attach(ruled)
+    kept = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(chords(40, 0.5, 3, 0.4), vocab)]))[None]
+    ruled.observe(kept.expand(2, -1))
+    selector.choose(kept.expand(2, -1), torch.zeros(2), 64)
+    assert ruled.row_velocity.tolist() == [True, True]
+
+
+def test_texture_without_limits_samples_as_it_did_before_the_rules_took_limits(vocab, tokenizer, tmp_path):
+    """Attaching the rules changes nothing while the selector sets no limit (no set voices, the
+    default cap and the velocity hold off): the limits are the only way the rules change tokens."""
     from perceiver_ar_music.model.checkpoint import load_model
 
     model = load_model(write_tiny_checkpoint(tmp_path, tokenizer)).model.eval()
@@ -174,7 +205,8 @@ def test_texture_without_set_voices_samples_as_it_did_before_the_rules_took_limi
     outs = []
     for attach in (False, True):
         selector = TextureSelector(vocab, [build_target({"density": Curve.parse("x0.5")}, primer)], 1,
-                                   candidates=2, segment_tokens=16, window_s=4.0)
+                                   candidates=2, segment_tokens=16, window_s=4.0, voices_cap_slack=-1.0,
+                                   velocity_band=0.0)
         rules = NoteRules(vocab, grammar=False, max_polyphony=12, max_note_steps=400)
         if attach:
             selector.attach(rules)
@@ -192,7 +224,12 @@ def test_voices_set_by_the_user_become_a_cap_and_a_hold_in_the_rules(vocab):
     assert cap == math.ceil(wanted["max_polyphony"]) and cap < primer[0]["max_voices"]
     assert hold == pytest.approx(selector.hold * wanted["mean_polyphony"] / wanted["notes_per_second"])
     plain = TextureSelector(vocab, [build_target({}, primer)], 1)
-    assert plain.voice_limits(plain.targets[0], 0.0) == (0, 0.0)  # the primer's own voices: no limits
+    primer_max = primer[0]["max_voices"]
+    assert plain.voice_limits(plain.targets[0], 0.0) == (math.ceil(primer_max + 1), 0.0)  # the primer's own voices: a cap
+    no_cap = TextureSelector(vocab, [build_target({}, primer)], 1, voices_cap_slack=-1.0)
+    assert no_cap.voice_limits(no_cap.targets[0], 0.0) == (0, 0.0)
+    denser = TextureSelector(vocab, [build_target({"density": Curve.parse("x2")}, primer)], 1)
+    assert denser.voice_limits(denser.targets[0], 0.0) == (0, 0.0)  # another density: the primer's max does not hold
     rules = NoteRules(vocab, grammar=True, max_note_steps=400)
     selector.attach(rules)
     prompt = np.asarray(notes_to_ids(chords(40, 0.5, 4, 1.0), vocab), dtype=np.int64)

@@ -9,7 +9,9 @@ and whether a Velocity is due, and applies up to three rules, each optional:
 - **polyphony cap** (`max_polyphony` P): no NoteOn while P notes sound (a masked token).
 - **per-row voice limits** (`limit_rows`, set while sampling by texture steering): a lower
   polyphony cap for some rows, and a minimum note length (no NoteOff of a note younger than
-  M grid steps), so that a sample can be held to fewer or more voices than it would write.
+  M grid steps), so that a sample can be held to fewer or more voices than it would write; and
+  for rows whose velocity is steered, a Velocity right after each NoteOn (a NoteOn without one
+  plays the last velocity again, so a model could keep a level by skipping the tokens steered).
 - **maximum note duration** (`max_note_steps` D): when the drawn token is a TimeShift that would
   carry a sounding note past D grid steps, the NoteOff of the oldest sounding note is emitted
   in its place (`amend`) and the shift is kept back; once no note is too old any more, the kept
@@ -84,6 +86,7 @@ class NoteRules:
         self.kept: torch.Tensor | None = None  # (b,) the shift held back by `amend`, else NOTHING
         self.row_polyphony: torch.Tensor | None = None  # (b,) per-row caps (`limit_rows`)
         self.row_min_steps: torch.Tensor | None = None  # (b,) per-row minimum note lengths
+        self.row_velocity: torch.Tensor | None = None  # (b,) rows that must follow a NoteOn with a Velocity
         self.row_limits = False  # whether `limit_rows` may be called (the sampler asks `masks` once)
         self.seen = 0
 
@@ -92,14 +95,17 @@ class NoteRules:
         """Whether `__call__` can mask anything (else callers may skip it)."""
         return self.grammar or self.max_polyphony is not None or self.row_limits
 
-    def limit_rows(self, max_polyphony: torch.Tensor | None, min_note_steps: torch.Tensor | None) -> None:
-        """Per-row voice limits from now on: a polyphony cap (b,) (below the global one, if any)
-        and a minimum note length in grid steps (b,) (0: none); None leaves a limit off. Needs
-        `row_limits` set before sampling starts."""
+    def limit_rows(self, max_polyphony: torch.Tensor | None, min_note_steps: torch.Tensor | None,
+                   velocity_after_on: torch.Tensor | None = None) -> None:
+        """Per-row limits from now on: a polyphony cap (b,) (below the global one, if any), a
+        minimum note length in grid steps (b,) (0: none), and the rows (b,) bool whose NoteOns
+        must be followed by a Velocity; None leaves a limit off. Needs `row_limits` set before
+        sampling starts."""
         if not self.row_limits:
             raise RuntimeError("limit_rows needs NoteRules.row_limits = True before sampling")
         self.row_polyphony = max_polyphony
         self.row_min_steps = min_note_steps
+        self.row_velocity = velocity_after_on
 
     def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
         """Allowed next tokens (b, V) for sequences (b, L) that extend those seen before."""
@@ -163,6 +169,8 @@ class NoteRules:
             allowed = allowed & ~(self.note_off & young)
         if self.grammar:
             allowed = torch.where(self.velocity_due[:, None], self.velocity_only, allowed)
+        elif self.row_velocity is not None:
+            allowed = torch.where((self.velocity_due & self.row_velocity)[:, None], self.velocity_only, allowed)
         return allowed.expand(self.onset.shape[0], -1)
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -174,6 +182,8 @@ class NoteRules:
             self.row_polyphony = self.row_polyphony[rows]
         if self.row_min_steps is not None:
             self.row_min_steps = self.row_min_steps[rows]
+        if self.row_velocity is not None:
+            self.row_velocity = self.row_velocity[rows]
 
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """The tokens (b,) to emit after `sequences` (b, L) given the drawn ones `new`: a shift

@@ -252,7 +252,7 @@ def continue_ids(
             stop_for_budget = bar(step, new)  # (always counted, so the bar stays right)
             return bool(on_step(step, new)) or stop_for_budget
     if texture is not None and rules is not None:
-        texture.attach(rules)  # voices set by the user are also held through the rules' limits
+        texture.attach(rules)  # voices and steered velocities are also held through the rules' limits
     start = time.perf_counter()
     try:
         out = sample_ids(

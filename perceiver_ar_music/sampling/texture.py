@@ -84,6 +84,7 @@ DEFAULT_VELOCITY_WINDOW_S = 4.0  # the velocity control reads this much music: t
 DEFAULT_VELOCITY_BAND = 12.0  # the primer's own level (not set) is held only beyond this many MIDI steps from it (0: not held)
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
+DEFAULT_VOICES_CAP_SLACK = 1.0  # voices not set: no NoteOn beyond the target's max voices + this (< 0: no cap)
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 
@@ -366,6 +367,7 @@ class TextureSelector:
     velocity_band: float = DEFAULT_VELOCITY_BAND
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
     hold: float = DEFAULT_HOLD
+    voices_cap_slack: float = DEFAULT_VOICES_CAP_SLACK
     bias: torch.Tensor | None = None
     rules: NoteRules | None = None
 
@@ -394,18 +396,26 @@ class TextureSelector:
                                              dtype=torch.float32)
 
     def attach(self, rules: NoteRules) -> None:
-        """Steer voices through `rules` too (see `voice_limits`); call before sampling starts."""
+        """Hold voices and steered velocities through `rules` too (`voice_limits`, a Velocity after
+        each NoteOn of a row whose velocity is steered); call before sampling starts."""
         rules.row_limits = True
         self.rules = rules
 
     def voice_limits(self, target: TextureTarget, seconds: float) -> tuple[int, float]:
-        """(polyphony cap, minimum note length in seconds) for a sample whose voices the user
-        set: the cap is the target's max voices (rounded up); no note is released before `hold`
-        times the target's mean note length (voices / density), so block chords cannot halve the
-        voices by ending early, nor stay short when more voices are asked. (0, 0.0): no limit."""
-        if "voices" not in target.steered:
-            return 0, 0.0
+        """(polyphony cap, minimum note length in seconds) of a sample. Voices set by the user:
+        the cap is the target's max voices (rounded up); no note is released before `hold` times
+        the target's mean note length (voices / density), so block chords cannot halve the voices
+        by ending early, nor stay short when more voices are asked. Neither voices nor density
+        set: a cap of the target's max voices (the primer's) plus `voices_cap_slack`, rounded up,
+        and no minimum length (the choice alone let notes held over the next chord take a quartet
+        of four voices to five or six). A density set alone gets no cap: the primer's max voices
+        do not hold at another density (at half the chorale's, one seed fell silent for 30 s
+        against it). (0, 0.0): no limit."""
         wanted = target.at(seconds)
+        if "voices" not in target.steered:
+            if self.voices_cap_slack < 0 or "max_polyphony" not in wanted or "density" in target.steered:
+                return 0, 0.0
+            return max(math.ceil(wanted["max_polyphony"] + self.voices_cap_slack), 1), 0.0
         cap = math.ceil(wanted.get("max_polyphony", 0.0))
         mean_length = wanted["mean_polyphony"] / max(wanted.get("notes_per_second", 0.0), RATIO_FLOOR)
         return max(cap, 1) if cap else 0, self.hold * mean_length if "notes_per_second" in wanted else 0.0
@@ -437,6 +447,7 @@ class TextureSelector:
         pulls = np.zeros(samples, dtype=np.float32)
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
+        steered_velocity = np.zeros(samples, dtype=bool)  # a Velocity after each NoteOn, for the rules
         for sample in range(samples):
             target = self._target(sample, samples)
             first = sample * k
@@ -477,6 +488,8 @@ class TextureSelector:
                                     control["velocity"])
                 wound = abs(self._steering[sample].integral["velocity"])  # how long the level has stayed off
                 pulls[sample] = self.velocity_pull * (base_pull + self.velocity_pull_growth * wound)
+                steered_velocity[sample] = velocity_stats is not None and (
+                    base_pull > 0 or control["velocity"] != 0 or wound > 0)
         if self.steer_limit > 0:
             per_row = torch.as_tensor(np.repeat(controls, k, axis=0))
             bias = (per_row[:, :1] * (self._note_on + self.steer_tempo * self._tempo_offset)
@@ -488,10 +501,12 @@ class TextureSelector:
             if self.velocity_pull > 0 and (pulls[~np.isnan(levels)] > 0).any():
                 bias = bias + self._velocity_pull(np.repeat(levels, k), np.repeat(pulls, k))
             self.bias = bias.to(tokens.device)
-        if self.rules is not None:  # (no sample with set voices: no limits, the rules as they were)
+        if self.rules is not None:  # (no limit of any kind: the rules as they were)
             device = tokens.device
             self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
-                                  torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None)
+                                  torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None,
+                                  torch.as_tensor(np.repeat(steered_velocity, k), device=device)
+                                  if steered_velocity.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
 
     def _velocity_pull(self, levels: np.ndarray, pulls: np.ndarray) -> torch.Tensor:

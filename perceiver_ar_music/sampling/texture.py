@@ -7,7 +7,11 @@ candidate whose recent music sits closest to the target, copying its state (toke
 caches, guard state) over the other k - 1 rows (`sampling.sample_ids` does the copying; no
 re-prefill). Between choices the candidates are the model's draws under a small logit bias that
 steers them towards the target (`TextureSelector`: note-ons, time-shift lengths, note-offs,
-pitches, and velocities when set); their likelihood is measured without it.
+pitches, and velocities when set or when they leave the primer's level by more than a band); their
+likelihood is measured without it. Through the guards (`NoteRules.limit_rows`) the selector also
+caps the voices (at the most the user's voices imply; with neither voices nor density set, at
+the primer's most plus one) and asks a velocity token after every note-on of a sample whose
+velocity it steers.
 
 A candidate's score is its segment's mean log-likelihood under the model, times
 `likelihood_weight`, minus its texture distance: the figures of the last `window_s` seconds of

@@ -157,12 +157,12 @@ class NoteRules:
         if self.grammar:
             sounding_ids = self.onset[:, self.column_of_id] < SILENT  # (b, V): a note id's pitch sounds
             allowed = allowed & torch.where(self.note_on, ~sounding_ids, torch.where(self.note_off, sounding_ids, True))
-        if self.max_polyphony is not None:  # (the spare column is always SILENT: no slice needed)
-            full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.max_polyphony
-            allowed = torch.where(full, allowed & self.not_note_on, allowed)
-        if self.row_polyphony is not None:
-            full = (self.onset < SILENT).sum(dim=1, keepdim=True) >= self.row_polyphony[:, None]
-            allowed = torch.where(full, allowed & self.not_note_on, allowed)
+        if self.max_polyphony is not None or self.row_polyphony is not None:  # the caps: one count, one mask
+            sounding = (self.onset < SILENT).sum(dim=1, keepdim=True)  # (the spare column is always SILENT)
+            cap = self.max_polyphony if self.max_polyphony is not None else self.row_polyphony[:, None]
+            if self.max_polyphony is not None and self.row_polyphony is not None:
+                cap = torch.clamp(self.row_polyphony[:, None], max=self.max_polyphony)
+            allowed = torch.where(sounding >= cap, allowed & self.not_note_on, allowed)
         if self.row_min_steps is not None:  # a sounding note's NoteOff only once it is M steps old
             onset = self.onset[:, self.column_of_id]
             young = (onset < SILENT) & (self.clock[:, None] - onset < self.row_min_steps[:, None])

@@ -502,7 +502,7 @@ class TextureSelector:
                 bias = bias + self.steer_spread * per_row[:, 3:4] * self._spread_offset(np.repeat(centers, k))
             if controls[:, 4].any():  # (a sample with the velocity set, or its primer's level left)
                 bias = bias + self.steer_velocity * per_row[:, 4:5] * self._velocity_offset
-            if self.velocity_pull > 0 and (pulls[~np.isnan(levels)] > 0).any():
+            if (pulls[~np.isnan(levels)] > 0).any():  # (no pull, or no sample it applies to: nothing to add)
                 bias = bias + self._velocity_pull(np.repeat(levels, k), np.repeat(pulls, k))
             self.bias = bias.to(tokens.device)
         if self.rules is not None:  # (no limit of any kind: the rules as they were)

@@ -446,12 +446,46 @@ def test_a_narrow_register_gets_a_bias_towards_bass_and_treble_and_a_wide_one_th
         far = (bias[vocab.note_on_id[center + 24]] + bias[vocab.note_on_id[center - 24]]) / 2
         bias_at[name] = float(far - bias[vocab.note_on_id[center]])
     assert bias_at["too narrow"] > 0.5 and bias_at["too wide"] < -0.5
-    # the primer's own spread, not set by the user, is held by the choice alone: no spread bias
+    # the primer's own spread, not set by the user: held from below by default (far narrower here)
     unset = TextureSelector(vocab, [build_target({}, primer_figures(wide, 20.0))], prompt_len=1, candidates=1)
+    assert unset.spread_floor == 0.8
     unset.choose(torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(narrow, vocab)]))[None], torch.zeros(1), 64)
-    center = round(unset.targets[0].at(0.0)["pitch_mean"])
-    far = (unset.bias[0][vocab.note_on_id[center + 24]] + unset.bias[0][vocab.note_on_id[center - 24]]) / 2
-    assert float(far - unset.bias[0][vocab.note_on_id[center]]) == pytest.approx(0.0, abs=1e-6)
+    assert _far_over_middle(unset, vocab) > 0.5
+
+
+def _far_over_middle(selector, vocab) -> float:
+    """The spread bias: the NoteOns two octaves either side of the target's mean pitch against it."""
+    center = round(selector.targets[0].at(0.0)["pitch_mean"])
+    bias = selector.bias[0]
+    return float((bias[vocab.note_on_id[center + 24]] + bias[vocab.note_on_id[center - 24]]) / 2 - bias[vocab.note_on_id[center]])
+
+
+def test_the_primers_spread_is_widened_only_below_the_floor_and_the_widening_wears_off(vocab):
+    """The primer's spread, not set by the user: music narrower than `spread_floor` times it gets
+    the spread bias towards bass and treble; music above the floor, or wider than the primer, none
+    (one-sided: a wider continuation is the model's to play); once above the floor again, the
+    control's integral shrinks by SPREAD_LEAK each choice. Floor 0: never steered."""
+    from perceiver_ar_music.sampling.texture import SPREAD_LEAK
+
+    narrow, wide = chords(40, 0.5, 3, 0.4, pitch=60), chords(40, 0.5, 3, 0.4, pitch=40)
+    wide[1::3, 0] += 36
+    as_ids = lambda notes: torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(notes, vocab)]))[None]
+    wide_target = build_target({}, primer_figures(wide, 20.0))
+    floored = TextureSelector(vocab, [wide_target], prompt_len=1, candidates=1, spread_floor=0.8)
+    floored.choose(as_ids(narrow), torch.zeros(1), 64)
+    assert _far_over_middle(floored, vocab) > 0.5
+    wound = floored._steering[0].integral["spread"]
+    assert wound > 0
+    floored.choose(as_ids(wide), torch.zeros(1), 64)  # back above the floor: no error, the integral leaks
+    assert floored._steering[0].integral["spread"] == pytest.approx(wound * SPREAD_LEAK)
+    for music, primer in ((wide, narrow), (narrow, narrow)):  # wider than the primer, or the same: nothing
+        selector = TextureSelector(vocab, [build_target({}, primer_figures(primer, 20.0))], prompt_len=1, candidates=1,
+                                   spread_floor=0.8)
+        selector.choose(as_ids(music), torch.zeros(1), 64)
+        assert _far_over_middle(selector, vocab) == pytest.approx(0.0, abs=1e-6)
+    off = TextureSelector(vocab, [wide_target], prompt_len=1, candidates=1, spread_floor=0.0)
+    off.choose(as_ids(narrow), torch.zeros(1), 64)
+    assert _far_over_middle(off, vocab) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_velocity_control_points_to_a_set_level_and_holds_the_primers_only_beyond_a_band(vocab):

@@ -103,11 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="mean pitch, a MIDI number or a name like C4 (default: the primer's)")
     texture.add_argument("--spread", type=_curve(*TEXTURE_FLAGS["spread"]), metavar="SEMITONES",
                          help="how far the pitches spread around the register: their standard deviation in "
-                         "semitones, 0.5-48, steered when set (default: the candidates are chosen by it, not "
-                         "steered; x1 holds the primer's range, bass and treble; x1.5 widens it)")
+                         "semitones, 0.5-48, steered when set (default: the primer's, widened again only when the music "
+                         "narrows below 0.8x of it; x1 holds it both ways; x1.5 widens it)")
     texture.add_argument("--velocity", type=_curve(*TEXTURE_FLAGS["velocity"]), metavar="V",
-                         help="mean MIDI velocity, 1-127, steered when set (default: the primer's, held by the choice of "
-                         "candidates; a set level is reached within about a minute)")
+                         help="mean MIDI velocity, 1-127, steered when set (default: the primer's, steered back only when "
+                         "the music leaves it by more than 12 steps; a set level is reached within about a minute)")
     texture.add_argument("--candidates", type=bounded_int(2, MAX_CANDIDATES), default=DEFAULT_CANDIDATES, metavar="K",
                          help=f"candidates drawn per sample (default: {DEFAULT_CANDIDATES}; the cost grows with K)")
     texture.add_argument("--segment-tokens", type=bounded_int(8, 4096), default=DEFAULT_SEGMENT_TOKENS, metavar="N",

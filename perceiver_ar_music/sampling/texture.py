@@ -7,8 +7,9 @@ candidate whose recent music sits closest to the target, copying its state (toke
 caches, guard state) over the other k - 1 rows (`sampling.sample_ids` does the copying; no
 re-prefill). Between choices the candidates are the model's draws under a small logit bias that
 steers them towards the target (`TextureSelector`: note-ons, time-shift lengths, note-offs,
-pitches, and velocities when set or when they leave the primer's level by more than a band); their
-likelihood is measured without it. Through the guards (`NoteRules.limit_rows`) the selector also
+pitches, the pitch spread when set or when it narrows below a floor of the primer's, and
+velocities when set or when they leave the primer's level by more than a band); their likelihood
+is measured without it. Through the guards (`NoteRules.limit_rows`) the selector also
 caps the voices (at the most the user's voices imply; with neither voices nor density set, at
 the primer's most plus one) and asks a velocity token after every note-on of a sample whose
 velocity it steers.
@@ -87,6 +88,8 @@ DEFAULT_VELOCITY_PULL_GROWTH = 1.0  # the pull grows by this times the velocity 
 DEFAULT_VELOCITY_WINDOW_S = 4.0  # the velocity control reads this much music: the model repeats its last velocity
 DEFAULT_VELOCITY_BAND = 12.0  # the primer's own level (not set) is held only beyond this many MIDI steps from it (0: not held)
 DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the register wanders within 30-s windows
+DEFAULT_SPREAD_FLOOR = 0.8  # spread not set: widened only when narrower than this share of the target's (0: off)
+SPREAD_LEAK = 0.7  # the spread control's integral, kept per segment while the music is above the floor
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
 DEFAULT_VOICES_CAP_SLACK = 1.0  # voices not set: no NoteOn beyond the target's max voices + this (< 0: no cap)
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
@@ -342,9 +345,12 @@ class TextureSelector:
     dynamics are the model's to play); beyond the band, the same control on the whole error (a
     dead zone on the error itself took a minute of a rag stuck at 127 to answer) and a pull that
     grows only with the control's integral bring it back. The primer's own
-    spread is held by the choice alone: steering it too (`--spread x1`) holds it in 89-98% of
-    windows instead of 66%, but the bundled model pays 0.12 nats/token more for a madrigal's range
-    (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
+    spread (not set) is held from below: the same spread control acts, on its whole error, only
+    while the kept music's spread over `spread_window_s` is under `spread_floor` times the
+    target's (a continuation settling in the middle of the keyboard, the bass gone), and above the
+    floor its integral leaks away (`SPREAD_LEAK` per choice); a wider continuation is left alone.
+    Steering it both ways on every segment (`--spread x1`) costs the bundled model 0.12
+    nats/token on a madrigal's range, the floor 0.08 (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
     the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
 
     `targets`: one per sample, or one for all; None entries are anchored on the sample's own
@@ -370,6 +376,7 @@ class TextureSelector:
     velocity_window_s: float = DEFAULT_VELOCITY_WINDOW_S
     velocity_band: float = DEFAULT_VELOCITY_BAND
     spread_window_s: float = DEFAULT_SPREAD_WINDOW_S
+    spread_floor: float = DEFAULT_SPREAD_FLOOR
     hold: float = DEFAULT_HOLD
     voices_cap_slack: float = DEFAULT_VOICES_CAP_SLACK
     bias: torch.Tensor | None = None
@@ -471,12 +478,14 @@ class TextureSelector:
             if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
                 holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
             if self.steer_limit > 0:
-                spread_stats = None  # the spread is steered only when asked (see the docstring)
-                if "pitch_spread" in target.steered:
+                spread_stats, spread_floor = None, 0.0  # the spread is steered when asked, or held above a floor
+                if "pitch_spread" in target.steered or self.spread_floor > 0:
                     spread_stats = stats
                     if self.spread_window_s > self.window_s:
                         spread_stats = self._recent_stats(ids[first + best], self.spread_window_s)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
+                    if "pitch_spread" not in target.steered:
+                        spread_floor = self.spread_floor
                 velocity_stats, band, base_pull = None, 0.0, 1.0
                 if "velocity" in target.steered:  # set: steered towards it, read over the last seconds
                     velocity_stats = stats
@@ -486,7 +495,9 @@ class TextureSelector:
                     velocity_stats, band, base_pull = stats, self.velocity_band, 0.0
                 if velocity_stats is not None:
                     levels[sample] = target.at(seconds).get("velocity_mean", np.nan)
-                errors = self._errors(stats, target, seconds, spread_stats, velocity_stats, band)
+                errors = self._errors(stats, target, seconds, spread_stats, velocity_stats, band, spread_floor)
+                if spread_floor and errors["spread"] == 0.0:  # above the floor: the widening wears off
+                    self._steering[sample].integral["spread"] *= SPREAD_LEAK
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])
@@ -530,11 +541,12 @@ class TextureSelector:
     @staticmethod
     def _errors(stats: MusicStats, target: TextureTarget, seconds: float,
                 spread_stats: MusicStats | None = None, velocity_stats: MusicStats | None = None,
-                velocity_band: float = 0.0) -> dict[str, float]:
+                velocity_band: float = 0.0, spread_floor: float = 0.0) -> dict[str, float]:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio, read
-        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value;
+        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value (with a `spread_floor`, the primer's
+        spread held from below: counted only while the music is narrower than the floor times it);
         the mean velocity's error in units of 32, read from `velocity_stats` (None: not steered, 0),
         counted only when it exceeds `velocity_band` MIDI steps (within the band: 0), drives the
         velocity bias."""
@@ -551,6 +563,8 @@ class TextureSelector:
         spread = 0.0
         if spread_stats is not None and spread_stats.note_count >= 2:
             spread = log_ratio("pitch_std", spread_stats)
+            if spread_floor and spread < -math.log(spread_floor) + 1e-12:  # held only below the floor, and wider
+                spread = 0.0
         loudness = 0.0
         if velocity_stats is not None and "velocity_mean" in wanted and velocity_stats.note_count:
             off = wanted["velocity_mean"] - velocity_stats.velocity_mean

@@ -464,7 +464,8 @@ def test_the_primers_spread_is_widened_only_below_the_floor_and_the_widening_wea
     """The primer's spread, not set by the user: music narrower than `spread_floor` times it gets
     the spread bias towards bass and treble; music above the floor, or wider than the primer, none
     (one-sided: a wider continuation is the model's to play); once above the floor again, the
-    control's integral shrinks by SPREAD_LEAK each choice. Floor 0: never steered."""
+    control's integral shrinks by SPREAD_LEAK each choice. Floor 0, or a density set by the
+    user: never steered."""
     from perceiver_ar_music.sampling.texture import SPREAD_LEAK
 
     narrow, wide = chords(40, 0.5, 3, 0.4, pitch=60), chords(40, 0.5, 3, 0.4, pitch=40)
@@ -486,6 +487,11 @@ def test_the_primers_spread_is_widened_only_below_the_floor_and_the_widening_wea
     off = TextureSelector(vocab, [wide_target], prompt_len=1, candidates=1, spread_floor=0.0)
     off.choose(as_ids(narrow), torch.zeros(1), 64)
     assert _far_over_middle(off, vocab) == pytest.approx(0.0, abs=1e-6)
+    # a density set by the user comes first: no floor (its bias on far NoteOns would fight it)
+    density_set = build_target({"density": Curve.constant(2.0)}, primer_figures(wide, 20.0))
+    steered = TextureSelector(vocab, [density_set], prompt_len=1, candidates=1, spread_floor=0.8)
+    steered.choose(as_ids(narrow), torch.zeros(1), 64)
+    assert _far_over_middle(steered, vocab) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_velocity_control_points_to_a_set_level_and_holds_the_primers_only_beyond_a_band(vocab):

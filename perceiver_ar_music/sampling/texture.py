@@ -93,7 +93,9 @@ DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the 
 DEFAULT_SPREAD_FLOOR = 0.8  # spread not set: widened only when narrower than this share of the target's (0: off)
 SPREAD_LEAK = 0.7  # the spread control's integral, kept per segment while the music is above the floor
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
-DEFAULT_LENGTH_CAP = 0.0  # no note longer than this times the target's longest (p99) notes (0: off)
+# no note longer than this times the target's longest (p99) notes (0: off; a research knob: at 2-3x it
+# ends the held notes of fast primers but costs 0.1-0.25 nats/token and voices, docs/benchmarks.md)
+DEFAULT_LENGTH_CAP = 0.0
 MIN_LENGTH_CAP_S = 1.0  # ... nor capped under this many seconds
 DEFAULT_VOICES_CAP_SLACK = 1.0  # voices not set: no NoteOn beyond the target's max voices + this (< 0: no cap)
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")

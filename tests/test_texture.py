@@ -194,43 +194,6 @@ def test_rows_with_a_steered_velocity_follow_each_note_on_with_a_velocity(vocab)
     assert ruled.row_velocity.tolist() == [True, True]
 
 
-def test_a_rows_own_longest_note_is_released_as_the_guard_releases_and_follows_a_reorder(vocab):
-    """`limit_rows(max_note_steps=...)`: a row's note is released (a forced NoteOff, the shift
-    kept back) once the row's own limit would be passed, below the global one; a row without a
-    lower limit keeps the global guard; with no global guard the row limit still holds; the limit
-    follows a reorder. The selector sets it at `length_cap` times the target's longest notes,
-    never under MIN_LENGTH_CAP_S."""
-    from perceiver_ar_music.sampling.texture import MIN_LENGTH_CAP_S
-
-    on, off, shift = vocab.note_on_id, vocab.note_off_id, vocab.shift_id
-    velocity = vocab.velocity.index(63)
-    seqs = torch.tensor([[vocab.bos_id, on[60], velocity, shift[100], shift[50]]] * 2)  # 60 sounds 150 steps
-    drawn = torch.tensor([shift[60]] * 2)
-    for global_steps in (250, None):
-        rules = NoteRules(vocab, grammar=False, max_note_steps=global_steps)
-        rules.row_limits = True
-        rules.observe(seqs)
-        rules.limit_rows(None, None, None, torch.tensor([200, 10_000]))
-        emitted = rules.amend(drawn, seqs).tolist()
-        # row 0: 150 + 60 > 200, released; row 1: 210 is within the global 250 (or no limit at all)
-        assert emitted == [off[60], shift[60]]
-    rules.reorder(torch.tensor([0, 0]))
-    assert rules.row_max_steps.tolist() == [200, 200]
-    short = build_target({}, primer_figures(chords(40, 0.5, 3, 0.2), 20.0))  # notes of 0.2 s
-    long = build_target({}, primer_figures(chords(20, 1.0, 3, 0.9), 20.0))
-    for target, expected in ((short, MIN_LENGTH_CAP_S), (long, 2 * 0.9)):
-        selector = TextureSelector(vocab, [target], prompt_len=1, candidates=1, length_cap=2.0)
-        assert selector.longest_note(target, 0.0) == pytest.approx(expected, abs=0.02)
-        ruled = NoteRules(vocab, grammar=False, max_note_steps=400)
-        selector.attach(ruled)
-        kept = torch.as_tensor(np.concatenate([[vocab.bos_id], notes_to_ids(chords(40, 0.5, 3, 0.4), vocab)]))[None]
-        ruled.observe(kept)
-        selector.choose(kept, torch.zeros(1), 64)
-        assert ruled.row_max_steps.tolist() == [round(expected / vocab.seconds_per_step)]
-    unset = TextureSelector(vocab, [long], prompt_len=1, candidates=1, length_cap=0.0)
-    assert unset.longest_note(long, 0.0) == 0.0
-
-
 def test_texture_without_limits_samples_as_it_did_before_the_rules_took_limits(vocab, tokenizer, tmp_path):
     """Attaching the rules changes nothing while the selector sets no limit (no set voices, the
     default cap and the velocity hold off): the limits are the only way the rules change tokens."""

@@ -11,8 +11,7 @@ and whether a Velocity is due, and applies up to three rules, each optional:
   polyphony cap for some rows, and a minimum note length (no NoteOff of a note younger than
   M grid steps), so that a sample can be held to fewer or more voices than it would write; and
   for rows whose velocity is steered, a Velocity right after each NoteOn (a NoteOn without one
-  plays the last velocity again, so a model could keep a level by skipping the tokens steered);
-  and a per-row maximum note length, released as the maximum duration below releases notes.
+  plays the last velocity again, so a model could keep a level by skipping the tokens steered).
 - **maximum note duration** (`max_note_steps` D): when the drawn token is a TimeShift that would
   carry a sounding note past D grid steps, the NoteOff of the oldest sounding note is emitted
   in its place (`amend`) and the shift is kept back; once no note is too old any more, the kept
@@ -88,7 +87,6 @@ class NoteRules:
         self.row_polyphony: torch.Tensor | None = None  # (b,) per-row caps (`limit_rows`)
         self.row_min_steps: torch.Tensor | None = None  # (b,) per-row minimum note lengths
         self.row_velocity: torch.Tensor | None = None  # (b,) rows that must follow a NoteOn with a Velocity
-        self.row_max_steps: torch.Tensor | None = None  # (b,) per-row maximum note lengths (`amend`)
         self.row_limits = False  # whether `limit_rows` may be called (the sampler asks `masks` once)
         self.seen = 0
 
@@ -98,18 +96,16 @@ class NoteRules:
         return self.grammar or self.max_polyphony is not None or self.row_limits
 
     def limit_rows(self, max_polyphony: torch.Tensor | None, min_note_steps: torch.Tensor | None,
-                   velocity_after_on: torch.Tensor | None = None, max_note_steps: torch.Tensor | None = None) -> None:
+                   velocity_after_on: torch.Tensor | None = None) -> None:
         """Per-row limits from now on: a polyphony cap (b,) (below the global one, if any), a
-        minimum note length in grid steps (b,) (0: none), the rows (b,) bool whose NoteOns must be
-        followed by a Velocity, and a maximum note length in grid steps (b,) (below the global
-        one, if any; released by `amend`); None leaves a limit off. Needs `row_limits` set before
+        minimum note length in grid steps (b,) (0: none), and the rows (b,) bool whose NoteOns
+        must be followed by a Velocity; None leaves a limit off. Needs `row_limits` set before
         sampling starts."""
         if not self.row_limits:
             raise RuntimeError("limit_rows needs NoteRules.row_limits = True before sampling")
         self.row_polyphony = max_polyphony
         self.row_min_steps = min_note_steps
         self.row_velocity = velocity_after_on
-        self.row_max_steps = max_note_steps
 
     def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
         """Allowed next tokens (b, V) for sequences (b, L) that extend those seen before."""
@@ -188,27 +184,18 @@ class NoteRules:
             self.row_min_steps = self.row_min_steps[rows]
         if self.row_velocity is not None:
             self.row_velocity = self.row_velocity[rows]
-        if self.row_max_steps is not None:
-            self.row_max_steps = self.row_max_steps[rows]
 
     def amend(self, new: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """The tokens (b,) to emit after `sequences` (b, L) given the drawn ones `new`: a shift
         kept back by an earlier call replaces the draw; a TimeShift that would carry a note past
         the maximum duration becomes the NoteOff of the oldest sounding note, and is kept back
-        until every note it would carry too far is released (the maximum: the global one, or a
-        row's own from `limit_rows` where it is lower)."""
-        if self.max_note_steps is None and self.row_max_steps is None:
+        until every note it would carry too far is released."""
+        if self.max_note_steps is None:
             return new
         self.observe(sequences)
         wanted = torch.where(self.kept != NOTHING, self.kept, new)
         oldest, pitch = self.onset.min(dim=1)  # all silent: the spare column, never too long
-        if self.row_max_steps is None:
-            age_limit = self.age_limit[wanted]
-        else:
-            age_limit = self.row_max_steps - self.shift[wanted]
-            if self.max_note_steps is not None:
-                age_limit = torch.minimum(age_limit, self.age_limit[wanted])
-        too_long = (self.shift[wanted] > 0) & (self.clock - oldest > age_limit)
+        too_long = (self.shift[wanted] > 0) & (self.clock - oldest > self.age_limit[wanted])
         self.kept = torch.where(too_long, wanted, NOTHING)
         return torch.where(too_long, self.note_off_of[pitch], wanted)
 

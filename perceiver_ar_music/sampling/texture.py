@@ -67,8 +67,6 @@ FIGURES: dict[str, Figure] = {
     "register": Figure("pitch_mean", "scaled", 1.0, scale=12.0, unit="MIDI pitch"),
     "pitch_spread": Figure("pitch_std", "ratio", 0.5, unit="semitones"),
     "velocity": Figure("velocity_mean", "scaled", 0.5, scale=32.0, unit="MIDI velocity"),
-    # not scored (weight 0): read for the longest notes the guards let a sample hold (`length_cap`)
-    "longest_notes": Figure("note_length_p99_s", "above", 0.0, unit="s"),
 }
 PITCH_CLASS_WEIGHT = 0.5
 RATIO_FLOOR = 0.1  # e in the ratio distances: an empty window is far, not infinitely far
@@ -93,10 +91,6 @@ DEFAULT_SPREAD_WINDOW_S = 30.0  # the spread control reads this much music: the 
 DEFAULT_SPREAD_FLOOR = 0.8  # spread not set: widened only when narrower than this share of the target's (0: off)
 SPREAD_LEAK = 0.7  # the spread control's integral, kept per segment while the music is above the floor
 DEFAULT_HOLD = 0.6  # with --voices: no note ends before this share of the target's mean note length
-# no note longer than this times the target's longest (p99) notes (0: off; a research knob: at 2-3x it
-# ends the held notes of fast primers but costs 0.1-0.25 nats/token and voices, docs/benchmarks.md)
-DEFAULT_LENGTH_CAP = 0.0
-MIN_LENGTH_CAP_S = 1.0  # ... nor capped under this many seconds
 DEFAULT_VOICES_CAP_SLACK = 1.0  # voices not set: no NoteOn beyond the target's max voices + this (< 0: no cap)
 _NOTE_NAME = re.compile(r"^([A-Ga-g])([#b]?)(-?[0-9]+)$")
 _PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -359,8 +353,8 @@ class TextureSelector:
     which the density control then has to answer (at half the chorale's density one seed held the
     asked density in 22 of 26 windows with it, 29 of 29 without).
     Steering it both ways on every segment (`--spread x1`) costs the bundled model 0.12
-    nats/token on a madrigal's range, the floor 0.08 (docs/benchmarks.md). `bias` (b * k, V) is what the sampler adds to
-    the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
+    nats/token on a madrigal's range, the floor 0.08 (docs/benchmarks.md). `bias` (b * k, V) is
+    what the sampler adds to the logits; the candidates' likelihoods are measured without it. `steer_limit` 0 switches it off.
 
     `targets`: one per sample, or one for all; None entries are anchored on the sample's own
     first `anchor_s` seconds of new music. `prompt_len`: where the new music starts.
@@ -388,7 +382,6 @@ class TextureSelector:
     spread_floor: float = DEFAULT_SPREAD_FLOOR
     hold: float = DEFAULT_HOLD
     voices_cap_slack: float = DEFAULT_VOICES_CAP_SLACK
-    length_cap: float = DEFAULT_LENGTH_CAP
     bias: torch.Tensor | None = None
     rules: NoteRules | None = None
 
@@ -441,16 +434,6 @@ class TextureSelector:
         mean_length = wanted["mean_polyphony"] / max(wanted.get("notes_per_second", 0.0), RATIO_FLOOR)
         return max(cap, 1) if cap else 0, self.hold * mean_length if "notes_per_second" in wanted else 0.0
 
-    def longest_note(self, target: TextureTarget, seconds: float) -> float:
-        """The longest note (seconds) a sample may hold: `length_cap` times the target's longest
-        notes (their 99th percentile), at least MIN_LENGTH_CAP_S; 0.0 (no limit) with the cap off
-        or no such figure. Without it, a continuation whose voices are held up by the NoteOff
-        bias keeps one note at the guards' 4 s most of the time, where its primer holds none."""
-        wanted = target.at(seconds).get("note_length_p99_s", 0.0)
-        if self.length_cap <= 0 or wanted <= 0:
-            return 0.0
-        return max(self.length_cap * wanted, MIN_LENGTH_CAP_S)
-
     def target_of(self, sample: int) -> TextureTarget | None:
         """The target sample `sample` was held to (its own anchor once made)."""
         return self.targets[sample] if len(self.targets) > 1 else self.targets[0]
@@ -478,7 +461,6 @@ class TextureSelector:
         pulls = np.zeros(samples, dtype=np.float32)
         no_cap = np.iinfo(np.int32).max
         caps, holds = np.full(samples, no_cap, dtype=np.int64), np.zeros(samples, dtype=np.int64)
-        longest = np.full(samples, no_cap, dtype=np.int64)  # the longest note a sample may hold, in grid steps
         steered_velocity = np.zeros(samples, dtype=bool)  # a Velocity after each NoteOn, for the rules
         for sample in range(samples):
             target = self._target(sample, samples)
@@ -496,12 +478,8 @@ class TextureSelector:
             cap, hold_s = self.voice_limits(target, seconds)
             caps[sample] = cap or no_cap
             holds[sample] = round(hold_s / self.vocab.seconds_per_step)
-            longest_s = self.longest_note(target, seconds)
-            if longest_s:
-                longest[sample] = max(round(longest_s / self.vocab.seconds_per_step), 1)
             if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
                 holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
-            holds[sample] = min(holds[sample], longest[sample] // 2)
             if self.steer_limit > 0:
                 spread_stats, spread_floor = None, 0.0  # the spread is steered when asked, or held above a floor
                 floor = 0.0 if "density" in target.steered else self.spread_floor  # (a set density comes first)
@@ -547,9 +525,7 @@ class TextureSelector:
             self.rules.limit_rows(torch.as_tensor(np.repeat(caps, k), device=device) if (caps < no_cap).any() else None,
                                   torch.as_tensor(np.repeat(holds, k), device=device) if holds.any() else None,
                                   torch.as_tensor(np.repeat(steered_velocity, k), device=device)
-                                  if steered_velocity.any() else None,
-                                  torch.as_tensor(np.repeat(longest, k), device=device)
-                                  if (longest < no_cap).any() else None)
+                                  if steered_velocity.any() else None)
         return torch.as_tensor(chosen, device=tokens.device)
 
     def _velocity_pull(self, levels: np.ndarray, pulls: np.ndarray) -> torch.Tensor:
@@ -573,8 +549,9 @@ class TextureSelector:
         """Log-ratio errors (target over kept music) for the controller: notes per second drive the
         NoteOn bias; voices beyond what the density explains drive the NoteOff bias (voices =
         density x note length); the register error is in octaves; the pitch spread's log ratio, read
-        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a value (with a `spread_floor`, the primer's
-        spread held from below: counted only while the music is narrower than the floor times it);
+        from `spread_stats` (None: not steered, 0), drives the spread bias once two notes give it a
+        value (with a `spread_floor`, the primer's spread held from below: counted only while the
+        music is narrower than the floor times it);
         the mean velocity's error in units of 32, read from `velocity_stats` (None: not steered, 0),
         counted only when it exceeds `velocity_band` MIDI steps (within the band: 0), drives the
         velocity bias."""

@@ -318,6 +318,10 @@ class Steering:
             out[name] = float(np.clip(gain * error + self.integral[name], -limit, limit))
         return out
 
+    def relax(self, name: str, factor: float) -> None:
+        """Shrink one control's integral by `factor` (a hold that is no longer needed wears off)."""
+        self.integral[name] *= factor
+
 
 @dataclass
 class TextureSelector:
@@ -481,15 +485,14 @@ class TextureSelector:
             if self.rules is not None and self.rules.max_note_steps:  # the length guard comes first
                 holds[sample] = min(holds[sample], self.rules.max_note_steps // 2)
             if self.steer_limit > 0:
-                spread_stats, spread_floor = None, 0.0  # the spread is steered when asked, or held above a floor
-                floor = 0.0 if "density" in target.steered else self.spread_floor  # (a set density comes first)
-                if "pitch_spread" in target.steered or floor > 0:
+                # the spread: steered when set, else held above a floor (not with a set density: it comes first)
+                spread_floor = 0.0 if {"pitch_spread", "density"} & target.steered else self.spread_floor
+                spread_stats = None
+                if "pitch_spread" in target.steered or spread_floor > 0:
                     spread_stats = stats
                     if self.spread_window_s > self.window_s:
                         spread_stats = self._recent_stats(ids[first + best], self.spread_window_s)
                     centers[sample] = target.at(seconds).get("pitch_mean", stats.pitch_mean if stats.note_count else 60.0)
-                    if "pitch_spread" not in target.steered:
-                        spread_floor = floor
                 velocity_stats, band, base_pull = None, 0.0, 1.0
                 if "velocity" in target.steered:  # set: steered towards it, read over the last seconds
                     velocity_stats = stats
@@ -501,7 +504,7 @@ class TextureSelector:
                     levels[sample] = target.at(seconds).get("velocity_mean", np.nan)
                 errors = self._errors(stats, target, seconds, spread_stats, velocity_stats, band, spread_floor)
                 if spread_floor and errors["spread"] == 0.0:  # above the floor: the widening wears off
-                    self._steering[sample].integral["spread"] *= SPREAD_LEAK
+                    self._steering[sample].relax("spread", SPREAD_LEAK)
                 control = self._steering[sample].update(errors, self.steer_gain, self.steer_integral, self.steer_limit)
                 controls[sample] = (control["on"], control["off"], control["register"], control["spread"],
                                     control["velocity"])

@@ -11,8 +11,11 @@
 #   synthetic.json  bench_texture on the two synthetic pedalled performances, plain and
 #                   texture-keeping, 8,192 tokens, seeds 0-3
 #   real.json       the same on the Quickstart chorale and the madrigal
+#   perf-test.txt   `evaluate` on two real MAESTRO performances no candidate trained on
+#   performances.json  bench_texture on 40-s primers cut from them (6 and 16 notes/s)
 # Needs data/music21-prepared, data/music21-midi (scripts/train_bundled_model.sh makes both) and
-# data/m21-prepared (the Bach reference for memorisation). Steps already done are skipped.
+# data/m21-prepared (the Bach reference for memorisation); the performances and their primers come from
+# scripts/make_package_performances.py (run here). Steps already done are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -36,4 +39,10 @@ step "$OUT/judge.log" "$PY" scripts/judge_model.py --checkpoint "$CKPT" --data d
   --midi data/music21-midi --out "$OUT/judge" --seconds 120 --samples 16 --seed 0 1 2 --sampling "--top-p 0.85"
 step "$OUT/real.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
   --seeds 0 1 2 3 --only 0 1 --reference data/m21-prepared --json "$OUT/real.json"
+"$PY" scripts/make_package_performances.py --out data/package-maestro --primers out/perf-primers 2>/dev/null
+"$PY" -m perceiver_ar_music prepare --data data/package-maestro --out data/package-maestro-prepared --no-progress >/dev/null
+step "$OUT/perf-test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/package-maestro-prepared
+step "$OUT/performances.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
+  --seeds 0 1 2 3 --primer out/perf-primers/maestro1-30s-70s.mid --primer out/perf-primers/maestro3-30s-70s.mid \
+  --reference data/m21-prepared --json "$OUT/performances.json"
 echo "$(date +%H:%M:%S) $NAME: done, $OUT"

@@ -31,6 +31,12 @@ step() {  # step FILE COMMAND...: run COMMAND into FILE unless FILE exists
   "$@" > "$file.tmp" 2>&1 && mv "$file.tmp" "$file"
 }
 step "$OUT/test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/music21-prepared
+"$PY" scripts/make_package_performances.py --out data/package-maestro --primers out/perf-primers 2>/dev/null
+"$PY" -m perceiver_ar_music prepare --data data/package-maestro --out data/package-maestro-prepared --no-progress >/dev/null
+step "$OUT/perf-test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/package-maestro-prepared
+step "$OUT/performances.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
+  --seeds 0 1 2 3 --primer out/perf-primers/maestro1-30s-70s.mid --primer out/perf-primers/maestro3-30s-70s.mid \
+  --reference data/m21-prepared --json "$OUT/performances.json"
 step "$OUT/robustness.txt" "$PY" scripts/eval_robustness.py --data data/music21-prepared --checkpoint "$CKPT" \
   --threads 1 --max-pieces 40
 step "$OUT/synthetic.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
@@ -39,10 +45,4 @@ step "$OUT/judge.log" "$PY" scripts/judge_model.py --checkpoint "$CKPT" --data d
   --midi data/music21-midi --out "$OUT/judge" --seconds 120 --samples 16 --seed 0 1 2 --sampling "--top-p 0.85"
 step "$OUT/real.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
   --seeds 0 1 2 3 --only 0 1 --reference data/m21-prepared --json "$OUT/real.json"
-"$PY" scripts/make_package_performances.py --out data/package-maestro --primers out/perf-primers 2>/dev/null
-"$PY" -m perceiver_ar_music prepare --data data/package-maestro --out data/package-maestro-prepared --no-progress >/dev/null
-step "$OUT/perf-test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/package-maestro-prepared
-step "$OUT/performances.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
-  --seeds 0 1 2 3 --primer out/perf-primers/maestro1-30s-70s.mid --primer out/perf-primers/maestro3-30s-70s.mid \
-  --reference data/m21-prepared --json "$OUT/performances.json"
 echo "$(date +%H:%M:%S) $NAME: done, $OUT"

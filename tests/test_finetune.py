@@ -137,6 +137,11 @@ def test_the_base_data_is_mixed_back_in_at_its_share(tmp_path: Path, base: Path)
     config = json.loads((tmp_path / "runs" / "m" / "run_config.json").read_text())
     assert config["train"]["mix_share"] == 0.3 and PreparedData.open(config["data"]["mix_prepared"])
     assert "30% of the windows" in (tmp_path / "runs" / "m" / "README.md").read_text()
+    # the note guards' limits cover the music it learnt: the new pieces and the mixed-in ones
+    data, base_data = PreparedData.open(config["data"]["prepared"]), PreparedData.open(config["data"]["mix_prepared"])
+    limits = ckpt.load_model(tmp_path / "runs" / "m").meta["note_limits"]
+    assert limits == note_limits([*data.pieces("train"), *base_data.pieces("train")], data.vocab)
+    assert limits["notes"] > note_limits(data.pieces("train"), data.vocab)["notes"]
 
 
 def test_the_python_entry_point_reports_progress_and_stops_when_asked(tmp_path: Path, base: Path) -> None:

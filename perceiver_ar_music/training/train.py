@@ -264,8 +264,14 @@ class Trainer:
         if "train" not in self.data.manifest["splits"]:
             raise UserError(f"{self.data.root} has no training pieces")
         self.pad_id = self.data.vocab.pad_id
-        # the sampler's note guards take their limits from the training data (rank 0 writes them)
-        self.note_limits = note_limits(self.data.pieces("train"), self.data.vocab) if info.is_main else None
+        # the sampler's note guards take their limits from the training data, mixed-in pieces
+        # included: the model learnt both (rank 0 writes them)
+        self.note_limits = None
+        if info.is_main:
+            pieces = list(self.data.pieces("train"))
+            if run.mix_data is not None and self.tc.mix_share > 0:
+                pieces += run.mix_data.pieces("train")
+            self.note_limits = note_limits(pieces, self.data.vocab)
 
         self.folder = RunFolder(run.run_dir, info.is_main, self.data.tokenizer_path, self.data.tokenizer_hash)
 

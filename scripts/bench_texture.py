@@ -112,7 +112,7 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
 
 
 def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None,
-            top_p: float = DEFAULT_TOP_P):
+            top_p: float = DEFAULT_TOP_P, spare_clock: bool = False):
     vocab = tokenizer.vocab
     rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=guards[0], max_polyphony=guards[1])
     selector = texture_selector(texture, vocab, primer_ids, len(prompt))
@@ -120,7 +120,7 @@ def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: Texture
         if selector is not None:
             setattr(selector, name, value)
     start = time.perf_counter()
-    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=top_p), seed=seed,
+    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=top_p, top_p_exempt=vocab.time_shift_ids if spare_clock else ()), seed=seed,
                           rules=rules, progress=False, texture=selector)
     seconds = time.perf_counter() - start
     sequence = result.sequences[0]
@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="texture runs only (tuning)")
     parser.add_argument("--no-texture", action="store_true", help="plain runs only (a sampling study)")
     parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus mass (default {DEFAULT_TOP_P:g}, generate's)")
+    parser.add_argument("--top-p-time", action=argparse.BooleanOptionalAction, default=True,
+                        help="top-p also cuts the time shifts (--no-top-p-time: the nucleus spares the clock)")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
     parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread", "velocity"],
                         help="steer only this figure (velocity: 0.6 and 1.45 times the primer's, 41 and 99 for the chorale)")
@@ -214,7 +216,8 @@ def main() -> None:
                                             segment_tokens=args.segment_tokens)
                     jobs += [(name, ids, prompt, seed, f"{flag} {wanted:.2f}", steer, {key: wanted}) for seed in args.seeds]
         for name, ids, prompt, seed, mode, settings, steered in jobs:
-            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p)
+            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p,
+                                           not args.top_p_time)
             counts = window_counts(report, steered)
             copied = (report.memorization or {}).get("continuation") or {}
             runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,

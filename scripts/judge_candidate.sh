@@ -3,11 +3,15 @@
 # figures on it), on one CPU thread, into out/candidates/NAME/:
 #
 #   bash scripts/judge_candidate.sh checkpoints/v3a          # about 35 min on one thread
+#   SAMPLING="--top-p 0.85 --no-top-p-time" NAME=v3a-spared bash scripts/judge_candidate.sh checkpoints/v3a
+#
+# SAMPLING (default "--top-p 0.85", generate's flags) is how every sample here is drawn: the judge
+# passes it to generate, and its --top-p and --[no-]top-p-time go to bench_texture too.
 #
 #   test.txt        `evaluate` on the 98 test pieces of data/music21-prepared
 #   robustness.txt  validation NLL per note as is, transposed, at other tempi and played (40 pieces)
 #   judge/          the judge: 48 samples of 120 s from nothing and after the Quickstart primer,
-#                   guards off, top-p 0.85; also the first 53 test pieces (summary.md)
+#                   guards off, drawn with SAMPLING; also the first 53 test pieces (summary.md)
 #   synthetic.json  bench_texture on the two synthetic pedalled performances, plain and
 #                   texture-keeping, 8,192 tokens, seeds 0-3
 #   real.json       the same on the Quickstart chorale and the madrigal
@@ -24,6 +28,8 @@ NAME=${NAME:-$(echo "${CKPT%/}" | sed 's|^checkpoints/||; s|/|-|g')}  # checkpoi
 OUT=out/candidates/$NAME
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
+SAMPLING=${SAMPLING:---top-p 0.85}
+read -r -a BENCH <<< "$SAMPLING"  # bench_texture takes the same --top-p and --[no-]top-p-time
 step() {  # step FILE COMMAND...: run COMMAND into FILE unless FILE exists
   local file=$1; shift
   [ -s "$file" ] && return 0
@@ -36,13 +42,13 @@ step "$OUT/test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" -
 step "$OUT/perf-test.txt" "$PY" -m perceiver_ar_music evaluate --checkpoint "$CKPT" --data data/package-maestro-prepared
 step "$OUT/performances.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
   --seeds 0 1 2 3 --primer out/perf-primers/maestro1-30s-70s.mid --primer out/perf-primers/maestro3-30s-70s.mid \
-  --reference data/m21-prepared --json "$OUT/performances.json"
+  --reference data/m21-prepared --json "$OUT/performances.json" "${BENCH[@]}"
 step "$OUT/robustness.txt" "$PY" scripts/eval_robustness.py --data data/music21-prepared --checkpoint "$CKPT" \
   --threads 1 --max-pieces 40
 step "$OUT/synthetic.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
-  --seeds 0 1 2 3 --only 2 3 --reference data/m21-prepared --json "$OUT/synthetic.json"
+  --seeds 0 1 2 3 --only 2 3 --reference data/m21-prepared --json "$OUT/synthetic.json" "${BENCH[@]}"
 step "$OUT/judge.log" "$PY" scripts/judge_model.py --checkpoint "$CKPT" --data data/music21-prepared \
-  --midi data/music21-midi --out "$OUT/judge" --seconds 120 --samples 16 --seed 0 1 2 --sampling "--top-p 0.85"
+  --midi data/music21-midi --out "$OUT/judge" --seconds 120 --samples 16 --seed 0 1 2 --sampling "$SAMPLING"
 step "$OUT/real.log" "$PY" scripts/bench_texture.py --checkpoint "$CKPT" --threads 1 --length 8192 \
-  --seeds 0 1 2 3 --only 0 1 --reference data/m21-prepared --json "$OUT/real.json"
+  --seeds 0 1 2 3 --only 0 1 --reference data/m21-prepared --json "$OUT/real.json" "${BENCH[@]}"
 echo "$(date +%H:%M:%S) $NAME: done, $OUT"

@@ -33,6 +33,22 @@ def test_top_k_top_p_min_p_and_temperature():
     torch.testing.assert_close(hot, logits / 2)
 
 
+def test_top_p_can_spare_the_clock():
+    # tokens 0-2 are notes, 3-4 time shifts (the exempt ids); the long shift (4) is the least likely
+    probs = torch.tensor([[0.4, 0.2, 0.1, 0.27, 0.03]])
+    logits = probs.log()
+    assert kept(filter_logits(logits, SamplingConfig(top_p=0.8))) == {0, 1, 3}  # the long shift is cut
+    spared = filter_logits(logits, SamplingConfig(top_p=0.6, top_p_exempt=(3, 4))).softmax(-1)[0]
+    # within the notes' share (0.7): 0.4/0.7 = 0.57 < 0.6, so note 1 stays and note 2 goes
+    assert spared[2] == 0
+    # every time shift keeps its own probability; the kept notes fill the notes' share, pro rata
+    torch.testing.assert_close(spared[3:], probs[0, 3:])
+    torch.testing.assert_close(spared[:2], probs[0, :2] * 0.7 / 0.6)
+    # no exempt ids: the nucleus of old, token for token
+    torch.testing.assert_close(filter_logits(logits, SamplingConfig(top_p=0.6, top_p_exempt=())),
+                               filter_logits(logits, SamplingConfig(top_p=0.6)))
+
+
 def test_sampling_config_rejects_bad_values():
     for bad in (dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(min_p=1.0)):
         with pytest.raises(ValueError):

@@ -183,8 +183,9 @@ def test_settings_defaults_and_checks_are_generates():
     from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P
     assert fields["top_p"]["default"] == DEFAULT_TOP_P == 0.85  # the sampling study's choice (docs/benchmarks.md)
     assert fields["seed"]["kind"] == "int" and fields["temperature"]["kind"] == "number"
-    args = studio_settings.parse_settings({"top_p": "0.5", "seed": 3, "constrain": True, "length": ""})
-    assert (args.top_p, args.seed, args.constrain, args.length) == (0.5, 3, True, None)
+    args = studio_settings.parse_settings({"top_p": "0.5", "seed": 3, "constrain": True, "length": "", "top_p_time": False})
+    assert (args.top_p, args.seed, args.constrain, args.length, args.top_p_time) == (0.5, 3, True, None, False)
+    assert fields["top_p_time"]["kind"] == "bool" and fields["top_p_time"]["flag"] == "--top-p-time"
     assert args.temperature == parser.get_default("temperature")
     for form, words in [({"temperature": "abc"}, "--temperature"), ({"seed": "1.5"}, "--seed"),
                         ({"seconds": "-2"}, "--seconds"), ({"primer_seconds": "0"}, "--primer-seconds"),

@@ -14,7 +14,7 @@ from perceiver_ar_music.cli import main
 from perceiver_ar_music.sampling.constraints import NoteRules
 from perceiver_ar_music.sampling.decoding import CachedDecoder, ReferenceDecoder
 from perceiver_ar_music.data.events import ids_to_notes, notes_to_ids
-from perceiver_ar_music.data.vocab import VELOCITY
+from perceiver_ar_music.data.vocab import TIME_SHIFT, VELOCITY
 from perceiver_ar_music.model.perceiver_ar import PerceiverAR
 from perceiver_ar_music.listening.music_stats import music_stats, span_stats
 from perceiver_ar_music.sampling.sampler import SamplingConfig, sample_ids
@@ -717,7 +717,7 @@ def test_no_texture_samples_as_plain_sampling_did(tmp_path, tokenizer):
     assert stats["details"]["texture"].startswith("off")
 
 
-def test_texture_settings_default_on_and_off_for_greedy():
+def test_texture_settings_default_on_and_off_for_greedy(tokenizer):
     from argparse import ArgumentParser
 
     from perceiver_ar_music.sampling.settings import GenerationSettings, add_arguments
@@ -730,12 +730,19 @@ def test_texture_settings_default_on_and_off_for_greedy():
 
     parser = ArgumentParser()
     add_arguments(parser)
-    assert GenerationSettings.from_args(parser.parse_args([]), Loaded).texture.enabled
-    assert not GenerationSettings.from_args(parser.parse_args(["--temperature", "0"]), Loaded).texture.enabled
-    assert not GenerationSettings.from_args(parser.parse_args(["--no-texture"]), Loaded).texture.enabled
-    settings = GenerationSettings.from_args(parser.parse_args(["--voices", "0:2,60:4"]), Loaded).texture
+    assert GenerationSettings.from_args(parser.parse_args([]), Loaded, tokenizer.vocab).texture.enabled
+    assert not GenerationSettings.from_args(parser.parse_args(["--temperature", "0"]), Loaded, tokenizer.vocab).texture.enabled
+    assert not GenerationSettings.from_args(parser.parse_args(["--no-texture"]), Loaded, tokenizer.vocab).texture.enabled
+    settings = GenerationSettings.from_args(parser.parse_args(["--voices", "0:2,60:4"]), Loaded, tokenizer.vocab).texture
     assert settings.curves["voices"].at(30) == 3.0 and isinstance(settings, TextureSettings)
     assert texture_selector(TextureSettings(enabled=False), None, np.zeros(0), 1) is None
+    # the nucleus spares the clock on request: every time shift, nothing else
+    spared_settings = GenerationSettings.from_args(parser.parse_args(["--no-top-p-time"]), Loaded, tokenizer.vocab)
+    assert "time shifts spared" in spared_settings.describe()["sampling"]
+    spared = spared_settings.sampling
+    kinds = {tokenizer.vocab.kind[i] for i in spared.top_p_exempt}
+    assert kinds == {TIME_SHIFT} and len(spared.top_p_exempt) == tokenizer.vocab.max_shift_steps
+    assert GenerationSettings.from_args(parser.parse_args(["--top-p-time"]), Loaded, tokenizer.vocab).sampling.top_p_exempt == ()
 
 
 # ----------------------------------------------------------------------------- the studio

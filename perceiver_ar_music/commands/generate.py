@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     loaded, tokenizer = load_for_generation(args.checkpoint, device, dtype=inference_dtype(device))
     vocab = tokenizer.vocab
-    settings = GenerationSettings.from_args(args, loaded)
+    settings = GenerationSettings.from_args(args, loaded, vocab)
     primer_ids = load_primer(tokenizer, args.primer, settings.primer_seconds,
                              say=lambda line: print(f"perceiver-music generate: {line}"))
     prompt = np.concatenate(([vocab.bos_id], primer_ids)).astype(np.int64)

@@ -98,6 +98,11 @@ class EventVocab:
         return max(self.shift_id) if self.shift_id else 0
 
     @property
+    def time_shift_ids(self) -> tuple[int, ...]:
+        """The ids of every TimeShift token (the clock), in id order."""
+        return tuple(i for i, kind in enumerate(self.kind) if kind == TIME_SHIFT)
+
+    @property
     def pad_id(self) -> int:
         return self.special_id["PAD"]
 

@@ -36,6 +36,10 @@ class SamplingConfig:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     min_p: float = 0.0  # 0.0: off; keep tokens with p >= min_p * p_max
+    # Ids that top-p leaves alone (the time shifts, when the nucleus spares the clock): they keep
+    # their own probabilities, and the nucleus is taken within the other tokens' share, which the
+    # kept ones then fill. Empty: the nucleus is taken over every token.
+    top_p_exempt: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -59,13 +63,42 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         probs = logits.softmax(-1)
         logits = logits.masked_fill(probs < cfg.min_p * probs.max(-1, keepdim=True).values, neg_inf)
     if cfg.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens ranked above it already reach top_p (the first always stays)
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= cfg.top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, neg_inf)
+        logits = _nucleus(logits, cfg.top_p, _mask(cfg.top_p_exempt, logits) if cfg.top_p_exempt else None)
     return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, exempt: torch.Tensor | None) -> torch.Tensor:
+    """Top-p: drop a token when the tokens ranked above it already reach `top_p` (the first always
+    stays). With an `exempt` mask (V,), the ranking and the mass are those of the other tokens
+    within their own share; the exempt ones are never dropped and keep their probabilities."""
+    neg_inf = torch.finfo(logits.dtype).min
+    ranked = logits if exempt is None else logits.masked_fill(exempt, neg_inf)
+    sorted_logits, order = ranked.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    if exempt is None:
+        return logits.masked_fill(drop, neg_inf)
+    drop &= ~exempt
+    probs = logits.softmax(-1)
+    share = probs.masked_fill(exempt, 0.0).sum(-1, keepdim=True)  # the non-exempt tokens' mass
+    kept = probs.masked_fill(exempt | drop, 0.0).sum(-1, keepdim=True)
+    tiny = torch.finfo(probs.dtype).tiny
+    refill = (share.clamp_min(tiny) / kept.clamp_min(tiny)).log()  # the kept ones take the dropped mass
+    return torch.where(drop, neg_inf, torch.where(exempt, logits, logits + refill))
+
+
+_MASKS: dict[tuple, torch.Tensor] = {}
+
+
+def _mask(ids: tuple[int, ...], logits: torch.Tensor) -> torch.Tensor:
+    """A (V,) bool mask of `ids` on the logits' device (built once per ids, size and device)."""
+    key = (ids, logits.shape[-1], logits.device)
+    if key not in _MASKS:
+        mask = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        mask[[i for i in ids if 0 <= i < logits.shape[-1]]] = True
+        _MASKS[key] = mask.to(logits.device)
+    return _MASKS[key]
 
 
 def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from perceiver_ar_music.sampling.texture import (
 )
 
 if TYPE_CHECKING:
+    from perceiver_ar_music.data.vocab import EventVocab
     from perceiver_ar_music.model.checkpoint import LoadedModel
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"  # the model that ships
@@ -33,6 +34,8 @@ DEFAULT_CONSTRAIN = False  # the grammar mask (see the README: measured, guards 
 # halves the notes held over 4 s and brings the voices after a primer from 5.4 to 3.2, where 0.95
 # was the default (docs/benchmarks.md, "Sampling study").
 DEFAULT_TOP_P = 0.85
+# Whether top-p also cuts the time shifts (docs/benchmarks.md, "The nucleus spares the clock").
+DEFAULT_TOP_P_TIME = True
 DEFAULT_TEXTURE = True  # texture-keeping sampling (docs/benchmarks.md, "Texture-keeping sampling")
 MAX_LENGTH = 10_000_000  # tokens per sample (about 30 hours of music)
 MAX_SAMPLES = 1024
@@ -75,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=bounded_int(0, None), default=0, help="keep the k most likely tokens (0: off)")
     parser.add_argument("--top-p", type=finite_float(min=0, max=1, min_inclusive=False), default=DEFAULT_TOP_P,
                         help=f"nucleus sampling mass (1: off; default {DEFAULT_TOP_P:g})")
+    parser.add_argument("--top-p-time", action=argparse.BooleanOptionalAction, default=DEFAULT_TOP_P_TIME,
+                        help="top-p also cuts the unlikely time shifts; --no-top-p-time spares the clock: the "
+                        "nucleus is taken among the note events only and every time shift keeps the model's "
+                        f"own probability (default: {'on' if DEFAULT_TOP_P_TIME else 'off'})")
     parser.add_argument("--min-p", type=finite_float(min=0, max=1, max_inclusive=False), default=0.0,
                         help="drop tokens below min-p x the top probability")
     parser.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSTRAIN,
@@ -140,9 +147,9 @@ class GenerationSettings:
     seed: int | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, loaded: "LoadedModel") -> "GenerationSettings":
-        """The settings of parsed flags (`add_arguments`) for a loaded checkpoint; a UserError
-        for a setting the checkpoint cannot take."""
+    def from_args(cls, args: argparse.Namespace, loaded: "LoadedModel", vocab: "EventVocab") -> "GenerationSettings":
+        """The settings of parsed flags (`add_arguments`) for a loaded checkpoint and its
+        vocabulary; a UserError for a setting the checkpoint cannot take."""
         length = args.length if args.length is not None else (SECONDS_ONLY_CAP if args.seconds else DEFAULT_LENGTH)
         if args.reset_latents is not None and not 1 <= args.reset_latents <= loaded.config.num_latents:
             raise UserError(f"--reset-latents must be in 1..{loaded.config.num_latents}")
@@ -152,7 +159,8 @@ class GenerationSettings:
                                   segment_tokens=args.segment_tokens, primer_seconds=args.texture_from)
         return cls(
             length=length, seconds=args.seconds, num_samples=args.num_samples,
-            sampling=SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p),
+            sampling=SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                    top_p_exempt=() if args.top_p_time else vocab.time_shift_ids),
             constrain=args.constrain, max_note_seconds=max_note_seconds, max_polyphony=max_polyphony,
             texture=texture, primer_seconds=args.primer_seconds, reset_latents=args.reset_latents,
             use_cache=not args.no_cache, compile=args.compile, seed=args.seed,
@@ -166,7 +174,8 @@ class GenerationSettings:
         """The settings in words, for the page and stats.json."""
         s = self.sampling
         return {
-            "sampling": f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, min-p {s.min_p:g}"
+            "sampling": f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}"
+            + (" (time shifts spared)" if s.top_p_exempt else "") + f", min-p {s.min_p:g}"
             + (", constrained" if self.constrain else ""),
             "note guards": describe_guards(self.max_note_seconds, self.max_polyphony),
             "decoder": "cached with resets" if self.use_cache else "reference (no cache)",

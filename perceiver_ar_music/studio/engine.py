@@ -292,7 +292,7 @@ class Studio:
         if args.seed is None:  # a random take still records the seed that makes it again
             args.seed = secrets.randbelow(2**31)
         loaded = self.model(model)
-        settings = GenerationSettings.from_args(args, loaded)
+        settings = GenerationSettings.from_args(args, loaded, self.vocab)
         primer_ids = self.primer_ids(primer, settings.primer_seconds)
         prompt = np.concatenate(([self.vocab.bos_id], primer_ids)).astype(np.int64)
         try:

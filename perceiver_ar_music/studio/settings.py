@@ -13,7 +13,7 @@ from perceiver_ar_music.runtime.errors import UserError
 
 # generate's flags (by dest) that the page offers, in the order it shows them.
 SETTINGS = (
-    "length", "seconds", "temperature", "top_p", "top_k", "min_p",
+    "length", "seconds", "temperature", "top_p", "top_p_time", "top_k", "min_p",
     "max_note_seconds", "max_polyphony", "no_guards", "constrain", "seed", "num_samples",
     "texture", "density", "voices", "register", "spread", "velocity", "candidates",
 )
@@ -35,6 +35,7 @@ LABELS: dict[str, tuple[str, bool]] = {
     "max_polyphony": ("Most notes at once", False),
     "max_note_seconds": ("Longest note (s)", False),
     "top_p": ("Keep the likeliest share (top-p)", True),
+    "top_p_time": ("Top-p also trims the timing", True),
     "top_k": ("Only the k likeliest (top-k)", True),
     "min_p": ("Leave out the unlikely (min-p)", True),
     "no_guards": ("No limits on notes", True),

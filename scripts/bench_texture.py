@@ -12,6 +12,8 @@ continuation (the issue's targets):
 - windows with max voices <= 16 and <= 1% of notes over 4 s;
 - windows whose longest notes (99th percentile of lengths) are at most twice the primer's, or 1 s
   (held notes: a voice kept up by one note that sounds until the guards release it);
+- windows whose share of re-struck notes (a pitch struck again within 0.25 s of its release) is at
+  most the primer's plus 10 points (repeated-note drones: one pitch struck over and over);
 - the model's NLL of the kept continuation tokens (strided, as `evaluate` scores), plain vs texture;
 - with `--reference PREPARED`, the longest passage copied from its training pieces;
 - wall time per continuation, plain vs texture (alternated, same process, same threads).
@@ -51,6 +53,7 @@ from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
 
 BAND = (1 / 1.5, 1.5)
 HELD_FACTOR, HELD_FLOOR_S = 2.0, 1.0  # a window's p99 note length within max(2x the primer's, 1 s)
+RESTRIKE_SLACK = 0.10  # a window's share of re-struck notes at most the primer's plus this
 STEER_TOLERANCE = 0.25
 TUNING: dict[str, float] = {}
 
@@ -101,6 +104,7 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
         counts["spread_ok"] = sum(BAND[0] <= (w.pitch_std + RATIO_FLOOR) / (primer.pitch_std + RATIO_FLOOR) <= BAND[1] for w in windows)
         held = max(HELD_FACTOR * primer.note_length_p99_s, HELD_FLOOR_S)
         counts["held_ok"] = sum(w.note_length_p99_s <= held for w in windows)
+        counts["restrikes_ok"] = sum(w.restrike_fraction <= primer.restrike_fraction + RESTRIKE_SLACK for w in windows)
         counts["both_ok"] = sum(
             all(BAND[0] <= getattr(w, k) / getattr(primer, k) <= BAND[1] for k in ("notes_per_second", "mean_polyphony"))
             for w in windows)
@@ -239,7 +243,7 @@ def summarize(runs: list[dict]) -> None:
     import statistics
 
     print("\nprimer | mode | windows | density ok | voices ok | both | pitch spread ok | max voices <= 16 | <= 1% over 4 s | steered ok "
-          "| longest notes <= 2x primer's | NLL | wall s | copied max")
+          "| longest notes <= 2x primer's | re-struck <= primer's + 10 pts | NLL | wall s | copied max")
     groups = [(p, m) for p in dict.fromkeys(r["primer"] for r in runs) for m in dict.fromkeys(r["mode"] for r in runs)]
     groups += [("all", m) for m in dict.fromkeys(r["mode"] for r in runs)]
     for primer, mode in groups:
@@ -255,7 +259,7 @@ def summarize(runs: list[dict]) -> None:
         steered = [k for k in rows[0]["counts"] if k.endswith("_steered_ok")]
         copied = [r["copied_notes"] for r in rows if r["copied_notes"] is not None]
         print(f"{primer} | {mode} | {total} | {share('density_ok')} | {share('voices_ok')} | {share('both_ok')} | {share('spread_ok')} | "
-              f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | {share('held_ok')} | "
+              f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | {share('held_ok')} | {share('restrikes_ok')} | "
               f"{statistics.median(r['nll'] for r in rows):.3f} | {statistics.median(r['wall_s'] for r in rows):.1f} | "
               f"{max(copied) if copied else '-'}")
 

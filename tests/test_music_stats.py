@@ -127,6 +127,19 @@ def test_length_percentiles_long_notes_and_pitch_range():
     assert music_stats(notes((60, 123 * 0.01, 523 * 0.01, 64))).long_note_fraction == 0.0
 
 
+def test_restrikes_count_a_pitch_struck_again_soon_after_its_release():
+    # 60 is struck again 0.1 s after its release (a re-strike), then 0.5 s after (not); 62 sounds
+    # once; 64 follows 62 at once but is another pitch; the order of the rows does not matter
+    rows = [(60, 0.0, 0.2, 80), (60, 0.3, 0.5, 80), (60, 1.0, 1.2, 80), (62, 0.0, 1.0, 80), (64, 1.0, 1.5, 80)]
+    assert music_stats(notes(*rows)).restrike_fraction == pytest.approx(1 / 5)
+    assert music_stats(notes(*rows[::-1])).restrike_fraction == pytest.approx(1 / 5)
+    # exactly the gap is not a re-strike; a tremolo on one pitch is all re-strikes but its first note
+    assert music_stats(notes((60, 0, 0.1, 80), (60, 0.35, 0.4, 80))).restrike_fraction == 0.0
+    tremolo = notes(*[(67, 0.1 * i, 0.1 * i + 0.05, 90) for i in range(10)])
+    assert music_stats(tremolo).restrike_fraction == pytest.approx(0.9)
+    assert "restrike_fraction" in FIGURE_KEYS and music_stats(notes()).restrike_fraction == 0.0
+
+
 def test_windows_by_onset_with_polyphony_inside_the_window():
     # origin 10 s, windows of 5 s: [10, 15), [15, 20), [20, 22] (the last ends at the last release)
     table = notes(

@@ -3,6 +3,7 @@ candidates and choices, steering, and `generate`'s texture flags end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -255,6 +256,11 @@ def test_the_distance_is_zero_on_target_and_grows_away_from_it():
     max_only = build_target({"max_voices": Curve.constant(3.0)}, None)
     assert texture_distance(music_stats(chords(20, 0.5, 1, 0.5)), None, max_only, 0.0) == 0.0
     assert texture_distance(music_stats(chords(20, 0.5, 6, 0.5)), None, max_only, 0.0) == pytest.approx(0.5 * math.log(6.1 / 3.1))
+    # the share of re-struck notes is in the target (the page shows it beside each window) but weighs nothing
+    assert target.at(0.0)["restrike_fraction"] == pytest.approx(stats.restrike_fraction) and stats.restrike_fraction > 0.9
+    line = music_stats(np.array([(60 + (2 * i) % 12, 0.5 * i, 0.5 * i + 0.5, 70) for i in range(30)], dtype=np.float64))
+    assert line.restrike_fraction == 0.0
+    assert texture_distance(dataclasses.replace(stats, restrike_fraction=0.0), hist, target, 0.0) == pytest.approx(0.0, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- forks of per-row state

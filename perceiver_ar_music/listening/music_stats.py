@@ -37,6 +37,7 @@ import numpy as np
 LONG_NOTE_S = 4.0  # notes held longer than this count as long (the issue's drones)
 TIME_TOLERANCE_S = 1e-6  # lengths are grid steps x 0.01 s in floating point: 400 steps may read 4.000000000000001
 DEFAULT_WINDOW_S = 30.0
+RESTRIKE_GAP_S = 0.25  # a note struck this soon after the same pitch's last release re-strikes it
 BAND_PERCENTILES = (10.0, 90.0)  # the reference band of ``compare``
 STATS_FORMAT = "perceiver-ar-music/stats"
 
@@ -55,6 +56,7 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("velocity_mean", "vel mean", "{:.0f}"),
     ("velocity_std", "vel sd", "{:.1f}"),
     ("silence_fraction", "silence %", "pct"),
+    ("restrike_fraction", "re-struck %", "pct"),
 )
 FIGURE_KEYS = tuple(key for key, _, _ in FIGURES)
 FIGURE_LABELS = {key: label for key, label, _ in FIGURES}
@@ -73,6 +75,8 @@ FIGURE_MEANINGS: dict[str, str] = {
     "velocity_mean": "the mean loudness, MIDI velocity 1-127",
     "velocity_std": "how much the loudness varies (standard deviation of the velocity)",
     "silence_fraction": "the share of the time with no note sounding",
+    "restrike_fraction": f"the share of notes struck within {RESTRIKE_GAP_S:g} s of the same pitch's last release "
+                         "(repeated notes: a texture of one pitch struck over and over is high)",
 }
 
 
@@ -120,6 +124,7 @@ class MusicStats:
     note_length_p99_s: float = 0.0
     note_length_max_s: float = 0.0
     long_note_fraction: float = 0.0  # share of notes longer than LONG_NOTE_S
+    restrike_fraction: float = 0.0  # share of notes struck within RESTRIKE_GAP_S of their pitch's last release
 
     def as_dict(self) -> dict[str, float | int]:
         """Plain JSON-ready values."""
@@ -142,6 +147,7 @@ class MusicStats:
             ("velocity mean ± sd", f"{self.velocity_mean:.1f} ± {self.velocity_std:.1f}"),
             ("polyphony mean / max", f"{self.mean_polyphony:.2f} / {self.max_polyphony}"),
             ("silence", f"{100 * self.silence_fraction:.1f} %"),
+            ("re-struck notes", f"{100 * self.restrike_fraction:.1f} %"),
         ]
 
 
@@ -196,8 +202,24 @@ def _span_stats(notes: np.ndarray, span_start: float, span_end: float, sounding:
         note_length_p99_s=p99,
         note_length_max_s=float(length.max()),
         long_note_fraction=float(np.count_nonzero(length > LONG_NOTE_S + TIME_TOLERANCE_S) / len(notes)),
+        restrike_fraction=restrike_fraction(notes),
         **shared,
     )
+
+
+def restrike_fraction(notes: np.ndarray) -> float:
+    """The share of `notes` that re-strike their pitch (`restruck`; 0 for none)."""
+    return float(restruck(notes).mean()) if len(notes) else 0.0
+
+
+def restruck(notes: np.ndarray) -> np.ndarray:
+    """(N,) bool, in the rows' order: the note is struck within RESTRIKE_GAP_S after a note of
+    the same pitch among `notes` was released."""
+    order = np.lexsort((notes[:, 1], notes[:, 0]))  # by pitch, then onset
+    pitch, start, end = notes[order, 0], notes[order, 1], notes[order, 2]
+    again = np.zeros(len(notes), dtype=bool)
+    again[order[1:]] = (pitch[1:] == pitch[:-1]) & (start[1:] - end[:-1] < RESTRIKE_GAP_S - TIME_TOLERANCE_S)
+    return again
 
 
 def polyphony(start: np.ndarray, end: np.ndarray) -> tuple[float, float, int]:

@@ -67,6 +67,9 @@ FIGURES: dict[str, Figure] = {
     "register": Figure("pitch_mean", "scaled", 1.0, scale=12.0, unit="MIDI pitch"),
     "pitch_spread": Figure("pitch_std", "ratio", 0.5, unit="semitones"),
     "velocity": Figure("velocity_mean", "scaled", 0.5, scale=32.0, unit="MIDI velocity"),
+    # shown beside each window, not weighed: weight 1 cost the performance candidate 0.34 nats/token
+    # on the chorale and kept 7 of 53 windows within the primer's share + 10 points (1 of 54 without)
+    "restrikes": Figure("restrike_fraction", "above", 0.0, unit="of the notes"),
 }
 PITCH_CLASS_WEIGHT = 0.5
 RATIO_FLOOR = 0.1  # e in the ratio distances: an empty window is far, not infinitely far

@@ -163,6 +163,10 @@ def test_the_validation_pieces_own_drift_is_the_drift_targets_yardstick(tmp_path
     table = judge.markdown({"checkpoint": "c", "test": {}, "validation_drift": drift, "sets": {"from nothing": FIGURES}})
     assert f"| drift, notes/s (last 30 s / first) | {drift['notes_per_second']:.2f} | 1.10 |" in table
     assert "| drift, polyphony (last 30 s / first) | 1.00 | 1.20 |" in table
+    assert "| re-struck notes (a pitch again within 0.25 s of its release) |  | - |" in table  # stats from before it
+    table = judge.markdown({"checkpoint": "c", "test": {}, "validation_drift": drift,
+                            "sets": {"from nothing": dict(FIGURES, restrike_fraction=0.27)}})
+    assert "| re-struck notes (a pitch again within 0.25 s of its release) |  | 27% |" in table
 
 
 FIGURES = {"samples": 1, "notes_per_second": 2.0, "mean_polyphony": 3.0, "max_polyphony": 4, "note_length_mean_s": 1.0,

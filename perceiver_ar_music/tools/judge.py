@@ -102,6 +102,7 @@ def set_summary(train_stats: list[dict], validation_stats: list[dict]) -> dict:
         "mean_polyphony": [c["mean_polyphony"] for c in continuations],
         "note_length_mean_s": [c["note_length_mean_s"] for c in continuations],
         "max_polyphony": [c["max_polyphony"] for c in continuations],
+        "restrike_fraction": [c.get("restrike_fraction") for c in continuations],  # (stats before it: None)
         "drift_notes_per_second": [d["notes_per_second"] for d in drifts],
         "drift_mean_polyphony": [d["mean_polyphony"] for d in drifts],
         "vs_primer_notes_per_second": [v["notes_per_second"] for v in vs_primer],
@@ -249,6 +250,7 @@ def markdown(summary: dict) -> str:
         ("max polyphony", "max_polyphony", "{:.0f}"),
         ("mean note length (s)", "note_length_mean_s", "{:.2f}"),
         ("notes over 4 s", "long_note_fraction", "{:.1%}"),
+        ("re-struck notes (a pitch again within 0.25 s of its release)", "restrike_fraction", "{:.0%}"),
         ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", "{:.2f}"),
         ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "{:.2f}"),
         ("notes/s, continuation / primer", "vs_primer_notes_per_second", "{:.2f}"),

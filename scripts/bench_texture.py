@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402
-from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P  # noqa: E402
+from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P, top_p_exempt  # noqa: E402
 from perceiver_ar_music.listening.music_stats import full_windows, sample_report  # noqa: E402
 from perceiver_ar_music.sampling.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
@@ -116,7 +116,7 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
 
 
 def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None,
-            top_p: float = DEFAULT_TOP_P, spare_clock: bool = False):
+            top_p: float = DEFAULT_TOP_P, top_p_time: bool = True):
     vocab = tokenizer.vocab
     rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=guards[0], max_polyphony=guards[1])
     selector = texture_selector(texture, vocab, primer_ids, len(prompt))
@@ -124,8 +124,9 @@ def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: Texture
         if selector is not None:
             setattr(selector, name, value)
     start = time.perf_counter()
-    result = continue_ids(model, prompt, vocab, length, 1, SamplingConfig(top_p=top_p, top_p_exempt=vocab.time_shift_ids if spare_clock else ()), seed=seed,
-                          rules=rules, progress=False, texture=selector)
+    sampling = SamplingConfig(top_p=top_p, top_p_exempt=top_p_exempt(vocab, top_p_time))
+    result = continue_ids(model, prompt, vocab, length, 1, sampling, seed=seed, rules=rules, progress=False,
+                          texture=selector)
     seconds = time.perf_counter() - start
     sequence = result.sequences[0]
     notes, primer_notes, boundary = sample_notes(sequence, result.prompt_len, vocab, guards[0])
@@ -221,7 +222,7 @@ def main() -> None:
                     jobs += [(name, ids, prompt, seed, f"{flag} {wanted:.2f}", steer, {key: wanted}) for seed in args.seeds]
         for name, ids, prompt, seed, mode, settings, steered in jobs:
             report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p,
-                                           not args.top_p_time)
+                                           args.top_p_time)
             counts = window_counts(report, steered)
             copied = (report.memorization or {}).get("continuation") or {}
             runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,

@@ -5,8 +5,8 @@
 #   bash scripts/judge_candidate.sh checkpoints/v3a          # about 35 min on one thread
 #   SAMPLING="--top-p 0.85 --no-top-p-time" NAME=v3a-spared bash scripts/judge_candidate.sh checkpoints/v3a
 #
-# SAMPLING (default "--top-p 0.85", generate's flags) is how every sample here is drawn: the judge
-# passes it to generate, and its --top-p and --[no-]top-p-time go to bench_texture too.
+# SAMPLING (default "--top-p 0.85") is how every sample here is drawn: the judge passes it to
+# generate and the texture runs to bench_texture, so it may hold only --top-p and --[no-]top-p-time.
 #
 #   test.txt        `evaluate` on the 98 test pieces of data/music21-prepared
 #   robustness.txt  validation NLL per note as is, transposed, at other tempi and played (40 pieces)

@@ -160,7 +160,7 @@ class GenerationSettings:
         return cls(
             length=length, seconds=args.seconds, num_samples=args.num_samples,
             sampling=SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                    top_p_exempt=() if args.top_p_time else vocab.time_shift_ids),
+                                    top_p_exempt=top_p_exempt(vocab, args.top_p_time)),
             constrain=args.constrain, max_note_seconds=max_note_seconds, max_polyphony=max_polyphony,
             texture=texture, primer_seconds=args.primer_seconds, reset_latents=args.reset_latents,
             use_cache=not args.no_cache, compile=args.compile, seed=args.seed,
@@ -181,6 +181,12 @@ class GenerationSettings:
             "decoder": "cached with resets" if self.use_cache else "reference (no cache)",
             "seed": self.seed if self.seed is not None else "random",
         }
+
+
+def top_p_exempt(vocab: "EventVocab", top_p_time: bool) -> tuple[int, ...]:
+    """The ids top-p leaves alone (`SamplingConfig.top_p_exempt`): none, or with `top_p_time`
+    off every time shift (the clock spared)."""
+    return () if top_p_time else vocab.time_shift_ids
 
 
 def guard_settings(args: argparse.Namespace, meta: dict) -> tuple[float | None, int | None]:

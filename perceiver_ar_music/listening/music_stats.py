@@ -178,7 +178,8 @@ def _span_stats(notes: np.ndarray, span_start: float, span_end: float, sounding:
         duration_s=duration,
         mean_polyphony=weighted / sounding_s if sounding_s > 0 else 0.0,
         max_polyphony=max_polyphony,
-        silence_fraction=1.0 - sounding_s / duration if duration > 0 else 1.0,
+        # (never below 0: a span sounding throughout may sum to a hair over its duration, shown as -0.0)
+        silence_fraction=max(1.0 - sounding_s / duration, 0.0) if duration > 0 else 1.0,
     )
     if not len(notes):
         return MusicStats(note_count=0, notes_per_second=0.0, pitch_min=0, pitch_max=0, pitch_mean=0.0,

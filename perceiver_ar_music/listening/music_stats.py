@@ -209,18 +209,14 @@ def _span_stats(notes: np.ndarray, span_start: float, span_end: float, sounding:
 
 
 def restrike_fraction(notes: np.ndarray) -> float:
-    """The share of `notes` that re-strike their pitch (`restruck`; 0 for none)."""
-    return float(restruck(notes).mean()) if len(notes) else 0.0
-
-
-def restruck(notes: np.ndarray) -> np.ndarray:
-    """(N,) bool, in the rows' order: the note is struck within RESTRIKE_GAP_S after a note of
-    the same pitch among `notes` was released."""
+    """The share of `notes` struck within RESTRIKE_GAP_S after a note of the same pitch among them
+    was released (0 for none)."""
+    if not len(notes):
+        return 0.0
     order = np.lexsort((notes[:, 1], notes[:, 0]))  # by pitch, then onset
     pitch, start, end = notes[order, 0], notes[order, 1], notes[order, 2]
-    again = np.zeros(len(notes), dtype=bool)
-    again[order[1:]] = (pitch[1:] == pitch[:-1]) & (start[1:] - end[:-1] < RESTRIKE_GAP_S - TIME_TOLERANCE_S)
-    return again
+    again = (pitch[1:] == pitch[:-1]) & (start[1:] - end[:-1] < RESTRIKE_GAP_S - TIME_TOLERANCE_S)
+    return float(np.count_nonzero(again) / len(notes))
 
 
 def polyphony(start: np.ndarray, end: np.ndarray) -> tuple[float, float, int]:

@@ -74,8 +74,8 @@ def _nucleus(logits: torch.Tensor, top_p: float, exempt: torch.Tensor | None) ->
     neg_inf = torch.finfo(logits.dtype).min
     ranked = logits if exempt is None else logits.masked_fill(exempt, neg_inf)
     sorted_logits, order = ranked.sort(dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
     drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
     if exempt is None:
         return logits.masked_fill(drop, neg_inf)

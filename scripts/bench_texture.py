@@ -14,7 +14,8 @@ continuation (the issue's targets):
   (held notes: a voice kept up by one note that sounds until the guards release it);
 - windows whose share of re-struck notes (a pitch struck again within 0.25 s of its release) is at
   most the primer's plus 10 points (repeated-note drones: one pitch struck over and over);
-- the model's NLL of the kept continuation tokens (strided, as `evaluate` scores), plain vs texture;
+- the model's NLL of the kept continuation tokens (strided, as `evaluate` scores), plain vs texture,
+  and where it sits: each event kind's mean NLL and its share of the mean;
 - with `--reference PREPARED`, the longest passage copied from its training pieces;
 - wall time per continuation, plain vs texture (alternated, same process, same threads).
 
@@ -44,18 +45,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from perceiver_ar_music.model.checkpoint import load_model  # noqa: E402
 from perceiver_ar_music.sampling.continuation import continue_ids, load_primer, sample_notes, sampling_rules  # noqa: E402
-from perceiver_ar_music.sampling.settings import DEFAULT_TOP_P, top_p_exempt  # noqa: E402
+from perceiver_ar_music.sampling.settings import DEFAULT_CONSTRAIN, DEFAULT_TOP_P, top_p_exempt  # noqa: E402
 from perceiver_ar_music.listening.music_stats import full_windows, sample_report  # noqa: E402
 from perceiver_ar_music.sampling.note_limits import NoteLimits  # noqa: E402
 from perceiver_ar_music.sampling.sampler import SamplingConfig  # noqa: E402
 from perceiver_ar_music.sampling.texture import RATIO_FLOOR, Curve, TextureSettings, texture_selector  # noqa: E402
 from perceiver_ar_music.data.tokenizer import load_tokenizer  # noqa: E402
+from perceiver_ar_music.data.events import tables  # noqa: E402
+from perceiver_ar_music.data.vocab import NOTE_OFF, NOTE_ON, TIME_SHIFT, VELOCITY  # noqa: E402
 
 BAND = (1 / 1.5, 1.5)
 HELD_FACTOR, HELD_FLOOR_S = 2.0, 1.0  # a window's p99 note length within max(2x the primer's, 1 s)
 RESTRIKE_SLACK = 0.10  # a window's share of re-struck notes at most the primer's plus this
 STEER_TOLERANCE = 0.25
 TUNING: dict[str, float] = {}
+KIND_NAMES = {NOTE_ON: "note-on", NOTE_OFF: "note-off", TIME_SHIFT: "time shift", VELOCITY: "velocity"}
 
 
 def default_primers(folder: Path) -> list[tuple[Path, float | None]]:
@@ -77,20 +81,38 @@ def default_primers(folder: Path) -> list[tuple[Path, float | None]]:
     return primers
 
 
-def continuation_nll(model: torch.nn.Module, sequence: np.ndarray, prompt_len: int) -> float:
-    """The model's mean NLL (nats/token) of the tokens after `prompt_len`, each scored with up to
-    max_seq_len tokens before it, num_latents targets per forward (evaluate's strided scoring)."""
+def token_nll(model: torch.nn.Module, sequence: np.ndarray, prompt_len: int) -> np.ndarray:
+    """The model's NLL (nats) of each token after `prompt_len`, each scored with up to max_seq_len
+    tokens before it, num_latents targets per forward (evaluate's strided scoring)."""
     cfg = model.config
     ids = torch.as_tensor(sequence, dtype=torch.long)
-    total, count = 0.0, 0
+    parts = []
     with torch.no_grad():
         for first in range(prompt_len, len(ids), cfg.num_latents):
             last = min(first + cfg.num_latents, len(ids))  # targets first..last-1
             inputs = ids[max(0, last - 1 - cfg.max_seq_len) : last - 1][None]
             logits = model(inputs)[0, -(last - first):].float()
-            total += float(torch.nn.functional.cross_entropy(logits, ids[first:last], reduction="sum"))
-            count += last - first
-    return total / max(count, 1)
+            parts.append(torch.nn.functional.cross_entropy(logits, ids[first:last], reduction="none"))
+    return torch.cat(parts).numpy() if parts else np.zeros(0, dtype=np.float32)
+
+
+def continuation_nll(model: torch.nn.Module, sequence: np.ndarray, prompt_len: int) -> float:
+    """The model's mean NLL (nats/token) of the tokens after `prompt_len` (`token_nll`)."""
+    nll = token_nll(model, sequence, prompt_len)
+    return float(nll.mean()) if len(nll) else 0.0
+
+
+def nll_by_kind(nll: np.ndarray, ids: np.ndarray, vocab) -> dict[str, dict[str, float]]:
+    """Per event kind (note-on, note-off, time shift, velocity): how many tokens, their mean NLL,
+    and their share of the mean NLL per token (nats/token: with the end token, they sum to the mean)."""
+    kinds = tables(vocab).kind[ids]
+    out = {}
+    for kind, name in KIND_NAMES.items():
+        chosen = kinds == kind
+        if chosen.any():
+            out[name] = {"tokens": int(chosen.sum()), "mean": round(float(nll[chosen].mean()), 4),
+                         "per_token": round(float(nll[chosen].sum() / len(nll)), 4)}
+    return out
 
 
 def window_counts(report, figure_targets: dict[str, float] | None = None) -> dict[str, int]:
@@ -116,9 +138,9 @@ def window_counts(report, figure_targets: dict[str, float] | None = None) -> dic
 
 
 def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: TextureSettings, guards, index=None,
-            top_p: float = DEFAULT_TOP_P, top_p_time: bool = True):
+            top_p: float = DEFAULT_TOP_P, top_p_time: bool = True, constrain: bool = DEFAULT_CONSTRAIN):
     vocab = tokenizer.vocab
-    rules = sampling_rules(vocab, "cpu", constrain=False, max_note_seconds=guards[0], max_polyphony=guards[1])
+    rules = sampling_rules(vocab, "cpu", constrain=constrain, max_note_seconds=guards[0], max_polyphony=guards[1])
     selector = texture_selector(texture, vocab, primer_ids, len(prompt))
     for name, value in TUNING.items():  # research knobs (--tune NAME=VALUE)
         if selector is not None:
@@ -136,7 +158,8 @@ def run_one(model, tokenizer, prompt, primer_ids, length, seed, texture: Texture
 
         memorization = memorization_report(notes, primer_notes, index).as_dict()
     report = sample_report(notes, primer_notes, boundary, memorization=memorization)
-    return report, seconds, continuation_nll(model, sequence, result.prompt_len)
+    nll = token_nll(model, sequence, result.prompt_len)
+    return report, seconds, float(nll.mean()), nll_by_kind(nll, sequence[result.prompt_len:], vocab)
 
 
 def main() -> None:
@@ -155,6 +178,8 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus mass (default {DEFAULT_TOP_P:g}, generate's)")
     parser.add_argument("--top-p-time", action=argparse.BooleanOptionalAction, default=True,
                         help="top-p also cuts the time shifts (--no-top-p-time: the nucleus spares the clock)")
+    parser.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSTRAIN,
+                        help="the performance grammar too (generate --constrain): a NoteOn only for a silent pitch")
     parser.add_argument("--steer-only", action="store_true", help="only the --steer runs")
     parser.add_argument("--steer-figure", choices=["density", "voices", "pitch_spread", "velocity"],
                         help="steer only this figure (velocity: 0.6 and 1.45 times the primer's, 41 and 99 for the chorale)")
@@ -210,7 +235,7 @@ def main() -> None:
                 jobs += [(name, ids, prompt, seed, mode, settings, None) for mode, settings in modes]
         if args.steer or args.steer_only:
             name, ids, prompt = loaded_primers[0]
-            report, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
+            report, _, _, _ = run_one(model, tokenizer, prompt, ids, 16, 0, plain, guards)
             steered = (("notes_per_second", "density", (0.5, 2.0)), ("mean_polyphony", "voices", (0.5, 2.0)),
                        ("pitch_std", "pitch_spread", (0.67, 1.5)), ("velocity_mean", "velocity", (0.6, 1.45)))
             for key, flag, factors in [s for s in steered if s[1] == args.steer_figure or
@@ -221,15 +246,16 @@ def main() -> None:
                                             segment_tokens=args.segment_tokens)
                     jobs += [(name, ids, prompt, seed, f"{flag} {wanted:.2f}", steer, {key: wanted}) for seed in args.seeds]
         for name, ids, prompt, seed, mode, settings, steered in jobs:
-            report, seconds, nll = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p,
-                                           args.top_p_time)
+            report, seconds, nll, by_kind = run_one(model, tokenizer, prompt, ids, args.length, seed, settings, guards, index, args.top_p,
+                                           args.top_p_time, args.constrain)
             counts = window_counts(report, steered)
             copied = (report.memorization or {}).get("continuation") or {}
-            runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll,
+            runs.append({"primer": name, "seed": seed, "mode": mode, "wall_s": seconds, "nll": nll, "nll_by_kind": by_kind,
                          "counts": counts, "copied_notes": copied.get("notes"), "report": report.as_dict()})
             w = [f"{x.stats.notes_per_second:.1f}/{x.stats.mean_polyphony:.1f}/{x.stats.pitch_std:.1f}/{x.stats.velocity_mean:.0f}"
                  for x in report.windows]
-            print(f"{name} seed {seed} {mode}: {seconds:.1f} s, NLL {nll:.3f}, {counts}, copied {copied.get('notes')}; "
+            kinds = " ".join(f"{k} {v['mean']:.2f}" for k, v in by_kind.items())
+            print(f"{name} seed {seed} {mode}: {seconds:.1f} s, NLL {nll:.3f} ({kinds}), {counts}, copied {copied.get('notes')}; "
                   f"primer {report.primer.notes_per_second:.2f}/{report.primer.mean_polyphony:.2f}/{report.primer.pitch_std:.1f}; "
                   f"windows {' '.join(w)}", flush=True)
     summarize(runs)
@@ -263,6 +289,15 @@ def summarize(runs: list[dict]) -> None:
               f"{share('max_voices_ok')} | {share('long_notes_ok')} | {share(steered[0]) if steered else '-'} | {share('held_ok')} | {share('restrikes_ok')} | "
               f"{statistics.median(r['nll'] for r in rows):.3f} | {statistics.median(r['wall_s'] for r in rows):.1f} | "
               f"{max(copied) if copied else '-'}")
+    print("\nwhere the NLL sits (medians over runs): primer | mode | per event kind: mean NLL of its tokens "
+          "(nats/token it adds to the mean)")
+    for primer, mode in groups:
+        rows = [r for r in runs if r["mode"] == mode and primer in ("all", r["primer"]) and r.get("nll_by_kind")]
+        if rows:
+            parts = [f"{name} {statistics.median(r['nll_by_kind'][name]['mean'] for r in rows if name in r['nll_by_kind']):.2f} "
+                     f"({statistics.median(r['nll_by_kind'][name]['per_token'] for r in rows if name in r['nll_by_kind']):.2f})"
+                     for name in KIND_NAMES.values() if any(name in r["nll_by_kind"] for r in rows)]
+            print(f"{primer} | {mode} | " + " | ".join(parts))
 
 
 if __name__ == "__main__":

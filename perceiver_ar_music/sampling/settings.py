@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop tokens below min-p x the top probability")
     parser.add_argument("--constrain", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSTRAIN,
                         help="mask impossible events: a note-off for a silent pitch, a note-on for a sounding "
-                        f"one, a missing velocity (default: {'on' if DEFAULT_CONSTRAIN else 'off'})")
+                        "one, a missing velocity; with texture-keeping it makes drones (held keys struck again "
+                        f"and again) rarer, at some likelihood (default: {'on' if DEFAULT_CONSTRAIN else 'off'})")
     guards = parser.add_argument_group(
         "note guards", "on by default, with limits from the checkpoint's training data (fallbacks "
         f"{FALLBACK_MAX_NOTE_SECONDS:g} s and {FALLBACK_MAX_POLYPHONY} notes for checkpoints without them)")

@@ -46,7 +46,7 @@ PRIMER_COLLECTION = "bach"  # the primer is BWV 365, a Bach chorale: its style's
 from perceiver_ar_music.tools.music21_corpus import COMPOSERS
 
 from perceiver_ar_music.runtime.atomic import write_text_atomic
-from perceiver_ar_music.listening.music_stats import median_or_none
+from perceiver_ar_music.listening.music_stats import RESTRIKE_GAP_S, median_or_none
 
 FIRST_COMPOSERS = tuple(COMPOSERS[:11])  # the first bundled models' corpus (the list's first eleven), with
 FIRST_PALESTRINA = 300  # the first 300 Palestrina pieces in corpus order
@@ -250,7 +250,7 @@ def markdown(summary: dict) -> str:
         ("max polyphony", "max_polyphony", "{:.0f}"),
         ("mean note length (s)", "note_length_mean_s", "{:.2f}"),
         ("notes over 4 s", "long_note_fraction", "{:.1%}"),
-        ("re-struck notes (a pitch again within 0.25 s of its release)", "restrike_fraction", "{:.0%}"),
+        (f"re-struck notes (a pitch again within {RESTRIKE_GAP_S:g} s of its release)", "restrike_fraction", "{:.0%}"),
         ("drift, notes/s (last 30 s / first)", "drift_notes_per_second", "{:.2f}"),
         ("drift, polyphony (last 30 s / first)", "drift_mean_polyphony", "{:.2f}"),
         ("notes/s, continuation / primer", "vs_primer_notes_per_second", "{:.2f}"),
